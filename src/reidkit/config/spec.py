@@ -1,0 +1,441 @@
+"""The experiment spec: TAO's ``re_identification`` key tree, typed, with TAO's defaults.
+
+A TAO user's YAML must load unchanged, so every key name and default follows
+``shared/reference/tao_reid.md``. Keys reidkit adds (``train.precision``, ``export.opset``, ...)
+have defaults that keep TAO behaviour. Every model forbids unknown keys so that a typo is an
+error with a suggestion, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reidkit.errors import SpecError
+
+BackboneName = Literal[
+    "resnet_18",
+    "resnet_34",
+    "resnet_50",
+    "resnet_101",
+    "resnet_152",
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window7_224",
+    "mobilenet_v2",
+]
+
+
+class _Section(BaseModel):
+    """Base of every spec section: unknown keys are refused, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """``model``: the backbone, the head and the losses it is trained with."""
+
+    backbone: BackboneName = Field("resnet_50", description="Backbone network.")
+    last_stride: Literal[1, 2] = Field(
+        1, description="Stride of the last CNN stage; 1 doubles the final feature map size."
+    )
+    pretrain_choice: Literal["imagenet", "self"] = Field(
+        "imagenet", description="'imagenet' starts from ImageNet weights, 'self' from scratch."
+    )
+    pretrained_model_path: str | None = Field(
+        None, description="ImageNet state dict (torchvision/timm) or reidkit checkpoint to load."
+    )
+    input_channels: Literal[3] = Field(3, description="Image channels (RGB).")
+    input_width: int = Field(128, ge=16, le=1024, description="Network input width in pixels.")
+    input_height: int = Field(256, ge=16, le=2048, description="Network input height in pixels.")
+    neck: Literal["bnneck", "no"] = Field("bnneck", description="BNNeck between feature and ID head.")
+    feat_dim: int = Field(256, ge=8, le=8192, description="Embedding width.")
+    neck_feat: Literal["after", "before"] = Field(
+        "after", description="Embedding taken after or before the BNNeck at test time."
+    )
+    metric_loss_type: Literal["triplet", "center", "triplet_center"] = Field(
+        "triplet", description="Metric-learning loss added to the ID loss."
+    )
+    with_center_loss: bool = Field(False, description="Add center loss (also implied by 'center').")
+    with_flip_feature: bool = Field(
+        False, description="At test time average the embedding of the horizontally flipped image."
+    )
+    label_smooth: bool = Field(True, description="Label smoothing (0.1) in the ID loss.")
+    id_loss_type: Literal["softmax", "arcface", "cosface", "amsoftmax", "circle"] = Field(
+        "softmax", description="Identity classification head."
+    )
+    reduce_feat_dim: bool = Field(
+        False, description="Swin: project the backbone feature to feat_dim (CNNs always do)."
+    )
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0, description="Stochastic depth rate (Swin).")
+    stride_size: list[int] = Field(
+        default_factory=lambda: [16, 16], min_length=2, max_length=2, description="Patch stride."
+    )
+    semantic_weight: float = Field(1.0, ge=0.0, le=1.0, description="SOLIDER semantic weight.")
+
+    @property
+    def uses_center_loss(self) -> bool:
+        """Center loss is on when asked for directly or through the metric loss type."""
+        return self.with_center_loss or self.metric_loss_type in ("center", "triplet_center")
+
+    @property
+    def uses_triplet_loss(self) -> bool:
+        return self.metric_loss_type in ("triplet", "triplet_center")
+
+
+class DatasetSpec(_Section):
+    """``dataset``: where the Market-1501-style splits are and how batches are drawn."""
+
+    train_dataset_dir: str | None = Field(None, description="Train split: folder or archive.")
+    test_dataset_dir: str | None = Field(None, description="Gallery split: folder or archive.")
+    query_dataset_dir: str | None = Field(None, description="Query split: folder or archive.")
+    num_classes: int = Field(751, ge=1, description="Number of train identities.")
+    batch_size: int = Field(64, ge=2, description="Train batch size (P x K images).")
+    val_batch_size: int = Field(128, ge=1, description="Batch size for validation and testing.")
+    num_workers: int = Field(8, ge=0, le=128, description="Data loader worker processes.")
+    pixel_mean: list[float] = Field(
+        default_factory=lambda: [0.485, 0.456, 0.406], min_length=3, max_length=3
+    )
+    pixel_std: list[float] = Field(
+        default_factory=lambda: [0.226, 0.226, 0.226], min_length=3, max_length=3
+    )
+    padding: int = Field(10, ge=0, le=256, description="Pixels padded before the random crop.")
+    prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
+    re_prob: float = Field(0.5, ge=0.0, le=1.0, description="Random erasing probability.")
+    sampler: Literal["softmax_triplet", "softmax", "triplet"] = Field(
+        "softmax_triplet", description="'softmax' draws random batches, others P x K identities."
+    )
+    num_instances: int = Field(4, ge=1, description="K: images per identity in a batch.")
+    extract_dir: str | None = Field(
+        None, description="Where archives are extracted (default <results_dir>/datasets)."
+    )
+
+    @field_validator("pixel_std")
+    @classmethod
+    def _std_positive(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("every pixel_std value must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_holds_whole_identities(self) -> DatasetSpec:
+        if self.sampler != "softmax" and self.batch_size % self.num_instances:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of num_instances "
+                f"{self.num_instances} for the P x K sampler"
+            )
+        return self
+
+
+class OptimSpec(_Section):
+    """``train.optim``: optimizer, schedule and loss weights (TAO's names)."""
+
+    name: str = Field("Adam", description="Any torch.optim optimizer class name.")
+    base_lr: float = Field(3.5e-4, gt=0.0, le=10.0, description="Base learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    weight_decay_bias: float = Field(5e-4, ge=0.0, le=1.0)
+    bias_lr_factor: float = Field(1.0, gt=0.0, le=100.0, description="Bias lr = base_lr x this.")
+    lr_steps: list[int] = Field(
+        default_factory=lambda: [40, 70], description="Epochs at which the lr is multiplied by gamma."
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_factor: float = Field(0.01, gt=0.0, le=1.0, description="lr factor at epoch 0.")
+    warmup_iters: int = Field(10, ge=0, description="Linear/constant warm-up length in epochs.")
+    warmup_method: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="'cosine' selects warm-up then cosine decay (Swin recipe)."
+    )
+    warmup_epochs: int = Field(20, ge=0, description="Warm-up epochs of the cosine schedule.")
+    center_loss_weight: float = Field(5e-4, ge=0.0)
+    center_lr: float = Field(0.5, gt=0.0, description="SGD lr of the center-loss centers.")
+    triplet_loss_margin: float = Field(0.3, ge=0.0, le=10.0, description="0 = soft margin.")
+    large_fc_lr: bool = Field(False, description="Classifier lr x2 (Swin recipe).")
+    cosine_margin: float = Field(0.5, ge=0.0, le=2.0, description="Margin of margin-based heads.")
+    cosine_scale: float = Field(30.0, gt=0.0, le=256.0, description="Scale of margin-based heads.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        candidate = getattr(torch.optim, value, None)
+        if not (isinstance(candidate, type) and issubclass(candidate, torch.optim.Optimizer)):
+            raise ValueError(f"'{value}' is not a torch.optim optimizer (e.g. Adam, SGD, AdamW)")
+        return value
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _steps_increasing(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value) or sorted(set(value)) != value:
+            raise ValueError("lr_steps must be strictly increasing positive epochs")
+        return value
+
+
+class TrainSpec(_Section):
+    """``train``: devices, length, checkpoints and the optimizer."""
+
+    num_gpus: int = Field(1, ge=1, le=64)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    num_nodes: int = Field(1, ge=1, le=1024)
+    seed: int = Field(1234, ge=0)
+    num_epochs: int = Field(10, ge=1, le=10000)
+    checkpoint_interval: int = Field(1, ge=1)
+    validation_interval: int = Field(1, ge=1)
+    resume_training_checkpoint_path: str | None = None
+    results_dir: str | None = None
+    grad_clip: float = Field(0.0, ge=0.0, description="Gradient norm clip; 0 disables.")
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="'auto': 16-mixed on GPU, 32 on CPU."
+    )
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap on training batches per epoch (smoke runs); null = all."
+    )
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+
+
+class EvaluateSpec(_Section):
+    """``evaluate``: the checkpoint (or ONNX file) to score and the query/gallery splits."""
+
+    checkpoint: str | None = None
+    test_dataset: str | None = None
+    query_dataset: str | None = None
+    output_cmc_curve_plot: str | None = None
+    output_sampled_matches_plot: str | None = None
+    batch_size: int = Field(128, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    results_dir: str | None = None
+
+
+class InferenceSpec(_Section):
+    """``inference``: embeddings and matches for every query and gallery image."""
+
+    checkpoint: str | None = None
+    test_dataset: str | None = None
+    query_dataset: str | None = None
+    output_file: str | None = None
+    batch_size: int = Field(128, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    results_dir: str | None = None
+
+
+class ExportSpec(_Section):
+    """``export``: the ONNX file and how it is checked."""
+
+    checkpoint: str | None = None
+    onnx_file: str | None = None
+    gpu_id: int = Field(0, ge=0)
+    results_dir: str | None = None
+    opset: int = Field(17, ge=17, le=23, description="ONNX opset version.")
+    overwrite: bool = Field(False, description="Replace an existing onnx_file.")
+    fp16: bool = Field(False, description="Also write and check an fp16 variant.")
+
+
+class ReRankingSpec(_Section):
+    """``re_ranking``: k-reciprocal re-ranking and the length of CMC / matches plots."""
+
+    re_ranking: bool = False
+    k1: int = Field(20, ge=1)
+    k2: int = Field(6, ge=1)
+    lambda_value: float = Field(0.3, ge=0.0, le=1.0)
+    max_rank: int = Field(10, ge=1, le=1000)
+    num_query: int = Field(10, ge=1, le=1000)
+
+
+class ExperimentSpec(_Section):
+    """The whole experiment: one file drives train, evaluate, inference and export."""
+
+    results_dir: str = Field("results", description="Root of every action's output folder.")
+    encryption_key: str | None = Field(None, description="Key that encrypts checkpoints.")
+    model_name: str = Field("reid", description="Name recorded in outputs.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    re_ranking: ReRankingSpec = Field(default_factory=ReRankingSpec)
+
+    def action_dir(self, action: str) -> Path:
+        """``<action>.results_dir`` when set, else ``<results_dir>/<action>`` (TAO layout)."""
+        section = getattr(self, action, None)
+        explicit = getattr(section, "results_dir", None) if section is not None else None
+        return Path(explicit) if explicit else Path(self.results_dir) / action
+
+    def digest(self) -> str:
+        """A short hash of the resolved spec, recorded in exported models."""
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def load_spec(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentSpec:
+    """Read a YAML spec (or start from defaults when ``path`` is None) and apply dotted overrides.
+
+    Overrides look like ``train.optim.base_lr=1e-3`` or ``train.optim.lr_steps=[40,70]``; the
+    value is parsed as YAML so numbers, booleans and lists need no extra quoting.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _check_key_path(key)
+        _set_dotted(data, key, value)
+    return spec_from_dict(data, source=str(path) if path else "spec")
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+    """Validate a plain dict as a spec, turning pydantic's report into one clear line."""
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_describe(exc)}") from None
+
+
+def apply_overrides(spec: ExperimentSpec, overrides: dict[str, Any]) -> ExperimentSpec:
+    """A copy of ``spec`` with dotted keys replaced (used by AutoML trials and tests)."""
+    data = spec.model_dump(mode="json")
+    for key, value in overrides.items():
+        _check_key_path(key)
+        _set_dotted(data, key, value)
+    return spec_from_dict(data)
+
+
+def save_spec(spec: ExperimentSpec, path: Path) -> None:
+    """Write the resolved spec as YAML, atomically, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"spec file '{path}' does not exist; pass an existing YAML file with -e")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"spec file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file '{path}' must hold a mapping of keys at its top level")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"override '{item}' must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _fields_of(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """Field name -> nested section model (or None for a leaf)."""
+    out: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        out[name] = nested
+    return out
+
+
+def all_keys(model: type[BaseModel] = ExperimentSpec, prefix: str = "") -> list[str]:
+    """Every dotted key of the spec tree, leaves and sections."""
+    keys: list[str] = []
+    for name, nested in _fields_of(model).items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if nested is not None:
+            keys.extend(all_keys(nested, dotted + "."))
+    return keys
+
+
+def _check_key_path(key: str) -> None:
+    """Refuse an override of a key that does not exist, suggesting the nearest valid one."""
+    model: type[BaseModel] | None = ExperimentSpec
+    for depth, part in enumerate(key.split(".")):
+        fields = _fields_of(model) if model is not None else {}
+        if part not in fields:
+            prefix = ".".join(key.split(".")[:depth])
+            raise SpecError(_unknown_key_message(key, prefix, model))
+        model = fields[part]
+
+
+def _unknown_key_message(key: str, prefix: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return f"unknown key '{key}': '{prefix}' is a value, not a section"
+    hint = nearest_key(key)
+    suggestion = f"; did you mean '{hint}'?" if hint else ""
+    where = f"section '{prefix}'" if prefix else "the spec's top level"
+    return f"unknown key '{key}' in {where}{suggestion}"
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid dotted key closest to a mistyped one (None if nothing is close)."""
+    matches = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first validation problem: key, value given, what is allowed."""
+    error = exc.errors()[0]
+    location = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
+    if error["type"] == "extra_forbidden":
+        hint = nearest_key(location)
+        suggestion = f"; did you mean '{hint}'?" if hint else ""
+        return f"unknown key '{location}'{suggestion}"
+    given = error.get("input")
+    allowed = _allowed(error)
+    message = error["msg"].removeprefix("Value error, ")
+    label = f"key '{location}'" if location else "spec"
+    if error["type"] == "value_error" and isinstance(given, dict):
+        return f"{label}: {message}"
+    return f"{label}: got {given!r}; {allowed or message}"
+
+
+def _allowed(error: dict[str, Any]) -> str:
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "literal_error":
+        return f"allowed: {ctx.get('expected')}"
+    bounds = {
+        "greater_than": "must be > {gt}",
+        "greater_than_equal": "must be >= {ge}",
+        "less_than": "must be < {lt}",
+        "less_than_equal": "must be <= {le}",
+        "too_short": "needs at least {min_length} items",
+        "too_long": "allows at most {max_length} items",
+    }
+    if kind in bounds:
+        return bounds[kind].format(**ctx)
+    return ""

@@ -1,0 +1,100 @@
+"""The image dataset, train relabelling and an up-front integrity check of every image file.
+
+A corrupt file found by a data-loader worker hours into training kills the run with a worker
+traceback; :func:`verify_images` finds it in seconds before anything starts, and
+:class:`ImageDataset` still names the file if one breaks later (e.g. on a flaky network disk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from reidkit.data.market import ImageRecord
+from reidkit.errors import DatasetError
+
+# What Pillow raises for unreadable, truncated or malformed image data.
+_DECODE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
+_SHOWN = 3
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    """Decode a whole image as RGB; ``convert`` forces the full decode so truncation shows."""
+    if path.stat().st_size == 0:
+        raise OSError("empty file")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ImageDataset(Dataset[tuple[Tensor, int, int]]):
+    """Records as ``(image, label, camid)``; the label is the relabelled id when given, else pid."""
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: Callable[[Image.Image], Tensor],
+        labels: Sequence[int] | None = None,
+    ) -> None:
+        if labels is not None and len(labels) != len(records):
+            raise ValueError(f"{len(labels)} labels given for {len(records)} records")
+        self.records = list(records)
+        self.transform = transform
+        self.labels = list(labels) if labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        record = self.records[index]
+        try:
+            image = _read_rgb(record.path)
+        except _DECODE_ERRORS as exc:
+            raise DatasetError(
+                f"image '{record.path}' cannot be read ({exc}); remove or replace it"
+            ) from None
+        label = self.labels[index] if self.labels is not None else record.pid
+        return self.transform(image), label, record.camid
+
+
+def relabel(records: Sequence[ImageRecord]) -> list[int]:
+    """Train labels 0..N-1 in sorted pid order, so a label means the same id on every rank."""
+    index = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [index[r.pid] for r in records]
+
+
+def _problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or None if it decodes."""
+    try:
+        _read_rgb(path)
+    except _DECODE_ERRORS as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def verify_images(records: Sequence[ImageRecord], max_workers: int = 2) -> None:
+    """Decode every image once, in threads, and fail naming the first bad files (up to 3).
+
+    A full decode (not Pillow's header-only ``verify``) is needed because a truncated JPEG has a
+    valid header; re-id crops are small, so this costs a fraction of a millisecond per image
+    and Pillow's decoders release the GIL, so threads scale.
+    """
+    paths = [r.path for r in records]
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        reasons = list(pool.map(_problem, paths))
+    problems = [(p, why) for p, why in zip(paths, reasons, strict=True) if why]
+    if problems:
+        shown = "; ".join(f"'{p}' ({why})" for p, why in problems[:_SHOWN])
+        raise DatasetError(
+            f"{len(problems)} images cannot be read: {shown}; remove or replace them"
+        )

@@ -1,0 +1,109 @@
+"""P x K identity sampler for triplet training, with its own (correct) DDP sharding.
+
+Each batch holds P identities with K images each, which batch-hard triplet mining needs. Per
+epoch, every identity's images are shuffled and cut into groups of K (an identity with fewer
+than K images gives one group drawn with replacement; a remainder smaller than K waits for a
+later epoch's shuffle). Under DDP the identities themselves are dealt out to the ranks, so the
+ranks' shares are disjoint by construction.
+
+The epoch length is a fixed function of the data (not of the random draw), because Lightning,
+LR schedules and progress bars all assume ``len(sampler)`` is exact and constant. When a rank
+runs short of distinct identities at the end of an epoch, it fills the batch with fresh groups
+of its own identities instead of emitting a short or lopsided batch.
+
+The order depends on ``(seed, epoch)`` only, so every rank computes the same deal and a rerun
+reproduces it, while each epoch differs (TAO's sampler reseeds to a constant every epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from reidkit.errors import DatasetError
+
+
+class IdentitySampler(Sampler[int]):
+    """Yields dataset indices; every consecutive ``batch_size`` of them is one P x K batch."""
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        num_instances: int,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if num_instances < 1 or batch_size % num_instances:
+            raise ValueError(
+                f"batch_size {batch_size} must be a multiple of num_instances {num_instances}"
+            )
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.num_instances = num_instances
+        self.ids_per_batch = batch_size // num_instances
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        by_label: dict[int, list[int]] = {}
+        for index, label in enumerate(labels):
+            by_label.setdefault(int(label), []).append(index)
+        self._groups = [np.asarray(by_label[label]) for label in sorted(by_label)]
+        ids_per_rank = len(self._groups) // num_replicas
+        if ids_per_rank < self.ids_per_batch:
+            raise DatasetError(
+                f"a batch needs {self.ids_per_batch} identities (dataset.batch_size / "
+                f"dataset.num_instances) but each of {num_replicas} process(es) gets only "
+                f"{ids_per_rank} of the {len(self._groups)} train identities; lower "
+                "dataset.batch_size or raise dataset.num_instances"
+            )
+        chunks = sum(max(1, len(g) // num_instances) for g in self._groups)
+        self._batches_per_rank = max(1, chunks // (self.ids_per_batch * num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order ``__iter__`` yields (call before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._batches_per_rank * self.ids_per_batch * self.num_instances
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        # Deal identities to ranks from one permutation that every rank computes alike: the
+        # shares are disjoint and equally large (a remainder of identities sits the epoch out).
+        dealt = rng.permutation(len(self._groups))
+        share = len(dealt) // self.num_replicas
+        mine = [self._groups[i] for i in dealt[self.rank :: self.num_replicas][:share]]
+        for batch in self._batches(mine, rng):
+            yield from batch
+
+    def _chunks(self, group: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        k = self.num_instances
+        if len(group) < k:
+            return [rng.choice(group, size=k, replace=True)]
+        shuffled = rng.permutation(group)
+        return [shuffled[i * k : (i + 1) * k] for i in range(len(group) // k)]
+
+    def _batches(self, groups: list[np.ndarray], rng: np.random.Generator) -> Iterator[list[int]]:
+        pending = [self._chunks(g, rng) for g in groups]
+        left = np.asarray([len(c) for c in pending], dtype=np.float64)
+        p = self.ids_per_batch
+        for _ in range(self._batches_per_rank):
+            ready = np.flatnonzero(left)
+            if len(ready) >= p:
+                # Weight by groups left so large identities spread over the whole epoch instead
+                # of piling up at its end.
+                chosen = rng.choice(ready, size=p, replace=False, p=left[ready] / left[ready].sum())
+                fresh = np.empty(0, dtype=np.int64)
+            else:
+                chosen = ready
+                idle = np.flatnonzero(left == 0)
+                fresh = rng.choice(idle, size=p - len(ready), replace=False)
+            picks = [pending[i].pop() for i in chosen]
+            picks += [self._chunks(groups[i], rng)[0] for i in fresh]
+            left[chosen] -= 1
+            yield [int(index) for chunk in picks for index in chunk]

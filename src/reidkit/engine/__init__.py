@@ -1,0 +1,1 @@
+"""Training engine: Lightning module and data module, checkpoints, the train action."""

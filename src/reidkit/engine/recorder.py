@@ -1,0 +1,79 @@
+"""What a training run leaves after every epoch: a CSV row, ``status.json`` and checkpoints.
+
+One callback does all three, in that order, so the checkpoint written at the end of an epoch
+already contains that epoch's CSV rows in its callback state. A run killed later and resumed from
+that checkpoint rewrites the CSV from the checkpoint: no epoch is lost and none is counted twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from reidkit.engine.checkpoints import LATEST_NAME, periodic_name, write_atomic
+from reidkit.outputs import write_status
+
+VALIDATION_KEYS = ("cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP")
+
+
+class RunRecorder(Callback):
+    """Writes ``metrics.csv``, ``status.json`` and the TAO-named checkpoints each epoch."""
+
+    def __init__(self, folder: Path, checkpoint_interval: int, validation_interval: int) -> None:
+        self.folder = folder
+        self.checkpoint_interval = checkpoint_interval
+        self.validation_interval = validation_interval
+        self.rows: list[dict[str, Any]] = []
+        self.kpi: dict[str, float] = {}
+        self._epoch_started = 0.0
+
+    # Callback state travels inside the checkpoint, so resuming restores the CSV history.
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "kpi": self.kpi}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+        self.kpi = dict(state_dict.get("kpi", {}))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1  # epochs completed
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            "epoch_seconds": round(time.perf_counter() - self._epoch_started, 3),
+        }
+        row.update({k: v for k, v in metrics.items() if k not in VALIDATION_KEYS and k != "loss_step"})
+        validated = epoch % self.validation_interval == 0 and "cmc_rank_1" in metrics
+        if validated:
+            self.kpi = {k: round(metrics[k], 2) for k in VALIDATION_KEYS if k in metrics}
+            row.update(self.kpi)
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            self._write_csv()
+            write_status(
+                self.folder, "train", "RUNNING", f"epoch {epoch} of {trainer.max_epochs} done",
+                kpi=self.kpi, epoch=epoch, max_epoch=trainer.max_epochs,
+            )  # fmt: skip
+        last = epoch == trainer.max_epochs
+        if epoch % self.checkpoint_interval == 0 or last:
+            trainer.save_checkpoint(self.folder / periodic_name(epoch, trainer.global_step))
+        trainer.save_checkpoint(self.folder / LATEST_NAME)
+
+    def _write_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns.extend(k for k in row if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.folder / "metrics.csv", buffer.getvalue().encode())

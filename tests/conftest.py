@@ -1,0 +1,81 @@
+"""Fixtures shared across the suite: a small synthetic dataset and a tiny, fast spec."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reidkit.config.spec import ExperimentSpec, load_spec
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24-identity, 3-camera synthetic Market-style dataset at 64x32 (built once per run)."""
+    from reidkit.data import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, ids=24, cameras=3, images_per_id=8, height=64, width=32, seed=3)
+    return root
+
+
+def tiny_overrides(data: Path, results: Path) -> list[str]:
+    """Overrides that make any spec train in seconds on 2 CPU cores."""
+    num_ids = len({p.name.split("_")[0] for p in (data / "bounding_box_train").iterdir()})
+    return [
+        f"results_dir={results}",
+        f"dataset.train_dataset_dir={data / 'bounding_box_train'}",
+        f"dataset.test_dataset_dir={data / 'bounding_box_test'}",
+        f"dataset.query_dataset_dir={data / 'query'}",
+        f"dataset.num_classes={num_ids}",
+        "dataset.batch_size=16",
+        "dataset.num_instances=4",
+        "dataset.num_workers=0",
+        "dataset.val_batch_size=64",
+        "model.backbone=resnet_18",
+        "model.pretrain_choice=self",
+        "model.input_height=64",
+        "model.input_width=32",
+        "model.feat_dim=64",
+        "train.num_epochs=2",
+        "train.optim.warmup_iters=1",
+        "train.optim.lr_steps=[10]",
+    ]
+
+
+@pytest.fixture
+def tiny_spec(synth_root: Path, tmp_path: Path) -> ExperimentSpec:
+    return load_spec(None, tiny_overrides(synth_root, tmp_path / "results"))
+
+
+def empty_spec(folder: Path) -> Path:
+    """A spec file with no keys: everything comes from defaults and overrides."""
+    path = folder / "empty_spec.yaml"
+    path.write_text("{}\n")
+    return path
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m reidkit`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "reidkit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit code 2, a single ``error:`` line on stderr naming what is wrong, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]

@@ -1,0 +1,100 @@
+"""The spec: TAO files load unchanged; bad keys, types and ranges fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec, save_spec
+from reidkit.errors import SpecError
+
+TAO_SPEC = Path(__file__).resolve().parents[2] / "shared/reference/tao_spec_cuhk03_resnet.yaml"
+
+
+def test_defaults_follow_tao() -> None:
+    spec = ExperimentSpec()
+    assert spec.model.backbone == "resnet_50"
+    assert (spec.model.input_height, spec.model.input_width) == (256, 128)
+    assert spec.dataset.num_classes == 751
+    assert spec.train.optim.base_lr == pytest.approx(3.5e-4)
+    assert spec.train.optim.lr_steps == [40, 70]
+    assert spec.re_ranking.k1 == 20 and spec.re_ranking.k2 == 6
+
+
+@pytest.mark.skipif(not TAO_SPEC.is_file(), reason="shared TAO reference spec not present")
+def test_tao_reference_spec_loads_unchanged() -> None:
+    spec = load_spec(TAO_SPEC)
+    assert spec.dataset.num_classes == 743
+    assert spec.train.num_epochs == 120
+    assert spec.re_ranking.re_ranking is True
+    assert spec.encryption_key == "nvidia_tao"
+
+
+def test_dotted_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("model:\n  backbone: resnet_18\n")
+    spec = load_spec(
+        path,
+        ["train.num_epochs=30", "train.optim.lr_steps=[20,25]", "dataset.batch_size=32", "model.input_height=384"],
+    )
+    assert spec.model.backbone == "resnet_18"
+    assert spec.train.num_epochs == 30
+    assert spec.train.optim.lr_steps == [20, 25]
+    assert spec.dataset.batch_size == 32
+    assert spec.model.input_height == 384
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.optim.base_lrr=1e-3", "did you mean 'train.optim.base_lr'"),
+        ("modle.backbone=resnet_18", "did you mean 'model.backbone'"),
+        ("model.backbone=resnet_51", "allowed: 'resnet_18'"),
+        ("dataset.prob=1.5", "must be <= 1"),
+        ("train.num_epochs=many", "'train.num_epochs': got 'many'"),
+        ("dataset.batch_size=30", "multiple of num_instances 4"),
+        ("train.optim.name=Adamm", "not a torch.optim optimizer"),
+        ("train.optim.lr_steps=[70,40]", "strictly increasing"),
+        ("model.backbone.depth=50", "'model.backbone' is a value"),
+        ("train.num_epochs", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(None, [override])
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_file_is_refused_with_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"train": {"optim": {"warmup_iter": 3}}}))
+    with pytest.raises(SpecError, match=r"unknown key 'train.optim.warmup_iter'.*'train.optim.warmup_iters'"):
+        load_spec(path)
+
+
+def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_save_round_trip_and_apply_overrides(tmp_path: Path) -> None:
+    spec = apply_overrides(ExperimentSpec(), {"model.feat_dim": 128, "train.seed": 7})
+    save_spec(spec, tmp_path / "experiment.yaml")
+    again = load_spec(tmp_path / "experiment.yaml")
+    assert again == spec
+    assert again.digest() == spec.digest()
+    assert again.digest() != ExperimentSpec().digest()
+
+
+def test_action_dirs_follow_tao_layout() -> None:
+    spec = load_spec(None, ["results_dir=out", "evaluate.results_dir=elsewhere"])
+    assert spec.action_dir("train") == Path("out/train")
+    assert spec.action_dir("evaluate") == Path("elsewhere")
