@@ -230,10 +230,11 @@ def _extract_zip(archive: Path, root: Path, limits: _Limits) -> None:
         declared = 0
         for info in infos:
             limits.add_member(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            # Unix zips keep the file type in the high bits; others leave it 0 (plain file).
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if kind == stat.S_IFLNK:
                 raise _refuse_type(archive, info.filename, "a link")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _refuse_type(archive, info.filename, "a device, fifo or other special file")
             _member_target(archive, info.filename, root)
             declared += info.file_size
