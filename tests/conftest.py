@@ -79,3 +79,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert needle in errors[0], errors[0]
+
+
+@pytest.fixture(scope="session")
+def trained(
+    synth_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ExperimentSpec, Path]:
+    """A tiny model really trained for 3 epochs on the synthetic data, and its checkpoint."""
+    from reidkit.engine.train import train
+
+    results = tmp_path_factory.mktemp("trained")
+    spec = load_spec(None, [*tiny_overrides(synth_root, results), "train.num_epochs=3"])
+    return spec, train(spec).checkpoint

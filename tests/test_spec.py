@@ -37,7 +37,12 @@ def test_dotted_overrides_parse_yaml_values(tmp_path: Path) -> None:
     path.write_text("model:\n  backbone: resnet_18\n")
     spec = load_spec(
         path,
-        ["train.num_epochs=30", "train.optim.lr_steps=[20,25]", "dataset.batch_size=32", "model.input_height=384"],
+        [
+            "train.num_epochs=30",
+            "train.optim.lr_steps=[20,25]",
+            "dataset.batch_size=32",
+            "model.input_height=384",
+        ],
     )
     assert spec.model.backbone == "resnet_18"
     assert spec.train.num_epochs == 30
@@ -72,7 +77,9 @@ def test_bad_overrides_name_the_key(override: str, expected: str) -> None:
 def test_unknown_key_in_file_is_refused_with_suggestion(tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"train": {"optim": {"warmup_iter": 3}}}))
-    with pytest.raises(SpecError, match=r"unknown key 'train.optim.warmup_iter'.*'train.optim.warmup_iters'"):
+    with pytest.raises(
+        SpecError, match=r"unknown key 'train.optim.warmup_iter'.*'train.optim.warmup_iters'"
+    ):
         load_spec(path)
 
 

@@ -21,6 +21,9 @@ __version__ = "0.1.0"
 _ACTIONS = {
     "load_spec": "reidkit.config.spec:load_spec",
     "train": "reidkit.engine.train:train",
+    "evaluate": "reidkit.evaluation.evaluate:evaluate",
+    "infer": "reidkit.evaluation.infer:infer",
+    "export": "reidkit.export.onnx:export",
 }
 
 __all__ = ["__version__", *_ACTIONS]

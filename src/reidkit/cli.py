@@ -28,9 +28,36 @@ def _train(spec: ExperimentSpec) -> None:
     print(f"trained {result.epochs} epochs -> {result.checkpoint} ({kpi})")
 
 
+def _evaluate(spec: ExperimentSpec) -> None:
+    from reidkit.evaluation.evaluate import evaluate
+
+    result = evaluate(spec)
+    print(f"metrics, plots and status written to {result.results_dir}")
+
+
+def _inference(spec: ExperimentSpec) -> None:
+    from reidkit.evaluation.infer import infer
+
+    result = infer(spec)
+    print(f"embedded {result.num_images} images -> {result.output_file}, {result.matches_file}")
+
+
+def _export(spec: ExperimentSpec) -> None:
+    from reidkit.export.onnx import export
+
+    result = export(spec)
+    print(
+        f"exported {result.onnx_file}: max |onnx - torch| {result.max_abs_diff:.2e}, "
+        f"min cosine {result.min_cosine:.6f}"
+    )
+
+
 # Action name -> (help, function of the resolved spec). New actions register here.
 SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec], None]]] = {
     "train": ("train a model (resumes from the latest checkpoint in results_dir)", _train),
+    "evaluate": ("CMC / mAP / mINP of a checkpoint or .onnx model, with plots", _evaluate),
+    "inference": ("embeddings and top matches for every query and gallery image", _inference),
+    "export": ("write an ONNX model and verify it against PyTorch", _export),
 }
 
 
@@ -74,11 +101,25 @@ def one_line(error: BaseException) -> str:
         return type(error).__name__
     last = lines[-1]
     # Worker exceptions arrive as "Caught X in DataLoader worker ... Original Traceback ...".
-    return last.split(": ", 1)[1] if len(lines) > 1 and last.startswith("reidkit.errors.") else lines[0]
+    return (
+        last.split(": ", 1)[1]
+        if len(lines) > 1 and last.startswith("reidkit.errors.")
+        else lines[0]
+    )
+
+
+def _log_to_stderr() -> None:
+    """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates)."""
+    logger = logging.getLogger("reidkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _log_to_stderr()
     args = build_parser().parse_args(argv)
     try:
         if args.action in SPEC_ACTIONS:
@@ -90,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reidkit {args.action}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"reidkit {args.action}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            f"reidkit {args.action}: interrupted; rerun the same command to resume", file=sys.stderr
+        )
         return 130
     return 0
 

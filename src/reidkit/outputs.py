@@ -10,18 +10,39 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename.
+
+    Readers (and a rerun after a crash) see either the old file or the complete new one, never
+    half a file; on an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not a `with` block: the file must outlive it so it can be renamed over `path`.
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        mode, dir=path.parent, prefix=f".{path.name}.", delete=False
+    )
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
+    """Write JSON atomically, so readers never see half a file."""
+    with atomic_open(path) as handle:
         json.dump(data, handle, indent=2)
-    os.replace(handle.name, path)
 
 
 def write_status(

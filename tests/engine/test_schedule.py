@@ -9,7 +9,9 @@ from reidkit.engine.schedule import lr_factor
 
 
 def test_linear_warmup_then_steps() -> None:
-    factor = lr_factor(OptimSpec(warmup_iters=10, warmup_factor=0.01, lr_steps=[40, 70], gamma=0.1), 120)
+    factor = lr_factor(
+        OptimSpec(warmup_iters=10, warmup_factor=0.01, lr_steps=[40, 70], gamma=0.1), 120
+    )
     assert factor(0) == pytest.approx(0.01)
     assert factor(5) == pytest.approx(0.01 * 0.5 + 0.5)
     assert factor(10) == pytest.approx(1.0)

@@ -46,22 +46,35 @@ def test_train_writes_checkpoints_metrics_and_status(tiny_spec: ExperimentSpec) 
 
 
 def test_training_learns_the_synthetic_identities(tiny_spec: ExperimentSpec) -> None:
-    """A few epochs must lift rank-1 well above chance (1 / number of gallery identities)."""
-    spec = apply_overrides(tiny_spec, {"train.num_epochs": 6, "train.optim.base_lr": 1e-3})
-    result = train(spec)
-    assert result.kpi["cmc_rank_1"] > 40.0, result.kpi
+    """Retrieval on unseen identities improves clearly over a dozen short epochs."""
+    overrides = {
+        "train.num_epochs": 12,
+        "train.optim.base_lr": 1e-3,
+        "train.optim.warmup_iters": 0,
+        "train.validation_interval": 1,
+    }
+    result = train(apply_overrides(tiny_spec, overrides))
+    mean_ap = [float(r["mAP"]) for r in _rows(result.results_dir)]
+    assert max(mean_ap[-3:]) > 1.5 * mean_ap[0], mean_ap
+    assert result.kpi["cmc_rank_1"] > 2 * 100 / 12, result.kpi  # chance is 1 in 12 identities
 
 
 def test_center_loss_centers_are_updated_and_margin_heads_train(tiny_spec: ExperimentSpec) -> None:
     spec = apply_overrides(
         tiny_spec,
-        {"model.metric_loss_type": "triplet_center", "model.id_loss_type": "arcface", "train.num_epochs": 1},
+        {
+            "model.metric_loss_type": "triplet_center",
+            "model.id_loss_type": "arcface",
+            "train.num_epochs": 1,
+        },
     )
     module_centers = []
 
     from reidkit.engine.module import ReidModule
 
-    module_centers = [p.detach().clone() for p in ReidModule(spec, 12).criterion.center_parameters()]
+    module_centers = [
+        p.detach().clone() for p in ReidModule(spec, 12).criterion.center_parameters()
+    ]
     result = train(spec)
     state = load_checkpoint(result.checkpoint, None)["state_dict"]
     centers = [v for k, v in state.items() if k.startswith("criterion.") and "center" in k]
@@ -82,16 +95,27 @@ def test_encrypted_checkpoints_need_the_key(tiny_spec: ExperimentSpec) -> None:
 def test_checkpoint_that_does_not_fit_the_spec(tiny_spec: ExperimentSpec) -> None:
     result = train(apply_overrides(tiny_spec, {"train.num_epochs": 1}))
     other = apply_overrides(tiny_spec, {"model.backbone": "resnet_34"})
-    with pytest.raises(CheckpointError, match=r"model.backbone=resnet_18 but the spec has resnet_34"):
+    with pytest.raises(
+        CheckpointError, match=r"model.backbone=resnet_18 but the spec has resnet_34"
+    ):
         restore_model(other, result.checkpoint)
 
 
 def test_killed_run_resumes_without_losing_an_epoch(synth_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    args = ["train", "-e", str(empty_spec(tmp_path)), *tiny_overrides(synth_root, results), "train.num_epochs=6"]
+    args = [
+        "train",
+        "-e",
+        str(empty_spec(tmp_path)),
+        *tiny_overrides(synth_root, results),
+        "train.num_epochs=6",
+    ]
     folder = results / "train"
     process = subprocess.Popen(
-        [sys.executable, "-m", "reidkit", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "reidkit", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 300
     while not list(folder.glob("model_002_*.pth")):
@@ -129,14 +153,18 @@ TAO_SPEC = SHARED / "reference/tao_spec_cuhk03_resnet.yaml"
 CUHK03 = SHARED / "data/cuhk03_detected"
 
 
-@pytest.mark.skipif(not (TAO_SPEC.is_file() and CUHK03.is_dir()), reason="shared CUHK03 data not present")
+@pytest.mark.skipif(
+    not (TAO_SPEC.is_file() and CUHK03.is_dir()), reason="shared CUHK03 data not present"
+)
 def test_tao_reference_spec_refuses_imagenet_download_offline(tmp_path: Path) -> None:
     result = run_cli("train", "-e", str(TAO_SPEC), f"results_dir={tmp_path}")
     assert_one_line_error(result, "model.pretrain_choice", "pretrained_model_path")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (TAO_SPEC.is_file() and CUHK03.is_dir()), reason="shared CUHK03 data not present")
+@pytest.mark.skipif(
+    not (TAO_SPEC.is_file() and CUHK03.is_dir()), reason="shared CUHK03 data not present"
+)
 def test_tao_reference_spec_trains_on_cuhk03(tmp_path: Path) -> None:
     """The TAO ResNet-50 recipe as is (from scratch offline), two steps, encrypted checkpoint."""
     result = run_cli(

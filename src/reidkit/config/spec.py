@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidkit.errors import SpecError
+from reidkit.outputs import atomic_open
 
 BackboneName = Literal[
     "resnet_18",
@@ -56,7 +56,9 @@ class ModelSpec(_Section):
     input_channels: Literal[3] = Field(3, description="Image channels (RGB).")
     input_width: int = Field(128, ge=16, le=1024, description="Network input width in pixels.")
     input_height: int = Field(256, ge=16, le=2048, description="Network input height in pixels.")
-    neck: Literal["bnneck", "no"] = Field("bnneck", description="BNNeck between feature and ID head.")
+    neck: Literal["bnneck", "no"] = Field(
+        "bnneck", description="BNNeck between feature and ID head."
+    )
     feat_dim: int = Field(256, ge=8, le=8192, description="Embedding width.")
     neck_feat: Literal["after", "before"] = Field(
         "after", description="Embedding taken after or before the BNNeck at test time."
@@ -146,7 +148,8 @@ class OptimSpec(_Section):
     weight_decay_bias: float = Field(5e-4, ge=0.0, le=1.0)
     bias_lr_factor: float = Field(1.0, gt=0.0, le=100.0, description="Bias lr = base_lr x this.")
     lr_steps: list[int] = Field(
-        default_factory=lambda: [40, 70], description="Epochs at which the lr is multiplied by gamma."
+        default_factory=lambda: [40, 70],
+        description="Epochs at which the lr is multiplied by gamma.",
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_factor: float = Field(0.01, gt=0.0, le=1.0, description="lr factor at epoch 0.")
@@ -248,6 +251,59 @@ class ReRankingSpec(_Section):
     num_query: int = Field(10, ge=1, le=1000)
 
 
+AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]
+
+
+class AutomlRangeOverride(_Section):
+    """One entry of ``automl.automl_range_override``: a search range that replaces the schema's."""
+
+    parameter: str = Field(..., description="Dotted key of the tuned parameter.")
+    valid_min: float | None = Field(None, description="Lower end of a numeric range.")
+    valid_max: float | None = Field(None, description="Upper end of a numeric range.")
+    valid_options: list[Any] | None = Field(
+        None, description="Discrete choices (replaces valid_min / valid_max)."
+    )
+
+
+class AutomlSpec(_Section):
+    """``automl``: hyper-parameter search over the train action (TAO's AutoML keys)."""
+
+    automl_enabled: bool = Field(
+        False, description="With automl_policy 'auto', train runs go through AutoML."
+    )
+    automl_algorithm: Literal["bayesian", "hyperband", "asha", "random"] = Field(
+        "bayesian", description="Search algorithm: TPE, Hyperband, ASHA or random search."
+    )
+    automl_max_recommendations: int = Field(
+        20, ge=1, le=10000, description="Trials the study runs in total (across resumes)."
+    )
+    automl_max_epochs: int = Field(
+        27, ge=1, le=10000, description="Epoch budget of one trial (Hyperband max resource)."
+    )
+    automl_reduction_factor: int = Field(
+        3, ge=2, le=100, description="Hyperband / ASHA: keep 1 in this many trials per rung."
+    )
+    automl_hyperparameters: list[str] | None = Field(
+        None, description="Dotted keys to tune; null = the train schema's defaults."
+    )
+    automl_range_override: list[AutomlRangeOverride] = Field(
+        default_factory=list, description="Search ranges replacing the schema's."
+    )
+    metric: AutomlMetric = Field("cmc_rank_1", description="Validation metric to optimise.")
+    direction: Literal["maximize", "minimize"] = Field(
+        "maximize", description="Whether the metric is maximised or minimised."
+    )
+    storage: str | None = Field(
+        None, description="Optuna storage URL; null = sqlite automl.db in the results folder."
+    )
+    study_name: str | None = Field(None, description="Study name; null = '<model_name>_automl'.")
+    seed: int | None = Field(None, ge=0, description="Sampler seed; null = train.seed.")
+    heartbeat_interval: int = Field(
+        10, ge=1, le=3600, description="Seconds between trial heartbeats; 2 missed = trial lost."
+    )
+    results_dir: str | None = Field(None, description="AutoML output folder.")
+
+
 class ExperimentSpec(_Section):
     """The whole experiment: one file drives train, evaluate, inference and export."""
 
@@ -261,6 +317,10 @@ class ExperimentSpec(_Section):
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     re_ranking: ReRankingSpec = Field(default_factory=ReRankingSpec)
+    automl: AutomlSpec = Field(default_factory=AutomlSpec)
+    automl_policy: Literal["auto", "off"] = Field(
+        "auto", description="'auto' routes train through AutoML when automl.automl_enabled."
+    )
 
     def action_dir(self, action: str) -> Path:
         """``<action>.results_dir`` when set, else ``<results_dir>/<action>`` (TAO layout)."""
@@ -278,7 +338,9 @@ class ExperimentSpec(_Section):
 # Loading, overrides and error messages
 
 
-def load_spec(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentSpec:
+def load_spec(
+    path: str | os.PathLike[str] | None, overrides: list[str] | None = None
+) -> ExperimentSpec:
     """Read a YAML spec (or start from defaults when ``path`` is None) and apply dotted overrides.
 
     Overrides look like ``train.optim.base_lr=1e-3`` or ``train.optim.lr_steps=[40,70]``; the
@@ -313,11 +375,8 @@ def apply_overrides(spec: ExperimentSpec, overrides: dict[str, Any]) -> Experime
 
 def save_spec(spec: ExperimentSpec, path: Path) -> None:
     """Write the resolved spec as YAML, atomically, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    with atomic_open(path) as handle:
+        yaml.safe_dump(spec.model_dump(mode="json"), handle, sort_keys=False)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -364,7 +423,11 @@ def _fields_of(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
     out: dict[str, type[BaseModel] | None] = {}
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        nested = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
         out[name] = nested
     return out
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from reidkit.errors import CheckpointError
+from reidkit.outputs import atomic_open
 
 LATEST_NAME = "reid_model_latest.pth"
 _PERIODIC = re.compile(r"model_(\d{3,})_(\d{5,})\.pth$")
@@ -76,22 +76,13 @@ def _open_sealed(blob: bytes, passphrase: str, path: Path) -> bytes:
         ) from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-
-
 def save_checkpoint(checkpoint: dict[str, Any], path: Path, encryption_key: str | None) -> None:
-    """Serialise ``checkpoint`` with torch.save, encrypt it when a key is given, write atomically."""
+    """Serialise with torch.save, encrypt when a key is given, write atomically."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     payload = buffer.getvalue()
-    write_atomic(path, _seal(payload, encryption_key) if encryption_key else payload)
+    with atomic_open(path, "wb") as handle:
+        handle.write(_seal(payload, encryption_key) if encryption_key else payload)
 
 
 def load_checkpoint(path: str | Path, encryption_key: str | None) -> dict[str, Any]:
@@ -103,7 +94,8 @@ def load_checkpoint(path: str | Path, encryption_key: str | None) -> dict[str, A
     if blob.startswith(_MAGIC):
         if not encryption_key:
             raise CheckpointError(
-                f"checkpoint '{path}' is encrypted; set encryption_key to the key it was written with"
+                f"checkpoint '{path}' is encrypted; "
+                "set encryption_key to the key it was written with"
             )
         blob = _open_sealed(blob, encryption_key, path)
     try:

@@ -26,7 +26,12 @@ def worker_count(requested: int) -> int:
     """TAO's default of 8 workers oversubscribes small machines; never exceed the CPU count."""
     available = os.cpu_count() or 1
     if requested > available:
-        log.info("dataset.num_workers=%d exceeds the %d CPUs here; using %d", requested, available, available)
+        log.info(
+            "dataset.num_workers=%d exceeds the %d CPUs here; using %d",
+            requested,
+            available,
+            available,
+        )
     return min(requested, available)
 
 
@@ -60,7 +65,9 @@ class ReidDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = self.spec.dataset
         labels = relabel(self.splits.train)
-        dataset = ImageDataset(self.splits.train, build_train_transform(self.spec.model, data), labels)
+        dataset = ImageDataset(
+            self.splits.train, build_train_transform(self.spec.model, data), labels
+        )
         workers = worker_count(data.num_workers)
         return DataLoader(
             dataset,
@@ -76,11 +83,21 @@ class ReidDataModule(LightningDataModule):
         replicas, rank = self.trainer.world_size, self.trainer.global_rank
         seed = self.spec.train.seed
         if self.spec.dataset.sampler == "softmax":
-            return DistributedSampler(dataset, replicas, rank, shuffle=True, seed=seed, drop_last=True)
+            return DistributedSampler(
+                dataset, replicas, rank, shuffle=True, seed=seed, drop_last=True
+            )
         return IdentitySampler(
-            labels, self.spec.dataset.batch_size, self.spec.dataset.num_instances, seed, replicas, rank
+            labels,
+            self.spec.dataset.batch_size,
+            self.spec.dataset.num_instances,
+            seed,
+            replicas,
+            rank,
         )
 
     def val_dataloader(self) -> list[DataLoader]:
         size = self.spec.dataset.val_batch_size
-        return [eval_loader(self.spec, self.splits.query, size), eval_loader(self.spec, self.splits.gallery, size)]
+        return [
+            eval_loader(self.spec, self.splits.query, size),
+            eval_loader(self.spec, self.splits.gallery, size),
+        ]

@@ -109,7 +109,9 @@ class ReidModule(LightningModule):
         for optimizer in optimizers:
             optimizer.step()
         batch_size = images.shape[0]
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log(
+            "loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size
+        )
         for name, value in parts.items():
             self.log(f"loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss.detach()

@@ -8,17 +8,18 @@ that checkpoint rewrites the CSV from the checkpoint: no epoch is lost and none 
 from __future__ import annotations
 
 import csv
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from reidkit.engine.checkpoints import LATEST_NAME, periodic_name, write_atomic
-from reidkit.outputs import write_status
+from reidkit.engine.checkpoints import LATEST_NAME, periodic_name
+from reidkit.outputs import atomic_open, write_status
 
-VALIDATION_KEYS = ("cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP")
+VALIDATION_KEYS = ("cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP", "num_valid_queries")
+# Lightning's step/epoch copies of "loss" (logged with on_step and on_epoch) repeat it.
+_REDUNDANT = ("loss_step", "loss_epoch")
 
 
 class RunRecorder(Callback):
@@ -51,7 +52,8 @@ class RunRecorder(Callback):
             "step": trainer.global_step,
             "epoch_seconds": round(time.perf_counter() - self._epoch_started, 3),
         }
-        row.update({k: v for k, v in metrics.items() if k not in VALIDATION_KEYS and k != "loss_step"})
+        skipped = (*VALIDATION_KEYS, *_REDUNDANT)
+        row.update({k: v for k, v in metrics.items() if k not in skipped})
         validated = epoch % self.validation_interval == 0 and "cmc_rank_1" in metrics
         if validated:
             self.kpi = {k: round(metrics[k], 2) for k in VALIDATION_KEYS if k in metrics}
@@ -65,15 +67,16 @@ class RunRecorder(Callback):
             )  # fmt: skip
         last = epoch == trainer.max_epochs
         if epoch % self.checkpoint_interval == 0 or last:
-            trainer.save_checkpoint(self.folder / periodic_name(epoch, trainer.global_step))
-        trainer.save_checkpoint(self.folder / LATEST_NAME)
+            trainer.save_checkpoint(
+                self.folder / periodic_name(epoch, trainer.global_step), weights_only=False
+            )
+        trainer.save_checkpoint(self.folder / LATEST_NAME, weights_only=False)
 
     def _write_csv(self) -> None:
         columns: list[str] = []
         for row in self.rows:
             columns.extend(k for k in row if k not in columns)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_atomic(self.folder / "metrics.csv", buffer.getvalue().encode())
+        with atomic_open(self.folder / "metrics.csv", "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)

@@ -36,7 +36,8 @@ def check_fits(spec: ExperimentSpec, card: dict[str, Any], path: Path) -> None:
         expected, found = _spec_value(spec, dotted), card.get(card_key)
         if found != expected:
             raise CheckpointError(
-                f"checkpoint '{path}' was trained with {dotted}={found} but the spec has {expected}; "
+                f"checkpoint '{path}' was trained with {dotted}={found} "
+                f"but the spec has {expected}; "
                 f"set {dotted}={found} or pick the matching checkpoint"
             )
 
@@ -54,10 +55,20 @@ def restore_model(spec: ExperimentSpec, path: str | Path) -> tuple[ReidModel, di
         raise CheckpointError(f"checkpoint '{path}' was not written by reidkit train")
     check_fits(spec, card, path)
     trained = card["spec"]["model"] | {"neck_feat": spec.model.neck_feat, "pretrain_choice": "self"}
-    model = ReidModel(ModelSpec.model_validate(trained), card["num_classes"], OptimSpec.model_validate(card["spec"]["train"]["optim"]))
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model = ReidModel(
+        ModelSpec.model_validate(trained),
+        card["num_classes"],
+        OptimSpec.model_validate(card["spec"]["train"]["optim"]),
+    )
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.")
+    }
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint '{path}' does not fit its model: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit its model: {str(exc).splitlines()[0]}"
+        ) from None
     return model.eval(), card

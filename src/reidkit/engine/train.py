@@ -47,7 +47,9 @@ def device_settings(train: TrainSpec) -> dict[str, Any]:
         if train.num_gpus > 1 or train.num_nodes > 1:
             log.warning("no GPU available: training on the CPU in one process")
         return {"accelerator": "cpu", "devices": 1, "precision": precision}
-    devices = train.gpu_ids[: train.num_gpus] if len(train.gpu_ids) >= train.num_gpus else train.num_gpus
+    devices = (
+        train.gpu_ids[: train.num_gpus] if len(train.gpu_ids) >= train.num_gpus else train.num_gpus
+    )
     distributed = train.num_gpus * train.num_nodes > 1
     return {
         "accelerator": "gpu",
@@ -66,13 +68,16 @@ def resume_checkpoint(spec: ExperimentSpec, folder: Path) -> Path | None:
         path = Path(explicit)
         if not path.is_file():
             raise CheckpointError(
-                f"train.resume_training_checkpoint_path '{path}' does not exist; fix the path or unset it"
+                f"train.resume_training_checkpoint_path '{path}' does not exist; "
+                "fix the path or unset it"
             )
         return path
     return find_resume_checkpoint(folder)
 
 
-def train(spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] | None = None) -> TrainResult:
+def train(
+    spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] | None = None
+) -> TrainResult:
     """Train a ReID model as the spec says; rerunning with the same results folder resumes.
 
     ``callbacks`` lets callers (AutoML's pruning, tests) watch the run without changing it.
@@ -84,7 +89,6 @@ def train(spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] |
     lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
     module = ReidModule(spec, splits.num_train_ids)
     recorder = RunRecorder(folder, spec.train.checkpoint_interval, spec.train.validation_interval)
-    validate = bool(splits.query and splits.gallery)
     trainer = Trainer(
         **device_settings(spec.train),
         max_epochs=spec.train.num_epochs,
@@ -95,7 +99,6 @@ def train(spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] |
         default_root_dir=folder,
         check_val_every_n_epoch=spec.train.validation_interval,
         limit_train_batches=spec.train.steps_per_epoch or 1.0,
-        limit_val_batches=1.0 if validate else 0,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         log_every_n_steps=1,
@@ -104,7 +107,9 @@ def train(spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] |
     start = resume_checkpoint(spec, folder)
     if start is not None:
         log.info("resuming from %s", start)
-    write_status(folder, "train", "RUNNING", "training started", epoch=0, max_epoch=spec.train.num_epochs)
+    write_status(
+        folder, "train", "RUNNING", "training started", epoch=0, max_epoch=spec.train.num_epochs
+    )
     trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
     write_status(
         folder, "train", "SUCCESS", "training finished",

@@ -22,7 +22,7 @@ class Embeddings:
 
 
 def embed_batch(embedder: Embedder, images: Tensor, flip: bool) -> Tensor:
-    """Embed a batch; with ``flip`` average with the mirrored image (``model.with_flip_feature``)."""
+    """Embed a batch; with ``flip`` also average the mirrored image (``with_flip_feature``)."""
     features = embedder(images)
     if flip:
         features = (features + embedder(torch.flip(images, dims=[3]))) / 2
@@ -31,7 +31,10 @@ def embed_batch(embedder: Embedder, images: Tensor, flip: bool) -> Tensor:
 
 @torch.inference_mode()
 def extract_embeddings(
-    embedder: Embedder, batches: Iterable[tuple[Tensor, Tensor, Tensor]], device: torch.device, flip: bool
+    embedder: Embedder,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    device: torch.device,
+    flip: bool,
 ) -> Embeddings:
     """Run ``embedder`` over ``(image, pid, camid)`` batches; features come back on ``device``."""
     features, pids, camids = [], [], []

@@ -17,7 +17,7 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models import WeightsEnum
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock
 
 from reidkit.config.spec import ModelSpec
 from reidkit.errors import SpecError
@@ -75,7 +75,9 @@ def build_backbone(spec: ModelSpec) -> Backbone:
     factory = _BACKBONES.get(spec.backbone)
     if factory is None:
         known = ", ".join(sorted(_BACKBONES))
-        raise SpecError(f"model.backbone '{spec.backbone}' is not registered; choose one of {known}")
+        raise SpecError(
+            f"model.backbone '{spec.backbone}' is not registered; choose one of {known}"
+        )
     return factory(spec)
 
 
@@ -217,12 +219,11 @@ class SwinBackbone(Backbone):
     def adapt_library_state_dict(self, state: Mapping[str, Tensor]) -> StateDict:
         """timm's own filter resizes relative-position tables to the windows used here and
         converts original Microsoft/SOLIDER checkpoints (downsample at the end of a stage)."""
-        without_head = {k: v for k, v in state.items() if not k.startswith("head.")}
         try:
-            adapted = checkpoint_filter_fn(without_head, self.body)
+            adapted = checkpoint_filter_fn(_prefixed("", state, dropped="head."), self.body)
         except (AttributeError, RuntimeError, ValueError) as exc:
             raise ValueError(f"timm cannot adapt it to {self.name} ({exc})") from exc
-        return _prefixed("body.", adapted, dropped="head.")
+        return {f"body.{key}": value for key, value in adapted.items()}
 
     def download_imagenet_state_dict(self) -> StateDict:
         model = timm.create_model(
@@ -231,20 +232,9 @@ class SwinBackbone(Backbone):
         return model.state_dict()
 
 
-def _swin(spec: ModelSpec) -> Backbone:
-    return SwinBackbone(spec.backbone, (spec.input_height, spec.input_width), spec.drop_path)
-
-
 @register_backbone("swin_tiny_patch4_window7_224")
-def swin_tiny(spec: ModelSpec) -> Backbone:
-    return _swin(spec)
-
-
 @register_backbone("swin_small_patch4_window7_224")
-def swin_small(spec: ModelSpec) -> Backbone:
-    return _swin(spec)
-
-
 @register_backbone("swin_base_patch4_window7_224")
-def swin_base(spec: ModelSpec) -> Backbone:
-    return _swin(spec)
+def swin(spec: ModelSpec) -> Backbone:
+    """The timm variant is named like the spec literal, so one factory serves all three."""
+    return SwinBackbone(spec.backbone, (spec.input_height, spec.input_width), spec.drop_path)

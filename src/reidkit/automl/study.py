@@ -1,0 +1,169 @@
+"""``run_automl``: an optuna study over the train action, resumable and shareable.
+
+The study lives in an optuna RDB storage (by default ``<automl folder>/automl.db``, SQLite); a
+rerun, or a worker on another machine given the same ``automl.storage`` URL, loads it and runs
+only the trials still missing. Trials send heartbeats: a trial whose process died is failed
+once its heartbeat is stale and optuna queues a retry with the same parameters, which resumes
+from the dead trial's checkpoint. A worker that finds every remaining slot held by running
+trials waits for them, so a study never ends with a lost trial unretried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from reidkit.automl.algorithms import make_pruner, make_sampler
+from reidkit.automl.report import BEST_SPEC, LEADERBOARD, write_reports
+from reidkit.automl.space import check_automl_spec
+from reidkit.automl.trial import Objective, SurplusTrial, TrialFailed, holds_slot, is_finished
+from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.errors import ReidkitError, SpecError
+from reidkit.outputs import write_status
+
+log = logging.getLogger("reidkit")
+
+# A killed trial is retried this many times before it stays failed.
+MAX_RETRIES = 3
+
+
+@dataclass
+class AutomlResult:
+    """Where the study is, its best trial (metric in percent) and the files written."""
+
+    results_dir: Path
+    storage: str
+    study_name: str
+    trials: int
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    best_spec: Path
+    leaderboard: Path
+
+
+def storage_url(spec: ExperimentSpec) -> str:
+    """``automl.storage``, or a SQLite file in the AutoML folder."""
+    if spec.automl.storage:
+        return spec.automl.storage
+    return f"sqlite:///{(spec.action_dir('automl') / 'automl.db').resolve()}"
+
+
+def open_study(spec: ExperimentSpec) -> optuna.Study:
+    """Create the study, or load it when it exists (a resume or another worker)."""
+    url = storage_url(spec)
+    interval = spec.automl.heartbeat_interval
+    sqlite = url.startswith("sqlite")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                # Workers sharing one SQLite file wait for each other's writes.
+                engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else None,
+                heartbeat_interval=interval,
+                grace_period=3 * interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                ),
+            )
+        except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise SpecError(f"automl.storage: cannot open '{url}': {reason}") from None
+    name = spec.automl.study_name or f"{spec.model_name}_automl"
+    study = optuna.create_study(
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        study_name=name,
+        direction=spec.automl.direction,
+        load_if_exists=True,
+    )
+    wanted = (
+        StudyDirection.MAXIMIZE if spec.automl.direction == "maximize" else StudyDirection.MINIMIZE
+    )
+    if study.direction != wanted:
+        raise SpecError(
+            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in {url} "
+            f"{study.direction.name.lower()}s; use another automl.study_name"
+        )
+    return study
+
+
+def run_automl(spec: ExperimentSpec) -> AutomlResult:
+    """Tune the train action until the study holds ``automl_max_recommendations`` trials."""
+    space = check_automl_spec(spec)
+    folder = spec.action_dir("automl")
+    folder.mkdir(parents=True, exist_ok=True)
+    study = open_study(spec)
+    save_spec(spec, folder / "experiment.yaml")
+    target = spec.automl.automl_max_recommendations
+    objective = Objective(spec, space, folder)
+    write_status(folder, "automl", "RUNNING", f"study '{study.study_name}' running")
+
+    def report(study: optuna.Study, _: Any) -> None:
+        write_reports(study, spec, space, folder)
+
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        if sum(is_finished(t) for t in trials) >= target:
+            break
+        queued = any(t.state == TrialState.WAITING for t in trials)
+        if queued or sum(holds_slot(t) for t in trials) < target:
+            try:
+                study.optimize(
+                    objective, n_trials=1, catch=(TrialFailed, SurplusTrial), callbacks=[report]
+                )
+            except KeyboardInterrupt:
+                _queue_retry(study, objective.current)
+                raise
+        else:
+            log.info("waiting for trials running elsewhere (or lost, until their heartbeat stops)")
+            time.sleep(spec.automl.heartbeat_interval)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+
+    best = write_reports(study, spec, space, folder)
+    finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+    if best is None:
+        write_status(folder, "automl", "FAILURE", "no trial completed")
+        raise ReidkitError(
+            f"AutoML ran {finished} trials and none completed (all pruned or failed); "
+            f"see {folder / (LEADERBOARD + '.csv')}"
+        )
+    kpi = {spec.automl.metric: round(float(best.value), 2)}
+    write_status(folder, "automl", "SUCCESS", f"best trial {best.number}", kpi=kpi)
+    return AutomlResult(
+        results_dir=folder,
+        storage=storage_url(spec),
+        study_name=study.study_name,
+        trials=finished,
+        best_trial=best.number,
+        best_value=float(best.value),
+        best_params={p.key: p.decode(best.params[p.key]) for p in space if p.key in best.params},
+        best_spec=folder / BEST_SPEC,
+        leaderboard=folder / f"{LEADERBOARD}.csv",
+    )
+
+
+def _queue_retry(study: optuna.Study, number: int | None) -> None:
+    """A trial interrupted with Ctrl-C is retried on the next run, like a lost one."""
+    for trial in study.get_trials(deepcopy=False):
+        lost = not holds_slot(trial) and "surplus" not in trial.user_attrs
+        if trial.number == number and trial.state == TrialState.FAIL and lost:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                )(study, trial)

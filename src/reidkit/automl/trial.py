@@ -1,0 +1,114 @@
+"""One AutoML trial: the spec it trains, its slot in the study, and the objective that runs it.
+
+A study has exactly ``automl_max_recommendations`` slots. Completed, pruned, running and
+waiting (queued retries) trials hold one, and so does a trial whose training raised; a trial
+lost with its process (stale heartbeat) gives its slot to the retry optuna queues for it, and
+a trial started when another worker had just taken the last slot gives it back. Counting this
+way lets any number of workers, and any number of kills and reruns, end with exactly the
+requested number of trials.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from reidkit.automl.pruning import OptunaPruning
+from reidkit.automl.space import SearchParam
+from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.engine.train import train
+from reidkit.errors import ReidkitError
+
+_HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class TrialFailed(Exception):
+    """A trial's training raised; the trial is recorded as failed and the study goes on."""
+
+
+class SurplusTrial(Exception):
+    """Another worker took the last slot first; this trial ends unrun and holds no slot."""
+
+
+def trial_spec(spec: ExperimentSpec, params: dict[str, Any], folder: Path) -> ExperimentSpec:
+    """The full train spec of a trial: the user's spec, the tuned values, its own folder.
+
+    ``train.num_epochs`` becomes the trial budget; a fixed train results folder or resume
+    checkpoint would make every trial share one run, so both are cleared; AutoML is switched
+    off so that the spec (and ``best_spec.yaml``) trains plainly when run again.
+    """
+    return apply_overrides(
+        spec,
+        {
+            **params,
+            "results_dir": str(folder),
+            "train.results_dir": None,
+            "train.resume_training_checkpoint_path": None,
+            "train.num_epochs": spec.automl.automl_max_epochs,
+            "automl.automl_enabled": False,
+        },
+    )
+
+
+def holds_slot(trial: FrozenTrial) -> bool:
+    if trial.state == TrialState.FAIL:
+        return "error" in trial.user_attrs
+    return trial.state in _HOLDING
+
+
+def is_finished(trial: FrozenTrial) -> bool:
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and "error" in trial.user_attrs
+    )
+
+
+class Objective:
+    """Trains one trial in ``<automl folder>/trial_<number>`` and returns its metric."""
+
+    def __init__(self, spec: ExperimentSpec, space: list[SearchParam], folder: Path) -> None:
+        self.spec = spec
+        self.space = space
+        self.folder = folder
+        self.current: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
+        self._claim_slot(trial)
+        # A retried trial inherits its original's user attributes, so it trains in the same
+        # folder and resumes from that trial's latest checkpoint.
+        name = trial.user_attrs.get("results_dir")
+        if name is None:
+            name = f"trial_{trial.number:03d}"
+            trial.set_user_attr("results_dir", name)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        params = {param.key: param.suggest(trial) for param in self.space}
+        spec = trial_spec(self.spec, params, self.folder / name)
+        metric = self.spec.automl.metric
+        pruning = OptunaPruning(trial, metric)
+        try:
+            result = train(spec, callbacks=[pruning])
+            value = pruning.last if pruning.last is not None else result.kpi.get(metric)
+            if value is None:
+                raise RuntimeError(f"training logged no {metric}")
+        except optuna.TrialPruned:
+            trial.set_user_attr("epochs", pruning.epoch)
+            raise
+        except ReidkitError:
+            raise  # the user's spec or data: every trial would fail the same way
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:500])
+            raise TrialFailed(f"trial {trial.number}: {error}") from error
+        trial.set_user_attr("epochs", result.epochs)
+        return value
+
+    def _claim_slot(self, trial: optuna.Trial) -> None:
+        target = self.spec.automl.automl_max_recommendations
+        earlier = trial.study.get_trials(deepcopy=False)
+        if sum(holds_slot(t) for t in earlier if t.number < trial.number) >= target:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: all {target} trials were taken")

@@ -1,0 +1,283 @@
+"""Exact k-reciprocal re-ranking (Zhong et al., CVPR 2017) in memory that grows with q x g only.
+
+The reference implementation (Zhong's, as shipped by torchreid and TAO) holds several dense
+(q+g)^2 matrices (distances, their argsort, the V encodings) and loops over every image in
+Python: 8.8 GB and about two minutes on a Market-sized split, and out of memory on large
+galleries. Yet each step only needs a handful of numbers per image:
+
+1. the k1+1 nearest neighbours of every image (and its largest distance, which the reference
+   uses to scale rows): one pass over the (q+g)^2 distances in square blocks, each computed
+   once for both of its row ranges (the matrix is symmetric), keeping a running top-k;
+2. the k-reciprocal sets, their expansion and the V encodings: at most
+   (k1+1) * (round(k1/2)+2) entries per image, built with batched gathers and compares;
+3. query expansion over the k2 nearest neighbours: a sparse average;
+4. the Jaccard distance, for query x gallery only, by intersecting the queries' sparse V rows
+   with an inverted index of the gallery's (sum of element-wise minima).
+
+Everything runs on the features' device with torch ops; the result agrees with the reference
+given the same original distances (up to float32 rounding, and to the order the reference's
+unstable argsort gives exactly tied distances).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from reidkit.evaluation.metrics import _as_float, _normalized_distance, normalize_features
+
+# Temporary elements allowed per batched step (gathers, compares, pair lists) outside the
+# distance blocks; about 64 MB of float32/int64 per buffer.
+_STEP_ELEMENTS = 1 << 23
+
+
+def _merge_top_k(
+    best_d: Tensor, best_i: Tensor, block: Tensor, column_offset: int, k: int
+) -> None:
+    """Fold a block's k smallest per row into the running (sorted) top-k, in place."""
+    take = min(k, block.shape[1])
+    d, i = torch.topk(block, take, dim=1, largest=False, sorted=True)
+    d = torch.cat([best_d, d], dim=1)
+    i = torch.cat([best_i, i + column_offset], dim=1)
+    order = torch.topk(d, k, dim=1, largest=False, sorted=True).indices
+    best_d.copy_(torch.gather(d, 1, order))
+    best_i.copy_(torch.gather(i, 1, order))
+
+
+def _neighbour_pass(
+    feats: Tensor, k: int, num_query: int, query_gallery_out: Tensor, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """Top-k neighbours of every image with their squared distances (ascending), and its
+    largest squared distance; writes the query x gallery squared distances into ``query_gallery_out``.
+
+    The reference ranks ``d**2`` (its "original distance" squares the squared Euclidean
+    distance), so the same is ranked here.
+    """
+    n = len(feats)
+    best_d = torch.full((n, k), float("inf"), dtype=feats.dtype, device=feats.device)
+    best_i = torch.zeros((n, k), dtype=torch.int64, device=feats.device)
+    row_max = torch.zeros(n, dtype=feats.dtype, device=feats.device)
+    starts = range(0, n, block_size)
+    for a, i0 in enumerate(starts):
+        i1 = min(i0 + block_size, n)
+        for j0 in starts[a:]:
+            j1 = min(j0 + block_size, n)
+            sq = _normalized_distance(feats[i0:i1], feats[j0:j1]).square_()
+            _merge_top_k(best_d[i0:i1], best_i[i0:i1], sq, j0, k)
+            torch.maximum(row_max[i0:i1], sq.amax(1), out=row_max[i0:i1])
+            if j0 != i0:
+                _merge_top_k(best_d[j0:j1], best_i[j0:j1], sq.T, i0, k)
+                torch.maximum(row_max[j0:j1], sq.amax(0), out=row_max[j0:j1])
+            # Queries come first, so query x gallery entries only appear above the diagonal.
+            q1, g0 = min(i1, num_query), max(j0, num_query)
+            if i0 < q1 and g0 < j1:
+                query_gallery_out[i0:q1, g0 - num_query : j1 - num_query] = sq[
+                    : q1 - i0, g0 - j0 :
+                ]
+    return best_i, best_d, row_max
+
+
+def _reciprocal_mask(ranked: Tensor) -> Tensor:
+    """``mask[i, a]``: image i is among the neighbours listed in ``ranked`` of ``ranked[i, a]``."""
+    n, k = ranked.shape
+    mask = torch.empty((n, k), dtype=torch.bool, device=ranked.device)
+    step = max(1, _STEP_ELEMENTS // (k * k))
+    for s in range(0, n, step):
+        rows = ranked[s : s + step]
+        me = torch.arange(s, s + len(rows), device=ranked.device)
+        mask[s : s + step] = (ranked[rows] == me[:, None, None]).any(2)
+    return mask
+
+
+def _compact(columns: Tensor, sentinel: int) -> Tensor:
+    """Sort each row, drop repeats and trailing sentinels: padded sets of distinct columns."""
+    columns = torch.sort(columns, dim=1).values
+    repeat = torch.zeros_like(columns, dtype=torch.bool)
+    repeat[:, 1:] = columns[:, 1:] == columns[:, :-1]
+    columns = torch.sort(columns.masked_fill(repeat, sentinel), dim=1).values
+    width = int((columns < sentinel).sum(1).max())
+    return columns[:, :width]
+
+
+def _expansion_sets(neighbours: Tensor, k1: int) -> Tensor:
+    """The expanded k-reciprocal set R*(i) of every image, as padded sorted columns.
+
+    R(i) holds the k1+1 nearest neighbours that also have i among theirs; each member c of
+    R(i) adds its own round(k1/2)-reciprocal set when more than 2/3 of that set lies in R(i).
+    """
+    n = len(neighbours)
+    near = neighbours[:, : k1 + 1]
+    half = neighbours[:, : int(round(k1 / 2)) + 1]
+    near_ok = _reciprocal_mask(near)
+    half_ok = _reciprocal_mask(half)
+    half_size = half_ok.sum(1).double()
+    k, h = near.shape[1], half.shape[1]
+    step = max(1, _STEP_ELEMENTS // (k * k * h))
+    parts = []
+    for s in range(0, n, step):
+        cand, cand_ok = near[s : s + step], near_ok[s : s + step]
+        members, members_ok = half[cand], half_ok[cand]
+        in_r = (members[..., None] == cand[:, None, None, :]) & cand_ok[:, None, None, :]
+        overlap = (in_r.any(3) & members_ok).sum(2).double()
+        # Same float comparison as the reference, so a 2/3 boundary case decides alike.
+        accept = cand_ok & (overlap > (2.0 / 3.0) * half_size[cand])
+        added = members.masked_fill(~(accept[..., None] & members_ok), n).flatten(1)
+        parts.append(torch.cat([cand.masked_fill(~cand_ok, n), added], dim=1))
+    return _compact(torch.cat(parts), n)
+
+
+def _encode(
+    feats: Tensor,
+    columns: Tensor,
+    neighbours: Tensor,
+    neighbour_sq: Tensor,
+    row_max: Tensor,
+) -> Tensor:
+    """V: weights exp(-original distance) over each R*(i), normalised to sum 1 per row.
+
+    Most members of R*(i) are among i's k1+1 nearest neighbours, whose squared distances the
+    neighbour pass kept; the others (members added through a neighbour's set) are recomputed
+    as single dot products.
+    """
+    n, width = columns.shape
+    valid = columns < n
+    sq = torch.zeros(columns.shape, dtype=feats.dtype, device=feats.device)
+    found = torch.zeros_like(valid)
+    step = max(1, _STEP_ELEMENTS // max(1, width * neighbours.shape[1]))
+    for s in range(0, n, step):
+        match = columns[s : s + step, :, None] == neighbours[s : s + step, None, :]
+        found[s : s + step] = match.any(2)
+        sq[s : s + step] = torch.where(match, neighbour_sq[s : s + step, None, :], 0.0).sum(2)
+    rows, slots = torch.nonzero(valid & ~found, as_tuple=True)
+    others = columns[rows, slots]
+    step = max(1, _STEP_ELEMENTS // feats.shape[1])
+    for s in range(0, len(rows), step):
+        dots = (feats[rows[s : s + step]] * feats[others[s : s + step]]).sum(1)
+        sq[rows[s : s + step], slots[s : s + step]] = (2.0 - 2.0 * dots).square_()
+    weights = torch.exp(-(sq / row_max[:, None])).masked_fill_(~valid, 0.0)
+    return weights / weights.sum(1, keepdim=True)
+
+
+def _query_expansion(
+    columns: Tensor, weights: Tensor, neighbours: Tensor, k2: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sparse rows of V averaged over each image's k2 nearest neighbours, as COO
+    (row, column, value) sorted by row then column."""
+    n, width = columns.shape
+    rows_out, cols_out, vals_out = [], [], []
+    step = max(1, _STEP_ELEMENTS // max(1, k2 * width))
+    for s in range(0, n, step):
+        near = neighbours[s : s + step, :k2]
+        local = torch.arange(len(near), device=columns.device)[:, None]
+        key = (local * (n + 1) + columns[near].flatten(1)).flatten()
+        uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+        vals = torch.zeros(len(uniq), dtype=weights.dtype, device=weights.device)
+        vals.index_add_(0, inverse, weights[near].flatten())
+        col = uniq % (n + 1)
+        keep = col < n
+        rows_out.append(uniq[keep] // (n + 1) + s)
+        cols_out.append(col[keep])
+        vals_out.append(vals[keep] / k2)
+    return torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
+
+
+def _blend_jaccard(
+    out: Tensor,
+    sparse: tuple[Tensor, Tensor, Tensor],
+    row_max: Tensor,
+    lambda_value: float,
+) -> Tensor:
+    """Turn ``out`` (query x gallery squared distances) into the re-ranked distances in place.
+
+    Jaccard distance ``1 - m / (2 - m)``, m the sum over shared columns of min(V_i, V_j), is
+    built for a batch of queries at a time from the (query, gallery) pairs that share a column
+    (found through an inverted index of the gallery rows), then blended with the original
+    distance ``out / row_max``.
+    """
+    rows, cols, vals = sparse
+    num_query, num_gallery = out.shape
+    is_query = rows < num_query
+    q_rows, q_cols, q_vals = rows[is_query], cols[is_query], vals[is_query]
+    g_cols = cols[~is_query]
+    g_order = torch.argsort(g_cols, stable=True)
+    g_rows = rows[~is_query][g_order] - num_query
+    g_vals = vals[~is_query][g_order]
+    g_count = torch.bincount(g_cols, minlength=len(row_max))
+    g_start = torch.cumsum(g_count, 0) - g_count
+    pairs = g_count[q_cols]
+    pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=out.device)
+    pairs_per_query.index_add_(0, q_rows, pairs)
+    entry_end = torch.cumsum(torch.bincount(q_rows, minlength=num_query), 0).tolist()
+    pair_end = torch.cumsum(pairs_per_query, 0).tolist()
+    q0 = 0
+    while q0 < num_query:
+        # Extend the batch while it stays within _STEP_ELEMENTS pairs (at least one query).
+        done = pair_end[q0 - 1] if q0 else 0
+        q1 = q0 + 1
+        while q1 < num_query and pair_end[q1] - done <= _STEP_ELEMENTS:
+            q1 += 1
+        e0, e1 = (entry_end[q0 - 1] if q0 else 0), entry_end[q1 - 1]
+        length = pairs[e0:e1]
+        source = torch.repeat_interleave(torch.arange(e0, e1, device=out.device), length)
+        first = torch.cumsum(length, 0) - length
+        at = g_start[q_cols[source]] - first[source - e0]
+        at += torch.arange(len(source), device=out.device)
+        shared = torch.minimum(q_vals[source], g_vals[at])
+        overlap = torch.zeros((q1 - q0) * num_gallery, dtype=out.dtype, device=out.device)
+        overlap.index_add_(0, (q_rows[source] - q0) * num_gallery + g_rows[at], shared)
+        overlap = overlap.view(q1 - q0, num_gallery)
+        jaccard = 1.0 - overlap / (2.0 - overlap)
+        original = out[q0:q1].div_(row_max[q0:q1, None])
+        out[q0:q1] = jaccard.mul_(1.0 - lambda_value).add_(original, alpha=lambda_value)
+        q0 = q1
+    return out
+
+
+def re_rank(
+    qf: Tensor,
+    gf: Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    chunk_size: int = 2048,
+) -> Tensor:
+    """k-reciprocal re-ranked query x gallery distances ([q, g], on the features' device).
+
+    The original distance is the one torchreid feeds its ``re_ranking``: squared Euclidean
+    distance of L2-normalised features (:func:`pairwise_distance`), squared again and divided
+    by each image's largest value over all q+g images. The result is
+    ``(1 - lambda) * jaccard + lambda * original`` as in the paper.
+
+    Memory, with n = q + g and d the feature size: the [q, g] result; one
+    ``chunk_size x chunk_size`` distance block; O(n * k1^2) integers for the neighbour and
+    expansion sets and O(n * k2 * k1^2) sparse weights; plus about 64 MB per working buffer
+    (``_STEP_ELEMENTS``). Nothing of size n^2 is ever allocated, so a 50,000-image gallery
+    needs little more than its q x g output.
+    """
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"features must be [n, d] with equal d, got {qf.shape} and {gf.shape}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    qf, gf = _as_float(qf), _as_float(gf)
+    feats = normalize_features(torch.cat([qf, gf.to(qf.dtype)]))
+    num_query, n = len(qf), len(feats)
+    if n < k1 + 1:
+        raise ValueError(f"re-ranking with k1={k1} needs more than {k1} images, got {n}")
+    out = torch.empty((num_query, len(gf)), dtype=feats.dtype, device=feats.device)
+    neighbours, neighbour_sq, row_max = _neighbour_pass(
+        feats, k1 + 1, num_query, out, chunk_size
+    )
+    columns = _expansion_sets(neighbours, k1)
+    weights = _encode(feats, columns, neighbours, neighbour_sq, row_max)
+    if k2 == 1:
+        keep = columns < n
+        rows = torch.arange(n, device=feats.device)[:, None].expand_as(columns)[keep]
+        sparse = rows, columns[keep], weights[keep]
+    else:
+        sparse = _query_expansion(columns, weights, neighbours, k2)
+    return _blend_jaccard(out, sparse, row_max[:num_query], lambda_value)
