@@ -156,5 +156,5 @@ def test_every_broken_section_is_reported_and_bad_files_are_lines(tmp_path: Path
     spec.write_text("model: [unclosed\n")
     assert "not valid YAML at line" in validate_spec_file(spec)[0]
     assert "does not exist" in validate_spec_file(tmp_path / "missing.yaml")[0]
-    with pytest.raises(SpecError, match="action 'deploy'.*allowed: train, evaluate"):
+    with pytest.raises(SpecError, match=r"action 'deploy'.*allowed: train, evaluate"):
         validate_spec_file(TAO_SPEC, "deploy")

@@ -21,7 +21,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from reidkit.automl.algorithms import make_pruner, make_sampler
 from reidkit.automl.report import BEST_SPEC, LEADERBOARD, write_reports
@@ -35,6 +35,7 @@ log = logging.getLogger("reidkit")
 
 # A killed trial is retried this many times before it stays failed.
 MAX_RETRIES = 3
+_OPEN_ATTEMPTS = 3
 
 
 @dataclass
@@ -62,27 +63,9 @@ def storage_url(spec: ExperimentSpec) -> str:
 def open_study(spec: ExperimentSpec) -> optuna.Study:
     """Create the study, or load it when it exists (a resume or another worker)."""
     url = storage_url(spec)
-    interval = spec.automl.heartbeat_interval
-    sqlite = url.startswith("sqlite")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            storage = optuna.storages.RDBStorage(
-                url,
-                # Workers sharing one SQLite file wait for each other's writes.
-                engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else None,
-                heartbeat_interval=interval,
-                grace_period=3 * interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
-                ),
-            )
-        except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise SpecError(f"automl.storage: cannot open '{url}': {reason}") from None
     name = spec.automl.study_name or f"{spec.model_name}_automl"
     study = optuna.create_study(
-        storage=storage,
+        storage=_open_storage(url, spec.automl.heartbeat_interval),
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
         study_name=name,
@@ -98,6 +81,43 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
             f"{study.direction.name.lower()}s; use another automl.study_name"
         )
     return study
+
+
+def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
+    """The RDB storage with heartbeats and retries of lost trials.
+
+    Workers started together race to create the tables; the loser sees an integrity or lock
+    error and simply opens the tables the winner made.
+    """
+    attempts = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    # Workers sharing one SQLite file wait for each other's writes.
+                    engine_kwargs={"connect_args": {"timeout": 120}}
+                    if url.startswith("sqlite")
+                    else None,
+                    heartbeat_interval=interval,
+                    grace_period=3 * interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                    ),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            attempts += 1
+            if attempts == _OPEN_ATTEMPTS:
+                raise SpecError(_cannot_open(url, error)) from None
+            time.sleep(attempts)
+        except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as error:
+            raise SpecError(_cannot_open(url, error)) from None
+
+
+def _cannot_open(url: str, error: Exception) -> str:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"automl.storage: cannot open '{url}': {reason}"
 
 
 def run_automl(spec: ExperimentSpec) -> AutomlResult:
@@ -124,7 +144,7 @@ def run_automl(spec: ExperimentSpec) -> AutomlResult:
                 study.optimize(
                     objective, n_trials=1, catch=(TrialFailed, SurplusTrial), callbacks=[report]
                 )
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):
                 _queue_retry(study, objective.current)
                 raise
         else:
@@ -158,12 +178,27 @@ def run_automl(spec: ExperimentSpec) -> AutomlResult:
 
 
 def _queue_retry(study: optuna.Study, number: int | None) -> None:
-    """A trial interrupted with Ctrl-C is retried on the next run, like a lost one."""
-    for trial in study.get_trials(deepcopy=False):
-        lost = not holds_slot(trial) and "surplus" not in trial.user_attrs
-        if trial.number == number and trial.state == TrialState.FAIL and lost:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
-                )(study, trial)
+    """An interrupted trial is retried on the next run at once, like a lost one after a while.
+
+    Ctrl-C inside training reaches here as Lightning's ``SystemExit`` with the trial still
+    RUNNING (optuna only handles Exception and KeyboardInterrupt); outside it, optuna has
+    already failed the trial. Either way it ends FAIL with a retry queued.
+    """
+    trial = _find(study, number)
+    if trial is None or "surplus" in trial.user_attrs:
+        return
+    if trial.state == TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
+        trial = _find(study, number)
+    elif trial.state != TrialState.FAIL or holds_slot(trial):
+        return  # it finished, or failed by its own error: nothing to retry
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(
+            max_retry=MAX_RETRIES, inherit_intermediate_values=True
+        )
+        retry(study, trial)
+
+
+def _find(study: optuna.Study, number: int | None) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
