@@ -24,6 +24,7 @@ _ACTIONS = {
     "evaluate": "reidkit.evaluation.evaluate:evaluate",
     "infer": "reidkit.evaluation.infer:infer",
     "export": "reidkit.export.onnx:export",
+    "automl": "reidkit.automl.study:run_automl",
 }
 
 __all__ = ["__version__", *_ACTIONS]

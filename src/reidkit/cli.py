@@ -12,37 +12,57 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reidkit import __version__
 from reidkit.config.spec import ExperimentSpec, load_spec
-from reidkit.errors import ReidkitError
+from reidkit.errors import ReidkitError, SpecError
+
+if TYPE_CHECKING:
+    from reidkit.automl import AutomlResult
 
 EXIT_USER_ERROR = 2
 
 
-def _train(spec: ExperimentSpec) -> None:
-    from reidkit.engine.train import train
+def _train(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.automl import AutomlResult, route_train
 
-    result = train(spec)
+    result = route_train(spec, args.automl_policy)
+    if isinstance(result, AutomlResult):
+        _print_automl(result)
+        return
     kpi = ", ".join(f"{k} {v:.2f}" for k, v in result.kpi.items()) or "no validation run"
     print(f"trained {result.epochs} epochs -> {result.checkpoint} ({kpi})")
 
 
-def _evaluate(spec: ExperimentSpec) -> None:
+def _automl(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.automl import run_automl
+
+    _print_automl(run_automl(spec))
+
+
+def _print_automl(result: AutomlResult) -> None:
+    print(
+        f"{result.trials} trials in {result.results_dir}; best trial {result.best_trial}: "
+        f"{result.best_value:.2f} with {result.best_params} -> {result.best_spec}"
+    )
+
+
+def _evaluate(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     from reidkit.evaluation.evaluate import evaluate
 
     result = evaluate(spec)
     print(f"metrics, plots and status written to {result.results_dir}")
 
 
-def _inference(spec: ExperimentSpec) -> None:
+def _inference(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     from reidkit.evaluation.infer import infer
 
     result = infer(spec)
     print(f"embedded {result.num_images} images -> {result.output_file}, {result.matches_file}")
 
 
-def _export(spec: ExperimentSpec) -> None:
+def _export(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     from reidkit.export.onnx import export
 
     result = export(spec)
@@ -53,12 +73,29 @@ def _export(spec: ExperimentSpec) -> None:
 
 
 # Action name -> (help, function of the resolved spec). New actions register here.
-SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec], None]]] = {
+SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace], None]]] = {
     "train": ("train a model (resumes from the latest checkpoint in results_dir)", _train),
+    "automl": ("tune the train action's hyper-parameters with optuna (resumable)", _automl),
     "evaluate": ("CMC / mAP / mINP of a checkpoint or .onnx model, with plots", _evaluate),
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
 }
+
+
+def _schema(args: argparse.Namespace) -> None:
+    from reidkit.config.schema import write_schemas
+
+    written = write_schemas(Path(args.out))
+    print(f"wrote {len(written)} files under {args.out}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from reidkit.config.schema import validate_spec_file
+
+    problems = validate_spec_file(args.experiment_spec, args.spec_action)
+    if problems:
+        raise SpecError(problems[0])
+    print(f"{args.experiment_spec}: valid for {args.spec_action}")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -79,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=help_text)
         sub.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+        if name == "train":
+            sub.add_argument(
+                "--automl-policy", choices=["auto", "off"], default=None,
+                help="'auto': AutoML when automl.automl_enabled (default: the spec's policy)",
+            )  # fmt: skip
+
+    schema = actions.add_parser("schema", help="write JSON schemas and spec templates")
+    schema.add_argument("--out", required=True, help="folder for schemas/ and references/")
+    schema.set_defaults(run=_schema)
+    validate = actions.add_parser("validate", help="check a spec against an action's schema")
+    validate.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
+    validate.add_argument(
+        "spec_action",
+        nargs="?",
+        default="train",
+        choices=["train", "evaluate", "inference", "export"],
+    )
+    validate.set_defaults(run=_validate)
 
     dataset = actions.add_parser("dataset", help="dataset tools")
     tools = dataset.add_subparsers(dest="tool", required=True, metavar="TOOL")
@@ -124,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.action in SPEC_ACTIONS:
             spec = load_spec(args.experiment_spec, args.overrides)
-            SPEC_ACTIONS[args.action][1](spec)
+            SPEC_ACTIONS[args.action][1](spec, args)
         else:
             args.run(args)
     except ReidkitError as error:

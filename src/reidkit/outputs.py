@@ -15,6 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+# Temporary files are created 0600; results get the usual mode the user's umask allows.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -29,6 +34,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         mode, dir=path.parent, prefix=f".{path.name}.", delete=False
     )
     try:
+        os.chmod(handle.name, _FILE_MODE)
         with handle:
             yield handle
             handle.flush()

@@ -105,10 +105,16 @@ class DatasetSpec(_Section):
     val_batch_size: int = Field(128, ge=1, description="Batch size for validation and testing.")
     num_workers: int = Field(8, ge=0, le=128, description="Data loader worker processes.")
     pixel_mean: list[float] = Field(
-        default_factory=lambda: [0.485, 0.456, 0.406], min_length=3, max_length=3
+        default_factory=lambda: [0.485, 0.456, 0.406],
+        min_length=3,
+        max_length=3,
+        description="Per-channel RGB mean (0-1 scale) subtracted before the network.",
     )
     pixel_std: list[float] = Field(
-        default_factory=lambda: [0.226, 0.226, 0.226], min_length=3, max_length=3
+        default_factory=lambda: [0.226, 0.226, 0.226],
+        min_length=3,
+        max_length=3,
+        description="Per-channel RGB std (0-1 scale) dividing the input.",
     )
     padding: int = Field(10, ge=0, le=256, description="Pixels padded before the random crop.")
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
@@ -143,22 +149,22 @@ class OptimSpec(_Section):
 
     name: str = Field("Adam", description="Any torch.optim optimizer class name.")
     base_lr: float = Field(3.5e-4, gt=0.0, le=10.0, description="Base learning rate.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
-    weight_decay_bias: float = Field(5e-4, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (optimizers that take it).")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay of weights.")
+    weight_decay_bias: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay of biases.")
     bias_lr_factor: float = Field(1.0, gt=0.0, le=100.0, description="Bias lr = base_lr x this.")
     lr_steps: list[int] = Field(
         default_factory=lambda: [40, 70],
         description="Epochs at which the lr is multiplied by gamma.",
     )
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="lr multiplier at each of lr_steps.")
     warmup_factor: float = Field(0.01, gt=0.0, le=1.0, description="lr factor at epoch 0.")
     warmup_iters: int = Field(10, ge=0, description="Linear/constant warm-up length in epochs.")
     warmup_method: Literal["linear", "constant", "cosine"] = Field(
         "linear", description="'cosine' selects warm-up then cosine decay (Swin recipe)."
     )
     warmup_epochs: int = Field(20, ge=0, description="Warm-up epochs of the cosine schedule.")
-    center_loss_weight: float = Field(5e-4, ge=0.0)
+    center_loss_weight: float = Field(5e-4, ge=0.0, description="Weight of the center loss.")
     center_lr: float = Field(0.5, gt=0.0, description="SGD lr of the center-loss centers.")
     triplet_loss_margin: float = Field(0.3, ge=0.0, le=10.0, description="0 = soft margin.")
     large_fc_lr: bool = Field(False, description="Classifier lr x2 (Swin recipe).")
@@ -184,15 +190,17 @@ class OptimSpec(_Section):
 class TrainSpec(_Section):
     """``train``: devices, length, checkpoints and the optimizer."""
 
-    num_gpus: int = Field(1, ge=1, le=64)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    num_nodes: int = Field(1, ge=1, le=1024)
-    seed: int = Field(1234, ge=0)
-    num_epochs: int = Field(10, ge=1, le=10000)
-    checkpoint_interval: int = Field(1, ge=1)
-    validation_interval: int = Field(1, ge=1)
-    resume_training_checkpoint_path: str | None = None
-    results_dir: str | None = None
+    num_gpus: int = Field(1, ge=1, le=64, description="GPUs per node; several run DDP.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU indices to use.")
+    num_nodes: int = Field(1, ge=1, le=1024, description="Machines in a multi-node DDP run.")
+    seed: int = Field(1234, ge=0, description="Seed of weights init, sampling and augmentation.")
+    num_epochs: int = Field(10, ge=1, le=10000, description="Training epochs.")
+    checkpoint_interval: int = Field(1, ge=1, description="Epochs between periodic checkpoints.")
+    validation_interval: int = Field(1, ge=1, description="Epochs between validations.")
+    resume_training_checkpoint_path: str | None = Field(
+        None, description="Checkpoint to resume from; null = latest in the results folder."
+    )
+    results_dir: str | None = Field(None, description="Train output folder.")
     grad_clip: float = Field(0.0, ge=0.0, description="Gradient norm clip; 0 disables.")
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="'auto': 16-mixed on GPU, 32 on CPU."
@@ -206,35 +214,49 @@ class TrainSpec(_Section):
 class EvaluateSpec(_Section):
     """``evaluate``: the checkpoint (or ONNX file) to score and the query/gallery splits."""
 
-    checkpoint: str | None = None
-    test_dataset: str | None = None
-    query_dataset: str | None = None
-    output_cmc_curve_plot: str | None = None
-    output_sampled_matches_plot: str | None = None
-    batch_size: int = Field(128, ge=1)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    results_dir: str | None = None
+    checkpoint: str | None = Field(None, description="Checkpoint (.pth) or ONNX model (.onnx).")
+    test_dataset: str | None = Field(
+        None, description="Gallery folder or archive; null = dataset.test_dataset_dir."
+    )
+    query_dataset: str | None = Field(
+        None, description="Query folder or archive; null = dataset.query_dataset_dir."
+    )
+    output_cmc_curve_plot: str | None = Field(
+        None, description="CMC curve PNG; null = cmc_curve.png in the results folder."
+    )
+    output_sampled_matches_plot: str | None = Field(
+        None, description="Sampled matches PNG; null = sampled_matches.png in the results folder."
+    )
+    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    results_dir: str | None = Field(None, description="Evaluate output folder.")
 
 
 class InferenceSpec(_Section):
     """``inference``: embeddings and matches for every query and gallery image."""
 
-    checkpoint: str | None = None
-    test_dataset: str | None = None
-    query_dataset: str | None = None
-    output_file: str | None = None
-    batch_size: int = Field(128, ge=1)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    results_dir: str | None = None
+    checkpoint: str | None = Field(None, description="Checkpoint (.pth) or ONNX model (.onnx).")
+    test_dataset: str | None = Field(
+        None, description="Gallery folder or archive; null = dataset.test_dataset_dir."
+    )
+    query_dataset: str | None = Field(
+        None, description="Query folder or archive; null = dataset.query_dataset_dir."
+    )
+    output_file: str | None = Field(
+        None, description="Embeddings JSON; null = inference.json in the results folder."
+    )
+    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    results_dir: str | None = Field(None, description="Inference output folder.")
 
 
 class ExportSpec(_Section):
     """``export``: the ONNX file and how it is checked."""
 
-    checkpoint: str | None = None
-    onnx_file: str | None = None
-    gpu_id: int = Field(0, ge=0)
-    results_dir: str | None = None
+    checkpoint: str | None = Field(None, description="Checkpoint (.pth) to export.")
+    onnx_file: str | None = Field(None, description="ONNX file; null = model.onnx in results.")
+    gpu_id: int = Field(0, ge=0, description="GPU used for the parity check when present.")
+    results_dir: str | None = Field(None, description="Export output folder.")
     opset: int = Field(17, ge=17, le=23, description="ONNX opset version.")
     overwrite: bool = Field(False, description="Replace an existing onnx_file.")
     fp16: bool = Field(False, description="Also write and check an fp16 variant.")
@@ -243,12 +265,14 @@ class ExportSpec(_Section):
 class ReRankingSpec(_Section):
     """``re_ranking``: k-reciprocal re-ranking and the length of CMC / matches plots."""
 
-    re_ranking: bool = False
-    k1: int = Field(20, ge=1)
-    k2: int = Field(6, ge=1)
-    lambda_value: float = Field(0.3, ge=0.0, le=1.0)
-    max_rank: int = Field(10, ge=1, le=1000)
-    num_query: int = Field(10, ge=1, le=1000)
+    re_ranking: bool = Field(False, description="Apply k-reciprocal re-ranking in evaluate.")
+    k1: int = Field(20, ge=1, description="k-reciprocal neighbourhood size.")
+    k2: int = Field(6, ge=1, description="Neighbours averaged in query expansion.")
+    lambda_value: float = Field(
+        0.3, ge=0.0, le=1.0, description="Weight of the original distance vs Jaccard distance."
+    )
+    max_rank: int = Field(10, ge=1, le=1000, description="CMC length; columns of the matches plot.")
+    num_query: int = Field(10, ge=1, le=1000, description="Rows (queries) of the matches plot.")
 
 
 AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]

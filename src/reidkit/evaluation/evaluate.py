@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
-from reidkit.evaluation.plots import plot_cmc_curve, plot_sampled_matches
-from reidkit.evaluation.rerank import re_rank
-from reidkit.export.runtime import load_embedder
 
 from reidkit.config.spec import ExperimentSpec, save_spec
 from reidkit.data import ImageRecord, prepare_splits
 from reidkit.engine.datamodule import eval_loader
 from reidkit.errors import CheckpointError
 from reidkit.evaluation.features import Embeddings, extract_embeddings
+from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
+from reidkit.evaluation.plots import plot_cmc_curve, plot_sampled_matches
+from reidkit.evaluation.rerank import re_rank
+from reidkit.export.runtime import load_embedder
 from reidkit.outputs import write_json, write_status
 
 log = logging.getLogger("reidkit")
@@ -34,8 +34,11 @@ class EmbeddedSplits:
     gallery_records: list[ImageRecord]
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def select_device(gpu_ids: list[int]) -> torch.device:
+    """The first of ``gpu_ids`` when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu_ids[0] if gpu_ids else 0)
+    return torch.device("cpu")
 
 
 def embed_splits(
@@ -44,14 +47,15 @@ def embed_splits(
 ) -> EmbeddedSplits:  # fmt: skip
     """Load the model (checkpoint or ONNX) and embed the query and gallery splits.
 
-    ``key`` names the spec section (``evaluate``/``inference``) for error messages.
+    ``key`` names the spec section (``evaluate``/``inference``): its ``gpu_ids`` are used and
+    error messages name it.
     """
     if not checkpoint:
         raise CheckpointError(
             f"{key}.checkpoint is not set; point it at a .pth checkpoint or .onnx file"
         )
     embedder, _ = load_embedder(spec, checkpoint)
-    device = default_device()
+    device = select_device(getattr(spec, key).gpu_ids)
     if isinstance(embedder, torch.nn.Module):
         embedder = embedder.to(device)
     splits = prepare_splits(
