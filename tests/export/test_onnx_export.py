@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.data import prepare_splits
+from reidkit.engine.datamodule import eval_loader
 from reidkit.engine.restore import restore_model
 from reidkit.errors import CheckpointError, ExportError
-from reidkit.export import ExportResult, export
+from reidkit.evaluation.features import extract_embeddings
+from reidkit.export import ExportResult, export, load_embedder
 from reidkit.export import onnx as onnx_export
-from tests.conftest import tiny_overrides
+from tests.conftest import assert_one_line_error, empty_spec, run_cli, tiny_overrides
 from tests.export.conftest import make_checkpoint
 
 
@@ -97,12 +100,26 @@ def test_other_backbones_and_the_dynamo_exporter(tmp_path: Path, backbone: str, 
     assert _onnx_vs_torch(spec, result.onnx_file, 5) < 1e-4
 
 
-def test_check_uses_dataset_images_when_the_spec_has_them(synth_root: Path, tmp_path: Path) -> None:
+def test_dataset_images_check_and_evaluation_embeddings_from_either_file(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """The check runs on real crops; evaluation's extractor gives the same embeddings from the
+    ONNX file as from the checkpoint, flip averaging included."""
     data_keys = [o for o in tiny_overrides(synth_root, tmp_path) if o.startswith("dataset.")]
     data_keys = [o for o in data_keys if not o.startswith("dataset.num_classes")]
     spec = make_checkpoint(tmp_path, "model.backbone=resnet_18", *data_keys)
     result = export(spec)
     assert result.inputs == "8 query/gallery images" and result.max_abs_diff < 1e-4
+    query = prepare_splits(spec, train=False, verify=False).query
+    features = {}
+    for name, path in (("torch", spec.export.checkpoint), ("onnx", result.onnx_file)):
+        embedder, _ = load_embedder(spec, path)
+        loader = eval_loader(spec, query, batch_size=16)
+        features[name] = extract_embeddings(embedder, loader, torch.device("cpu"), flip=True)
+    torch.testing.assert_close(
+        features["onnx"].features, features["torch"].features, atol=1e-4, rtol=0
+    )
+    assert (features["onnx"].pids == features["torch"].pids).all()
 
 
 def test_fp16_variant_is_checked_and_keeps_float32_io(tmp_path: Path) -> None:
@@ -165,3 +182,8 @@ def test_file_beyond_tolerance_is_not_kept(
     ]
     status = json.loads((spec.action_dir("export") / "status.json").read_text())
     assert status["status"] == "FAILURE"
+
+
+def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("export", "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}")
+    assert_one_line_error(result, "export.checkpoint is not set")

@@ -75,13 +75,17 @@ class OnnxEmbedder:
         *,
         providers: list[str | tuple[str, dict[str, Any]]] | None = None,
         gpu_id: int = 0,
+        session_options: ort.SessionOptions | None = None,
     ) -> None:
+        """Open ``path``; ``session_options`` sets e.g. thread counts on a shared machine."""
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"ONNX file '{self.path}' does not exist; check the path")
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=providers or default_providers(gpu_id)
+                str(self.path),
+                sess_options=session_options,
+                providers=providers or default_providers(gpu_id),
             )
         except _SESSION_ERRORS as exc:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "unreadable"
