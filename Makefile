@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Synthesise a small multi-camera dataset, train a few epochs, print rank-1 and mAP.
+# Synthesise a small multi-camera dataset, train a few epochs (prints rank-1 and mAP), then
+# evaluate the checkpoint with plots and export it to a verified ONNX file.
 demo: $(STAMP)
-	rm -rf $(DEMO)/results
+	rm -rf $(DEMO)
 	$(VENV)/bin/reidkit dataset synth --out $(DEMO)/synth --ids 60 --cameras 4 --images-per-id 12
-	$(VENV)/bin/reidkit train -e examples/demo.yaml results_dir=$(DEMO)/results
+	$(VENV)/bin/reidkit train -e examples/demo.yaml
+	$(VENV)/bin/reidkit evaluate -e examples/demo.yaml
+	$(VENV)/bin/reidkit export -e examples/demo.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -31,7 +31,7 @@ def _train(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     if isinstance(result, AutomlResult):
         _print_automl(result)
         return
-    kpi = ", ".join(f"{k} {v:.2f}" for k, v in result.kpi.items()) or "no validation run"
+    kpi = ", ".join(f"{k} {v:g}" for k, v in result.kpi.items()) or "no validation run"
     print(f"trained {result.epochs} epochs -> {result.checkpoint} ({kpi})")
 
 
