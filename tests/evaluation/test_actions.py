@@ -103,7 +103,9 @@ def test_query_without_any_valid_match_is_refused(trained: Trained, tmp_path: Pa
     query, gallery = tmp_path / "query", tmp_path / "gallery"
     query.mkdir()
     gallery.mkdir()
-    for image in sorted(source.iterdir())[:4]:
+    one_camera = [p for p in sorted(source.iterdir()) if "_c1s" in p.name][:4]
+    assert len({p.name.split("_")[0] for p in one_camera}) > 1
+    for image in one_camera:
         shutil.copy(image, query / image.name)
         shutil.copy(image, gallery / image.name.replace("_00.", "_01."))
     overrides = {

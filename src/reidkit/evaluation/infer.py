@@ -20,10 +20,10 @@ from typing import IO
 
 import numpy as np
 import torch
-from reidkit.evaluation.metrics import pairwise_distance
 
 from reidkit.config.spec import ExperimentSpec, save_spec
 from reidkit.evaluation.evaluate import EmbeddedSplits, embed_splits
+from reidkit.evaluation.metrics import pairwise_distance
 from reidkit.outputs import atomic_open, write_json, write_status
 
 _QUERY_CHUNK = 1024

@@ -31,10 +31,10 @@ from reidkit.errors import DatasetError
 
 ArrayLike = np.ndarray | Tensor
 
-# Elements (rows x matches x gallery) compared per block: on CPU the boolean block stays in
-# cache; on an accelerator bigger blocks only amortise kernel launches.
-_CPU_COMPARE_BLOCK = 1 << 21
-_ACCELERATOR_COMPARE_BLOCK = 1 << 28
+# Comparisons (rows x matches x gallery) per block, 16 MB of float32: mostly cache-resident,
+# and enough work per op to amortise its dispatch and thread wake-up, which dominate on a busy
+# machine when blocks are small.
+_COMPARE_BLOCK = 1 << 22
 _DEFAULT_CHUNK_SIZE = 512
 
 
@@ -72,7 +72,9 @@ def _as_float(x: Tensor) -> Tensor:
 
 def _normalized_distance(qn: Tensor, gn: Tensor) -> Tensor:
     """``2 - 2 cos`` for already normalised rows, in one fused matmul."""
-    return torch.addmm(torch.full((1,), 2.0, dtype=qn.dtype, device=qn.device), qn, gn.T, alpha=-2.0)
+    return torch.addmm(
+        torch.full((1,), 2.0, dtype=qn.dtype, device=qn.device), qn, gn.T, alpha=-2.0
+    )
 
 
 def pairwise_distance(qf: Tensor, gf: Tensor) -> Tensor:
@@ -81,8 +83,8 @@ def pairwise_distance(qf: Tensor, gf: Tensor) -> Tensor:
     Not clamped at zero: rounding can give about -1e-7 for identical vectors, and clamping
     would turn such near-duplicates into artificial ties.
     """
-    qf, gf = _as_float(qf), _as_float(gf)
-    return _normalized_distance(normalize_features(qf), normalize_features(gf))
+    qf = _as_float(qf)
+    return _normalized_distance(normalize_features(qf), normalize_features(gf.to(qf.dtype)))
 
 
 class _MatchPlan:
@@ -92,16 +94,14 @@ class _MatchPlan:
     columns from each distance row.
     """
 
-    def __init__(
-        self, q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor
-    ) -> None:
+    def __init__(self, q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor) -> None:
         order = torch.argsort(g_pids, stable=True)
         ids, counts = torch.unique_consecutive(g_pids[order], return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.searchsorted(ids, q_pids).clamp(max=len(ids) - 1)
         found = ids[slot] == q_pids
         same_id_count = torch.where(found, counts[slot], 0)
-        width = int(same_id_count.max()) if len(q_pids) else 0
+        width = int(same_id_count.max())
         offsets = torch.arange(width, device=g_pids.device)
         in_group = offsets < same_id_count[:, None]
         # Gallery columns of every same-id image, left-aligned; padding points at column 0.
@@ -116,52 +116,67 @@ class _MatchPlan:
         self.num_matches = is_match.sum(1)
 
 
+def _count_at_most(dist: Tensor, thresholds: Tensor, widths: Tensor) -> Tensor:
+    """``counts[i, j]`` = number of entries of ``dist[i]`` that are <= ``thresholds[i, j]``, for
+    the first ``widths[i]`` thresholds of each row (the others are left 0).
+
+    Rows are reordered by width once, so that each block is a contiguous slice of about
+    ``_COMPARE_BLOCK`` comparisons with little padding. The comparison writes 0/1 in the
+    distances' own dtype: torch's CPU kernel is vectorised for that and ~4x slower when writing
+    booleans; float32 sums of 0/1 are exact below 2**24.
+    """
+    num_gallery = dist.shape[1]
+    sum_dtype = torch.float64 if num_gallery >= 2**24 else dist.dtype
+    order = torch.argsort(widths)
+    sorted_widths = widths[order].tolist()
+    dist, thresholds = dist[order], thresholds[order]
+    counts = torch.zeros(thresholds.shape, dtype=sum_dtype, device=dist.device)
+    buffer_size = max(_COMPARE_BLOCK, num_gallery * thresholds.shape[1])
+    buffer = torch.empty(buffer_size, dtype=dist.dtype, device=dist.device)
+    start = sorted_widths.count(0)
+    while start < len(order):
+        # Size the block by the widest row it could reach, so it never exceeds the budget.
+        reach = start + _COMPARE_BLOCK // (sorted_widths[start] * num_gallery)
+        widest = sorted_widths[min(reach, len(order)) - 1]
+        stop = min(start + max(1, _COMPARE_BLOCK // (widest * num_gallery)), len(order))
+        width = sorted_widths[stop - 1]
+        at_most = buffer[: (stop - start) * width * num_gallery].view(-1, width, num_gallery)
+        torch.le(dist[start:stop, None, :], thresholds[start:stop, :width, None], out=at_most)
+        torch.sum(at_most, 2, dtype=sum_dtype, out=counts[start:stop, :width])
+        start = stop
+    return torch.empty_like(counts, dtype=torch.int64).index_copy_(0, order, counts.long())
+
+
 def _stats_for_rows(
     dist: Tensor, plan: _MatchPlan, rows: Tensor, max_rank: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-query AP, INP, first-match rank and validity for ``dist`` (the rows ``rows``)."""
-    num_matches = plan.num_matches[rows]
-    valid = num_matches > 0
-    ap = torch.zeros(len(rows), dtype=torch.float64, device=dist.device)
-    inp = torch.zeros_like(ap)
-    first = torch.full((len(rows),), max_rank, dtype=torch.int64, device=dist.device)
-    # Group queries with similar match counts so each block pads little.
-    local = torch.argsort(num_matches)
-    local = local[valid[local]]
-    block_limit = (
-        _CPU_COMPARE_BLOCK if dist.device.type == "cpu" else _ACCELERATOR_COMPARE_BLOCK
-    )
+    """Per-query AP, INP, first-match rank (capped at ``max_rank``) and validity, for the
+    queries ``rows`` whose distance rows are ``dist``."""
+    n = plan.num_matches[rows]
+    valid = n > 0
+    width = max(1, int(n.max()))
+    slots = torch.arange(width, device=dist.device)
+    is_slot = slots < n[:, None]
+    # True-match distances, ascending, NaN-padded (NaN compares false, so padding counts
+    # nothing).
     nan = torch.tensor(float("nan"), dtype=dist.dtype, device=dist.device)
-    start = 0
-    while start < len(local):
-        widest = int(num_matches[local[min(start + 64, len(local)) - 1]])
-        size = max(1, min(64, block_limit // max(1, widest * dist.shape[1])))
-        block = local[start : start + size]
-        start += size
-        width = int(num_matches[block].max())
-        block_rows = rows[block]
-        d = dist.index_select(0, block)
-        n = num_matches[block]
-        slots = torch.arange(width, device=dist.device)
-        is_slot = slots < n[:, None]
-        match_d = torch.gather(d, 1, plan.match_columns[block_rows, :width])
-        # NaN padding compares false, so padded slots count nothing.
-        match_d = torch.sort(torch.where(is_slot, match_d, nan), dim=1).values
-        if torch.isnan(match_d[is_slot]).any():
-            raise ValueError("the distance matrix has NaN at a true match")
-        at_most = torch.le(d[:, None, :], match_d[:, :, None])
-        closer_or_tied = at_most.view(torch.uint8).sum(2, dtype=torch.int32)
-        same_id_d = torch.gather(d, 1, plan.same_id_columns[block_rows])
-        same_id_d = torch.where(plan.same_id_mask[block_rows], same_id_d, nan)
-        same_id_closer = torch.le(same_id_d[:, None, :], match_d[:, :, None]).sum(2)
-        # 0-based rank among the valid gallery: non-matches at least as close, then the
-        # matches before this one.
-        ranks = (closer_or_tied - same_id_closer + slots).to(torch.float64)
-        precision = torch.where(is_slot, (slots + 1) / (ranks + 1), 0.0)
-        ap[block] = precision.sum(1) / n
-        hardest = torch.gather(ranks, 1, (n - 1)[:, None]).squeeze(1)
-        inp[block] = n / (hardest + 1)
-        first[block] = ranks[:, 0].to(torch.int64).clamp(max=max_rank)
+    match_d = torch.gather(dist, 1, plan.match_columns[rows, :width])
+    match_d = torch.sort(torch.where(is_slot, match_d, nan), dim=1).values
+    if torch.isnan(match_d[is_slot]).any():
+        raise ValueError("the distance matrix has NaN at a true match")
+    same_id_d = torch.gather(dist, 1, plan.same_id_columns[rows])
+    same_id_d = torch.where(plan.same_id_mask[rows], same_id_d, nan)
+    same_id_at_most = torch.le(same_id_d[:, None, :], match_d[:, :, None]).sum(2)
+    # 0-based rank among the valid gallery: the non-matches at least as close (ties go
+    # against the query), then the true matches before this one.
+    non_match_at_most = _count_at_most(dist, match_d, n) - same_id_at_most
+    ranks = (non_match_at_most + slots).to(torch.float64)
+    n_safe = n.clamp(min=1)
+    precision = torch.where(is_slot, (slots + 1) / (ranks + 1), 0.0)
+    ap = torch.where(valid, precision.sum(1) / n_safe, 0.0)
+    hardest = torch.gather(ranks, 1, (n_safe - 1)[:, None]).squeeze(1)
+    inp = torch.where(valid, n / (hardest + 1), 0.0)
+    first = ranks[:, 0].to(torch.int64).clamp(max=max_rank)
     return ap, inp, first, valid
 
 
@@ -247,8 +262,9 @@ def evaluate_distances(
     dist = torch.as_tensor(distmat)
     if dist.dim() != 2:
         raise ValueError(f"distmat must be 2-D [query, gallery], got shape {tuple(dist.shape)}")
-    if not dist.is_floating_point():
-        dist = dist.double()
+    if dist.dtype not in (torch.float32, torch.float64):
+        # Exact for half precision (float32 holds every value) and for integers below 2**53.
+        dist = dist.float() if dist.is_floating_point() else dist.double()
     num_query, num_gallery = dist.shape
     plan, acc = _prepare(
         num_query, num_gallery, dist.device, q_pids, g_pids, q_camids, g_camids, max_rank
@@ -281,9 +297,7 @@ def evaluate_features(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     qn = normalize_features(_as_float(qf))
     gn = normalize_features(_as_float(gf)).to(qn.dtype)
-    plan, acc = _prepare(
-        len(qn), len(gn), qn.device, q_pids, g_pids, q_camids, g_camids, max_rank
-    )
+    plan, acc = _prepare(len(qn), len(gn), qn.device, q_pids, g_pids, q_camids, g_camids, max_rank)
     for start in range(0, len(qn), chunk_size):
         block = qn[start : start + chunk_size]
         rows = torch.arange(start, start + len(block), device=qn.device)

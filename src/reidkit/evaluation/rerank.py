@@ -2,8 +2,8 @@
 
 The reference implementation (Zhong's, as shipped by torchreid and TAO) holds several dense
 (q+g)^2 matrices (distances, their argsort, the V encodings) and loops over every image in
-Python: 8.8 GB and about two minutes on a Market-sized split, and out of memory on large
-galleries. Yet each step only needs a handful of numbers per image:
+Python: about 9 GB and 50-140 s on a Market-sized split, and out of memory on large galleries.
+Yet each step only needs a handful of numbers per image:
 
 1. the k1+1 nearest neighbours of every image (and its largest distance, which the reference
    uses to scale rows): one pass over the (q+g)^2 distances in square blocks, each computed
@@ -24,19 +24,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reidkit.evaluation.metrics import _as_float, _normalized_distance, normalize_features
+from reidkit.evaluation.metrics import _as_float, _normalized_distance
 
 # Temporary elements allowed per batched step (gathers, compares, pair lists) outside the
-# distance blocks; about 64 MB of float32/int64 per buffer.
-_STEP_ELEMENTS = 1 << 23
+# distance blocks: about 16 MB per int64 buffer, a few buffers alive at once.
+_STEP_ELEMENTS = 1 << 21
 
 
 def _merge_top_k(
-    best_d: Tensor, best_i: Tensor, block: Tensor, column_offset: int, k: int
+    best_d: Tensor, best_i: Tensor, block: Tensor, column_offset: int, by_column: bool
 ) -> None:
-    """Fold a block's k smallest per row into the running (sorted) top-k, in place."""
-    take = min(k, block.shape[1])
-    d, i = torch.topk(block, take, dim=1, largest=False, sorted=True)
+    """Fold a distance block into the running (ascending) top-k of each row, in place.
+
+    The rows are the block's rows, or its columns when ``by_column`` (the symmetric half that
+    is never computed). Once a row holds k neighbours, only entries below its current k-th
+    distance can enter, and after the first block or two those are a few per row: selecting
+    them with one comparison is several times cheaper than a top-k over the block.
+    """
+    num_rows, k = best_d.shape
+    if torch.isinf(best_d[:, -1]).any():
+        rows_first = block.T.contiguous() if by_column else block
+        d, i = torch.topk(rows_first, min(k, rows_first.shape[1]), dim=1, largest=False)
+    else:
+        bound = best_d[:, -1]
+        if by_column:
+            cols, rows = torch.nonzero(block < bound[None, :], as_tuple=True)
+            order = torch.argsort(rows, stable=True)
+            rows, cols = rows[order], cols[order]
+            values = block[cols, rows]
+        else:
+            rows, cols = torch.nonzero(block < bound[:, None], as_tuple=True)
+            values = block[rows, cols]
+        if len(rows) == 0:
+            return
+        # Left-align each row's candidates (now listed row by row), padded with inf.
+        per_row = torch.bincount(rows, minlength=num_rows)
+        slot = torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows]
+        width = int(per_row.max())
+        d = torch.full((num_rows, width), float("inf"), dtype=block.dtype, device=block.device)
+        i = torch.zeros((num_rows, width), dtype=torch.int64, device=block.device)
+        d[rows, slot] = values
+        i[rows, slot] = cols
     d = torch.cat([best_d, d], dim=1)
     i = torch.cat([best_i, i + column_offset], dim=1)
     order = torch.topk(d, k, dim=1, largest=False, sorted=True).indices
@@ -46,9 +74,10 @@ def _merge_top_k(
 
 def _neighbour_pass(
     feats: Tensor, k: int, num_query: int, query_gallery_out: Tensor, block_size: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k neighbours of every image with their squared distances (ascending), and its
-    largest squared distance; writes the query x gallery squared distances into ``query_gallery_out``.
+    largest squared distance; writes the query x gallery squared distances into
+    ``query_gallery_out``.
 
     The reference ranks ``d**2`` (its "original distance" squares the squared Euclidean
     distance), so the same is ranked here.
@@ -63,17 +92,15 @@ def _neighbour_pass(
         for j0 in starts[a:]:
             j1 = min(j0 + block_size, n)
             sq = _normalized_distance(feats[i0:i1], feats[j0:j1]).square_()
-            _merge_top_k(best_d[i0:i1], best_i[i0:i1], sq, j0, k)
+            _merge_top_k(best_d[i0:i1], best_i[i0:i1], sq, j0, by_column=False)
             torch.maximum(row_max[i0:i1], sq.amax(1), out=row_max[i0:i1])
             if j0 != i0:
-                _merge_top_k(best_d[j0:j1], best_i[j0:j1], sq.T, i0, k)
+                _merge_top_k(best_d[j0:j1], best_i[j0:j1], sq, i0, by_column=True)
                 torch.maximum(row_max[j0:j1], sq.amax(0), out=row_max[j0:j1])
             # Queries come first, so query x gallery entries only appear above the diagonal.
             q1, g0 = min(i1, num_query), max(j0, num_query)
             if i0 < q1 and g0 < j1:
-                query_gallery_out[i0:q1, g0 - num_query : j1 - num_query] = sq[
-                    : q1 - i0, g0 - j0 :
-                ]
+                query_gallery_out[i0:q1, g0 - num_query : j1 - num_query] = sq[: q1 - i0, g0 - j0 :]
     return best_i, best_d, row_max
 
 
@@ -107,7 +134,8 @@ def _expansion_sets(neighbours: Tensor, k1: int) -> Tensor:
     """
     n = len(neighbours)
     near = neighbours[:, : k1 + 1]
-    half = neighbours[:, : int(round(k1 / 2)) + 1]
+    # Python's round, like numpy's around in the reference, rounds halves to even.
+    half = neighbours[:, : round(k1 / 2) + 1]
     near_ok = _reciprocal_mask(near)
     half_ok = _reciprocal_mask(half)
     half_size = half_ok.sum(1).double()
@@ -211,21 +239,22 @@ def _blend_jaccard(
     pair_end = torch.cumsum(pairs_per_query, 0).tolist()
     q0 = 0
     while q0 < num_query:
-        # Extend the batch while it stays within _STEP_ELEMENTS pairs (at least one query).
+        # Extend the batch while its pairs and its dense rows stay within _STEP_ELEMENTS.
         done = pair_end[q0 - 1] if q0 else 0
-        q1 = q0 + 1
-        while q1 < num_query and pair_end[q1] - done <= _STEP_ELEMENTS:
+        q1, last = q0 + 1, min(num_query, q0 + max(1, _STEP_ELEMENTS // num_gallery))
+        while q1 < last and pair_end[q1] - done <= _STEP_ELEMENTS:
             q1 += 1
         e0, e1 = (entry_end[q0 - 1] if q0 else 0), entry_end[q1 - 1]
+        # Expand each query entry (query, column) into one pair per gallery row in that
+        # column: ``entry`` says which entry a pair comes from, ``at`` where it is in the index.
         length = pairs[e0:e1]
-        source = torch.repeat_interleave(torch.arange(e0, e1, device=out.device), length)
-        first = torch.cumsum(length, 0) - length
-        at = g_start[q_cols[source]] - first[source - e0]
-        at += torch.arange(len(source), device=out.device)
-        shared = torch.minimum(q_vals[source], g_vals[at])
+        entry = torch.repeat_interleave(torch.arange(e1 - e0, device=out.device), length)
+        first_pair = g_start[q_cols[e0:e1]] - (torch.cumsum(length, 0) - length)
+        at = first_pair[entry] + torch.arange(len(entry), device=out.device)
+        target = ((q_rows[e0:e1] - q0) * num_gallery)[entry] + g_rows[at]
+        shared = torch.minimum(q_vals[e0:e1][entry], g_vals[at])
         overlap = torch.zeros((q1 - q0) * num_gallery, dtype=out.dtype, device=out.device)
-        overlap.index_add_(0, (q_rows[source] - q0) * num_gallery + g_rows[at], shared)
-        overlap = overlap.view(q1 - q0, num_gallery)
+        overlap = overlap.index_add_(0, target, shared).view(q1 - q0, num_gallery)
         jaccard = 1.0 - overlap / (2.0 - overlap)
         original = out[q0:q1].div_(row_max[q0:q1, None])
         out[q0:q1] = jaccard.mul_(1.0 - lambda_value).add_(original, alpha=lambda_value)
@@ -251,7 +280,7 @@ def re_rank(
 
     Memory, with n = q + g and d the feature size: the [q, g] result; one
     ``chunk_size x chunk_size`` distance block; O(n * k1^2) integers for the neighbour and
-    expansion sets and O(n * k2 * k1^2) sparse weights; plus about 64 MB per working buffer
+    expansion sets and O(n * k2 * k1^2) sparse weights; plus about 16 MB per working buffer
     (``_STEP_ELEMENTS``). Nothing of size n^2 is ever allocated, so a 50,000-image gallery
     needs little more than its q x g output.
     """
@@ -264,13 +293,18 @@ def re_rank(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     qf, gf = _as_float(qf), _as_float(gf)
-    feats = normalize_features(torch.cat([qf, gf.to(qf.dtype)]))
+    feats = torch.cat([qf, gf.to(qf.dtype)])
+    # normalize_features in place: one copy of the (q+g) x d features, not two.
+    feats /= feats.norm(dim=1, keepdim=True).clamp_min_(1e-12)
     num_query, n = len(qf), len(feats)
-    if n < k1 + 1:
-        raise ValueError(f"re-ranking with k1={k1} needs more than {k1} images, got {n}")
+    # k1+1 neighbours for the reciprocal sets (the first is the image itself), k2 for the
+    # query expansion.
+    num_neighbours = max(k1 + 1, k2)
+    if n < num_neighbours:
+        raise ValueError(f"re-ranking with k1={k1}, k2={k2} needs {num_neighbours} images, got {n}")
     out = torch.empty((num_query, len(gf)), dtype=feats.dtype, device=feats.device)
     neighbours, neighbour_sq, row_max = _neighbour_pass(
-        feats, k1 + 1, num_query, out, chunk_size
+        feats, num_neighbours, num_query, out, chunk_size
     )
     columns = _expansion_sets(neighbours, k1)
     weights = _encode(feats, columns, neighbours, neighbour_sq, row_max)

@@ -1,0 +1,137 @@
+"""The evaluation plots TAO produces: a CMC curve and a "Sampled Matches" grid.
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot global state, no
+display needed) and written atomically, so a crash never leaves a truncated PNG where a report
+expects one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+_QUERY_COLOR = "#1f5fd6"
+_MATCH_COLOR = "#1a9e3a"
+_MISMATCH_COLOR = "#d62728"
+# Person crops are about twice as tall as wide; each cell is shown at this size (inches).
+_CELL_WIDTH, _CELL_HEIGHT = 1.25, 2.75
+
+
+def _save_atomically(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` to a temporary PNG beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    # A unique name opened with "x" keeps the umask's permissions (mkstemp would force 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            fig.savefig(handle, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_cmc_curve(cmc: np.ndarray, path: Path, title: str = "CMC curve") -> Path:
+    """Plot the matching rate (%) against rank 1..len(cmc) and write it as a PNG."""
+    rates = np.asarray(cmc, dtype=np.float64).reshape(-1) * 100.0
+    if len(rates) == 0:
+        raise ValueError("cmc is empty")
+    ranks = np.arange(1, len(rates) + 1)
+    fig = Figure(figsize=(7.0, 4.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(ranks, rates, color=_QUERY_COLOR, linewidth=2.0, marker="o", markersize=3)
+    for rank in (1, 5, 10):
+        if rank <= len(rates):
+            ax.annotate(
+                f"rank-{rank}: {rates[rank - 1]:.1f}%",
+                (rank, rates[rank - 1]),
+                textcoords="offset points",
+                xytext=(8, -14),
+                fontsize=9,
+            )
+    ax.set_xlim(1, max(2, len(rates)))
+    ax.set_ylim(max(0.0, np.floor(rates.min() / 10.0) * 10.0 - 5.0), 100.5)
+    ax.set_xlabel("Rank")
+    ax.set_ylabel("Matching rate (%)")
+    ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, which="major", alpha=0.4)
+    return _save_atomically(fig, path)
+
+
+def _show_cell(ax: Axes, image_path: str, caption: str, color: str, heading: str) -> None:
+    """One image framed in ``color`` with its id/camera caption below and a heading above."""
+    with Image.open(image_path) as image:
+        ax.imshow(np.asarray(image.convert("RGB")))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(5)
+    ax.set_title(heading, fontsize=9, color=color if heading == "query" else "black")
+    ax.set_xlabel(caption, fontsize=9)
+
+
+def plot_sampled_matches(
+    query_paths: Sequence[str],
+    query_pids: Sequence[int],
+    query_camids: Sequence[int],
+    gallery_paths: Sequence[str],
+    gallery_pids: Sequence[int],
+    gallery_camids: Sequence[int],
+    ranked_indices: np.ndarray,
+    path: Path,
+) -> Path:
+    """Draw one row per query: the query (blue frame), then its ranked gallery images (green
+    frame when the id matches the query's, red when not), each captioned with id and camera.
+
+    ``ranked_indices[i]`` lists gallery indices in rank order for query ``i`` (the caller
+    decides whether same-camera matches, which the metrics ignore, are shown); its width sets
+    the number of gallery columns.
+    """
+    ranked = np.asarray(ranked_indices, dtype=np.int64)
+    if ranked.ndim != 2 or len(ranked) != len(query_paths):
+        raise ValueError(
+            f"ranked_indices must be [num_query={len(query_paths)}, max_rank], "
+            f"got shape {ranked.shape}"
+        )
+    num_rows, num_ranks = ranked.shape
+    if num_rows == 0 or num_ranks == 0:
+        raise ValueError("nothing to plot: ranked_indices is empty")
+    fig = Figure(
+        figsize=(_CELL_WIDTH * (num_ranks + 1) + 0.3, _CELL_HEIGHT * num_rows + 0.6),
+        dpi=100,
+        layout="constrained",
+    )
+    fig.suptitle("Sampled matches - blue: query, green: same id, red: different id", fontsize=11)
+    grid = fig.add_gridspec(num_rows, num_ranks + 1)
+    for row in range(num_rows):
+        q_pid = query_pids[row]
+        _show_cell(
+            fig.add_subplot(grid[row, 0]),
+            query_paths[row],
+            f"id {q_pid} | cam {query_camids[row]}",
+            _QUERY_COLOR,
+            "query",
+        )
+        for rank, g in enumerate(ranked[row], start=1):
+            color = _MATCH_COLOR if gallery_pids[g] == q_pid else _MISMATCH_COLOR
+            _show_cell(
+                fig.add_subplot(grid[row, rank]),
+                gallery_paths[g],
+                f"id {gallery_pids[g]} | cam {gallery_camids[g]}",
+                color,
+                f"rank {rank}",
+            )
+    return _save_atomically(fig, path)
