@@ -35,7 +35,7 @@ def test_train_writes_checkpoints_metrics_and_status(tiny_spec: ExperimentSpec) 
     assert [n[:10] for n in names[:-1]] == ["model_002_", "model_003_"]
     rows = _rows(folder)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["loss_epoch"]) > 0 for r in rows)
+    assert all(float(r["loss"]) > 0 for r in rows)
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "SUCCESS" and status["epoch"] == 3
     assert 0 <= status["kpi"]["cmc_rank_1"] <= 100 and 0 <= status["kpi"]["mAP"] <= 100
