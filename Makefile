@@ -1,5 +1,6 @@
 # Two entry points on a fresh clone: `make demo` and `make test`.
-# Both create .venv on first use and install reidkit with the pinned torch stack.
+# Both create .venv on first use and install reidkit with the pinned torch stack, plus the
+# `bench` extra (torchreid) that the tests use as an independent reference for the metrics.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ DEMO   ?= demo_data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
