@@ -17,7 +17,6 @@ appends them to ``benchmarks/results.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import importlib.util
 import os
@@ -27,17 +26,15 @@ import time
 import warnings
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
 
+from common import RESULTS, append_rows, machine
 from reidkit.evaluation import RankingResult, evaluate_distances, evaluate_features
 from reidkit.evaluation.metrics import pairwise_distance
 
-RESULTS = Path(__file__).resolve().parent / "results.csv"
-COLUMNS = ["date", "benchmark", "machine", "command", "metric", "value", "reference", "ratio"]
 # Market-1501's test set as torchreid loads it (junk images, id -1, removed).
 NUM_QUERY, NUM_GALLERY, NUM_DISTRACTORS, NUM_IDS, NUM_CAMERAS, DIM = 3368, 15913, 2798, 750, 6, 2048
 # Feature noise around each identity's centre: rank-1 ~98%, mAP ~70%, like a decent model.
@@ -63,26 +60,6 @@ def market_split(seed: int = 0, num_gallery: int = NUM_GALLERY) -> tuple[torch.T
     gf = centers[g_pids] + NOISE * torch.randn(num_gallery, DIM, generator=gen)
     gf[:NUM_DISTRACTORS] += torch.randn(NUM_DISTRACTORS, DIM, generator=gen) - centers[0]
     return qf, gf, q_pids, g_pids, q_camids, g_camids
-
-
-def machine() -> str:
-    """``<n> CPU <model> (load average <x>)``: what a reader needs to weigh these figures."""
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0].split(":", 1)[1].strip() if names else model
-    return f"{os.cpu_count()} CPU {model} (load average {os.getloadavg()[0]:.1f} at start)"
-
-
-def append_rows(rows: list[dict[str, str]]) -> None:
-    """Append to results.csv, following the header of an existing file."""
-    new = not RESULTS.is_file()
-    with RESULTS.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def torchreid_rank() -> tuple[ModuleType, str]:

@@ -13,7 +13,6 @@ of a dense network, so no trained checkpoint is needed.
 
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from common import RESULTS, append_rows, machine
 from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec
 from reidkit.engine.checkpoints import save_checkpoint
 from reidkit.engine.module import model_card
@@ -34,22 +34,10 @@ from reidkit.engine.restore import restore_model
 from reidkit.export import OnnxEmbedder, export
 from reidkit.models import ReidModel
 
-RESULTS = Path(__file__).resolve().parent / "results.csv"
-COLUMNS = ["date", "benchmark", "machine", "command", "metric", "value", "reference", "ratio"]
 COMMAND = ".venv/bin/python benchmarks/bench_export.py"
 # (batch, warm-up calls, timed calls per runtime): a stable median in ~2-3 minutes on 2 cores.
 PLAN = ((1, 3, 10), (64, 1, 2))
 HEIGHT, WIDTH = 256, 128
-
-
-def machine() -> str:
-    """``<n> CPU <model>``: what a reader needs to compare these figures with their own."""
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0].split(":", 1)[1].strip() if names else model
-    return f"{os.cpu_count()} CPU {model}"
 
 
 def resnet50_spec(folder: Path) -> ExperimentSpec:
@@ -142,24 +130,9 @@ def cpu_rows(model: torch.nn.Module, onnx_file: Path) -> list[dict[str, str]]:
     return rows
 
 
-def append_rows(rows: list[dict[str, str]]) -> None:
-    """Append to results.csv, following the header of an existing file."""
-    header = COLUMNS
-    if RESULTS.is_file() and RESULTS.stat().st_size:
-        with RESULTS.open(newline="") as handle:
-            header = next(csv.reader(handle))
-    new = not RESULTS.is_file() or not RESULTS.stat().st_size
-    with RESULTS.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def main() -> int:
     common = {"date": date.today().isoformat(), "benchmark": "export", "command": COMMAND}
-    load = os.getloadavg()[0]
-    common["machine"] = f"{machine()} (load average {load:.1f} at start)"
+    common["machine"] = machine()
     print(f"machine: {common['machine']}")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
     with tempfile.TemporaryDirectory() as tmp:

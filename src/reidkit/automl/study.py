@@ -27,7 +27,7 @@ from reidkit.automl.algorithms import make_pruner, make_sampler
 from reidkit.automl.report import BEST_SPEC, LEADERBOARD, write_reports
 from reidkit.automl.space import check_automl_spec
 from reidkit.automl.trial import Objective, SurplusTrial, TrialFailed, holds_slot, is_finished
-from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.config.spec import ExperimentSpec, start_action
 from reidkit.errors import ReidkitError, SpecError
 from reidkit.outputs import write_status
 
@@ -123,10 +123,8 @@ def _cannot_open(url: str, error: Exception) -> str:
 def run_automl(spec: ExperimentSpec) -> AutomlResult:
     """Tune the train action until the study holds ``automl_max_recommendations`` trials."""
     space = check_automl_spec(spec)
-    folder = spec.action_dir("automl")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = start_action(spec, "automl")
     study = open_study(spec)
-    save_spec(spec, folder / "experiment.yaml")
     target = spec.automl.automl_max_recommendations
     objective = Objective(spec, space, folder)
     write_status(folder, "automl", "RUNNING", f"study '{study.study_name}' running")

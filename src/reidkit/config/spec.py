@@ -104,6 +104,11 @@ class DatasetSpec(_Section):
     batch_size: int = Field(64, ge=2, description="Train batch size (P x K images).")
     val_batch_size: int = Field(128, ge=1, description="Batch size for validation and testing.")
     num_workers: int = Field(8, ge=0, le=128, description="Data loader worker processes.")
+    device_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep the decoded train set on the training device and augment whole "
+        "batches there: 'on', 'off', or 'auto' (only on a GPU with room for it).",
+    )
     pixel_mean: list[float] = Field(
         default_factory=lambda: [0.485, 0.456, 0.406],
         min_length=3,
@@ -401,6 +406,14 @@ def save_spec(spec: ExperimentSpec, path: Path) -> None:
     """Write the resolved spec as YAML, atomically, so a crash never leaves half a file."""
     with atomic_open(path) as handle:
         yaml.safe_dump(spec.model_dump(mode="json"), handle, sort_keys=False)
+
+
+def start_action(spec: ExperimentSpec, action: str) -> Path:
+    """Create the action's results folder and record the resolved spec there (TAO layout)."""
+    folder = spec.action_dir(action)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_spec(spec, folder / "experiment.yaml")
+    return folder
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

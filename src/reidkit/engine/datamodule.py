@@ -1,13 +1,21 @@
-"""The LightningDataModule: loaders for the train split and the query/gallery validation pair."""
+"""The LightningDataModule: loaders for the train split and the query/gallery validation pair.
+
+Training has two data paths. The normal one decodes and augments every image on the CPU in
+loader workers. The device path (``dataset.device_cache``, see
+:mod:`reidkit.data.device_batches`) keeps the decoded train set on the training device, loads
+only indices and augments whole batches there in :meth:`ReidDataModule.on_after_batch_transfer`.
+Both draw batches from the same sampler; validation is the same for both.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import (
@@ -17,6 +25,14 @@ from reidkit.data import (
     build_eval_transform,
     build_train_transform,
     relabel,
+)
+from reidkit.data.device_batches import (
+    BatchAugmentation,
+    DeviceTrainSet,
+    IndexDataset,
+    cache_nbytes,
+    choose_device_cache,
+    decode_images,
 )
 
 log = logging.getLogger("reidkit")
@@ -61,10 +77,13 @@ class ReidDataModule(LightningDataModule):
         super().__init__()
         self.spec = spec
         self.splits = splits
+        self.device_train_set: DeviceTrainSet | None = None
 
     def train_dataloader(self) -> DataLoader:
-        data = self.spec.dataset
         labels = relabel(self.splits.train)
+        if self._use_device_cache():
+            return self._device_train_loader(labels)
+        data = self.spec.dataset
         dataset = ImageDataset(
             self.splits.train, build_train_transform(self.spec.model, data), labels
         )
@@ -79,7 +98,57 @@ class ReidDataModule(LightningDataModule):
             persistent_workers=workers > 0,
         )
 
-    def _train_sampler(self, dataset: ImageDataset, labels: list[int]) -> Sampler[int]:
+    def _use_device_cache(self) -> bool:
+        """Pick the train data path from ``dataset.device_cache`` and log the choice and why."""
+        size = (self.spec.model.input_height, self.spec.model.input_width)
+        nbytes = cache_nbytes(len(self.splits.train), size)
+        device = self.trainer.strategy.root_device
+        chosen, reason = choose_device_cache(self.spec.dataset.device_cache, device, nbytes)
+        path = "device cache (batches augmented on the device)" if chosen else "normal loader"
+        log.info("train data path: %s; %s", path, reason)
+        return chosen
+
+    def _device_train_loader(self, labels: list[int]) -> DataLoader:
+        """Indices, labels and camera ids only: no per-image work is left for loader workers.
+
+        The set is decoded once per datamodule, so reloading the loader does not decode again.
+        """
+        if self.device_train_set is None:
+            self.device_train_set = self._decode_train_set()
+        dataset = IndexDataset(labels, [r.camid for r in self.splits.train])
+        return DataLoader(
+            dataset,
+            batch_size=self.spec.dataset.batch_size,
+            sampler=self._train_sampler(dataset, labels),
+            drop_last=True,
+            num_workers=0,
+        )
+
+    def _decode_train_set(self) -> DeviceTrainSet:
+        model, data = self.spec.model, self.spec.dataset
+        size = (model.input_height, model.input_width)
+        images = decode_images(self.splits.train, size, max_workers=os.cpu_count() or 1)
+        device = self.trainer.strategy.root_device
+        log.info(
+            "decoded %d train images (%.1f MiB) to keep on %s",
+            len(images), images.numel() / 2**20, device,
+        )  # fmt: skip
+        return DeviceTrainSet(
+            images.to(device),
+            BatchAugmentation.from_spec(model, data),
+            self.spec.train.seed,
+            self.trainer.global_rank,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device path, turn a training batch of indices into augmented images."""
+        if self.device_train_set is None or not self.trainer.training:
+            return batch
+        indices, labels, camids = batch
+        images = self.device_train_set.batch(indices, self.trainer.current_epoch)
+        return images, labels, camids
+
+    def _train_sampler(self, dataset: Dataset, labels: list[int]) -> Sampler[int]:
         replicas, rank = self.trainer.world_size, self.trainer.global_rank
         seed = self.spec.train.seed
         if self.spec.dataset.sampler == "softmax":

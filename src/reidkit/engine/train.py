@@ -11,7 +11,7 @@ import lightning
 import torch
 from lightning.pytorch import Trainer
 
-from reidkit.config.spec import ExperimentSpec, TrainSpec, save_spec
+from reidkit.config.spec import ExperimentSpec, TrainSpec, start_action
 from reidkit.data import prepare_splits
 from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resume_checkpoint
 from reidkit.engine.datamodule import ReidDataModule
@@ -82,9 +82,7 @@ def train(
 
     ``callbacks`` lets callers (AutoML's pruning, tests) watch the run without changing it.
     """
-    folder = spec.action_dir("train")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, folder / "experiment.yaml")
+    folder = start_action(spec, "train")
     splits = prepare_splits(spec, train=True)
     lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
     module = ReidModule(spec, splits.num_train_ids)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.config.spec import ExperimentSpec, start_action
 from reidkit.data import ImageRecord, prepare_splits
 from reidkit.engine.datamodule import eval_loader
 from reidkit.errors import CheckpointError
@@ -41,32 +41,33 @@ def select_device(gpu_ids: list[int]) -> torch.device:
     return torch.device("cpu")
 
 
-def embed_splits(
-    spec: ExperimentSpec, checkpoint: str | None, query_dir: str | None, gallery_dir: str | None,
-    batch_size: int, key: str,
-) -> EmbeddedSplits:  # fmt: skip
+def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
     """Load the model (checkpoint or ONNX) and embed the query and gallery splits.
 
-    ``key`` names the spec section (``evaluate``/``inference``): its ``gpu_ids`` are used and
-    error messages name it.
+    ``action`` is the spec section (``evaluate`` or ``inference``) whose ``checkpoint``,
+    ``query_dataset``, ``test_dataset``, ``batch_size`` and ``gpu_ids`` apply; the dataset
+    section's folders are the fallback.
     """
+    settings = getattr(spec, action)
+    checkpoint = settings.checkpoint
     if not checkpoint:
         raise CheckpointError(
-            f"{key}.checkpoint is not set; point it at a .pth checkpoint or .onnx file"
+            f"{action}.checkpoint is not set; point it at a .pth checkpoint or .onnx file"
         )
     embedder, _ = load_embedder(spec, checkpoint)
-    device = select_device(getattr(spec, key).gpu_ids)
+    device = select_device(settings.gpu_ids)
     if isinstance(embedder, torch.nn.Module):
         embedder = embedder.to(device)
     splits = prepare_splits(
         spec, train=False,
-        query_dir=query_dir or spec.dataset.query_dataset_dir,
-        gallery_dir=gallery_dir or spec.dataset.test_dataset_dir,
+        query_dir=settings.query_dataset or spec.dataset.query_dataset_dir,
+        gallery_dir=settings.test_dataset or spec.dataset.test_dataset_dir,
     )  # fmt: skip
     flip = spec.model.with_flip_feature
 
     def embed(records: list[ImageRecord]) -> Embeddings:
-        return extract_embeddings(embedder, eval_loader(spec, records, batch_size), device, flip)
+        loader = eval_loader(spec, records, settings.batch_size)
+        return extract_embeddings(embedder, loader, device, flip)
 
     return EmbeddedSplits(embed(splits.query), embed(splits.gallery), splits.query, splits.gallery)
 
@@ -83,18 +84,9 @@ class EvaluationResult:
 
 def evaluate(spec: ExperimentSpec) -> EvaluationResult:
     """Score ``evaluate.checkpoint`` with the Market-1501 protocol and write metrics and plots."""
-    folder = spec.action_dir("evaluate")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, folder / "experiment.yaml")
+    folder = start_action(spec, "evaluate")
     settings, ranking = spec.evaluate, spec.re_ranking
-    data = embed_splits(
-        spec,
-        settings.checkpoint,
-        settings.query_dataset,
-        settings.test_dataset,
-        settings.batch_size,
-        "evaluate",
-    )
+    data = embed_splits(spec, "evaluate")
     q, g = data.query, data.gallery
     distances = None
     if ranking.re_ranking:

@@ -21,7 +21,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.config.spec import ExperimentSpec, start_action
 from reidkit.evaluation.evaluate import EmbeddedSplits, embed_splits
 from reidkit.evaluation.metrics import pairwise_distance
 from reidkit.outputs import atomic_open, write_json, write_status
@@ -40,18 +40,9 @@ class InferenceResult:
 
 def infer(spec: ExperimentSpec) -> InferenceResult:
     """Embed ``inference.query_dataset`` and ``inference.test_dataset`` and match them."""
-    folder = spec.action_dir("inference")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, folder / "experiment.yaml")
+    folder = start_action(spec, "inference")
     settings = spec.inference
-    data = embed_splits(
-        spec,
-        settings.checkpoint,
-        settings.query_dataset,
-        settings.test_dataset,
-        settings.batch_size,
-        "inference",
-    )
+    data = embed_splits(spec, "inference")
     output = Path(settings.output_file or folder / "inference.json")
     stem = output.with_suffix("")
     paths = [str(r.path) for r in data.query_records + data.gallery_records]

@@ -34,7 +34,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
 import reidkit
-from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.config.spec import ExperimentSpec, start_action
 from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
 from reidkit.engine.restore import restore_model
 from reidkit.errors import ExportError, ReidkitError
@@ -104,8 +104,7 @@ def export(spec: ExperimentSpec) -> ExportResult:
     model, card = restore_model(spec, settings.checkpoint)
     _make_dir(target.parent, "export.onnx_file")
     try:
-        _make_dir(folder, "export.results_dir")
-        save_spec(spec, folder / "experiment.yaml")
+        start_action(spec, "export")
         write_status(folder, "export", "RUNNING", f"exporting {settings.checkpoint}")
     except OSError as exc:
         raise ExportError(
