@@ -164,7 +164,9 @@ def test_ctrl_c_queues_the_interrupted_trial_for_retry(synth_root: Path, tmp_pat
         synth_root,
         tmp_path / "results",
         "automl.automl_max_recommendations=1",
-        "automl.automl_max_epochs=3",
+        # Far more epochs than the test waits for: Ctrl-C must land inside training, never
+        # after a trial that a slow, loaded machine let finish.
+        "automl.automl_max_epochs=50",
     )
     spec_file = tmp_path / "automl.yaml"
     save_spec(spec, spec_file)

@@ -110,6 +110,7 @@ AUTOML_DISABLED_PARAMETERS: tuple[str, ...] = (
     "dataset.test_dataset_dir",
     "dataset.query_dataset_dir",
     "dataset.extract_dir",
+    "dataset.device_cache",
     "dataset.num_classes",
     "dataset.num_workers",
     "dataset.val_batch_size",

@@ -132,6 +132,12 @@ class DatasetSpec(_Section):
         None, description="Where archives are extracted (default <results_dir>/datasets)."
     )
 
+    @field_validator("device_cache", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        """YAML reads a bare ``on``/``off`` (``dataset.device_cache=off``) as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("pixel_std")
     @classmethod
     def _std_positive(cls, value: list[float]) -> list[float]:

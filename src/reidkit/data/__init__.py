@@ -1,6 +1,7 @@
 """Data: dataset sources and archives, Market-1501 splits, images, transforms and sampling."""
 
 from reidkit.data.dataset import ImageDataset, relabel, verify_images
+from reidkit.data.device_batches import BatchAugmentation, DeviceTrainSet, decode_images
 from reidkit.data.market import (
     IMAGE_SUFFIXES,
     ImageRecord,
@@ -19,6 +20,8 @@ from reidkit.data.transforms import build_eval_transform, build_train_transform
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "BatchAugmentation",
+    "DeviceTrainSet",
     "IdentitySampler",
     "ImageDataset",
     "ImageRecord",
@@ -27,6 +30,7 @@ __all__ = [
     "build_train_transform",
     "check_num_classes",
     "check_query_in_gallery",
+    "decode_images",
     "load_split",
     "parse_name",
     "prepare_splits",
