@@ -222,8 +222,8 @@ class TrainSpec(_Section):
     optim: OptimSpec = Field(default_factory=OptimSpec)
 
 
-class EvaluateSpec(_Section):
-    """``evaluate``: the checkpoint (or ONNX file) to score and the query/gallery splits."""
+class _EmbeddingActionSpec(_Section):
+    """What evaluate and inference share: a model, the query/gallery splits, a device."""
 
     checkpoint: str | None = Field(None, description="Checkpoint (.pth) or ONNX model (.onnx).")
     test_dataset: str | None = Field(
@@ -232,33 +232,28 @@ class EvaluateSpec(_Section):
     query_dataset: str | None = Field(
         None, description="Query folder or archive; null = dataset.query_dataset_dir."
     )
+    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    results_dir: str | None = Field(None, description="Output folder of the action.")
+
+
+class EvaluateSpec(_EmbeddingActionSpec):
+    """``evaluate``: the checkpoint (or ONNX file) to score and the query/gallery splits."""
+
     output_cmc_curve_plot: str | None = Field(
         None, description="CMC curve PNG; null = cmc_curve.png in the results folder."
     )
     output_sampled_matches_plot: str | None = Field(
         None, description="Sampled matches PNG; null = sampled_matches.png in the results folder."
     )
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
-    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
-    results_dir: str | None = Field(None, description="Evaluate output folder.")
 
 
-class InferenceSpec(_Section):
+class InferenceSpec(_EmbeddingActionSpec):
     """``inference``: embeddings and matches for every query and gallery image."""
 
-    checkpoint: str | None = Field(None, description="Checkpoint (.pth) or ONNX model (.onnx).")
-    test_dataset: str | None = Field(
-        None, description="Gallery folder or archive; null = dataset.test_dataset_dir."
-    )
-    query_dataset: str | None = Field(
-        None, description="Query folder or archive; null = dataset.query_dataset_dir."
-    )
     output_file: str | None = Field(
         None, description="Embeddings JSON; null = inference.json in the results folder."
     )
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
-    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
-    results_dir: str | None = Field(None, description="Inference output folder.")
 
 
 class ExportSpec(_Section):

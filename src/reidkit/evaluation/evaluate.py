@@ -44,9 +44,9 @@ def select_device(gpu_ids: list[int]) -> torch.device:
 def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
     """Load the model (checkpoint or ONNX) and embed the query and gallery splits.
 
-    ``action`` is the spec section (``evaluate`` or ``inference``) whose ``checkpoint``,
-    ``query_dataset``, ``test_dataset``, ``batch_size`` and ``gpu_ids`` apply; the dataset
-    section's folders are the fallback.
+    ``action`` names the spec section (``evaluate`` or ``inference``, both sharing one base)
+    whose ``checkpoint``, ``query_dataset``, ``test_dataset``, ``batch_size`` and ``gpu_ids``
+    apply; the dataset section's folders are the fallback.
     """
     settings = getattr(spec, action)
     checkpoint = settings.checkpoint
