@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,6 @@ from reidkit.config.spec import ExperimentSpec, load_spec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_sigint() -> Iterator[None]:
-    """Undo Lightning's Ctrl-C handling, which ignores SIGINT for the rest of the process.
-
-    Without this, one test that interrupts training in-process would leave SIGINT ignored, and
-    every process a later test starts would inherit that (ignored signals survive exec).
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture(scope="session")
