@@ -11,7 +11,7 @@ limit keeps what it measured):
 
 * ``env``: the device, torch / CUDA / onnxruntime versions and providers.
 * ``train``: training images/s of ResNet-50 at 256x128, 16-mixed (channels-last is what reidkit
-  does on a GPU), batch 64 and 128, through ``reidkit.train`` with ``dataset.device_cache`` on
+  does on a GPU), batch 64 and 128, through the train action with ``dataset.device_cache`` on
   (the uint8 set lives on the GPU, augmented there) and off (the ordinary loader: PIL decode
   and augmentation in one worker per CPU), on a synthetic set generated there. Goal: >= 4,000
   images/s on one H100.
@@ -188,8 +188,9 @@ def train_overrides(data: Path, ids: int, results: Path, sizes: Sizes) -> list[s
 
 
 def part_train(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> None:
-    import reidkit
     from bench_data_path import StepClock
+    from reidkit.actions.train import run_training
+    from reidkit.config.loading import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -201,7 +202,7 @@ def part_train(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> None
                 overrides = train_overrides(data, ids, Path(tmp) / f"{batch}_{cache}", sizes)
                 overrides += [f"dataset.batch_size={batch}", f"dataset.device_cache={cache}"]
                 clock = StepClock(sizes.warmup_steps)
-                reidkit.train(reidkit.load_spec(None, overrides), callbacks=[clock])
+                run_training(load_spec(None, overrides), callbacks=[clock])
                 rate = clock.images_per_second()
                 best = max(best, rate) if cache == "on" else best
                 layout = " channels-last" if on_gpu() else ""
@@ -260,8 +261,9 @@ def part_onnx(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> None:
     import onnxruntime as ort
 
     import bench_export
-    from reidkit.engine.restore import restore_model
-    from reidkit.export import OnnxEmbedder, export
+    from reidkit.actions.export import export
+    from reidkit.export import OnnxEmbedder
+    from reidkit.models.restore import restore_model
 
     if sizes is DRY:
         bench_export.HEIGHT, bench_export.WIDTH = sizes.height, sizes.width
@@ -276,7 +278,7 @@ def part_onnx(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> None:
         figures.add("export + onnxruntime check", time.perf_counter() - start, "s",
                     f"max |onnx - torch| {result.max_abs_diff:.2e} via "
                     f"{', '.join(result.providers)}")  # fmt: skip
-        model, _ = restore_model(spec, spec.export.checkpoint)
+        model, _ = restore_model(spec.export.checkpoint)
         device = torch.device("cuda" if on_gpu() else "cpu")
         model = model.to(device).eval()
         fast = model.to(memory_format=torch.channels_last) if on_gpu() else model

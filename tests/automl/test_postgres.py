@@ -22,7 +22,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from reidkit.config.spec import ExperimentSpec, load_spec, save_spec
+from reidkit.config.loading import load_spec, save_spec
+from reidkit.config.spec import ExperimentSpec
 from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
