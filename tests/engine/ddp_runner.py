@@ -2,7 +2,8 @@
 
 Run as ``python ddp_runner.py SPEC LOG_DIR [overrides...]``; Lightning re-runs this same
 command for the extra processes of a node. Each rank writes ``LOG_DIR/rank<N>.json``: per
-epoch, the (relabelled) identity of every training image it drew. With ``KILL_RANK`` and
+epoch, the (relabelled) identity of every training image it drew and the validation metrics
+it computed. With ``KILL_RANK`` and
 ``KILL_EPOCH`` set, that rank SIGKILLs itself at the start of that epoch (0-based), as a crashed
 or preempted process would die. Errors leave as the CLI's do: one line, exit code 2.
 """
@@ -27,6 +28,7 @@ class IdentityLog(Callback):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.epochs: dict[int, list[int]] = {}
+        self.validation: dict[int, dict[str, float]] = {}
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         kill = os.environ.get("KILL_RANK"), os.environ.get("KILL_EPOCH")
@@ -40,7 +42,12 @@ class IdentityLog(Callback):
         self.epochs.setdefault(trainer.current_epoch, []).extend(labels.tolist())
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        record = {"world_size": trainer.world_size, "pid": os.getpid(), "epochs": self.epochs}
+        metrics = trainer.callback_metrics
+        self.validation[trainer.current_epoch] = {
+            key: float(metrics[key]) for key in ("mAP", "cmc_rank_1") if key in metrics
+        }
+        record = {"world_size": trainer.world_size, "epochs": self.epochs}
+        record["validation"] = self.validation
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 

@@ -76,10 +76,15 @@ def _metrics_rows(spec: ExperimentSpec) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _shards(log_dir: Path) -> dict[int, list[list[int]]]:
-    """Epoch -> per rank, the identities of the images it drew."""
+def _ranks(log_dir: Path) -> list[dict]:
     ranks = [json.loads((log_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    return ranks
+
+
+def _shards(log_dir: Path) -> dict[int, list[list[int]]]:
+    """Epoch -> per rank, the identities of the images it drew."""
+    ranks = _ranks(log_dir)
     epochs = {int(e) for r in ranks for e in r["epochs"]}
     return {e: [r["epochs"][str(e)] for r in ranks] for e in epochs}
 
@@ -101,6 +106,8 @@ def test_ddp_on_cpu_shards_survives_a_killed_rank_and_resumes(
     assert len(errors) == 1 and "lost its peers" in errors[0], output[-3000:]
     assert "Traceback" not in output
     assert [row["epoch"] for row in _metrics_rows(spec)] == ["1"]
+    failed = json.loads((folder / "status.json").read_text())
+    assert failed["status"] == "FAILURE" and "lost its peers" in failed["message"]
 
     second = _finish(_launch(topology, spec_file, tmp_path / "run2"))
 
@@ -124,13 +131,17 @@ def test_ddp_on_cpu_shards_survives_a_killed_rank_and_resumes(
         assert set(rank0) | set(rank1) == set(labels), f"epoch {epoch}: identities left out"
         assert len(rank0) == len(rank1) and len(rank0) + len(rank1) == len(one_process)
 
-    # Every rank validated on the whole split: rank 0's row equals one process evaluating the
-    # checkpoint it wrote.
+    # Every rank validated the whole split with rank 0's weights and BatchNorm statistics: the
+    # ranks agree, and rank 0's row equals one process evaluating the checkpoint it wrote.
+    rank0, rank1 = (r["validation"] for r in _ranks(tmp_path / "run2"))
+    assert rank0 == rank1 and rank0["1"]["mAP"] > 0
     evaluated = reidkit.evaluate(
         apply_overrides(spec, {"evaluate.checkpoint": str(folder / "reid_model_latest.pth")})
     ).metrics
+    status = json.loads((folder / "status.json").read_text())  # any rank may write it last
     for key in ("mAP", "cmc_rank_1", "cmc_rank_5"):
         assert float(rows[-1][key]) == pytest.approx(evaluated[key], abs=0.011), key
+        assert status["kpi"][key] == float(rows[-1][key]), key
 
 
 def test_a_launcher_world_size_that_disagrees_with_the_spec_is_one_line(

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from reidkit.errors import ReidkitError, SpecError
 
@@ -36,6 +41,10 @@ Accelerator = Literal["auto", "gpu", "cpu"]
 # that dies usually closes its sockets and fails the others at once; this bounds the other case
 # (a peer that hangs or whose machine vanishes).
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+# How long the main process of a one-machine run may take to fail with its own error once a
+# process it started has died, before Lightning's observer SIGKILLs everything (its default: at
+# once, leaving no error line and a status.json stuck at RUNNING).
+LOST_CHILD_GRACE_S = 60
 # Words of the errors gloo and NCCL raise when a peer process is gone.
 _LOST_PEER = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timeout")
 
@@ -80,10 +89,10 @@ def trainer_devices(
     ids = gpu_ids or []
     devices: int | list[int] = ids[:num_gpus] if on_gpu and len(ids) >= num_gpus else per_node
     distributed = per_node * num_nodes > 1
-    strategy: DDPStrategy | str = "auto"
+    strategy: ReidDDPStrategy | str = "auto"
     if distributed:
         backend = "nccl" if on_gpu else "gloo"
-        strategy = DDPStrategy(process_group_backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        strategy = ReidDDPStrategy(process_group_backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return {
         "accelerator": "gpu" if on_gpu else "cpu",
         "devices": devices,
@@ -124,3 +133,40 @@ def lost_peer(
         f"training process rank {rank} of {world_size} lost its peers ({reason}): another "
         f"rank stopped or was killed; {resume_hint}"
     )
+
+
+class ReidDDPStrategy(DDPStrategy):
+    """Lightning's DDP, whose own launcher lets rank 0 report a dead rank before it kills all.
+
+    Lightning starts the extra processes of one machine itself and watches them from a thread
+    that SIGKILLs every process as soon as one has died. Rank 0 would usually have failed its
+    next collective a moment later with the reason (then :func:`lost_peer`'s one line and a
+    FAILURE status); here it gets :data:`LOST_CHILD_GRACE_S` to do so. Launchers outside
+    Lightning (torchrun, SLURM) are not affected.
+    """
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = _PatientLauncher(
+                self._launcher.cluster_environment, self.num_processes, self.num_nodes
+            )
+
+
+class _PatientObserver(_ChildProcessObserver):
+    def _terminate_all(self) -> None:
+        time.sleep(LOST_CHILD_GRACE_S)  # a daemon thread: it dies with rank 0 if that fails first
+        super()._terminate_all()
+
+
+class _PatientLauncher(_SubprocessScriptLauncher):
+    def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        # Lightning's launch, with the patient observer.
+        self.cluster_environment.validate_settings(
+            num_devices=self.num_processes, num_nodes=self.num_nodes
+        )
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+            _PatientObserver(os.getpid(), self.procs).start()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
