@@ -8,11 +8,12 @@
 #
 # --prepare (on a machine with ../shared and pip access) writes what the bare device machine
 # lacks into .gpu_data/: CUHK03 resized to 128x64 (benchmarks/pack_cuhk03.py, ~27 MB), the
-# ImageNet MobileNetV2 weights (9 MB), and wheels for the packages reidkit imports that the
-# device image has no copy of (pydantic and its core, cryptography and cffi; ~8 MB), for its
-# Python 3.12. The device image has torch, torchvision, lightning, timm, onnx, onnxruntime
-# (CPU provider only: onnxruntime-gpu is ~300 MB and cannot travel), onnxscript, PyYAML,
-# matplotlib and Pillow.
+# ImageNet MobileNetV2 weights (9 MB), and wheels for its Python 3.12 of the packages reidkit
+# imports that the device image lacks (pydantic and its core, a typing-extensions as new as
+# pydantic needs, cryptography and cffi; ~8 MB); the script installs them there only when
+# `import pydantic, cryptography` fails. The device image has torch, torchvision, lightning,
+# timm, onnx, onnxruntime (CPU provider only: onnxruntime-gpu is ~300 MB and cannot travel),
+# onnxscript, PyYAML, matplotlib and Pillow. The whole call sends ~45 MB of the 64 MiB allowed.
 #
 # The lead's device call, from the repository root after `benchmarks/gpu_check.sh --prepare`:
 #
@@ -34,7 +35,7 @@ GPU_DATA=${GPU_DATA:-$ROOT/.gpu_data}
 ARCHIVE=$GPU_DATA/cuhk03_128x64.tar.gz
 WEIGHTS=$GPU_DATA/mobilenet_v2_imagenet_features.pth
 WHEELS=(pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-        cryptography==50.0.2 cffi==2.1.1 pycparser==3.12)
+        typing-extensions==4.16.0 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12)
 
 DRY=() OUT=${OUT:-/tmp/reidkit-gpu-check} PARTS=env,train,eval,onnx,cuhk03
 while (($#)); do
