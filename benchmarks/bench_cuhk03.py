@@ -41,19 +41,28 @@ DATA = (ROOT / "../shared/data/cuhk03_detected").resolve()
 WEIGHTS = (ROOT / "../shared/weights/mobilenet_v2_imagenet_features.pth").resolve()
 
 
-def reidkit_overrides(args: argparse.Namespace, results_dir: Path) -> list[str]:
-    """The spec (as ``key=value`` overrides of the defaults, which are TAO's Market recipe)."""
+def reidkit_overrides(
+    args: argparse.Namespace, results_dir: Path, data: Path = DATA, weights: Path | None = WEIGHTS
+) -> list[str]:
+    """The spec (as ``key=value`` overrides of the defaults, which are TAO's Market recipe).
+
+    ``weights=None`` trains from scratch (``args.set`` then usually names another backbone).
+    """
     padding = max(1, round(10 * args.height / 256))  # TAO pads 10 px at 256x128
+    start = (
+        ["model.pretrain_choice=imagenet", f"model.pretrained_model_path={weights}"]
+        if weights
+        else ["model.pretrain_choice=self"]
+    )
     overrides = [
         f"results_dir={results_dir}",
         "model.backbone=mobilenet_v2",
-        "model.pretrain_choice=imagenet",
-        f"model.pretrained_model_path={WEIGHTS}",
+        *start,
         f"model.input_height={args.height}",
         f"model.input_width={args.width}",
-        f"dataset.train_dataset_dir={DATA / 'bounding_box_train'}",
-        f"dataset.test_dataset_dir={DATA / 'bounding_box_test'}",
-        f"dataset.query_dataset_dir={DATA / 'query'}",
+        f"dataset.train_dataset_dir={data / 'bounding_box_train'}",
+        f"dataset.test_dataset_dir={data / 'bounding_box_test'}",
+        f"dataset.query_dataset_dir={data / 'query'}",
         "dataset.num_classes=743",
         f"dataset.batch_size={args.batch_size}",
         "dataset.num_instances=4",
@@ -68,15 +77,20 @@ def reidkit_overrides(args: argparse.Namespace, results_dir: Path) -> list[str]:
         f"train.optim.warmup_epochs={args.warmup}",
         "re_ranking.re_ranking=False",
         f"evaluate.checkpoint={results_dir / 'train' / 'reid_model_latest.pth'}",
-        f"evaluate.query_dataset={DATA / 'query'}",
-        f"evaluate.test_dataset={DATA / 'bounding_box_test'}",
+        f"evaluate.query_dataset={data / 'query'}",
+        f"evaluate.test_dataset={data / 'bounding_box_test'}",
     ]
     if args.max_batches:
         overrides.append(f"train.steps_per_epoch={args.max_batches}")
     return overrides + args.set
 
 
-def run_reidkit(args: argparse.Namespace) -> dict[str, float]:
+def run_reidkit(
+    args: argparse.Namespace,
+    results_dir: Path | None = None,
+    data: Path = DATA,
+    weights: Path | None = WEIGHTS,
+) -> dict[str, float]:
     """In this (child) process: train, then evaluate, timing each call."""
     import logging
 
@@ -85,8 +99,8 @@ def run_reidkit(args: argparse.Namespace) -> dict[str, float]:
     # reidkit's INFO lines, among them the weight-loading report (0 missing backbone keys).
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
-    results_dir = args.workdir / "reidkit"
-    spec = reidkit.load_spec(None, reidkit_overrides(args, results_dir))
+    results_dir = results_dir or args.workdir / "reidkit"
+    spec = reidkit.load_spec(None, reidkit_overrides(args, results_dir, data, weights))
     start = time.perf_counter()
     trained = reidkit.train(spec)
     train_s = time.perf_counter() - start

@@ -45,7 +45,7 @@ class StepClock(Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.started = 0.0
-        self.timed_steps = 0
+        self.timed_images = 0
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -62,11 +62,12 @@ class StepClock(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.started:
-            self.timed_steps += 1
+            images, _, _ = batch  # (images, labels, camera ids) on both data paths
+            self.timed_images += len(images)
 
     def images_per_second(self) -> float:
         self._sync()
-        return self.timed_steps * BATCH / (time.perf_counter() - self.started)
+        return self.timed_images / (time.perf_counter() - self.started)
 
 
 def bench_spec(data: Path, results: Path, device_cache: str, steps: int) -> ExperimentSpec:

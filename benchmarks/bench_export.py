@@ -18,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -42,11 +42,17 @@ PLAN = ((1, 3, 10), (64, 1, 2))
 HEIGHT, WIDTH = 256, 128
 
 
-def resnet50_spec(folder: Path) -> ExperimentSpec:
-    """A ResNet-50 checkpoint at 256x128, saved as training saves it, ready to export."""
+def resnet50_spec(folder: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """A ResNet-50 checkpoint at 256x128 (or what ``overrides`` say), saved as training saves
+    it, ready to export."""
     spec = load_spec(
         None,
-        [f"results_dir={folder}", "model.pretrain_choice=self", "dataset.num_classes=751"],
+        [
+            f"results_dir={folder}",
+            "model.pretrain_choice=self",
+            "dataset.num_classes=751",
+            *overrides,
+        ],
     )
     model = build_model(spec, 751)
     state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}

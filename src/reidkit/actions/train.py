@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning
-import torch
 from lightning.pytorch import Trainer
 
 from reidkit.actions.common import resolve_checkpoint, run_action, training_expectations
@@ -23,6 +22,7 @@ from reidkit.config.spec import ExperimentSpec, TrainSpec
 from reidkit.data import prepare_splits
 from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resume_checkpoint
 from reidkit.engine.datamodule import ReidDataModule
+from reidkit.engine.distributed import lost_peer, trainer_devices
 from reidkit.engine.module import ReidModule
 from reidkit.engine.recorder import RunRecorder
 from reidkit.errors import ReidkitError, SpecError
@@ -113,7 +113,14 @@ def run_training(
         if start is not None:
             log.info("resuming from %s", start)
         run.update("training started", epoch=0, max_epoch=spec.train.num_epochs)
-        trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
+        try:
+            trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
+        except RuntimeError as error:
+            hint = "run the same command again (on every node) to resume from the last checkpoint"
+            lost = lost_peer(error, trainer.world_size, trainer.global_rank, hint)
+            if lost is None:
+                raise
+            raise lost from None
         best = recorder.best_status()
         run.succeed(
             "training finished", kpi=recorder.kpi,
@@ -138,31 +145,15 @@ def _pretrained_from_folder(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def device_settings(train: TrainSpec) -> dict[str, Any]:
-    """Trainer arguments for the spec's devices: GPUs with DDP and sync BN only when several."""
-    on_gpu = torch.cuda.is_available()
-    precision = train.precision
-    if precision == "auto":
-        precision = "16-mixed" if on_gpu else "32"
-    if not on_gpu and precision == "16-mixed":
-        raise SpecError(
-            "train.precision is '16-mixed' but no GPU is available; use 'bf16-mixed' or '32' on CPU"
-        )
-    if not on_gpu:
-        if train.num_gpus > 1 or train.num_nodes > 1:
-            log.warning("no GPU available: training on the CPU in one process")
-        return {"accelerator": "cpu", "devices": 1, "precision": precision}
-    devices = (
-        train.gpu_ids[: train.num_gpus] if len(train.gpu_ids) >= train.num_gpus else train.num_gpus
+    """Trainer arguments for the spec's devices (see :mod:`reidkit.engine.distributed`)."""
+    return trainer_devices(
+        accelerator=train.accelerator,
+        precision=train.precision,
+        num_processes=train.num_processes,
+        num_gpus=train.num_gpus,
+        gpu_ids=train.gpu_ids,
+        num_nodes=train.num_nodes,
     )
-    distributed = train.num_gpus * train.num_nodes > 1
-    return {
-        "accelerator": "gpu",
-        "devices": devices,
-        "num_nodes": train.num_nodes,
-        "strategy": "ddp" if distributed else "auto",
-        "sync_batchnorm": distributed,
-        "precision": precision,
-    }
 
 
 def _resume_checkpoint(spec: ExperimentSpec, folder: Path) -> Path | None:

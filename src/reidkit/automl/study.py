@@ -11,6 +11,7 @@ trials waits for them, so a study never ends with a lost trial unretried.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ log = logging.getLogger("reidkit")
 # A killed trial is retried this many times before it stays failed.
 MAX_RETRIES = 3
 _OPEN_ATTEMPTS = 3
+CONNECT_TIMEOUT_S = 10
+# scheme://user:PASSWORD@ (the user part may not hold ':' '/' or '@'; the password not '@').
+_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]*(@)")
 
 
 @dataclass
@@ -85,10 +89,20 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
     )
     if study.direction != wanted:
         raise SpecError(
-            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in {url} "
+            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in {redact(url)} "
             f"{study.direction.name.lower()}s; use another automl.study_name"
         )
     return study
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    """Workers sharing one SQLite file wait for each other's writes; a database server that
+    does not answer fails the worker within seconds instead of the TCP timeout's minutes."""
+    if url.startswith("sqlite"):
+        return {"timeout": 120}
+    if url.startswith(("postgresql", "mysql")):
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    return {}
 
 
 def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
@@ -104,10 +118,7 @@ def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url,
-                    # Workers sharing one SQLite file wait for each other's writes.
-                    engine_kwargs={"connect_args": {"timeout": 120}}
-                    if url.startswith("sqlite")
-                    else None,
+                    engine_kwargs={"connect_args": _connect_args(url)},
                     heartbeat_interval=interval,
                     grace_period=3 * interval,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
@@ -124,7 +135,19 @@ def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
 
 
 def _cannot_open(url: str, error: Exception) -> str:
-    return f"automl.storage: cannot open '{url}': {first_line(error)}"
+    reason = first_line(error)
+    if isinstance(error, ImportError) and url.startswith("postgresql://"):
+        reason += "; write postgresql+psycopg:// to use psycopg (pip install 'psycopg[binary]')"
+    return f"automl.storage: cannot open '{redact(url)}': {redact(reason)}"
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it as ``***``.
+
+    Storage URLs reach error lines, logs and status files, which are shared more widely than
+    the spec that holds the password.
+    """
+    return _PASSWORD.sub(r"\1***\2", text)
 
 
 def run_study(

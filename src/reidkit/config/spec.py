@@ -210,7 +210,13 @@ class OptimSpec(_Section):
 class TrainSpec(_Section):
     """``train``: devices, length, checkpoints and the optimizer."""
 
+    accelerator: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="'auto': the GPUs when CUDA is available, else the CPU."
+    )
     num_gpus: int = Field(1, ge=1, le=64, description="GPUs per node; several run DDP.")
+    num_processes: int = Field(
+        1, ge=1, le=256, description="CPU training processes per node; several run DDP (gloo)."
+    )
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU indices to use.")
     num_nodes: int = Field(1, ge=1, le=1024, description="Machines in a multi-node DDP run.")
     seed: int = Field(1234, ge=0, description="Seed of weights init, sampling and augmentation.")

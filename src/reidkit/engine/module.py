@@ -188,6 +188,13 @@ class ReidModule(LightningModule):
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_features = {QUERY: [], GALLERY: []}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Without sync BN (CPU processes), each rank's BatchNorm statistics have seen only
+            # its own batches since DDP last broadcast them. Every rank validates the whole
+            # split, so give them all rank 0's: the statistics its checkpoint keeps, and one
+            # set of metrics whichever rank reports them.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def validation_step(
         self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
