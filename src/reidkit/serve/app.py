@@ -1,0 +1,339 @@
+"""The FastAPI application: ``create_app(settings)`` wires the model, gallery, tokens and limits.
+
+Routes only translate HTTP to calls: images are decoded and preprocessed in a worker thread,
+embedded through the micro-batcher, and searched or stored through :class:`GalleryService`,
+which runs every store call on one thread of its own. Each route declares the scope it needs;
+:func:`require` turns a missing token into 401 and a missing scope into 403.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import TypeAdapter, ValidationError
+from reidkit.serve.gallery_access import GalleryService
+from starlette.concurrency import run_in_threadpool
+
+from reidkit import __version__
+from reidkit.serve.embedding import ServedModel
+from reidkit.serve.images import ImageRejected, decode_image
+from reidkit.serve.limits import BodyLimit
+from reidkit.serve.metrics import CONTENT_TYPE, ServerMetrics
+from reidkit.serve.schemas import (
+    AddResponse,
+    CropMeta,
+    EmbedResponse,
+    ForgetResponse,
+    GalleryStats,
+    Health,
+    Me,
+    SearchResponse,
+)
+from reidkit.serve.settings import ServeSettings
+from reidkit.serve.tokens import Caller, TokenStore
+
+# Crop ids are the store's own (digits, or hex/uuid-like); anything else never reaches it.
+CROP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_AGE = re.compile(r"^(\d+)([smhd])$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_bearer = HTTPBearer(auto_error=False, description="A token from 'reidkit serve token'.")
+
+
+class Services:
+    """Everything a request handler needs, held on ``app.state.services``."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        model: ServedModel,
+        gallery: GalleryService,
+        tokens: TokenStore,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.gallery = gallery
+        self.tokens = tokens
+        self.metrics = metrics
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def require(scope: str) -> Callable[..., Caller]:
+    """A dependency: the caller of a valid bearer token holding ``scope`` (401 / 403 if not)."""
+
+    def check(
+        services: ServicesDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", headers=challenge)
+        caller = services.tokens.verify(credentials.credentials)
+        if caller is None:
+            raise HTTPException(401, "unknown or revoked token", headers=challenge)
+        if not caller.allows(scope):
+            raise HTTPException(403, f"token '{caller.name}' lacks the '{scope}' scope")
+        return caller
+
+    return check
+
+
+Searcher = Annotated[Caller, Depends(require("search"))]
+Writer = Annotated[Caller, Depends(require("write"))]
+Admin = Annotated[Caller, Depends(require("admin"))]
+
+
+async def _embed_uploads(services: Services, images: list[UploadFile]) -> np.ndarray:
+    """Decode, preprocess and embed uploads; 413 for too many, 422 for a bad one."""
+    limit = services.settings.max_images
+    if len(images) > limit:
+        raise HTTPException(413, f"{len(images)} images in one request; the limit is {limit}")
+    payloads = [await upload.read() for upload in images]
+
+    def prepare() -> np.ndarray:
+        decoded = [
+            decode_image(data, f"image {i + 1}", services.settings.max_image_pixels)
+            for i, data in enumerate(payloads)
+        ]
+        return services.model.preprocess(decoded)
+
+    try:
+        batch = await run_in_threadpool(prepare)
+    except ImageRejected as exc:
+        raise HTTPException(422, str(exc)) from None
+    return await services.model.embed(batch)
+
+
+def _parse_embedding(text: str, dim: int) -> np.ndarray:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        raise HTTPException(422, "embedding must be a JSON array of numbers") from None
+    if (
+        not isinstance(values, list)
+        or len(values) != dim
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    ):
+        raise HTTPException(422, f"embedding must be a JSON array of {dim} finite numbers")
+    vector = np.asarray(values, dtype=np.float32)[None, :]
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise HTTPException(422, "embedding must not be all zeros")
+    return vector / norm
+
+
+def _parse_age(text: str) -> timedelta:
+    match = _AGE.match(text)
+    if match is None:
+        raise HTTPException(422, "older_than must be a number and a unit, e.g. 30d, 12h, 90m")
+    return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _mount_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["service"])
+    async def healthz(services: ServicesDep) -> Health:
+        """Liveness and readiness: the model is loaded and the gallery answers."""
+        size = await services.gallery.size()
+        return Health(gallery_size=size, embedding_dim=services.model.dim)
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics(services: ServicesDep) -> Response:
+        """Prometheus text: requests, latency histogram, batch sizes, gallery size."""
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/me", tags=["auth"])
+    async def me(caller: Searcher) -> Me:
+        """The token's name and scopes (the operator page signs in with this)."""
+        return Me(name=caller.name, scopes=sorted(caller.scopes))
+
+    @app.post("/v1/embed", tags=["search"])
+    async def embed(
+        services: ServicesDep,
+        caller: Searcher,
+        images: Annotated[list[UploadFile], File(description="Person crops.")],
+    ) -> EmbedResponse:
+        """L2-normalised embeddings of the uploaded crops, in upload order."""
+        vectors = await _embed_uploads(services, images)
+        return EmbedResponse(embedding_dim=services.model.dim, embeddings=vectors.tolist())
+
+    @app.post("/v1/search", tags=["search"])
+    async def search(
+        services: ServicesDep,
+        caller: Searcher,
+        images: Annotated[list[UploadFile] | None, File(description="Query crops.")] = None,
+        embedding: Annotated[str | None, Form(description="JSON array, instead of images.")] = None,
+        k: Annotated[int, Form(ge=1, description="Hits to return.")] = 10,
+        cameras: Annotated[list[str] | None, Form(description="Only these cameras.")] = None,
+        since: Annotated[datetime | None, Form(description="Not before (ISO 8601).")] = None,
+        until: Annotated[datetime | None, Form(description="Not after (ISO 8601).")] = None,
+    ) -> SearchResponse:
+        """The k closest crops to one crop, several crops of one person (averaged) or a vector.
+
+        Each hit carries its distance and the match/unknown decision of the gallery's
+        threshold. The search is written to the gallery's audit log with the token's name.
+        """
+        if k > services.settings.max_k:
+            raise HTTPException(422, f"k={k} is over the limit of {services.settings.max_k}")
+        if bool(images) == (embedding is not None):
+            raise HTTPException(422, "send either images or an embedding (exactly one)")
+        if since and until and since > until:
+            raise HTTPException(422, "since is after until")
+        if embedding is not None:
+            queries = _parse_embedding(embedding, services.model.dim)
+        else:
+            queries = await _embed_uploads(services, images or [])
+        hits, threshold = await services.gallery.search(
+            queries, k=k, cameras=cameras or None, since=since, until=until, who=caller.name
+        )
+        return SearchResponse(hits=hits, match_threshold=threshold, queries=len(queries))
+
+    @app.post("/v1/gallery", tags=["gallery"], status_code=201)
+    async def add(
+        services: ServicesDep,
+        caller: Writer,
+        images: Annotated[list[UploadFile], File(description="Person crops.")],
+        metadata: Annotated[
+            str, Form(description="JSON array: one {camera, timestamp, track_id} per image.")
+        ],
+    ) -> AddResponse:
+        """Embed and store crops with their camera, time and track."""
+        try:
+            records = TypeAdapter(list[CropMeta]).validate_json(metadata)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise HTTPException(422, f"metadata[{where}]: {problem['msg']}") from None
+        if len(records) != len(images):
+            raise HTTPException(
+                422, f"{len(images)} images but {len(records)} metadata entries; send one each"
+            )
+        vectors = await _embed_uploads(services, images)
+        for upload in images:
+            await upload.seek(0)
+        crops = [await upload.read() for upload in images]
+        crop_ids = await services.gallery.add(vectors, records, crops, who=caller.name)
+        return AddResponse(added=len(crop_ids), crop_ids=crop_ids)
+
+    @app.delete("/v1/gallery", tags=["gallery"])
+    async def forget(
+        services: ServicesDep,
+        caller: Admin,
+        track_id: Annotated[str | None, Query(max_length=128)] = None,
+        crop_id: Annotated[str | None, Query(pattern=CROP_ID.pattern)] = None,
+        older_than: Annotated[str | None, Query(description="e.g. 30d, 12h")] = None,
+    ) -> ForgetResponse:
+        """Delete a track, a crop, or everything older than an age: gone from disk, audited."""
+        chosen = [x for x in (track_id, crop_id, older_than) if x is not None]
+        if len(chosen) != 1:
+            raise HTTPException(422, "give exactly one of track_id, crop_id, older_than")
+        age = _parse_age(older_than) if older_than is not None else None
+        count = await services.gallery.forget(
+            track_id=track_id, crop_id=crop_id, older_than=age, who=caller.name
+        )
+        return ForgetResponse(forgotten=count)
+
+    @app.get("/v1/gallery/stats", tags=["gallery"])
+    async def stats(services: ServicesDep, caller: Searcher) -> GalleryStats:
+        """Size, cameras, time span, index kind, threshold and model card."""
+        return await services.gallery.stats()
+
+    @app.get("/v1/crops/{crop_id}", tags=["gallery"], response_class=Response)
+    async def crop(services: ServicesDep, caller: Searcher, crop_id: str) -> Response:
+        """The stored thumbnail of a crop."""
+        if not CROP_ID.match(crop_id):
+            raise HTTPException(422, "crop id must be 1-64 letters, digits, _ or -")
+        found = await services.gallery.thumbnail(crop_id)
+        if found is None:
+            raise HTTPException(404, f"no crop '{crop_id}' in the gallery")
+        data, media_type = found
+        return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+def create_app(
+    settings: ServeSettings,
+    *,
+    model: ServedModel | None = None,
+    gallery: GalleryService | None = None,
+) -> FastAPI:
+    """The app for ``settings``; the model and gallery open when the server starts."""
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        served = model or ServedModel(
+            settings.model,
+            threads=settings.threads,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            on_batch=lambda n: state["metrics"].batch_size.observe(n),
+        )
+        store = gallery or await GalleryService.open(settings.gallery, served.card)
+        state["metrics"] = ServerMetrics(store.cached_size)
+        app.state.services = Services(
+            settings, served, store, TokenStore(settings.tokens), state["metrics"]
+        )
+        await served.batcher.start()
+        try:
+            yield
+        finally:
+            await served.batcher.stop()
+            await store.close()
+
+    app = FastAPI(
+        title="reidkit search service",
+        version=__version__,
+        description="Person re-identification search over a site gallery. Every route under "
+        "/v1 needs a bearer token; searches and forgets are audited with the token's name.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        if "metrics" in state:
+            state["metrics"].observe(
+                request.method, template, response.status_code, time.perf_counter() - start
+            )
+        return response
+
+    # Outermost: oversized bodies are refused before anything parses them.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    _mount_routes(app)
+    page = resources.files("reidkit.serve") / "static"
+    app.mount("/ui", StaticFiles(directory=str(page), html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    return app

@@ -1,0 +1,76 @@
+"""The server's model: an ONNX file on onnxruntime, fed through the micro-batcher.
+
+Preprocessing is read from the model's own metadata (input size, mean, std), so the server
+cannot feed a model differently from how it was trained and exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from reidkit.errors import CheckpointError
+from reidkit.export.runtime import OnnxEmbedder
+from reidkit.serve.batching import MicroBatcher
+
+_REQUIRED = ("input_height", "input_width", "embedding_dim")
+
+
+class ServedModel:
+    """Crops -> L2-normalised embeddings, batched across concurrent requests."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int = 0,
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        on_batch: Any = None,
+    ) -> None:
+        if path.suffix.lower() != ".onnx":
+            raise CheckpointError(
+                f"serve.model '{path}' must be an .onnx file; export the checkpoint with "
+                "reidkit export"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.embedder = OnnxEmbedder(path, session_options=options, providers=None)
+        self.card = self.embedder.card
+        missing = [key for key in _REQUIRED if key not in self.card]
+        if missing:
+            raise CheckpointError(f"ONNX file '{path}' does not record {missing}; re-export it")
+        self.height: int = self.card["input_height"]
+        self.width: int = self.card["input_width"]
+        self.dim: int = self.card["embedding_dim"]
+        # Files without metadata (e.g. TAO exports) get the ImageNet statistics TAO uses.
+        self._mean = list(self.card.get("pixel_mean", [0.485, 0.456, 0.406]))
+        self._std = list(self.card.get("pixel_std", [0.226, 0.226, 0.226]))
+        self.batcher = MicroBatcher(
+            self._embed_batch, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=on_batch
+        )
+
+    def preprocess(self, images: list[Image.Image]) -> np.ndarray:
+        """RGB images -> ``[n, 3, H, W]`` float32, exactly as the eval transform prepares them."""
+        tensors = []
+        for image in images:
+            pixels = F.resize(F.pil_to_tensor(image), [self.height, self.width], antialias=True)
+            pixels = F.to_dtype(pixels, torch.float32, scale=True)
+            tensors.append(F.normalize(pixels, self._mean, self._std))
+        return torch.stack(tensors).numpy()
+
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        embeddings = self.embedder(torch.from_numpy(batch)).numpy()
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        return embeddings / np.maximum(norms, 1e-12)
+
+    async def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised embeddings ``[n, D]`` of a preprocessed batch."""
+        return await self.batcher.embed(batch)
