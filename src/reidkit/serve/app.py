@@ -275,29 +275,32 @@ def create_app(
     model: ServedModel | None = None,
     gallery: GalleryService | None = None,
 ) -> FastAPI:
-    """The app for ``settings``; the model and gallery open when the server starts."""
-    state: dict[str, Any] = {}
+    """The app for ``settings``.
+
+    The model, gallery and token file are opened here, before any server starts, so a wrong
+    path or a gallery filled by another model is one error line, not a failed worker.
+    """
+    metrics: ServerMetrics | None = None
+    served = model or ServedModel(
+        settings.model,
+        threads=settings.threads,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.batch_wait_ms / 1000,
+        on_batch=lambda n: metrics.batch_size.observe(n) if metrics else None,
+    )
+    tokens = TokenStore(settings.tokens)
+    store = gallery or GalleryService.open(settings.gallery, served.card)
+    metrics = ServerMetrics(store.cached_size)
+    services = Services(settings, served, store, tokens, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served = model or ServedModel(
-            settings.model,
-            threads=settings.threads,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            on_batch=lambda n: state["metrics"].batch_size.observe(n),
-        )
-        store = gallery or await GalleryService.open(settings.gallery, served.card)
-        state["metrics"] = ServerMetrics(store.cached_size)
-        app.state.services = Services(
-            settings, served, store, TokenStore(settings.tokens), state["metrics"]
-        )
         await served.batcher.start()
         try:
             yield
         finally:
             await served.batcher.stop()
-            await store.close()
+            store.close()
 
     app = FastAPI(
         title="reidkit search service",
@@ -307,16 +310,14 @@ def create_app(
         lifespan=lifespan,
     )
 
+    app.state.services = services
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        if "metrics" in state:
-            state["metrics"].observe(
-                request.method, template, response.status_code, time.perf_counter() - start
-            )
+        template = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
         return response
 
     # Outermost: oversized bodies are refused before anything parses them.
