@@ -19,13 +19,23 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
-from reidkit.serve.gallery_access import GalleryService
+from reidkit.serve.gallery_access import GalleryService, make_thumbnail, upload_key
 from starlette.concurrency import run_in_threadpool
 
 from reidkit import __version__
@@ -46,8 +56,6 @@ from reidkit.serve.schemas import (
 from reidkit.serve.settings import ServeSettings
 from reidkit.serve.tokens import Caller, TokenStore
 
-# Crop ids are the store's own (digits, or hex/uuid-like); anything else never reaches it.
-CROP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _bearer = HTTPBearer(auto_error=False, description="A token from 'reidkit serve token'.")
@@ -103,25 +111,31 @@ Writer = Annotated[Caller, Depends(require("write"))]
 Admin = Annotated[Caller, Depends(require("admin"))]
 
 
-async def _embed_uploads(services: Services, images: list[UploadFile]) -> np.ndarray:
-    """Decode, preprocess and embed uploads; 413 for too many, 422 for a bad one."""
+async def _embed_uploads(
+    services: Services, images: list[UploadFile], *, thumbnails: bool = False
+) -> tuple[np.ndarray, list[bytes], list[bytes]]:
+    """Embeddings of the uploads, their raw bytes and (if asked) their JPEG thumbnails.
+
+    413 for more images than allowed, 422 naming the first unusable one.
+    """
     limit = services.settings.max_images
     if len(images) > limit:
         raise HTTPException(413, f"{len(images)} images in one request; the limit is {limit}")
     payloads = [await upload.read() for upload in images]
 
-    def prepare() -> np.ndarray:
+    def prepare() -> tuple[np.ndarray, list[bytes]]:
         decoded = [
             decode_image(data, f"image {i + 1}", services.settings.max_image_pixels)
             for i, data in enumerate(payloads)
         ]
-        return services.model.preprocess(decoded)
+        small = [make_thumbnail(image) for image in decoded] if thumbnails else []
+        return services.model.preprocess(decoded), small
 
     try:
-        batch = await run_in_threadpool(prepare)
+        batch, small = await run_in_threadpool(prepare)
     except ImageRejected as exc:
         raise HTTPException(422, str(exc)) from None
-    return await services.model.embed(batch)
+    return await services.model.embed(batch), payloads, small
 
 
 def _parse_embedding(text: str, dim: int) -> np.ndarray:
@@ -173,7 +187,7 @@ def _mount_routes(app: FastAPI) -> None:
         images: Annotated[list[UploadFile], File(description="Person crops.")],
     ) -> EmbedResponse:
         """L2-normalised embeddings of the uploaded crops, in upload order."""
-        vectors = await _embed_uploads(services, images)
+        vectors, _, _ = await _embed_uploads(services, images)
         return EmbedResponse(embedding_dim=services.model.dim, embeddings=vectors.tolist())
 
     @app.post("/v1/search", tags=["search"])
@@ -182,8 +196,8 @@ def _mount_routes(app: FastAPI) -> None:
         caller: Searcher,
         images: Annotated[list[UploadFile] | None, File(description="Query crops.")] = None,
         embedding: Annotated[str | None, Form(description="JSON array, instead of images.")] = None,
-        k: Annotated[int, Form(ge=1, description="Hits to return.")] = 10,
-        cameras: Annotated[list[str] | None, Form(description="Only these cameras.")] = None,
+        k: Annotated[int, Form(ge=1, le=10_000, description="Hits to return.")] = 10,
+        cameras: Annotated[list[int] | None, Form(description="Only these cameras.")] = None,
         since: Annotated[datetime | None, Form(description="Not before (ISO 8601).")] = None,
         until: Annotated[datetime | None, Form(description="Not after (ISO 8601).")] = None,
     ) -> SearchResponse:
@@ -201,11 +215,16 @@ def _mount_routes(app: FastAPI) -> None:
         if embedding is not None:
             queries = _parse_embedding(embedding, services.model.dim)
         else:
-            queries = await _embed_uploads(services, images or [])
-        hits, threshold = await services.gallery.search(
-            queries, k=k, cameras=cameras or None, since=since, until=until, who=caller.name
+            queries, _, _ = await _embed_uploads(services, images or [])
+        # Several crops of one person: search with their mean direction.
+        query = queries.mean(axis=0, keepdims=True)
+        query /= max(float(np.linalg.norm(query)), 1e-12)
+        hits = await services.gallery.search(
+            query, k=k, cameras=cameras or None, since=since, until=until, who=caller.name
         )
-        return SearchResponse(hits=hits, match_threshold=threshold, queries=len(queries))
+        return SearchResponse(
+            hits=hits, match_threshold=services.gallery.match_threshold, queries=len(queries)
+        )
 
     @app.post("/v1/gallery", tags=["gallery"], status_code=201)
     async def add(
@@ -227,28 +246,32 @@ def _mount_routes(app: FastAPI) -> None:
             raise HTTPException(
                 422, f"{len(images)} images but {len(records)} metadata entries; send one each"
             )
-        vectors = await _embed_uploads(services, images)
-        for upload in images:
-            await upload.seek(0)
-        crops = [await upload.read() for upload in images]
-        crop_ids = await services.gallery.add(vectors, records, crops, who=caller.name)
-        return AddResponse(added=len(crop_ids), crop_ids=crop_ids)
+        vectors, payloads, thumbnails = await _embed_uploads(services, images, thumbnails=True)
+        keys = [
+            meta.path or upload_key(data, meta)
+            for data, meta in zip(payloads, records, strict=True)
+        ]
+        added = await services.gallery.add(vectors, records, thumbnails, keys)
+        return AddResponse(added=added, already_stored=len(keys) - added, paths=keys)
 
     @app.delete("/v1/gallery", tags=["gallery"])
     async def forget(
         services: ServicesDep,
         caller: Admin,
-        track_id: Annotated[str | None, Query(max_length=128)] = None,
-        crop_id: Annotated[str | None, Query(pattern=CROP_ID.pattern)] = None,
-        older_than: Annotated[str | None, Query(description="e.g. 30d, 12h")] = None,
+        track_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        path: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+        older_than: Annotated[str | None, Query(description="e.g. 30d, 12h, 90m")] = None,
     ) -> ForgetResponse:
-        """Delete a track, a crop, or everything older than an age: gone from disk, audited."""
-        chosen = [x for x in (track_id, crop_id, older_than) if x is not None]
+        """Delete a track, one crop (by its path key) or everything older than an age.
+
+        The data is removed from the gallery's files, not hidden; the call is audited.
+        """
+        chosen = [x for x in (track_id, path, older_than) if x is not None]
         if len(chosen) != 1:
-            raise HTTPException(422, "give exactly one of track_id, crop_id, older_than")
+            raise HTTPException(422, "give exactly one of track_id, path, older_than")
         age = _parse_age(older_than) if older_than is not None else None
         count = await services.gallery.forget(
-            track_id=track_id, crop_id=crop_id, older_than=age, who=caller.name
+            track_id=track_id, path=path, older_than=age, who=caller.name
         )
         return ForgetResponse(forgotten=count)
 
@@ -258,15 +281,16 @@ def _mount_routes(app: FastAPI) -> None:
         return await services.gallery.stats()
 
     @app.get("/v1/crops/{crop_id}", tags=["gallery"], response_class=Response)
-    async def crop(services: ServicesDep, caller: Searcher, crop_id: str) -> Response:
-        """The stored thumbnail of a crop."""
-        if not CROP_ID.match(crop_id):
-            raise HTTPException(422, "crop id must be 1-64 letters, digits, _ or -")
-        found = await services.gallery.thumbnail(crop_id)
-        if found is None:
-            raise HTTPException(404, f"no crop '{crop_id}' in the gallery")
-        data, media_type = found
-        return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
+    async def crop(
+        services: ServicesDep,
+        caller: Searcher,
+        crop_id: Annotated[int, Path(ge=0, le=2**62, description="A hit's crop_id.")],
+    ) -> Response:
+        """The stored JPEG thumbnail of a crop (the id is an integer, checked before any use)."""
+        data = await services.gallery.thumbnail(crop_id)
+        if data is None:
+            raise HTTPException(404, f"no crop {crop_id} in the gallery")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 def create_app(
