@@ -11,9 +11,14 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Crop:
     path: Path
-    camera: str
+    camera: int
     timestamp: datetime
     track: str
+
+    @property
+    def key(self) -> str:
+        """The key the tests store it under (the gallery's ``path``): its file name."""
+        return self.path.name
 
 
 def site_crops(folder: Path, start: datetime) -> list[Crop]:
@@ -21,17 +26,20 @@ def site_crops(folder: Path, start: datetime) -> list[Crop]:
     crops = []
     paths = sorted(p for p in folder.glob("*.jpg") if not p.name.startswith(("-1", "0000")))
     for minute, path in enumerate(paths):
-        person, camera = path.name.split("_")[0], path.name.split("_")[1][:2]
-        crops.append(
-            Crop(path, camera, start + timedelta(minutes=minute), f"{person}-{camera}")
-        )
+        person, camera = path.name.split("_")[0], int(path.name.split("_")[1][1])
+        crops.append(Crop(path, camera, start + timedelta(minutes=minute), f"{person}-c{camera}"))
     return crops
 
 
 def upload_form(crops: list[Crop]) -> dict:
     """``files`` and ``data`` for ``POST /v1/gallery``."""
     metadata = [
-        {"camera": c.camera, "timestamp": c.timestamp.isoformat(), "track_id": c.track}
+        {
+            "camera": c.camera,
+            "timestamp": c.timestamp.isoformat(),
+            "track_id": c.track,
+            "path": c.key,
+        }
         for c in crops
     ]
     return {

@@ -35,11 +35,11 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
-from reidkit.serve.gallery_access import GalleryService, make_thumbnail, upload_key
 from starlette.concurrency import run_in_threadpool
 
 from reidkit import __version__
 from reidkit.serve.embedding import ServedModel
+from reidkit.serve.gallery_access import GalleryService, as_utc, make_thumbnail, upload_key
 from reidkit.serve.images import ImageRejected, decode_image
 from reidkit.serve.limits import BodyLimit
 from reidkit.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -210,6 +210,7 @@ def _mount_routes(app: FastAPI) -> None:
             raise HTTPException(422, f"k={k} is over the limit of {services.settings.max_k}")
         if bool(images) == (embedding is not None):
             raise HTTPException(422, "send either images or an embedding (exactly one)")
+        since, until = as_utc(since), as_utc(until)
         if since and until and since > until:
             raise HTTPException(422, "since is after until")
         if embedding is not None:

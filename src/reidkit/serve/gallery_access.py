@@ -31,12 +31,16 @@ def _utc(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC (as the page sends it); others keep theirs."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
 def _seconds(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # a time without a zone is taken as UTC, as the page sends it
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    moment = as_utc(moment)
+    return None if moment is None else moment.timestamp()
 
 
 def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
@@ -195,4 +199,11 @@ class GalleryService:
         self._executor.shutdown(wait=True)
 
     def _audited(self, who: str, method: Callable[..., T]) -> Callable[..., T]:
-        raise NotImplementedError
+        """``method`` run with the store's audit operator set to ``who`` (on the store thread,
+        where calls never overlap, so one request's name cannot leak into another's entry)."""
+
+        def call(*args: Any, **kwargs: Any) -> T:
+            self._store.operator = who
+            return method(*args, **kwargs)
+
+        return call

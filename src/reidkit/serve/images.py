@@ -39,8 +39,10 @@ def decode_image(data: bytes, label: str, max_pixels: int) -> Image.Image:
                 )
             image.load()
             return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(f"{label} exceeds Pillow's decompression-bomb limit") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            f"{label} exceeds Pillow's decompression-bomb limit ({str(exc).split(',')[0]})"
+        ) from None
     except UnidentifiedImageError:
         raise ImageRejected(
             f"{label} is not a readable image (send JPEG, PNG, WEBP, BMP, GIF or TIFF)"

@@ -73,7 +73,7 @@ async function loadStats() {
     input.type = "checkbox";
     input.checked = true;
     input.value = camera;
-    label.append(input, ` ${camera}`);
+    label.append(input, ` cam ${camera}`);
     box.append(label);
   }
   if (!$("since").value) $("since").value = isoToInput(state.stats.first);
@@ -131,7 +131,9 @@ async function render() {
   const timeline = $("timeline");
   timeline.replaceChildren();
   const matches = state.hits.filter((hit) => hit.decision === "match").length;
-  $("results-title").textContent = `Hits: ${state.hits.length} (${matches} match)`;
+  const calibrated = state.hits.some((hit) => hit.decision !== null);
+  $("results-title").textContent = `Hits: ${state.hits.length}` +
+    (calibrated ? ` (${matches} match)` : " (no match threshold: distances only)");
   if (!state.hits.length) {
     timeline.innerHTML = '<p class="empty">No hits in this window.</p>';
     return;
@@ -139,7 +141,7 @@ async function render() {
   const times = state.hits.map((hit) => Date.parse(hit.timestamp));
   const start = Math.min(...times);
   const span = Math.max(Math.max(...times) - start, 1);
-  const cameras = [...new Set(state.hits.map((hit) => hit.camera))].sort();
+  const cameras = [...new Set(state.hits.map((hit) => hit.camera))].sort((a, b) => a - b);
   const width = timeline.clientWidth - 64 - 56;
   for (const camera of cameras) {
     const lane = document.createElement("div");
@@ -147,7 +149,7 @@ async function render() {
     lane.dataset.camera = camera;
     const name = document.createElement("div");
     name.className = "lane-name";
-    name.textContent = camera;
+    name.textContent = `cam ${camera}`;
     const track = document.createElement("div");
     track.className = "track";
     // Stack thumbnails that would overlap into rows, closest in time first.
@@ -160,16 +162,17 @@ async function render() {
       if (row < 0) { row = rows.length; rows.push(0); }
       rows[row] = x + 56;
       const card = document.createElement("div");
-      card.className = `hit ${hit.decision}`;
+      card.className = `hit ${hit.decision || "undecided"}`;
       card.style.left = `${x}px`;
       card.style.top = `${4 + row * 122}px`;
-      card.title = `${hit.timestamp} · track ${hit.track_id}`;
+      card.title = `${hit.timestamp} · track ${hit.track_id ?? "none"}`;
       card.dataset.cropId = hit.crop_id;
+      card.dataset.path = hit.path;
       const image = document.createElement("img");
       image.alt = `crop ${hit.crop_id}`;
       const badge = document.createElement("span");
       badge.className = "badge";
-      badge.textContent = hit.decision;
+      badge.textContent = hit.decision || "–";
       const distance = document.createElement("span");
       distance.textContent = hit.distance.toFixed(3);
       card.append(image, distance, badge);
@@ -199,8 +202,9 @@ function select(hit, card) {
   $("detail-image").src = card.querySelector("img").src;
   const facts = $("detail-facts");
   facts.replaceChildren();
-  const rows = [["crop", hit.crop_id], ["camera", hit.camera], ["time", hit.timestamp],
-    ["track", hit.track_id], ["distance", hit.distance.toFixed(4)], ["decision", hit.decision]];
+  const rows = [["crop", hit.path], ["camera", hit.camera], ["time", hit.timestamp],
+    ["track", hit.track_id ?? "none"], ["distance", hit.distance.toFixed(4)],
+    ["decision", hit.decision || "no threshold"]];
   for (const [key, value] of rows) {
     const dt = document.createElement("dt");
     dt.textContent = key;
@@ -209,6 +213,7 @@ function select(hit, card) {
     facts.append(dt, dd);
   }
   $("forget").textContent = `Forget track ${hit.track_id}…`;
+  $("forget").hidden = !state.me.scopes.includes("admin") || hit.track_id === null;
   $("detail").hidden = false;
 }
 
