@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reidkit.evaluation.metrics import _normalized_distance, normalize_features
+from reidkit.evaluation.metrics import _normalized_distance
 from reidkit.gallery.store import (
     CropMeta,
     GalleryError,
@@ -57,6 +57,7 @@ from reidkit.gallery.store import (
     Hit,
     check_card_fits,
     decide,
+    unit_rows,
 )
 from reidkit.outputs import write_json
 
@@ -70,17 +71,6 @@ _SQL_CHUNK = 30_000
 # (suffix, dtype, per-row width) of each memory-mapped column file.
 _COLUMNS = {"ids": np.int64, "cameras": np.int32, "times": np.float64}
 _ENTRY_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
-
-
-def _as_matrix(vectors: np.ndarray | Tensor, what: str) -> Tensor:
-    """Float32 ``[N, D]`` tensor of L2-normalised rows; one line on a wrong shape or NaN."""
-    matrix = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, Tensor) else vectors)
-    if matrix.ndim != 2:
-        raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.detach().to("cpu", torch.float32)
-    if not torch.isfinite(matrix).all():
-        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
-    return normalize_features(matrix).contiguous()
 
 
 def _fsync_file(path: Path) -> None:
@@ -271,7 +261,7 @@ class EmbeddedGallery:
             index = faiss.read_index(str(path))
         except RuntimeError:
             raise GalleryError(f"gallery index '{path}' is corrupt; {fix}") from None
-        index.nprobe = self._nprobe or max(1, index.nlist // 16)
+        index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 16))
         return index
 
     def _refresh(self) -> None:
@@ -299,7 +289,7 @@ class EmbeddedGallery:
         metas: Sequence[CropMeta],
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> int:
-        matrix = _as_matrix(vectors, "embeddings")
+        matrix = unit_rows(vectors, "embeddings")
         if len(matrix) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
             raise GalleryError(
                 f"add got {len(matrix)} embeddings for {len(metas)} crops"
@@ -452,7 +442,7 @@ class EmbeddedGallery:
         exact: bool = False,
     ) -> list[list[Hit]]:
         """See :meth:`GalleryStore.search`; ``exact`` skips the ANN index."""
-        queries = _as_matrix(vectors, "query embeddings")
+        queries = unit_rows(vectors, "query embeddings")
         if k < 1:
             raise GalleryError(f"top-k must be at least 1, got {k}")
         with self._lock:
