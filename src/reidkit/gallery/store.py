@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from reidkit.errors import ReidkitError
+from reidkit.evaluation.metrics import normalize_features
 
 Decision = Literal["match", "unknown"]
 
@@ -170,6 +172,17 @@ def check_card_fits(
             f"{stored.get(key)!r}, this model {given.get(key)!r}); use the same model or a new "
             "gallery.uri"
         )
+
+
+def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
+    """Float32 ``[N, D]`` tensor of L2-normalised rows; one line on a wrong shape or NaN."""
+    matrix = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, Tensor) else vectors)
+    if matrix.ndim != 2:
+        raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
+    matrix = matrix.detach().to("cpu", torch.float32)
+    if not torch.isfinite(matrix).all():
+        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+    return normalize_features(matrix).contiguous()
 
 
 def decide(distance: float, threshold: float | None) -> Decision | None:
