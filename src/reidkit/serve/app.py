@@ -252,7 +252,7 @@ def _mount_routes(app: FastAPI) -> None:
             meta.path or upload_key(data, meta)
             for data, meta in zip(payloads, records, strict=True)
         ]
-        added = await services.gallery.add(vectors, records, thumbnails, keys)
+        added = await services.gallery.add(vectors, records, thumbnails, keys, who=caller.name)
         return AddResponse(added=added, already_stored=len(keys) - added, paths=keys)
 
     @app.delete("/v1/gallery", tags=["gallery"])

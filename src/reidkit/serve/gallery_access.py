@@ -106,8 +106,10 @@ class GalleryService:
         metas: Sequence[schemas.CropMeta],
         thumbnails: Sequence[bytes],
         keys: Sequence[str],
+        who: str,
     ) -> int:
-        """Store the crops whose key is new; all or none of them (the store's guarantee)."""
+        """Store the crops whose key is new, all or none of them (the store's guarantee);
+        the add is audited as ``who``."""
         records = [
             CropMeta(
                 path=key,
@@ -119,7 +121,9 @@ class GalleryService:
             )
             for key, meta in zip(keys, metas, strict=True)
         ]
-        added = await self._call(self._store.add, vectors, records, list(thumbnails))
+        added = await self._call(
+            self._audited(who, self._store.add), vectors, records, list(thumbnails)
+        )
         await self.size()
         return added
 
