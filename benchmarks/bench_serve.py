@@ -51,11 +51,18 @@ MODES = {"batched": [], "one-at-a-time": ["--max-batch", "1"]}
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
-def demo_model(folder: Path) -> Path:
-    """The demo spec's model (examples/demo.yaml), random weights, exported to ONNX."""
+def demo_model(folder: Path, data: Path) -> Path:
+    """The demo spec's model (examples/demo.yaml), random weights, exported to ONNX (checked on
+    the synthetic crops in ``data``)."""
     spec = load_spec(
         REPO / "examples" / "demo.yaml",
-        [f"results_dir={folder}", "dataset.num_classes=30"],
+        [
+            f"results_dir={folder}",
+            "dataset.num_classes=30",
+            f"dataset.train_dataset_dir={data / 'bounding_box_train'}",
+            f"dataset.test_dataset_dir={data / 'bounding_box_test'}",
+            f"dataset.query_dataset_dir={data / 'query'}",
+        ],
     )
     torch.manual_seed(0)
     model = ReidModel(spec.model, 30, spec.train.optim)
@@ -95,7 +102,7 @@ def start_server(model: Path, gallery: Path, tokens: Path, flags: list[str], thr
 def add_form(crops: list[bytes], start: int) -> dict:
     metadata = [
         {
-            "camera": f"c{(start + i) % 4 + 1}",
+            "camera": (start + i) % 4 + 1,
             "timestamp": (T0 + timedelta(seconds=start + i)).isoformat(),
             "track_id": f"t{(start + i) // 8}",
         }
@@ -186,8 +193,8 @@ def main() -> None:
     where = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
-        model = demo_model(work / "model")
         synthesize(work / "crops", ids=40, cameras=4, images_per_id=8, seed=1)
+        model = demo_model(work / "model", work / "crops")
         crops = [p.read_bytes() for p in sorted((work / "crops").rglob("*.jpg"))]
         tokens = work / "tokens.json"
         token = create_token(tokens, "bench", ["admin"])

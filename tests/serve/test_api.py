@@ -264,6 +264,7 @@ def test_bad_search_requests_are_422_with_a_reason(site, tokens: Tokens) -> None
     cases = [
         ({"files": image, "data": {"k": "101"}}, "over the limit"),
         ({"files": image, "data": {"cameras": "front-door"}}, "cameras"),
+        ({"files": image, "data": {"cameras": "9"}}, "camera 9 is not in the gallery"),
         ({"files": image, "data": {"k": "0"}}, "k"),
         ({"data": {"k": "3"}}, "exactly one"),
         ({"files": image, "data": {"embedding": json.dumps([0.0] * 64)}}, "exactly one"),
@@ -282,6 +283,7 @@ def test_bad_search_requests_are_422_with_a_reason(site, tokens: Tokens) -> None
             response = searcher.post("/v1/search", **request)
             assert response.status_code == 422, (request.get("data"), response.text)
             assert needle in response.text, response.text
+            assert str(server.gallery) not in response.text  # no server paths to clients
 
 
 def test_bad_adds_are_422_and_change_nothing(site, tokens: Tokens, crops: list[Crop]) -> None:
@@ -350,7 +352,7 @@ def test_limits_413_and_422(tmp_path: Path, start_server, tokens: Tokens, crops)
 def test_forget_by_crop_track_and_age_is_audited(
     tmp_path: Path, start_server, tokens: Tokens, crops: list[Crop]
 ) -> None:
-    server: Server = start_server(tmp_path / "gallery")
+    server: Server = start_server(tmp_path / "gallery", "--match-threshold", "0.006")
     batch = crops[:20]
     with server.client(tokens.write) as writer:
         assert writer.post("/v1/gallery", **upload_form(batch)).json()["added"] == 20
@@ -363,6 +365,14 @@ def test_forget_by_crop_track_and_age_is_audited(
         def stored_paths() -> set[str]:
             hits = admin.post("/v1/search", files=query, data={"k": "50"}).json()["hits"]
             return {hit["path"] for hit in hits}
+
+        # The configured threshold decides match / unknown.
+        body = admin.post("/v1/search", files=query, data={"k": "20"}).json()
+        assert body["match_threshold"] == 0.006
+        decisions = {h["decision"] for h in body["hits"]}
+        assert decisions == {"match", "unknown"}, body["hits"]
+        for hit in body["hits"]:
+            assert hit["decision"] == ("match" if hit["distance"] <= 0.006 else "unknown")
 
         victim = batch[0]
         assert admin.delete("/v1/gallery", params={"path": victim.key}).json() == {"forgotten": 1}

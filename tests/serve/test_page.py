@@ -39,7 +39,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 def server(
     tmp_path_factory: pytest.TempPathFactory, onnx_model: Path, tokens: Tokens
 ) -> Iterator[Server]:
-    started = Server(onnx_model, tmp_path_factory.mktemp("page") / "gallery", tokens.path)
+    folder = tmp_path_factory.mktemp("page")
+    started = Server(onnx_model, folder / "gallery", tokens.path, "--match-threshold", "0.006")
     yield started
     started.kill()
 
@@ -51,7 +52,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage", "--window-size=1280,900",
+        "--disable-dev-shm-usage", "--window-size=1280,1000",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):  # fmt: skip
         options.add_argument(flag)

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024)
     run.add_argument("--max-image-pixels", type=int, default=4_000_000)
     run.add_argument("--max-images", type=int, default=64)
+    run.add_argument(
+        "--match-threshold", type=float, default=None, help="default: the model card's"
+    )
     run.add_argument("--log-level", default="info")
     token = verbs.add_parser("token", help="create a token and print it once")
     token.add_argument("--file", required=True, type=Path, help="token file (created if absent)")
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port, workers=args.workers, threads=args.threads,
             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
             max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
-            max_images=args.max_images,
+            max_images=args.max_images, match_threshold=args.match_threshold,
         )  # fmt: skip
         run_server(settings, log_level=args.log_level)
     except ReidkitError as error:

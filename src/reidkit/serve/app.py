@@ -31,7 +31,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
@@ -39,7 +39,13 @@ from starlette.concurrency import run_in_threadpool
 
 from reidkit import __version__
 from reidkit.serve.embedding import ServedModel
-from reidkit.serve.gallery_access import GalleryService, as_utc, make_thumbnail, upload_key
+from reidkit.serve.gallery_access import (
+    GalleryService,
+    RequestRefused,
+    as_utc,
+    make_thumbnail,
+    upload_key,
+)
 from reidkit.serve.images import ImageRejected, decode_image
 from reidkit.serve.limits import BodyLimit
 from reidkit.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -314,7 +320,7 @@ def create_app(
         on_batch=lambda n: metrics.batch_size.observe(n) if metrics else None,
     )
     tokens = TokenStore(settings.tokens)
-    store = gallery or GalleryService.open(settings.gallery, served.card)
+    store = gallery or GalleryService.open(settings.gallery, served.card, settings.match_threshold)
     metrics = ServerMetrics(store.cached_size)
     services = Services(settings, served, store, tokens, metrics)
 
@@ -336,6 +342,10 @@ def create_app(
     )
 
     app.state.services = services
+
+    @app.exception_handler(RequestRefused)
+    async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:

@@ -20,11 +20,16 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from reidkit.errors import ReidkitError
 from reidkit.gallery.store import CropMeta, GalleryStore, open_gallery
 from reidkit.serve import schemas
 
 T = TypeVar("T")
 THUMBNAIL_HEIGHT = 128
+
+
+class RequestRefused(ValueError):
+    """The store refused a request (e.g. an unknown camera in a filter): the client's to fix."""
 
 
 def _utc(seconds: float | None) -> datetime | None:
@@ -67,25 +72,44 @@ def make_thumbnail(image: Image.Image) -> bytes:
 class GalleryService:
     """A store behind one worker thread, with the size cached for ``/metrics`` and health."""
 
-    def __init__(self, executor: ThreadPoolExecutor, store: GalleryStore) -> None:
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        store: GalleryStore,
+        uri: str,
+        match_threshold: float | None = None,
+    ) -> None:
         self._executor = executor
         self._store = store
+        self._uri = uri
+        self._threshold = match_threshold
         self._size = store.stats().size
 
     @classmethod
-    def open(cls, uri: str, card: dict[str, Any]) -> GalleryService:
-        """Open (or create) the gallery at ``uri`` on a new worker thread, for ``card``'s model."""
+    def open(
+        cls, uri: str, card: dict[str, Any], match_threshold: float | None = None
+    ) -> GalleryService:
+        """Open (or create) the gallery at ``uri`` on a new worker thread, for ``card``'s model.
+
+        ``match_threshold`` overrides the calibrated one of the gallery's model card.
+        """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-gallery")
         try:
             store = executor.submit(open_gallery, uri, card, create=True).result()
-            return executor.submit(cls, executor, store).result()
+            return executor.submit(cls, executor, store, uri, match_threshold).result()
         except BaseException:
             executor.shutdown(wait=False)
             raise
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the store's thread; its one-line refusals become
+        :class:`RequestRefused`, with the server's gallery location left out."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        except ReidkitError as exc:
+            message = str(exc).replace(f"gallery '{self._uri}'", "the gallery")
+            raise RequestRefused(message.replace(f"'{self._uri}'", "the gallery")) from None
 
     def cached_size(self) -> int:
         """Entries after the last add or forget (read without waiting for the store's thread)."""
@@ -93,8 +117,10 @@ class GalleryService:
 
     @property
     def match_threshold(self) -> float | None:
-        card = self._store.card or {}
-        return card.get("match_threshold")
+        """The configured threshold, else the calibrated one of the gallery's model card."""
+        if self._threshold is not None:
+            return self._threshold
+        return (self._store.card or {}).get("match_threshold")
 
     async def size(self) -> int:
         self._size = (await self._call(self._store.stats)).size
@@ -145,6 +171,7 @@ class GalleryService:
             cameras=cameras,
             start=_seconds(since),
             end=_seconds(until),
+            threshold=self._threshold,
         )
         return [
             schemas.Hit(
@@ -190,7 +217,7 @@ class GalleryService:
             last=_utc(stats.end),
             index=stats.index_kind,
             backend=stats.backend,
-            match_threshold=(stats.card or {}).get("match_threshold"),
+            match_threshold=self.match_threshold,
             model=stats.card or {},
         )
 

@@ -32,6 +32,8 @@ class ServeSettings:
     # Micro-batching: gather concurrent requests for up to batch_wait_ms, max_batch images.
     max_batch: int = 32
     batch_wait_ms: float = 5.0
+    # Distance at or below which a hit is a match; None: the gallery model card's calibrated one.
+    match_threshold: float | None = None
     # onnxruntime intra-op threads; 0 lets onnxruntime use every core.
     threads: int = 0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)

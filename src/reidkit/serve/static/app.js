@@ -142,7 +142,7 @@ async function render() {
   const start = Math.min(...times);
   const span = Math.max(Math.max(...times) - start, 1);
   const cameras = [...new Set(state.hits.map((hit) => hit.camera))].sort((a, b) => a - b);
-  const width = timeline.clientWidth - 64 - 56;
+  const width = timeline.clientWidth - 64 - 60;
   for (const camera of cameras) {
     const lane = document.createElement("div");
     lane.className = "lane";
@@ -160,7 +160,7 @@ async function render() {
       const x = ((Date.parse(hit.timestamp) - start) / span) * width;
       let row = rows.findIndex((end) => end <= x);
       if (row < 0) { row = rows.length; rows.push(0); }
-      rows[row] = x + 56;
+      rows[row] = x + 60;
       const card = document.createElement("div");
       card.className = `hit ${hit.decision || "undecided"}`;
       card.style.left = `${x}px`;
