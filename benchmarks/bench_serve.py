@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 from common import append_rows, machine
-from reidkit.config.spec import apply_overrides, load_spec
+from reidkit.actions.export import export
+from reidkit.config.loading import apply_overrides, load_spec
 from reidkit.data import synthesize
-from reidkit.engine.checkpoints import save_checkpoint
-from reidkit.engine.module import model_card
-from reidkit.export import export
-from reidkit.models import ReidModel
+from reidkit.engine.module import build_model
+from reidkit.models.card import MODEL_PREFIX, attach_card
+from reidkit.models.checkpoint_file import save_checkpoint
 from reidkit.serve.tokens import create_token
 
 COMMAND = ".venv/bin/python benchmarks/bench_serve.py"
@@ -65,10 +65,11 @@ def demo_model(folder: Path, data: Path) -> Path:
         ],
     )
     torch.manual_seed(0)
-    model = ReidModel(spec.model, 30, spec.train.optim)
-    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    model = build_model(spec, 30)
+    content = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}}
+    attach_card(content, model.card(spec.dataset.pixel_mean, spec.dataset.pixel_std))
     checkpoint = folder / "demo.pth"
-    save_checkpoint({"state_dict": state, "reidkit": model_card(spec, model, 30)}, checkpoint, None)
+    save_checkpoint(content, checkpoint, None)
     return export(apply_overrides(spec, {"export.checkpoint": str(checkpoint)})).onnx_file
 
 

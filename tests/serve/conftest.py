@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reidkit.export import export
+from reidkit.actions.export import export
 from reidkit.serve.tokens import create_token
 from tests.export.conftest import make_checkpoint
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from reidkit.config.spec import load_spec
+from reidkit.config.loading import load_spec
 from reidkit.data.transforms import build_eval_transform
 from tests.serve.conftest import Server, Tokens
 from tests.serve.site import Crop, audit_lines, site_crops, upload_form

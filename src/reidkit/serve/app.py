@@ -320,7 +320,9 @@ def create_app(
         on_batch=lambda n: metrics.batch_size.observe(n) if metrics else None,
     )
     tokens = TokenStore(settings.tokens)
-    store = gallery or GalleryService.open(settings.gallery, served.card, settings.match_threshold)
+    store = gallery or GalleryService.open(
+        settings.gallery, served.card.to_dict(), settings.match_threshold
+    )
     metrics = ServerMetrics(store.cached_size)
     services = Services(settings, served, store, tokens, metrics)
 

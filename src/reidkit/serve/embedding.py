@@ -6,8 +6,8 @@ cannot feed a model differently from how it was trained and exported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,8 +18,6 @@ from torchvision.transforms.v2 import functional as F
 from reidkit.errors import CheckpointError
 from reidkit.export.runtime import OnnxEmbedder
 from reidkit.serve.batching import MicroBatcher
-
-_REQUIRED = ("input_height", "input_width", "embedding_dim")
 
 
 class ServedModel:
@@ -32,7 +30,7 @@ class ServedModel:
         threads: int = 0,
         max_batch: int = 32,
         max_wait_s: float = 0.005,
-        on_batch: Any = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if path.suffix.lower() != ".onnx":
             raise CheckpointError(
@@ -42,17 +40,14 @@ class ServedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.embedder = OnnxEmbedder(path, session_options=options, providers=None)
+        self.embedder = OnnxEmbedder(path, session_options=options)
+        #: The model card the file records; the gallery checks it on every open.
         self.card = self.embedder.card
-        missing = [key for key in _REQUIRED if key not in self.card]
-        if missing:
-            raise CheckpointError(f"ONNX file '{path}' does not record {missing}; re-export it")
-        self.height: int = self.card["input_height"]
-        self.width: int = self.card["input_width"]
-        self.dim: int = self.card["embedding_dim"]
-        # Files without metadata (e.g. TAO exports) get the ImageNet statistics TAO uses.
-        self._mean = list(self.card.get("pixel_mean", [0.485, 0.456, 0.406]))
-        self._std = list(self.card.get("pixel_std", [0.226, 0.226, 0.226]))
+        self.height, self.width = self.card.input_height, self.card.input_width
+        self.dim = self.card.embedding_dim
+        # Files without a card (e.g. TAO exports) get the ImageNet statistics TAO uses.
+        self._mean = list(self.card.pixel_mean or (0.485, 0.456, 0.406))
+        self._std = list(self.card.pixel_std or (0.226, 0.226, 0.226))
         self.batcher = MicroBatcher(
             self._embed_batch, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=on_batch
         )
