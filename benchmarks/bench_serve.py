@@ -6,13 +6,13 @@ Run from the repository root::
 
 Exports the demo model (ResNet-18, 128x64, 256-d; random weights, which do not change its
 speed), synthesises crops, and then, for each batching mode, starts a real server
-(``python -m reidkit.serve run``) on 127.0.0.1, fills its gallery with ``--prefill`` crops and
+(``reidkit serve -e spec.yaml``) on 127.0.0.1, fills its gallery with ``--prefill`` crops and
 runs ``--clients`` concurrent clients for ``--seconds``: each request is a search of one crop
 (k=10) with probability ``--search-share``, else an add of 4 crops. Every request loop is
 bounded in time and stops by itself; nothing leaves the machine.
 
 Modes: ``batched`` (micro-batching, up to 32 images, 5 ms gather window) against
-``one-at-a-time`` (``--max-batch 1``), same server otherwise. Prints p50/p99 latency per
+``one-at-a-time`` (``serve.max_batch=1``), same server otherwise. Prints p50/p99 latency per
 operation, throughput and errors, and appends rows to ``benchmarks/results.csv``.
 """
 
@@ -47,7 +47,7 @@ from reidkit.serve.tokens import create_token
 
 COMMAND = ".venv/bin/python benchmarks/bench_serve.py"
 REPO = Path(__file__).resolve().parents[1]
-MODES = {"batched": [], "one-at-a-time": ["--max-batch", "1"]}
+MODES = {"batched": [], "one-at-a-time": ["serve.max_batch=1"]}
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
@@ -79,12 +79,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, gallery: Path, tokens: Path, flags: list[str], threads: int):
+def start_server(model: Path, gallery: Path, tokens: Path, overrides: list[str], threads: int):
     port = free_port()
+    spec = gallery.parent / f"serve-{port}.yaml"
+    spec.write_text(f"results_dir: {gallery.parent / 'results'}\n")
     command = [
-        sys.executable, "-m", "reidkit.serve", "run", "--model", str(model),
-        "--gallery", str(gallery), "--tokens", str(tokens), "--port", str(port),
-        "--threads", str(threads), "--log-level", "warning", *flags,
+        sys.executable, "-m", "reidkit", "serve", "-e", str(spec), f"serve.model={model}",
+        f"serve.gallery_uri={gallery}", f"serve.token_file={tokens}", f"serve.port={port}",
+        f"serve.threads={threads}", "serve.log_level=warning", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, env=env)

@@ -59,18 +59,21 @@ def free_port() -> int:
 
 
 class Server:
-    """One ``python -m reidkit.serve run`` process and a client for it."""
+    """One ``reidkit serve -e spec.yaml`` process, as a user starts it, and a client for it."""
 
-    def __init__(self, model: Path, gallery: Path, tokens: Path, *flags: str) -> None:
+    def __init__(self, model: Path, gallery: Path, tokens: Path, *overrides: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gallery = gallery
+        self.results = gallery.parent / f"results-{self.port}"
         self.log = gallery.parent / f"server-{self.port}.log"
+        spec = gallery.parent / "serve_spec.yaml"
+        spec.write_text("serve:\n  threads: 1\n  log_level: warning\n")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
         command = [
-            sys.executable, "-m", "reidkit.serve", "run", "--model", str(model),
-            "--gallery", str(gallery), "--tokens", str(tokens), "--port", str(self.port),
-            "--threads", "1", "--log-level", "warning", *flags,
+            sys.executable, "-m", "reidkit", "serve", "-e", str(spec),
+            f"results_dir={self.results}", f"serve.model={model}", f"serve.gallery_uri={gallery}",
+            f"serve.token_file={tokens}", f"serve.port={self.port}", *overrides,
         ]  # fmt: skip
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -109,11 +112,11 @@ class Server:
 
 @pytest.fixture
 def start_server(onnx_model: Path, tokens: Tokens) -> Iterator:
-    """A factory: ``start_server(gallery_folder, *flags)``; every server is stopped at the end."""
+    """A factory: ``start_server(gallery_folder, *overrides)``; all are stopped at the end."""
     started: list[Server] = []
 
-    def start(gallery: Path, *flags: str) -> Server:
-        server = Server(onnx_model, gallery, tokens.path, *flags)
+    def start(gallery: Path, *overrides: str) -> Server:
+        server = Server(onnx_model, gallery, tokens.path, *overrides)
         started.append(server)
         return server
 

@@ -322,13 +322,13 @@ def _png(width: int, height: int) -> bytes:
 def test_limits_413_and_422(tmp_path: Path, start_server, tokens: Tokens, crops) -> None:
     server: Server = start_server(
         tmp_path / "gallery",
-        "--max-request-bytes", "60000", "--max-image-pixels", "40000", "--max-images", "3",
+        "serve.max_request_mb=0.0625", "serve.max_image_pixels=40000", "serve.max_images=3",
     )  # fmt: skip
     with server.client(tokens.admin) as admin:
         big = [("images", ("big.jpg", b"\xff" * 70_000, "image/jpeg"))]
         response = admin.post("/v1/embed", files=big)
         assert response.status_code == 413
-        assert "limit is 60000" in response.json()["detail"]
+        assert "limit is 65536" in response.json()["detail"]
         # Chunked upload with no Content-Length: counted as it streams.
         chunks = (b"x" * 10_000 for _ in range(10))
         response = admin.post("/v1/embed", content=chunks, headers={"content-type": "text/plain"})
@@ -352,7 +352,7 @@ def test_limits_413_and_422(tmp_path: Path, start_server, tokens: Tokens, crops)
 def test_forget_by_crop_track_and_age_is_audited(
     tmp_path: Path, start_server, tokens: Tokens, crops: list[Crop]
 ) -> None:
-    server: Server = start_server(tmp_path / "gallery", "--match-threshold", "0.006")
+    server: Server = start_server(tmp_path / "gallery", "serve.match_threshold=0.006")
     batch = crops[:20]
     with server.client(tokens.write) as writer:
         assert writer.post("/v1/gallery", **upload_form(batch)).json()["added"] == 20

@@ -40,7 +40,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, onnx_model: Path, tokens: Tokens
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("page")
-    started = Server(onnx_model, folder / "gallery", tokens.path, "--match-threshold", "0.006")
+    started = Server(onnx_model, folder / "gallery", tokens.path, "serve.match_threshold=0.006")
     yield started
     started.kill()
 

@@ -290,6 +290,46 @@ class ReRankingSpec(_Section):
     num_query: int = Field(10, ge=1, le=1000, description="Rows (queries) of the matches plot.")
 
 
+class ServeSpec(_Section):
+    """``serve``: the search service and operator page (``reidkit serve``)."""
+
+    model: str | None = Field(
+        None, description="ONNX model (.onnx) or an export run's folder; it embeds the crops."
+    )
+    gallery_uri: str | None = Field(
+        None, description="Gallery folder (created on first add) or Milvus URI to search."
+    )
+    token_file: str | None = Field(
+        None, description="Hashed bearer tokens; null = tokens.json in the serve results folder."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network."
+    )
+    port: int = Field(8080, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes (each loads the model).")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime threads per process; 0 = all.")
+    max_request_mb: float = Field(16.0, gt=0.0, le=1024.0, description="Largest request body.")
+    max_image_pixels: int = Field(
+        4_000_000, ge=1024, le=100_000_000, description="Largest image (width x height) accepted."
+    )
+    max_images: int = Field(64, ge=1, le=4096, description="Most images in one request.")
+    max_k: int = Field(100, ge=1, le=10_000, description="Most hits one search may ask for.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Most images in one model run.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0.0, le=1000.0, description="How long a model run waits for more requests."
+    )
+    match_threshold: float | None = Field(
+        None, ge=0.0, le=4.0, description="Match distance; null = the model card's calibrated one."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed cross-site; empty = CORS off."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level."
+    )
+    results_dir: str | None = Field(None, description="Serve output folder (status, tokens).")
+
+
 AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]
 
 
@@ -357,6 +397,7 @@ class ExperimentSpec(_Section):
     export: ExportSpec = Field(default_factory=ExportSpec)
     re_ranking: ReRankingSpec = Field(default_factory=ReRankingSpec)
     automl: AutomlSpec = Field(default_factory=AutomlSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
     automl_policy: Literal["auto", "off"] = Field(
         "auto", description="'auto' routes train through AutoML when automl.automl_enabled."
     )
