@@ -3,14 +3,14 @@
 The ``serve:`` section becomes :class:`~reidkit.serve.settings.ServeSettings`; the model and
 gallery are opened before the server binds, so a wrong path or a gallery filled by another
 model stops with one line instead of a failed worker. ``status.json`` says ``RUNNING`` while
-the service is up and ``SUCCESS`` after a clean stop (Ctrl-C or SIGTERM).
+the service is up and ``SUCCESS`` after a clean stop (Ctrl-C or SIGTERM). Creating a token
+loads no torch (the heavy imports wait for :func:`serve`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reidkit.actions.common import resolve_checkpoint, run_action
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.serve.settings import ServeSettings
@@ -26,6 +26,8 @@ def token_file(spec: ExperimentSpec) -> Path:
 
 def serve_settings(spec: ExperimentSpec) -> ServeSettings:
     """The ``serve:`` section as the server's plain settings (model resolved, limits in bytes)."""
+    from reidkit.actions.common import resolve_checkpoint
+
     section = spec.serve
     if not section.model:
         raise SpecError(
@@ -61,6 +63,7 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
 
 def serve(spec: ExperimentSpec) -> None:
     """Serve the API and the operator page until interrupted."""
+    from reidkit.actions.common import run_action
     from reidkit.serve.runner import run_server
 
     with run_action(spec, "serve") as run:
