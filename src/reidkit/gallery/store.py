@@ -179,10 +179,11 @@ def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
     matrix = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, Tensor) else vectors)
     if matrix.ndim != 2:
         raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.detach().to("cpu", torch.float32)
-    if not torch.isfinite(matrix).all():
+    unit = normalize_features(matrix.detach().to("cpu", torch.float32)).contiguous()
+    # A NaN or infinite input makes its normalised row NaN, so one sum per row finds it.
+    if not torch.isfinite(unit.sum(dim=1)).all():
         raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
-    return normalize_features(matrix).contiguous()
+    return unit
 
 
 def decide(distance: float, threshold: float | None) -> Decision | None:
