@@ -352,15 +352,24 @@ class EmbeddedGallery:
                 self._build_index()
         return len(new)
 
-    def _new_positions(self, metas: Sequence[CropMeta]) -> list[int]:
-        """Positions in ``metas`` of paths not stored yet (the first of repeated paths)."""
-        paths = [m.path for m in metas]
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        with self._lock:
+            stored = self._stored_paths(paths)
+        return [p in stored for p in paths]
+
+    def _stored_paths(self, paths: Sequence[str]) -> set[str]:
         stored: set[str] = set()
         for start in range(0, len(paths), _SQL_CHUNK):
-            chunk = paths[start : start + _SQL_CHUNK]
+            chunk = list(paths[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT path FROM entries WHERE path IN ({marks})"
             stored.update(p for (p,) in self._db.execute(query, chunk))
+        return stored
+
+    def _new_positions(self, metas: Sequence[CropMeta]) -> list[int]:
+        """Positions in ``metas`` of paths not stored yet (the first of repeated paths)."""
+        paths = [m.path for m in metas]
+        stored = self._stored_paths(paths)
         new = []
         for i, path in enumerate(paths):
             if path not in stored:

@@ -221,6 +221,13 @@ class MilvusGallery:
         self._audit("add", added=len(rows), skipped=len(metas) - len(rows))
         return len(rows)
 
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        if not self._has_crops():
+            return [False] * len(paths)
+        ids = [entry_id_of(p) for p in paths]
+        stored = self._existing(ids)
+        return [i in stored for i in ids]
+
     def _existing(self, ids: Sequence[int]) -> set[int]:
         found: set[int] = set()
         for start in range(0, len(ids), _BATCH):

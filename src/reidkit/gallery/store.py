@@ -120,6 +120,10 @@ class GalleryStore(Protocol):
         """
         ...
 
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        """Whether each crop path is stored (a resumed ``add`` embeds only the others)."""
+        ...
+
     def search(
         self,
         vectors: np.ndarray | Tensor,
