@@ -81,6 +81,30 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
 }
 
 
+def _gallery(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions import gallery
+
+    if args.verb == "add":
+        added = gallery.gallery_add(spec)
+        print(f"added {added.added} crops ({added.already_stored} already stored)")
+        print(gallery.stats_line(added.stats))
+    elif args.verb == "search":
+        result = gallery.gallery_search(spec)
+        print(f"hits written to {result.output_file}")
+    elif args.verb == "forget":
+        gallery.gallery_forget(spec)
+    else:
+        gallery.gallery_stats(spec)
+
+
+GALLERY_VERBS = {
+    "add": "embed crops (a folder of Market-style names or a CSV manifest) into the gallery",
+    "search": "find query crops in the gallery, filtered by camera and time",
+    "forget": "remove tracks, crops or everything older than the retention, from disk",
+    "stats": "size, cameras, time span, index and model of the gallery",
+}
+
+
 def _schema(args: argparse.Namespace) -> None:
     from reidkit.actions.schema import schema
 
@@ -119,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="'auto': AutoML when automl.automl_enabled (default: the spec's policy)",
             )  # fmt: skip
 
+    gallery = actions.add_parser("gallery", help="a site's crops: add, search, forget, stats")
+    verbs = gallery.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_text in GALLERY_VERBS.items():
+        sub = verbs.add_parser(verb, help=help_text)
+        sub.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+    gallery.set_defaults(spec_run=_gallery)
+
     schema = actions.add_parser("schema", help="write JSON schemas and spec templates")
     schema.add_argument("--out", required=True, help="folder for schemas/ and references/")
     schema.set_defaults(run=_schema)
@@ -128,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export"],
+        choices=["train", "evaluate", "inference", "export", "gallery"],
     )
     validate.set_defaults(run=_validate)
 
@@ -163,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action in SPEC_ACTIONS:
             spec = load_spec(args.experiment_spec, args.overrides)
             SPEC_ACTIONS[args.action][1](spec, args)
+        elif hasattr(args, "spec_run"):
+            args.spec_run(load_spec(args.experiment_spec, args.overrides), args)
         else:
             args.run(args)
     except ReidkitError as error:

@@ -703,6 +703,17 @@ class EmbeddedGallery:
                 card=self.card,
             )
 
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            self._refresh()
+            wanted = np.asarray(entry_ids, dtype=np.int64)
+            rows = np.searchsorted(self._columns["ids"], wanted).clip(max=max(self._rows - 1, 0))
+            if self._rows == 0 or not np.array_equal(self._columns["ids"][rows], wanted):
+                raise GalleryError(
+                    f"gallery '{self.folder}' has no entry among some of {entry_ids}"
+                )
+            return self._vectors[torch.from_numpy(rows)].numpy()
+
     def thumbnail(self, entry_id: int) -> bytes | None:
         with self._lock:
             query = "SELECT thumbnail FROM entries WHERE id = ?"

@@ -370,6 +370,23 @@ class MilvusGallery:
         kind = "FLAT (Milvus Lite)" if self.uri.endswith(".db") else "IVF_FLAT nlist=1024"
         return GalleryStats(size, tuple(sorted(cameras)), first, last, kind, "milvus", self._card)
 
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in entry_ids]
+        rows = (
+            self._client.query(
+                self.name,
+                filter=f"id in {ids}",
+                output_fields=["vector"],
+                consistency_level="Strong",
+            )
+            if self._has_crops()
+            else []
+        )
+        found = {int(r["id"]): r["vector"] for r in rows}
+        if len(found) != len(set(ids)):
+            raise GalleryError(f"gallery '{self.uri}' has no entry among some of {ids}")
+        return np.array([found[i] for i in ids], dtype=np.float32)
+
     def thumbnail(self, entry_id: int) -> bytes | None:
         if not self._has_crops():
             return None

@@ -31,7 +31,9 @@ Decision = Literal["match", "unknown"]
 
 # Card keys that may differ between two users of one gallery: recalibrating the threshold or
 # upgrading reidkit does not change the embeddings.
-_CARD_KEYS_NOT_COMPARED = frozenset({"match_threshold", "reidkit_version"})
+_CARD_KEYS_NOT_COMPARED = frozenset(
+    {"match_threshold", "match_false_match_rate", "reidkit_version"}
+)
 
 
 class GalleryError(ReidkitError):
@@ -136,6 +138,11 @@ class GalleryStore(Protocol):
     ) -> list[list[Hit]]:
         """The ``k`` nearest stored crops per query, nearest first, among the crops whose camera
         is in ``cameras`` and whose timestamp is in ``[start, end]`` (``None``: no bound)."""
+        ...
+
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        """The stored (L2-normalised) embeddings of these entries, ``[len, D]`` float32, in
+        order (for re-ranking a small result set)."""
         ...
 
     def forget(
