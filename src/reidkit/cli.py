@@ -97,6 +97,30 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
 }
 
 
+def _gallery(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions import gallery
+
+    if args.verb == "add":
+        added = gallery.gallery_add(spec)
+        print(f"added {added.added} crops ({added.already_stored} already stored)")
+        print(gallery.stats_line(added.stats))
+    elif args.verb == "search":
+        result = gallery.gallery_search(spec)
+        print(f"hits written to {result.output_file}")
+    elif args.verb == "forget":
+        gallery.gallery_forget(spec)
+    else:
+        gallery.gallery_stats(spec)
+
+
+GALLERY_VERBS = {
+    "add": "embed crops (a folder of Market-style names or a CSV manifest) into the gallery",
+    "search": "find query crops in the gallery, filtered by camera and time",
+    "forget": "remove tracks, crops or everything older than the retention, from disk",
+    "stats": "size, cameras, time span, index and model of the gallery",
+}
+
+
 def _schema(args: argparse.Namespace) -> None:
     from reidkit.actions.schema import schema
 
@@ -138,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--name", help="token: who holds it (shown in the audit log)")
             sub.add_argument("--scopes", help="token: comma-separated search,write,admin")
 
+    gallery = actions.add_parser("gallery", help="a site's crops: add, search, forget, stats")
+    verbs = gallery.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_text in GALLERY_VERBS.items():
+        sub = verbs.add_parser(verb, help=help_text)
+        sub.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+    gallery.set_defaults(spec_run=_gallery)
+
     schema = actions.add_parser("schema", help="write JSON schemas and spec templates")
     schema.add_argument("--out", required=True, help="folder for schemas/ and references/")
     schema.set_defaults(run=_schema)
@@ -147,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export", "serve"],
+        choices=["train", "evaluate", "inference", "export", "gallery", "serve"],
     )
     validate.set_defaults(run=_validate)
 
@@ -186,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.overrides = args.overrides[1:] if is_token else args.overrides
             spec = load_spec(args.experiment_spec, args.overrides)
             SPEC_ACTIONS[args.action][1](spec, args)
+        elif hasattr(args, "spec_run"):
+            args.spec_run(load_spec(args.experiment_spec, args.overrides), args)
         else:
             args.run(args)
     except ReidkitError as error:

@@ -29,22 +29,29 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
     from reidkit.actions.common import resolve_checkpoint
 
     section = spec.serve
-    if not section.model:
+    # One spec can drive both 'reidkit gallery add' and 'reidkit serve'.
+    model_key = "serve.model" if section.model else "gallery.checkpoint"
+    model_path = section.model or spec.gallery.checkpoint
+    gallery_uri = section.gallery_uri or spec.gallery.uri
+    if not model_path:
         raise SpecError(
             "serve.model is not set; set it to an exported .onnx file or an export run's folder "
             "(e.g. <results_dir>/export)"
         )
-    if not section.gallery_uri:
-        raise SpecError("serve.gallery_uri is not set; set it to a gallery folder or Milvus URI")
-    model = resolve_checkpoint(section.model, "serve.model")
+    if not gallery_uri:
+        raise SpecError(
+            "serve.gallery_uri (or gallery.uri) is not set; set it to a gallery folder or a "
+            "Milvus URI"
+        )
+    model = resolve_checkpoint(model_path, model_key)
     if model.suffix.lower() != ".onnx":
         raise SpecError(
-            f"serve.model '{model}' is a checkpoint; export it with 'reidkit export' and serve "
+            f"{model_key} '{model}' is a checkpoint; export it with 'reidkit export' and serve "
             "the .onnx file (the service runs on onnxruntime)"
         )
     return ServeSettings(
         model=model,
-        gallery=section.gallery_uri,
+        gallery=gallery_uri,
         tokens=token_file(spec),
         host=section.host,
         port=section.port,

@@ -131,6 +131,8 @@ class EmbeddedGallery:
         )
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA synchronous=FULL")
+        # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
+        self._db.execute("PRAGMA cache_size=-65536")
         self._init_schema()
         if not manifest.is_file():
             write_json(manifest, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
@@ -164,8 +166,6 @@ class EmbeddedGallery:
             CREATE TABLE IF NOT EXISTS entries (
                 id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
                 timestamp REAL NOT NULL, track_id TEXT, site TEXT, zone TEXT, thumbnail BLOB);
-            CREATE INDEX IF NOT EXISTS entries_track ON entries(track_id);
-            CREATE INDEX IF NOT EXISTS entries_time ON entries(timestamp);
             CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             """
         )
@@ -233,6 +233,8 @@ class EmbeddedGallery:
         self._threshold = (self.card or {}).get("match_threshold")
         self._vectors = torch.empty(0, self._dim or 0)
         self._columns = {c: np.empty(0, dtype=t) for c, t in _COLUMNS.items()}
+        self._camera_set: set[int] | None = None
+        self._time_order: tuple[np.ndarray, np.ndarray] | None = None
         if self._rows:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch warns about non-writable numpy memory
@@ -350,15 +352,24 @@ class EmbeddedGallery:
                 self._build_index()
         return len(new)
 
-    def _new_positions(self, metas: Sequence[CropMeta]) -> list[int]:
-        """Positions in ``metas`` of paths not stored yet (the first of repeated paths)."""
-        paths = [m.path for m in metas]
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        with self._lock:
+            stored = self._stored_paths(paths)
+        return [p in stored for p in paths]
+
+    def _stored_paths(self, paths: Sequence[str]) -> set[str]:
         stored: set[str] = set()
         for start in range(0, len(paths), _SQL_CHUNK):
-            chunk = paths[start : start + _SQL_CHUNK]
+            chunk = list(paths[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT path FROM entries WHERE path IN ({marks})"
             stored.update(p for (p,) in self._db.execute(query, chunk))
+        return stored
+
+    def _new_positions(self, metas: Sequence[CropMeta]) -> list[int]:
+        """Positions in ``metas`` of paths not stored yet (the first of repeated paths)."""
+        paths = [m.path for m in metas]
+        stored = self._stored_paths(paths)
         new = []
         for i, path in enumerate(paths):
             if path not in stored:
@@ -454,7 +465,7 @@ class EmbeddedGallery:
                 )
             filtered = cameras is not None or start is not None or end is not None
             if filtered:
-                known = set(np.unique(self._columns["cameras"]).tolist())
+                known = self._known_cameras()
                 unknown = sorted(set(cameras or ()) - known)
                 if unknown:
                     raise GalleryError(
@@ -479,18 +490,34 @@ class EmbeddedGallery:
             )
         return hits
 
+    def _known_cameras(self) -> set[int]:
+        if self._camera_set is None:
+            self._camera_set = set(np.unique(self._columns["cameras"]).tolist())
+        return self._camera_set
+
     def _filtered_rows(
         self, cameras: Sequence[int] | None, start: float | None, end: float | None
     ) -> np.ndarray:
-        times = self._columns["times"]
-        mask = np.ones(self._rows, dtype=bool)
+        """Ascending row numbers inside the time window and on the cameras.
+
+        The window is cut from a time-sorted permutation of the rows (built on the first
+        filtered search after a change), so a one-day window of a month reads 1/30 of the
+        columns instead of all of them.
+        """
+        if start is None and end is None:
+            rows = np.arange(self._rows)
+        else:
+            if self._time_order is None:
+                order = np.argsort(self._columns["times"], kind="stable")
+                self._time_order = (order, self._columns["times"][order])
+            order, sorted_times = self._time_order
+            lo = 0 if start is None else np.searchsorted(sorted_times, start, side="left")
+            hi = len(order) if end is None else np.searchsorted(sorted_times, end, side="right")
+            rows = np.sort(order[lo:hi])
         if cameras is not None:
-            mask &= np.isin(self._columns["cameras"], np.asarray(list(cameras), dtype=np.int32))
-        if start is not None:
-            mask &= times >= start
-        if end is not None:
-            mask &= times <= end
-        return np.flatnonzero(mask)
+            wanted = np.asarray(list(cameras), dtype=np.int32)
+            rows = rows[np.isin(self._columns["cameras"][rows], wanted)]
+        return rows
 
     def _exact(self, queries: Tensor, k: int, rows: np.ndarray | None) -> tuple[Tensor, Tensor]:
         """Exact top-k over ``rows`` (all when None): distances and row numbers, ascending."""
@@ -575,8 +602,8 @@ class EmbeddedGallery:
             doomed = self._select_ids("track_id", list(track_ids))
             doomed |= self._select_ids("path", list(paths))
             if older_than is not None:
-                query = "SELECT id FROM entries WHERE timestamp < ?"
-                doomed.update(i for (i,) in self._db.execute(query, (older_than,)))
+                old = self._columns["ids"][self._columns["times"] < older_than]
+                doomed.update(old.tolist())
             if doomed:
                 self._remove(np.array(sorted(doomed), dtype=np.int64))
             self._audit(
@@ -668,13 +695,24 @@ class EmbeddedGallery:
                 kind = f"IVF{self._ann.nlist},Flat nprobe={self._ann.nprobe} + exact tail {tail}"
             return GalleryStats(
                 size=self._rows,
-                cameras=tuple(int(c) for c in np.unique(self._columns["cameras"])),
+                cameras=tuple(sorted(self._known_cameras())),
                 start=float(times.min()) if self._rows else None,
                 end=float(times.max()) if self._rows else None,
                 index_kind=kind,
                 backend=self.backend,
                 card=self.card,
             )
+
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            self._refresh()
+            wanted = np.asarray(entry_ids, dtype=np.int64)
+            rows = np.searchsorted(self._columns["ids"], wanted).clip(max=max(self._rows - 1, 0))
+            if self._rows == 0 or not np.array_equal(self._columns["ids"][rows], wanted):
+                raise GalleryError(
+                    f"gallery '{self.folder}' has no entry among some of {entry_ids}"
+                )
+            return self._vectors[torch.from_numpy(rows)].numpy()
 
     def thumbnail(self, entry_id: int) -> bytes | None:
         with self._lock:

@@ -221,6 +221,13 @@ class MilvusGallery:
         self._audit("add", added=len(rows), skipped=len(metas) - len(rows))
         return len(rows)
 
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        if not self._has_crops():
+            return [False] * len(paths)
+        ids = [entry_id_of(p) for p in paths]
+        stored = self._existing(ids)
+        return [i in stored for i in ids]
+
     def _existing(self, ids: Sequence[int]) -> set[int]:
         found: set[int] = set()
         for start in range(0, len(ids), _BATCH):
@@ -362,6 +369,23 @@ class MilvusGallery:
             iterator.close()
         kind = "FLAT (Milvus Lite)" if self.uri.endswith(".db") else "IVF_FLAT nlist=1024"
         return GalleryStats(size, tuple(sorted(cameras)), first, last, kind, "milvus", self._card)
+
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in entry_ids]
+        rows = (
+            self._client.query(
+                self.name,
+                filter=f"id in {ids}",
+                output_fields=["vector"],
+                consistency_level="Strong",
+            )
+            if self._has_crops()
+            else []
+        )
+        found = {int(r["id"]): r["vector"] for r in rows}
+        if len(found) != len(set(ids)):
+            raise GalleryError(f"gallery '{self.uri}' has no entry among some of {ids}")
+        return np.array([found[i] for i in ids], dtype=np.float32)
 
     def thumbnail(self, entry_id: int) -> bytes | None:
         if not self._has_crops():

@@ -31,7 +31,9 @@ Decision = Literal["match", "unknown"]
 
 # Card keys that may differ between two users of one gallery: recalibrating the threshold or
 # upgrading reidkit does not change the embeddings.
-_CARD_KEYS_NOT_COMPARED = frozenset({"match_threshold", "reidkit_version"})
+_CARD_KEYS_NOT_COMPARED = frozenset(
+    {"match_threshold", "match_false_match_rate", "reidkit_version"}
+)
 
 
 class GalleryError(ReidkitError):
@@ -120,6 +122,10 @@ class GalleryStore(Protocol):
         """
         ...
 
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        """Whether each crop path is stored (a resumed ``add`` embeds only the others)."""
+        ...
+
     def search(
         self,
         vectors: np.ndarray | Tensor,
@@ -132,6 +138,11 @@ class GalleryStore(Protocol):
     ) -> list[list[Hit]]:
         """The ``k`` nearest stored crops per query, nearest first, among the crops whose camera
         is in ``cameras`` and whose timestamp is in ``[start, end]`` (``None``: no bound)."""
+        ...
+
+    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
+        """The stored (L2-normalised) embeddings of these entries, ``[len, D]`` float32, in
+        order (for re-ranking a small result set)."""
         ...
 
     def forget(
@@ -179,10 +190,11 @@ def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
     matrix = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, Tensor) else vectors)
     if matrix.ndim != 2:
         raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.detach().to("cpu", torch.float32)
-    if not torch.isfinite(matrix).all():
+    unit = normalize_features(matrix.detach().to("cpu", torch.float32)).contiguous()
+    # A NaN or infinite input makes its normalised row NaN, so one sum per row finds it.
+    if not torch.isfinite(unit.sum(dim=1)).all():
         raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
-    return normalize_features(matrix).contiguous()
+    return unit
 
 
 def decide(distance: float, threshold: float | None) -> Decision | None:

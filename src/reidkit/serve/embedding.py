@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
+from reidkit.data.transforms import eval_transform
 from reidkit.errors import CheckpointError
 from reidkit.export.runtime import OnnxEmbedder
 from reidkit.serve.batching import MicroBatcher
@@ -45,21 +45,20 @@ class ServedModel:
         self.card = self.embedder.card
         self.height, self.width = self.card.input_height, self.card.input_width
         self.dim = self.card.embedding_dim
-        # Files without a card (e.g. TAO exports) get the ImageNet statistics TAO uses.
-        self._mean = list(self.card.pixel_mean or (0.485, 0.456, 0.406))
-        self._std = list(self.card.pixel_std or (0.226, 0.226, 0.226))
+        # The evaluation pipeline itself, so a query embeds exactly as 'gallery add' and
+        # 'evaluate' embed; files without a card (TAO's) get the statistics TAO uses.
+        self._transform = eval_transform(
+            (self.height, self.width),
+            self.card.pixel_mean or (0.485, 0.456, 0.406),
+            self.card.pixel_std or (0.226, 0.226, 0.226),
+        )
         self.batcher = MicroBatcher(
             self._embed_batch, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=on_batch
         )
 
     def preprocess(self, images: list[Image.Image]) -> np.ndarray:
         """RGB images -> ``[n, 3, H, W]`` float32, exactly as the eval transform prepares them."""
-        tensors = []
-        for image in images:
-            pixels = F.resize(F.pil_to_tensor(image), [self.height, self.width], antialias=True)
-            pixels = F.to_dtype(pixels, torch.float32, scale=True)
-            tensors.append(F.normalize(pixels, self._mean, self._std))
-        return torch.stack(tensors).numpy()
+        return torch.stack([self._transform(image) for image in images]).numpy()
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
         embeddings = self.embedder(torch.from_numpy(batch)).numpy()

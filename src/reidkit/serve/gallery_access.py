@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image
 
 from reidkit.errors import ReidkitError
+from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
 from reidkit.gallery.store import CropMeta, GalleryStore, open_gallery
 from reidkit.serve import schemas
 
 T = TypeVar("T")
-THUMBNAIL_HEIGHT = 128
 
 
 class RequestRefused(ValueError):
@@ -60,12 +60,11 @@ def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
 
 
 def make_thumbnail(image: Image.Image) -> bytes:
-    """A JPEG of the crop at most ``THUMBNAIL_HEIGHT`` pixels high, as the page shows it."""
-    if image.height > THUMBNAIL_HEIGHT:
-        width = max(1, round(image.width * THUMBNAIL_HEIGHT / image.height))
-        image = image.resize((width, THUMBNAIL_HEIGHT), Image.Resampling.BILINEAR)
+    """The stored JPEG of an uploaded crop, made as ``gallery add`` makes it for crop files."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_HEIGHT, THUMBNAIL_HEIGHT))
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
+    small.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
 
 
