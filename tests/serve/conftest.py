@@ -27,10 +27,31 @@ from tests.export.conftest import make_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 
 
+@dataclass(frozen=True)
+class Model:
+    checkpoint: Path
+    onnx: Path
+    overrides: tuple[str, ...]  # the spec keys the model fits
+
+
 @pytest.fixture(scope="session")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """A ResNet-18 (64x32, 64-d) checkpoint and its verified ONNX export."""
     folder = tmp_path_factory.mktemp("serve-model")
-    return export(make_checkpoint(folder, "model.backbone=resnet_18")).onnx_file
+    spec = make_checkpoint(folder, "model.backbone=resnet_18")
+    assert spec.export.checkpoint is not None
+    overrides = (
+        "model.backbone=resnet_18",
+        "model.input_height=64",
+        "model.input_width=32",
+        "model.feat_dim=64",
+    )
+    return Model(Path(spec.export.checkpoint), export(spec).onnx_file, overrides)
+
+
+@pytest.fixture(scope="session")
+def onnx_model(model: Model) -> Path:
+    return model.onnx
 
 
 @dataclass(frozen=True)

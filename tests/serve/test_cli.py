@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reidkit.serve.tokens import TokenStore
 from tests.conftest import assert_one_line_error, run_cli
-from tests.serve.conftest import Server, Tokens
+from tests.serve.conftest import Model, Server, Tokens
 
 
 def _spec(folder: Path) -> Path:
@@ -81,3 +81,26 @@ def test_clean_stop_records_success(tmp_path: Path, start_server) -> None:
     assert server.process.returncode == 0
     status = json.loads((server.results / "serve" / "status.json").read_text())
     assert status["status"] == "SUCCESS", status
+
+
+def test_gallery_filled_by_the_cli_from_the_checkpoint_is_served_from_its_onnx(
+    tmp_path: Path, model: Model, synth_root: Path, start_server, tokens: Tokens
+) -> None:
+    """One model, two files: 'gallery add' with the .pth, 'serve' with its export. The cards
+    agree, so the server opens the gallery and its searches find the CLI's crops."""
+    gallery = tmp_path / "gallery"
+    crops = synth_root / "bounding_box_test"
+    result = run_cli(
+        "gallery", "add", "-e", str(_spec(tmp_path)), *model.overrides,
+        f"gallery.uri={gallery}", f"gallery.checkpoint={model.checkpoint}",
+        f"gallery.crops={crops}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    server: Server = start_server(gallery)
+    with server.client(tokens.search) as searcher:
+        size = searcher.get("/v1/gallery/stats").json()["size"]
+        query = sorted(crops.glob("0013_*.jpg"))[0]
+        files = [("images", ("q.jpg", query.read_bytes(), "image/jpeg"))]
+        hits = searcher.post("/v1/search", files=files, data={"k": "3"}).json()["hits"]
+    assert size > 0 and Path(hits[0]["path"]).name == query.name
+    assert hits[0]["distance"] < 1e-4  # the served ONNX file embeds as the checkpoint did
