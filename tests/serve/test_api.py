@@ -77,6 +77,25 @@ def test_health_and_openapi_need_no_token(site) -> None:
         assert anonymous.get("/v1/crops/1").status_code == 401
 
 
+def test_page_is_self_contained_and_locked_down(site) -> None:
+    server, _ = site
+    with server.client() as anonymous:
+        assert anonymous.get("/").headers["location"] == "/ui/"
+        for path in ("/ui/", "/ui/app.js", "/ui/style.css"):
+            response = anonymous.get(path)
+            assert response.status_code == 200
+            # Nothing from another host (no CDN): the page works offline.
+            assert "http://" not in response.text and "https://" not in response.text
+            policy = response.headers["content-security-policy"]
+            assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert (
+            "access-control-allow-origin"
+            not in anonymous.get(
+                "/healthz", headers={"Origin": "https://elsewhere.example"}
+            ).headers
+        )
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
@@ -64,25 +65,25 @@ from reidkit.serve.tokens import Caller, TokenStore
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# The operator page loads nothing from elsewhere and is framed by nothing; thumbnails are blobs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _bearer = HTTPBearer(auto_error=False, description="A token from 'reidkit serve token'.")
 
 
+@dataclass(frozen=True)
 class Services:
     """Everything a request handler needs, held on ``app.state.services``."""
 
-    def __init__(
-        self,
-        settings: ServeSettings,
-        model: ServedModel,
-        gallery: GalleryService,
-        tokens: TokenStore,
-        metrics: ServerMetrics,
-    ) -> None:
-        self.settings = settings
-        self.model = model
-        self.gallery = gallery
-        self.tokens = tokens
-        self.metrics = metrics
+    settings: ServeSettings
+    model: ServedModel
+    gallery: GalleryService
+    tokens: TokenStore
+    metrics: ServerMetrics
 
 
 def _services(request: Request) -> Services:
@@ -311,19 +312,19 @@ def create_app(
     The model, gallery and token file are opened here, before any server starts, so a wrong
     path or a gallery filled by another model is one error line, not a failed worker.
     """
-    metrics: ServerMetrics | None = None
+    metrics = ServerMetrics()
     served = model or ServedModel(
         settings.model,
         threads=settings.threads,
         max_batch=settings.max_batch,
         max_wait_s=settings.batch_wait_ms / 1000,
-        on_batch=lambda n: metrics.batch_size.observe(n) if metrics else None,
+        on_batch=metrics.batch_size.observe,
     )
     tokens = TokenStore(settings.tokens)
     store = gallery or GalleryService.open(
         settings.gallery, served.card.to_dict(), settings.match_threshold
     )
-    metrics = ServerMetrics(store.cached_size)
+    metrics.report_gallery_size(store.cached_size)
     services = Services(settings, served, store, tokens, metrics)
 
     @asynccontextmanager
@@ -355,6 +356,8 @@ def create_app(
         response = await call_next(request)
         template = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
+        if request.url.path.startswith("/ui"):
+            response.headers.update(PAGE_HEADERS)
         return response
 
     # Outermost: oversized bodies are refused before anything parses them.

@@ -22,7 +22,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class ServerMetrics:
     """Counters and histograms, plus a gallery-size gauge read when Prometheus scrapes."""
 
-    def __init__(self, gallery_size: Callable[[], int]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "reidkit_requests_total",
@@ -43,12 +43,15 @@ class ServerMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        gauge = Gauge(
+        self._gallery_size = Gauge(
             "reidkit_gallery_embeddings",
             "Embeddings in the gallery.",
             registry=self.registry,
         )
-        gauge.set_function(lambda: float(gallery_size()))
+
+    def report_gallery_size(self, size: Callable[[], int]) -> None:
+        """Read the gallery size from ``size`` at each scrape."""
+        self._gallery_size.set_function(lambda: float(size()))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request."""
