@@ -118,6 +118,51 @@ class Rows(list):
         super().append(row)
 
 
+def onnx_crops_per_second(work: Path, crops: int, threads: int) -> tuple[float, str]:
+    """End to end: decode, normalise, embed with an exported ONNX model on CPU, store.
+
+    The model is an untrained ResNet-50 at 256x128 (the TAO spec's defaults), exported by
+    ``reidkit export``: its speed, not its accuracy, is measured. The crops are synthetic.
+    """
+    import onnxruntime as ort
+
+    from reidkit.actions.export import export
+    from reidkit.config.loading import apply_overrides, load_spec
+    from reidkit.data import synthesize
+    from reidkit.engine.module import model_settings
+    from reidkit.export.runtime import OnnxEmbedder
+    from reidkit.gallery.ingest import add_crops, crops_in_folder
+    from reidkit.models import ReidModel
+    from reidkit.models.card import MODEL_PREFIX, attach_card
+    from reidkit.models.checkpoint_file import save_checkpoint
+
+    spec = load_spec(None, [f"results_dir={work / 'results'}", "model.pretrain_choice=self"])
+    num_classes = spec.dataset.num_classes
+    model = ReidModel(
+        spec.model.backbone, num_classes, **model_settings(spec.model, spec.train.optim)
+    )
+    checkpoint = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}}
+    attach_card(checkpoint, model.card(spec.dataset.pixel_mean, spec.dataset.pixel_std))
+    save_checkpoint(checkpoint, work / "model.pth", None)
+    onnx_file = export(
+        apply_overrides(spec, {"export.checkpoint": str(work / "model.pth")})
+    ).onnx_file
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    embedder = OnnxEmbedder(onnx_file, providers=["CPUExecutionProvider"], session_options=options)
+    card = embedder.card.to_dict()
+    per_id = 8
+    synthesize(work / "site", ids=max(2, crops // per_id), cameras=4, images_per_id=per_id,
+               height=256, width=128, seed=0)  # fmt: skip
+    folders = [p for p in (work / "site").iterdir() if p.is_dir()]
+    metas = [m for folder in folders for m in crops_in_folder(folder, ORIGIN)][:crops]
+    with open_gallery(work / "onnx-gallery", card, create=True) as store:
+        start = time.perf_counter()
+        add_crops(store, embedder, card, metas, batch_size=32, progress=False)
+        rate = len(metas) / (time.perf_counter() - start)
+    return rate, f"{spec.model.backbone} {card['input_height']}x{card['input_width']}"
+
+
 def run(args: argparse.Namespace) -> list[tuple[str, float, float | str, str]]:
     """Returns (metric, value, reference, ratio) rows."""
     n, dim = (20_000, 64) if args.small else (args.size, 256)
@@ -250,6 +295,9 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float | str, str]]:
             lat[i] = time.perf_counter() - start
         rows.append((f"Milvus Lite filtered p50 ms ({milvus_n:,})", percentile_ms(lat, 50), "", ""))
         milvus.close()
+        if args.onnx_crops:
+            rate, model = onnx_crops_per_second(folder / "onnx", args.onnx_crops, args.threads)
+            rows.append((f"add end to end crops/s, ONNX {model} on CPU, batch 32", rate, "", ""))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -260,6 +308,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | str, s
     parser.add_argument("--small", action="store_true", help="20k x 64: a quick functional run")
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--milvus-size", type=int, default=100_000)
+    parser.add_argument("--onnx-crops", type=int, default=256, help="0 skips the ONNX run")
     parser.add_argument("--queries", type=int, default=500, help="single queries timed")
     parser.add_argument("--batched", type=int, default=256, help="queries in the batched test")
     parser.add_argument("--rounds", type=int, default=2)
@@ -268,7 +317,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | str, s
     parser.add_argument("--no-record", action="store_true", help="do not append results.csv")
     args = parser.parse_args(argv)
     if args.small:
-        args.queries, args.batched, args.rounds = 200, 256, 1
+        args.queries, args.batched, args.rounds, args.onnx_crops = 200, 256, 1, 0
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     where = machine()

@@ -53,7 +53,7 @@ def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_market_name_metadata():
     meta = meta_from_name(Path("/site/0042_c3s2_001250_07.jpg"), ORIGIN)
-    assert (meta.camera, meta.track_id) == (3, "42")
+    assert (meta.camera, meta.track_id) == (3, "0042")
     assert meta.timestamp == ORIGIN + 1250 / 25
     assert meta_from_name(Path("0042_c3s2_001250_07.jpg"), ORIGIN, fps=10).timestamp == ORIGIN + 125
     with pytest.raises(GalleryError, match="not named PPPP_cCsS_FFFFFF_NN"):

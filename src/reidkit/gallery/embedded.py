@@ -138,6 +138,7 @@ class EmbeddedGallery:
             write_json(manifest, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
         check_card_fits(self.card, card, str(self.folder))
         self._ann: Any = None
+        self._ann_token: str | None = None
         self._data_version = -1
         with self._writer():
             self._repair()
@@ -246,8 +247,10 @@ class EmbeddedGallery:
                     self._path(column, generation), dtype, "r", shape=(self._rows,)
                 )
         token = self._setting("ann_token")
-        self._ann = None
         self._ann_upto = self._setting("ann_upto", -1)
+        if token == self._ann_token and self._ann is not None:
+            return  # the index in memory is the committed one: no need to read it again
+        self._ann, self._ann_token = None, token
         if token and (self.folder / f"ann.{token}.faiss").exists():
             # A deleted index file means "rebuild it": exact search until the next add does.
             self._ann = self._read_index(self.folder / f"ann.{token}.faiss")
@@ -263,8 +266,11 @@ class EmbeddedGallery:
             index = faiss.read_index(str(path))
         except RuntimeError:
             raise GalleryError(f"gallery index '{path}' is corrupt; {fix}") from None
-        index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 16))
+        self._set_nprobe(index)
         return index
+
+    def _set_nprobe(self, index: Any) -> None:
+        index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 16))
 
     def _refresh(self) -> None:
         """Another process may have added or forgotten since we mapped the files."""
@@ -417,15 +423,22 @@ class EmbeddedGallery:
             index.train(sample)
         else:
             start = self._indexed_rows()
-        for block in range(start, self._rows, _EXACT_BLOCK * 4):
-            stop = min(block + _EXACT_BLOCK * 4, self._rows)
-            index.add_with_ids(
-                np.ascontiguousarray(self._vectors[block:stop].numpy()),
-                np.ascontiguousarray(self._columns["ids"][block:stop]),
-            )
-        self._swap_index(index, int(self._columns["ids"][-1]))
+        try:
+            for block in range(start, self._rows, _EXACT_BLOCK * 4):
+                stop = min(block + _EXACT_BLOCK * 4, self._rows)
+                index.add_with_ids(
+                    np.ascontiguousarray(self._vectors[block:stop].numpy()),
+                    np.ascontiguousarray(self._columns["ids"][block:stop]),
+                )
+            self._swap_index(index, int(self._columns["ids"][-1]))
+        except BaseException:
+            # The index in memory may hold rows the committed one does not: read it again.
+            self._ann = self._ann_token = None
+            self._load()
+            raise
 
     def _swap_index(self, index: Any, upto: int) -> None:
+        """Write ``index`` under a new name, commit it as the gallery's index, drop the old."""
         import faiss
 
         token = uuid.uuid4().hex
@@ -438,6 +451,8 @@ class EmbeddedGallery:
         self._db.execute("COMMIT")
         if old:
             (self.folder / f"ann.{old}.faiss").unlink(missing_ok=True)
+        self._set_nprobe(index)
+        self._ann, self._ann_token = index, token
         self._load()
 
     # --------------------------------------------------------------------------- search
@@ -660,7 +675,11 @@ class EmbeddedGallery:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._ann = self._ann_token = None  # it lost rows the gallery still has: reread
+            self._load()
             raise
+        if new_ann:
+            self._ann_token = new_ann  # the index in memory is the one just committed
         self._wipe_rows(old_gen, np.flatnonzero(drop))
         for column in ("vectors", *_COLUMNS):
             self._path(column, old_gen).unlink()

@@ -69,12 +69,12 @@ def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:
             f"crop '{path}' is not named PPPP_cCsS_FFFFFF_NN.jpg; rename it or list the crops "
             "in a CSV manifest (path,camera,timestamp,track_id)"
         )
-    track, camera = parsed
+    _, camera = parsed
     return CropMeta(
         path=str(path.resolve()),
         camera=camera,
         timestamp=origin + int(frame.group(1)) / fps,
-        track_id=str(track),
+        track_id=path.name.split("_", 1)[0],  # as written ("0042"), the way users will type it
     )
 
 
