@@ -13,7 +13,9 @@ bounded in time and stops by itself; nothing leaves the machine.
 
 Modes: ``batched`` (micro-batching, up to 32 images, 5 ms gather window) against
 ``one-at-a-time`` (``serve.max_batch=1``), same server otherwise. Prints p50/p99 latency per
-operation, throughput and errors, and appends rows to ``benchmarks/results.csv``.
+operation, throughput and errors, and appends rows to ``benchmarks/results.csv``. The model
+alone (onnxruntime in this process, batch 1 against 16) is measured first: micro-batching can
+gain at most that ratio.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from common import append_rows, machine
@@ -71,6 +74,21 @@ def demo_model(folder: Path, data: Path) -> Path:
     checkpoint = folder / "demo.pth"
     save_checkpoint(content, checkpoint, None)
     return export(apply_overrides(spec, {"export.checkpoint": str(checkpoint)})).onnx_file
+
+
+def model_images_per_s(model: Path, threads: int, batch: int, seconds: float = 4.0) -> float:
+    """The model alone on onnxruntime, in this process: what batching can gain at most."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    images = np.random.default_rng(0).random((batch, 3, 128, 64), dtype=np.float32)
+    session.run(None, {name: images})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {name: images})
+        done += batch
+    return done / (time.perf_counter() - start)
 
 
 def free_port() -> int:
@@ -199,6 +217,11 @@ def main() -> None:
         synthesize(work / "crops", ids=40, cameras=4, images_per_id=8, seed=1)
         model = demo_model(work / "model", work / "crops")
         crops = [p.read_bytes() for p in sorted((work / "crops").rglob("*.jpg"))]
+        scaling = {
+            f"model_images_per_s_batch{batch}": model_images_per_s(model, args.threads, batch)
+            for batch in (1, 16)
+        }
+        print(f"model alone: {json.dumps(scaling)}")
         tokens = work / "tokens.json"
         token = create_token(tokens, "bench", ["admin"])
         results: dict[str, dict[str, float]] = {}
@@ -228,6 +251,11 @@ def main() -> None:
             f"| {f.get('add_p50_ms', 0):.0f} / {f.get('add_p99_ms', 0):.0f} "
             f"| {f['requests_per_s']:.1f} | {f['errors']:.0f} |"
         )
+    gain = scaling["model_images_per_s_batch16"] / scaling["model_images_per_s_batch1"]
+    print(
+        f"model alone: {scaling['model_images_per_s_batch1']:.1f} images/s at batch 1, "
+        f"{scaling['model_images_per_s_batch16']:.1f} at batch 16 ({gain:.2f}x)"
+    )
     ratio = None
     if {"batched", "one-at-a-time"} <= results.keys():
         ratio = results["batched"]["requests_per_s"] / results["one-at-a-time"]["requests_per_s"]
@@ -249,6 +277,19 @@ def main() -> None:
                     "ratio": "" if not reference else f"{value / reference:.3g}",
                 }
             )
+    rows += [
+        {
+            "date": today,
+            "benchmark": "serve/model-alone",
+            "machine": where,
+            "command": COMMAND,
+            "metric": metric,
+            "value": f"{value:.4g}",
+            "reference": "",
+            "ratio": "",
+        }
+        for metric, value in scaling.items()
+    ]
     append_rows(rows)
 
 
