@@ -108,13 +108,30 @@ def single_latencies(search, queries: np.ndarray) -> list[float]:
 
 
 class Rows(list):
-    """The figures so far, each printed as it is measured (a long run shows its progress)."""
+    """The figures so far, each printed and (unless ``record`` is None) appended to
+    results.csv as soon as it is measured, so a run cut short keeps what it measured."""
+
+    def __init__(self, record: dict[str, str] | None) -> None:
+        super().__init__()
+        self.record = record
 
     def append(self, row: tuple[str, float, float | str, str]) -> None:
         metric, value, reference, ratio = row
         ref = f"{reference:.4g}" if isinstance(reference, float) else reference
         extra = f"  (reference {ref}, ratio {ratio})" if ref else ""
         print(f"{time.strftime('%H:%M:%S')} {metric}: {value:.4g}{extra}", flush=True)
+        if self.record is not None:
+            append_rows(
+                [
+                    {
+                        **self.record,
+                        "metric": metric,
+                        "value": f"{value:.6g}",
+                        "reference": f"{reference:.6g}" if isinstance(reference, float) else "",
+                        "ratio": ratio,
+                    }
+                ]
+            )
         super().append(row)
 
 
@@ -163,12 +180,11 @@ def onnx_crops_per_second(work: Path, crops: int, threads: int) -> tuple[float, 
     return rate, f"{spec.model.backbone} {card['input_height']}x{card['input_width']}"
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, float, float | str, str]]:
-    """Returns (metric, value, reference, ratio) rows."""
+def run(args: argparse.Namespace, rows: Rows) -> list[tuple[str, float, float | str, str]]:
+    """Measures everything into ``rows``: (metric, value, reference, ratio)."""
     n, dim = (20_000, 64) if args.small else (args.size, 256)
     milvus_n = 5_000 if args.small else args.milvus_size
     card = {**CARD, "embedding_dim": dim}
-    rows = Rows()
     vectors, metas, centres = synthetic_site(n, dim)
     unit = unit_rows(vectors, "vectors").numpy()
     rng = np.random.default_rng(1)
@@ -266,35 +282,37 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float | str, str]]:
         )
         store.close()
         # ---- Milvus Lite on a subset.
-        sub_vectors, sub_metas = unit[:milvus_n], metas[:milvus_n]
-        milvus = open_gallery(str(folder / "milvus.db"), card, create=True)
-        rate = time_add(milvus, sub_vectors, sub_metas, batch=10_000)
-        rows.append((f"Milvus Lite add embeddings/s ({milvus_n:,})", rate, "", ""))
-        mq = queries[: min(256, len(queries))]
-        sub_flat = faiss.IndexFlatIP(dim)
-        sub_flat.add(sub_vectors)
-        qps = batched_qps(lambda q: milvus.search(q, 10), mq, 1)
-        ref = batched_qps(lambda q: sub_flat.search(q, 10), mq, 1)
-        rows.append(
-            (
-                f"Milvus Lite top-10 q/s, batch 256, {milvus_n:,} (ref: FAISS flat)",
-                qps,
-                ref,
-                f"{qps / ref:.3f}",
+        if milvus_n:
+            sub_vectors, sub_metas = unit[:milvus_n], metas[:milvus_n]
+            milvus = open_gallery(str(folder / "milvus.db"), card, create=True)
+            rate = time_add(milvus, sub_vectors, sub_metas, batch=10_000)
+            rows.append((f"Milvus Lite add embeddings/s ({milvus_n:,})", rate, "", ""))
+            mq = queries[: min(256, len(queries))]
+            sub_flat = faiss.IndexFlatIP(dim)
+            sub_flat.add(sub_vectors)
+            qps = batched_qps(lambda q: milvus.search(q, 10), mq, 1)
+            ref = batched_qps(lambda q: sub_flat.search(q, 10), mq, 1)
+            rows.append(
+                (
+                    f"Milvus Lite top-10 q/s, batch 256, {milvus_n:,} (ref: FAISS flat)",
+                    qps,
+                    ref,
+                    f"{qps / ref:.3f}",
+                )
             )
-        )
-        few = queries[:10]
-        lat = single_latencies(lambda q: milvus.search(q, 10), few)
-        rows.append(
-            (f"Milvus Lite single query p50 ms ({milvus_n:,})", percentile_ms(lat, 50), "", "")
-        )
-        lat = [0.0] * len(few)
-        for i, (query, f) in enumerate(zip(few, filters, strict=False)):
-            start = time.perf_counter()
-            milvus.search(query[None], 10, **f)
-            lat[i] = time.perf_counter() - start
-        rows.append((f"Milvus Lite filtered p50 ms ({milvus_n:,})", percentile_ms(lat, 50), "", ""))
-        milvus.close()
+            few = queries[:5]  # Milvus Lite takes seconds per single query
+            lat = single_latencies(lambda q: milvus.search(q, 10), few)
+            rows.append(
+                (f"Milvus Lite single query p50 ms ({milvus_n:,})", percentile_ms(lat, 50), "", "")
+            )
+            lat = [0.0] * len(few)
+            for i, (query, f) in enumerate(zip(few, filters, strict=False)):
+                start = time.perf_counter()
+                milvus.search(query[None], 10, **f)
+                lat[i] = time.perf_counter() - start
+            p50 = percentile_ms(lat, 50)
+            rows.append((f"Milvus Lite filtered p50 ms ({milvus_n:,})", p50, "", ""))
+            milvus.close()
         if args.onnx_crops:
             rate, model = onnx_crops_per_second(folder / "onnx", args.onnx_crops, args.threads)
             rows.append((f"add end to end crops/s, ONNX {model} on CPU, batch 32", rate, "", ""))
@@ -307,7 +325,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | str, s
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="20k x 64: a quick functional run")
     parser.add_argument("--size", type=int, default=1_000_000)
-    parser.add_argument("--milvus-size", type=int, default=100_000)
+    parser.add_argument("--milvus-size", type=int, default=100_000, help="0 skips Milvus")
     parser.add_argument("--onnx-crops", type=int, default=256, help="0 skips the ONNX run")
     parser.add_argument("--queries", type=int, default=500, help="single queries timed")
     parser.add_argument("--batched", type=int, default=256, help="queries in the batched test")
@@ -322,25 +340,14 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | str, s
     faiss.omp_set_num_threads(args.threads)
     where = machine()
     print(where, flush=True)
-    rows = run(args)
     command = "python benchmarks/bench_gallery.py " + " ".join(argv or sys.argv[1:])
-    if not args.no_record:
-        append_rows(
-            [
-                {
-                    "date": date.today().isoformat(),
-                    "benchmark": "gallery",
-                    "machine": where,
-                    "command": command.strip(),
-                    "metric": metric,
-                    "value": f"{value:.6g}",
-                    "reference": f"{reference:.6g}" if isinstance(reference, float) else "",
-                    "ratio": ratio,
-                }
-                for metric, value, reference, ratio in rows
-            ]
-        )
-    return rows
+    record = {
+        "date": date.today().isoformat(),
+        "benchmark": "gallery",
+        "machine": where,
+        "command": command.strip(),
+    }
+    return run(args, Rows(None if args.no_record else record))
 
 
 if __name__ == "__main__":
