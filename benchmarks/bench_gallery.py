@@ -252,6 +252,19 @@ def run(args: argparse.Namespace, rows: Rows) -> list[tuple[str, float, float | 
             )
         )
         rows.append(("ANN single query p99 ms", percentile_ms(lat, 99), "", ""))
+        # ---- the recall / latency trade-off of nprobe on the same index (FAISS alone).
+        default_nprobe = ivf.nprobe
+        for nprobe in (8, 16, 32, 64):
+            ivf.nprobe = min(nprobe, ivf.nlist)
+            _, found = ivf.search(queries, 10)
+            sweep = np.mean(
+                [len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), exact, strict=True)]
+            )
+            sweep_lat = single_latencies(lambda q: ivf.search(q, 10), queries[:100])
+            rows.append((f"IVF nprobe={ivf.nprobe} recall@10 vs exact", float(sweep), "", ""))
+            rows.append((f"IVF nprobe={ivf.nprobe} single query p50 ms (FAISS alone)",
+                         percentile_ms(sweep_lat, 50), "", ""))  # fmt: skip
+        ivf.nprobe = default_nprobe
         # ---- filtered: 2 of 8 cameras, a 1-day window; identical to a NumPy brute force.
         meta_cameras = np.array([m.camera for m in metas])
         meta_times = np.array([m.timestamp for m in metas])

@@ -90,7 +90,7 @@ class EmbeddedGallery:
     """A gallery in a local folder (see the module docstring for the layout and guarantees).
 
     ``ann_min_size``: entries from which an ANN index is built and used for unfiltered queries
-    (``None`` never). ``nprobe``: IVF lists visited per query (default: about 1/16 of them).
+    (``None`` never). ``nprobe``: IVF lists visited per query (default: 1/64 of them, at least 16).
     """
 
     backend = "embedded"
@@ -270,7 +270,7 @@ class EmbeddedGallery:
         return index
 
     def _set_nprobe(self, index: Any) -> None:
-        index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 16))
+        index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 64))
 
     def _refresh(self) -> None:
         """Another process may have added or forgotten since we mapped the files."""
