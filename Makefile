@@ -17,13 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # Synthesise a small multi-camera dataset, train a few epochs (prints rank-1 and mAP), then
-# evaluate the checkpoint with plots and export it to a verified ONNX file.
+# evaluate the checkpoint with plots and export it to a verified ONNX file; index the test
+# crops in a gallery, create an admin token and print the command that serves them.
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(VENV)/bin/reidkit dataset synth --out $(DEMO)/synth --ids 60 --cameras 4 --images-per-id 12
 	$(VENV)/bin/reidkit train -e examples/demo.yaml
 	$(VENV)/bin/reidkit evaluate -e examples/demo.yaml
 	$(VENV)/bin/reidkit export -e examples/demo.yaml
+	$(VENV)/bin/reidkit gallery add -e examples/demo.yaml
+	@echo "Admin token for the page (shown once):"
+	@$(VENV)/bin/reidkit serve token -e examples/demo.yaml --name demo-admin --scopes admin
+	@echo "Serve the demo gallery and its page (then open http://127.0.0.1:8080/):"
+	@echo "  $(VENV)/bin/reidkit serve -e examples/demo.yaml"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

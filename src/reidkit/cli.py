@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from reidkit import __version__
 from reidkit.config.loading import load_spec
 from reidkit.config.spec import ExperimentSpec
-from reidkit.errors import ReidkitError, first_line
+from reidkit.errors import ReidkitError, SpecError, first_line
 
 if TYPE_CHECKING:
     from reidkit.automl import AutomlResult
@@ -71,6 +71,21 @@ def _export(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     print(f"ONNX model: {result.onnx_file}")
 
 
+def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions.serve import new_token, serve
+
+    if args.verb is None:
+        if args.name or args.scopes:
+            raise SpecError("--name and --scopes belong to 'reidkit serve token'")
+        serve(spec)
+        return
+    if not args.name:
+        raise SpecError("reidkit serve token needs --name (who holds it; shown in the audit log)")
+    token, path = new_token(spec, args.name, (args.scopes or "search").split(","))
+    print(f"token '{args.name}' added to {path}; it is shown only now:", file=sys.stderr)
+    print(token)
+
+
 # Action name -> (help, function of the resolved spec). New actions register here.
 SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace], None]]] = {
     "train": ("train a model (resumes from the latest checkpoint in results_dir)", _train),
@@ -78,6 +93,31 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "evaluate": ("CMC / mAP / mINP of a checkpoint or .onnx model, with plots", _evaluate),
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
+    "serve": ("search service and operator page; 'serve token' creates a token", _serve),
+}
+
+
+def _gallery(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions import gallery
+
+    if args.verb == "add":
+        added = gallery.gallery_add(spec)
+        print(f"added {added.added} crops ({added.already_stored} already stored)")
+        print(gallery.stats_line(added.stats))
+    elif args.verb == "search":
+        result = gallery.gallery_search(spec)
+        print(f"hits written to {result.output_file}")
+    elif args.verb == "forget":
+        gallery.gallery_forget(spec)
+    else:
+        gallery.gallery_stats(spec)
+
+
+GALLERY_VERBS = {
+    "add": "embed crops (a folder of Market-style names or a CSV manifest) into the gallery",
+    "search": "find query crops in the gallery, filtered by camera and time",
+    "forget": "remove tracks, crops or everything older than the retention, from disk",
+    "stats": "size, cameras, time span, index and model of the gallery",
 }
 
 
@@ -118,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "--automl-policy", choices=["auto", "off"], default=None,
                 help="'auto': AutoML when automl.automl_enabled (default: the spec's policy)",
             )  # fmt: skip
+        if name == "serve":
+            sub.add_argument("--name", help="token: who holds it (shown in the audit log)")
+            sub.add_argument("--scopes", help="token: comma-separated search,write,admin")
+
+    gallery = actions.add_parser("gallery", help="a site's crops: add, search, forget, stats")
+    verbs = gallery.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_text in GALLERY_VERBS.items():
+        sub = verbs.add_parser(verb, help=help_text)
+        sub.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+    gallery.set_defaults(spec_run=_gallery)
 
     schema = actions.add_parser("schema", help="write JSON schemas and spec templates")
     schema.add_argument("--out", required=True, help="folder for schemas/ and references/")
@@ -128,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export"],
+        choices=["train", "evaluate", "inference", "export", "gallery", "serve"],
     )
     validate.set_defaults(run=_validate)
 
@@ -161,8 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.action in SPEC_ACTIONS:
+            if args.action == "serve":  # 'reidkit serve token -e ...': a verb before overrides
+                is_token = args.overrides[:1] == ["token"]
+                args.verb = "token" if is_token else None
+                args.overrides = args.overrides[1:] if is_token else args.overrides
             spec = load_spec(args.experiment_spec, args.overrides)
             SPEC_ACTIONS[args.action][1](spec, args)
+        elif hasattr(args, "spec_run"):
+            args.spec_run(load_spec(args.experiment_spec, args.overrides), args)
         else:
             args.run(args)
     except ReidkitError as error:

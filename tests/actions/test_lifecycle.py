@@ -168,6 +168,7 @@ MAY_IMPORT = {
     "engine": {"config", "data", "models", "losses", "evaluation"},
     "export": {"config", "data", "models"},
     "automl": {"config"},
+    "serve": {"data", "export", "gallery"},
 }
 
 

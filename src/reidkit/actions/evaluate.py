@@ -12,8 +12,9 @@ import torch
 from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
 from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
-from reidkit.evaluation.plots import plot_cmc_curve, plot_sampled_matches
+from reidkit.evaluation.plots import plot_cmc_curve, plot_roc_curve, plot_sampled_matches
 from reidkit.evaluation.rerank import re_rank
+from reidkit.evaluation.roc import DEFAULT_FALSE_MATCH_RATES, roc_from_distances
 from reidkit.outputs import write_json
 
 
@@ -48,7 +49,24 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
         )
     metrics = result.as_percent()
     cmc = [round(float(v) * 100, 2) for v in result.cmc]
-    write_json(folder / "metrics.json", {**metrics, "cmc": cmc, "re_ranking": ranking.re_ranking})
+    # The "unknown person" threshold is calibrated on the plain distance, the one a gallery
+    # search reports, even when the ranking above was re-ranked.
+    plain = pairwise_distance(q.features, g.features)
+    roc = roc_from_distances(plain, q.pids, g.pids, q.camids, g.camids)
+    target = settings.target_false_match_rate
+    threshold = roc.threshold_at(target)
+    card = data.card.with_threshold(threshold, target)
+    verification = {
+        **roc.summary(),
+        "target_false_match_rate": target,
+        "match_threshold": round(threshold, 6),
+        "true_match_rate_at_target": round(roc.true_match_rate(threshold) * 100.0, 2),
+    }
+    write_json(
+        folder / "metrics.json",
+        {**metrics, "cmc": cmc, "re_ranking": ranking.re_ranking, "verification": verification},
+    )
+    write_json(folder / "model_card.json", card.to_dict())
     plots = [
         plot_cmc_curve(
             result.cmc, Path(settings.output_cmc_curve_plot or folder / "cmc_curve.png")
@@ -59,9 +77,21 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
             distances,
             Path(settings.output_sampled_matches_plot or folder / "sampled_matches.png"),
         ),
+        plot_roc_curve(
+            *roc.points(),
+            Path(settings.output_roc_curve_plot or folder / "roc_curve.png"),
+            {
+                rate: (roc.true_match_rate(roc.threshold_at(rate)), roc.threshold_at(rate))
+                for rate in sorted({*DEFAULT_FALSE_MATCH_RATES, target})
+            },
+        ),
     ]
     print(metrics_table(metrics))
-    run.succeed("evaluation finished", kpi=metrics)
+    print(
+        f"match_threshold {threshold:.4f} at false-match rate {target:g} (true-match rate "
+        f"{verification['true_match_rate_at_target']}%), recorded in {folder / 'model_card.json'}"
+    )
+    run.succeed("evaluation finished", kpi=metrics, match_threshold=threshold)
     return EvaluationResult(metrics, cmc, folder, plots)
 
 

@@ -13,6 +13,7 @@ error with a suggestion, not a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,6 +262,15 @@ class EvaluateSpec(_EmbeddingActionSpec):
     output_sampled_matches_plot: str | None = Field(
         None, description="Sampled matches PNG; null = sampled_matches.png in the results folder."
     )
+    output_roc_curve_plot: str | None = Field(
+        None, description="ROC curve PNG; null = roc_curve.png in the results folder."
+    )
+    target_false_match_rate: float = Field(
+        1e-3,
+        gt=0.0,
+        le=0.5,
+        description="False-match rate the 'same person' distance threshold is calibrated for.",
+    )
 
 
 class InferenceSpec(_EmbeddingActionSpec):
@@ -294,6 +304,118 @@ class ReRankingSpec(_Section):
     )
     max_rank: int = Field(10, ge=1, le=1000, description="CMC length; columns of the matches plot.")
     num_query: int = Field(10, ge=1, le=1000, description="Rows (queries) of the matches plot.")
+
+
+class ServeSpec(_Section):
+    """``serve``: the search service and operator page (``reidkit serve``)."""
+
+    model: str | None = Field(
+        None, description="ONNX model or an export run's folder; null = gallery.checkpoint."
+    )
+    gallery_uri: str | None = Field(
+        None, description="Gallery folder or Milvus URI to search and fill; null = gallery.uri."
+    )
+    token_file: str | None = Field(
+        None, description="Hashed bearer tokens; null = tokens.json in the serve results folder."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network."
+    )
+    port: int = Field(8080, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes (each loads the model).")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime threads per process; 0 = all.")
+    max_request_mb: float = Field(16.0, gt=0.0, le=1024.0, description="Largest request body.")
+    max_image_pixels: int = Field(
+        4_000_000, ge=1024, le=100_000_000, description="Largest image (width x height) accepted."
+    )
+    max_images: int = Field(64, ge=1, le=4096, description="Most images in one request.")
+    max_k: int = Field(100, ge=1, le=10_000, description="Most hits one search may ask for.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Most images in one model run.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0.0, le=1000.0, description="How long a model run waits for more requests."
+    )
+    match_threshold: float | None = Field(
+        None, ge=0.0, le=4.0, description="Match distance; null = the model card's calibrated one."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed cross-site; empty = CORS off."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level."
+    )
+    results_dir: str | None = Field(None, description="Serve output folder (status, tokens).")
+
+
+class GallerySpec(_Section):
+    """``gallery``: a site's crops indexed for search by camera and time (reidkit only)."""
+
+    uri: str | None = Field(
+        None,
+        description="Gallery: a folder (embedded), http://host:19530 or a *.db file (Milvus).",
+    )
+    checkpoint: str | None = Field(
+        None, description="Model that embeds crops: .pth, .onnx or a train/export results folder."
+    )
+    crops: str | None = Field(
+        None, description="add: folder of Market-style crops (PPPP_cCsS_FFFFFF_NN.jpg)."
+    )
+    manifest: str | None = Field(
+        None, description="add: CSV with path,camera,timestamp,track_id[,site,zone] (or crops)."
+    )
+    time_origin: str = Field(
+        "1970-01-01T00:00:00Z",
+        description="add: ISO-8601 time of frame 0 of Market-style names.",
+    )
+    fps: float = Field(25.0, gt=0.0, description="add: frame rate of Market-style frame numbers.")
+    batch_size: int = Field(64, ge=1, description="Crops per forward pass.")
+    thumbnails: bool = Field(True, description="add: store a small JPEG of each crop.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    query: list[str] = Field(
+        default_factory=list, description="search: query crop files or folders of crops."
+    )
+    query_as_track: bool = Field(
+        False, description="search: the query crops are one track; return one merged list."
+    )
+    top_k: int = Field(10, ge=1, le=1000, description="search: hits per query.")
+    cameras: list[int] | None = Field(None, description="search: only these cameras.")
+    start: str | None = Field(None, description="search: earliest time (ISO-8601 or unix).")
+    end: str | None = Field(None, description="search: latest time (ISO-8601 or unix).")
+    re_ranking: bool = Field(
+        False,
+        description="search: k-reciprocal re-ranking (re_ranking.k1/k2/lambda) of the top hits.",
+    )
+    rerank_pool: int = Field(
+        100, ge=2, le=2000, description="search: hits per query re-ranked (a small result set)."
+    )
+    match_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=4.0,
+        description="Distance threshold of 'match'; null = the model card's calibrated one.",
+    )
+    forget_tracks: list[str] = Field(default_factory=list, description="forget: these tracks.")
+    forget_crops: list[str] = Field(default_factory=list, description="forget: these crop paths.")
+    retention_days: float | None = Field(
+        None, gt=0.0, description="forget: also every crop older than this many days."
+    )
+    operator: str | None = Field(
+        None, description="Who acts, for the audit log; null = the login name."
+    )
+    output_file: str | None = Field(
+        None, description="search: JSON of the hits; null = search.json in the results folder."
+    )
+    results_dir: str | None = Field(None, description="Output folder of the gallery actions.")
+
+    @field_validator("time_origin", "start", "end", mode="before")
+    @classmethod
+    def _times_as_text(cls, value: object) -> object:
+        """YAML reads an unquoted ISO-8601 time as a datetime and 1767225600 as a number."""
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return aware.isoformat()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return repr(value)
+        return value
 
 
 AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]
@@ -362,7 +484,9 @@ class ExperimentSpec(_Section):
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     re_ranking: ReRankingSpec = Field(default_factory=ReRankingSpec)
+    gallery: GallerySpec = Field(default_factory=GallerySpec)
     automl: AutomlSpec = Field(default_factory=AutomlSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
     automl_policy: Literal["auto", "off"] = Field(
         "auto", description="'auto' routes train through AutoML when automl.automl_enabled."
     )

@@ -7,6 +7,8 @@ dataset mean colour, which is what the recipe's mean-filled erasing amounts to.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchvision.transforms import v2
 
@@ -20,10 +22,12 @@ def _size(model: ModelSpec) -> tuple[int, int]:
     return (model.input_height, model.input_width)
 
 
-def _to_normalised_tensor(data: DatasetSpec) -> list[v2.Transform]:
+def _to_normalised_tensor(
+    pixel_mean: Sequence[float], pixel_std: Sequence[float]
+) -> list[v2.Transform]:
     return [
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(data.pixel_mean), std=list(data.pixel_std)),
+        v2.Normalize(mean=list(pixel_mean), std=list(pixel_std)),
     ]
 
 
@@ -37,7 +41,7 @@ def build_train_transform(model: ModelSpec, data: DatasetSpec) -> v2.Compose:
     ]
     if data.padding:
         steps += [v2.Pad(data.padding), v2.RandomCrop(size)]
-    steps += _to_normalised_tensor(data)
+    steps += _to_normalised_tensor(data.pixel_mean, data.pixel_std)
     steps += [
         v2.RandomErasing(p=data.re_prob, scale=ERASE_AREA, ratio=ERASE_ASPECT, value=0),
         v2.ToPureTensor(),
@@ -47,5 +51,13 @@ def build_train_transform(model: ModelSpec, data: DatasetSpec) -> v2.Compose:
 
 def build_eval_transform(model: ModelSpec, data: DatasetSpec) -> v2.Compose:
     """PIL image -> float32 tensor [3, H, W]: resize and normalise only (repeatable scores)."""
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(_size(model), antialias=True)]
-    return v2.Compose([*steps, *_to_normalised_tensor(data), v2.ToPureTensor()])
+    return eval_transform(_size(model), data.pixel_mean, data.pixel_std)
+
+
+def eval_transform(
+    size: tuple[int, int], pixel_mean: Sequence[float], pixel_std: Sequence[float]
+) -> v2.Compose:
+    """The eval pipeline from plain numbers, e.g. a model card's input size and normalisation
+    (what the gallery uses to embed a site's crops exactly as evaluation does)."""
+    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(size, antialias=True)]
+    return v2.Compose([*steps, *_to_normalised_tensor(pixel_mean, pixel_std), v2.ToPureTensor()])

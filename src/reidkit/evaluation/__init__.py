@@ -17,6 +17,9 @@ _EXPORTS = {
     "pairwise_distance": "reidkit.evaluation.metrics",
     "re_rank": "reidkit.evaluation.rerank",
     "plot_cmc_curve": "reidkit.evaluation.plots",
+    "plot_roc_curve": "reidkit.evaluation.plots",
+    "RocCurve": "reidkit.evaluation.roc",
+    "roc_from_distances": "reidkit.evaluation.roc",
     "plot_sampled_matches": "reidkit.evaluation.plots",
 }
 

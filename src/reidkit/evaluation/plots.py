@@ -1,4 +1,4 @@
-"""The evaluation plots TAO produces: a CMC curve and a "Sampled Matches" grid.
+"""The evaluation plots: TAO's CMC curve and "Sampled Matches" grid, and reidkit's ROC curve.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot global state, no
 display needed) and written atomically, so a crash never leaves a truncated PNG where a report
@@ -58,6 +58,45 @@ def plot_cmc_curve(cmc: np.ndarray, path: Path, title: str = "CMC curve") -> Pat
     ax.set_ylabel("Matching rate (%)")
     ax.set_title(title)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, which="major", alpha=0.4)
+    return _save_atomically(fig, path)
+
+
+def plot_roc_curve(
+    fmr: np.ndarray,
+    tmr: np.ndarray,
+    path: Path,
+    marked: dict[float, tuple[float, float]] | None = None,
+    title: str = "ROC of query-gallery pairs",
+) -> Path:
+    """Plot the true-match rate (%) against the false-match rate (log axis) and write a PNG.
+
+    ``marked`` maps target false-match rates to ``(true-match rate, distance threshold)``, each
+    annotated on the curve: the operating points a site chooses its "unknown" threshold from.
+    """
+    fmr = np.asarray(fmr, dtype=np.float64).reshape(-1)
+    rates = np.asarray(tmr, dtype=np.float64).reshape(-1) * 100.0
+    if len(rates) == 0 or len(rates) != len(fmr):
+        raise ValueError("fmr and tmr must be non-empty and of equal length")
+    fig = Figure(figsize=(7.0, 4.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    positive = fmr > 0
+    ax.plot(fmr[positive], rates[positive], color=_QUERY_COLOR, linewidth=2.0)
+    for target, (rate, threshold) in sorted((marked or {}).items()):
+        ax.plot([target], [rate * 100.0], marker="o", color=_MATCH_COLOR, markersize=5)
+        ax.annotate(
+            f"FMR {target:g}: TMR {rate * 100.0:.1f}%, d <= {threshold:.3f}",
+            (target, rate * 100.0),
+            textcoords="offset points",
+            xytext=(8, -14),
+            fontsize=9,
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(max(fmr[positive].min(), 1e-6), 1.0)
+    ax.set_ylim(max(0.0, np.floor(rates[positive].min() / 10.0) * 10.0 - 5.0), 100.5)
+    ax.set_xlabel("False-match rate (different-person pairs accepted)")
+    ax.set_ylabel("True-match rate (%)")
+    ax.set_title(title)
     ax.grid(True, which="major", alpha=0.4)
     return _save_atomically(fig, path)
 

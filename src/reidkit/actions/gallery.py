@@ -1,0 +1,251 @@
+"""``reidkit gallery add|search|forget|stats``: a site's crops, searchable by camera and time.
+
+The spec's ``gallery`` section is translated here into the plain arguments of
+:mod:`reidkit.gallery`; each verb runs inside :func:`run_action` (results in
+``<results_dir>/gallery``: ``status.json``, the resolved spec, and ``search.json`` for a search).
+The model that embeds crops is checked against the spec like evaluate's, and the gallery refuses
+a model other than the one that filled it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidkit.actions.common import load_checked_embedder, run_action, select_device
+from reidkit.config.spec import ExperimentSpec
+from reidkit.errors import SpecError
+from reidkit.evaluation.features import Embedder
+from reidkit.evaluation.rerank import re_rank
+from reidkit.gallery.ingest import (
+    IMAGE_SUFFIXES,
+    add_crops,
+    crops_in_folder,
+    embed_batches,
+    parse_timestamp,
+    read_manifest,
+)
+from reidkit.gallery.store import CropMeta, GalleryStats, GalleryStore, Hit, open_gallery
+from reidkit.outputs import write_json
+
+DAY = 86_400.0
+
+
+@dataclass
+class AddResult:
+    added: int
+    already_stored: int
+    stats: GalleryStats
+
+
+@dataclass
+class SearchResult:
+    queries: list[str]
+    hits: list[list[Hit]]
+    output_file: Path
+
+
+def _uri(spec: ExperimentSpec) -> str:
+    if not spec.gallery.uri:
+        raise SpecError(
+            "gallery.uri is not set; give a folder (or http://host:19530 / a *.db file for Milvus)"
+        )
+    return spec.gallery.uri
+
+
+def _model(spec: ExperimentSpec) -> tuple[Embedder, dict[str, Any]]:
+    settings = spec.gallery
+    if not settings.checkpoint:
+        raise SpecError(
+            "gallery.checkpoint is not set; point it at the .pth/.onnx model (or its run folder)"
+        )
+    gpu = settings.gpu_ids[0] if settings.gpu_ids else 0
+    embedder, card = load_checked_embedder(spec, settings.checkpoint, "gallery.checkpoint", gpu)
+    if isinstance(embedder, torch.nn.Module):
+        embedder = embedder.to(select_device(settings.gpu_ids))
+    recorded = card.to_dict()
+    if settings.match_threshold is not None:  # evaluate's calibration, given by hand
+        recorded["match_threshold"] = settings.match_threshold
+    return embedder, recorded
+
+
+def _time(value: str | None, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise SpecError(f"gallery.{key}: {exc}") from None
+
+
+def gallery_add(spec: ExperimentSpec) -> AddResult:
+    """Embed ``gallery.crops`` (Market-style names) or ``gallery.manifest`` into the gallery."""
+    settings = spec.gallery
+    with run_action(spec, "gallery") as run:
+        if bool(settings.crops) == bool(settings.manifest):
+            raise SpecError("set exactly one of gallery.crops (a folder) and gallery.manifest")
+        if settings.manifest:
+            metas = read_manifest(Path(settings.manifest))
+        else:
+            origin = _time(settings.time_origin, "time_origin") or 0.0
+            metas = crops_in_folder(Path(settings.crops or ""), origin, settings.fps)
+        embedder, card = _model(spec)
+        with open_gallery(_uri(spec), card, create=True, operator=settings.operator) as store:
+            added, skipped = add_crops(
+                store,
+                embedder,
+                card,
+                metas,
+                batch_size=settings.batch_size,
+                thumbnails=settings.thumbnails,
+            )
+            if hasattr(store, "build_index"):
+                store.build_index()
+            stats = store.stats()
+        run.succeed(f"added {added} crops ({skipped} already stored)", size=stats.size)
+    return AddResult(added, skipped, stats)
+
+
+def _query_crops(paths: list[str]) -> list[CropMeta]:
+    files: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    if not files:
+        raise SpecError("gallery.query is empty; list query crop files or folders")
+    return [CropMeta(str(p), camera=-1, timestamp=0.0) for p in files]
+
+
+def gallery_search(spec: ExperimentSpec) -> SearchResult:
+    """Search the gallery with ``gallery.query`` crops; writes a JSON file and prints a table."""
+    settings = spec.gallery
+    with run_action(spec, "gallery") as run:
+        queries = _query_crops(settings.query)
+        embedder, card = _model(spec)
+        (vectors,) = [
+            torch.cat([v for v, _, _ in embed_batches(
+                embedder, card, queries, batch_size=settings.batch_size, thumbnails=False,
+                progress=False,
+            )])
+        ]  # fmt: skip
+        if settings.query_as_track:
+            vectors = vectors.mean(dim=0, keepdim=True)
+        with open_gallery(_uri(spec), card, operator=settings.operator) as store:
+            pool = settings.rerank_pool if settings.re_ranking else settings.top_k
+            hits = store.search(
+                vectors,
+                pool,
+                cameras=settings.cameras,
+                start=_time(settings.start, "start"),
+                end=_time(settings.end, "end"),
+                threshold=settings.match_threshold,
+            )
+            if settings.re_ranking:
+                hits = [_rerank(spec, store, v, row) for v, row in zip(vectors, hits, strict=True)]
+            hits = [row[: settings.top_k] for row in hits]
+        names = ["track"] if settings.query_as_track else [q.path for q in queries]
+        output = Path(settings.output_file or run.folder / "search.json")
+        write_json(
+            output,
+            [
+                {"query": name, "hits": [h.to_dict() for h in row]}
+                for name, row in zip(names, hits, strict=True)
+            ],
+        )
+        print(hits_table(names, hits))
+        run.succeed(f"searched {len(names)} queries", output_file=str(output))
+    return SearchResult(names, hits, output)
+
+
+def _rerank(
+    spec: ExperimentSpec, store: GalleryStore, query: torch.Tensor, row: list[Hit]
+) -> list[Hit]:
+    """Reorder one query's hits by k-reciprocal re-ranking among themselves (a small set).
+
+    Distances and decisions stay the calibrated ones: re-ranking changes the order only.
+    """
+    if len(row) < 3:
+        return row
+    ranking = spec.re_ranking
+    gallery = torch.from_numpy(store.vectors([h.entry_id for h in row]))
+    k1 = min(ranking.k1, len(row) - 1)
+    k2 = min(ranking.k2, k1)
+    reranked = re_rank(query[None], gallery, k1, k2, ranking.lambda_value)
+    order = np.argsort(np.asarray(reranked)[0], kind="stable")
+    return [row[i] for i in order]
+
+
+def hits_table(names: list[str], hits: list[list[Hit]]) -> str:
+    """Per query, its hits: rank, distance, decision, camera, time (UTC), track, crop."""
+    lines = []
+    for name, row in zip(names, hits, strict=True):
+        lines.append(f"query {name}")
+        lines.append("  rank  distance  decision  camera  time (UTC)           track     crop")
+        for rank, hit in enumerate(row, 1):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(hit.meta.timestamp))
+            lines.append(
+                f"  {rank:>4}  {hit.distance:8.4f}  {hit.decision or '-':<8}  "
+                f"{hit.meta.camera:>6}  {when}  {hit.meta.track_id or '-':<8}  {hit.meta.path}"
+            )
+        if not row:
+            lines.append("  (no crop in the gallery passes the filters)")
+    return "\n".join(lines)
+
+
+def gallery_forget(spec: ExperimentSpec) -> int:
+    """Remove ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
+    ``gallery.retention_days``, from every file of the gallery; returns how many."""
+    settings = spec.gallery
+    with run_action(spec, "gallery") as run:
+        if not (settings.forget_tracks or settings.forget_crops or settings.retention_days):
+            raise SpecError(
+                "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
+                "gallery.retention_days"
+            )
+        older_than = None
+        if settings.retention_days is not None:
+            older_than = time.time() - settings.retention_days * DAY
+        crops = [str(Path(p).resolve()) for p in settings.forget_crops]
+        with open_gallery(_uri(spec), operator=settings.operator) as store:
+            removed = store.forget(
+                track_ids=settings.forget_tracks, paths=crops, older_than=older_than
+            )
+            size = store.stats().size
+        print(f"forgot {removed} crops; {size} remain")
+        run.succeed(f"forgot {removed} crops", removed=removed, size=size)
+    return removed
+
+
+def _utc(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(seconds))
+
+
+def stats_line(stats: GalleryStats) -> str:
+    """One line: size, cameras, time span, backend and index, the model that filled it."""
+    card = stats.card or {}
+    model = (
+        f"{card.get('backbone')} {card.get('input_height')}x{card.get('input_width')} -> "
+        f"{card.get('embedding_dim')}-d, match_threshold {card.get('match_threshold')}"
+    )
+    return (
+        f"{stats.size} crops, cameras {list(stats.cameras)}, {_utc(stats.start)} .. "
+        f"{_utc(stats.end)} UTC, {stats.backend} {stats.index_kind}, model {model}"
+    )
+
+
+def gallery_stats(spec: ExperimentSpec) -> GalleryStats:
+    """Size, cameras, time span, index kind and model card of the gallery."""
+    with run_action(spec, "gallery") as run:
+        with open_gallery(_uri(spec), operator=spec.gallery.operator) as store:
+            stats = store.stats()
+        print(stats_line(stats))
+        run.succeed("gallery stats", **stats.to_dict())
+    return stats

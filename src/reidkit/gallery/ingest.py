@@ -1,0 +1,215 @@
+"""From a site's crop files to gallery entries: metadata, decoding, batched embedding.
+
+Metadata comes from one of two places:
+
+* Market-style names, ``PPPP_cCsS_FFFFFF_NN.jpg``: camera ``C``, track ``PPPP`` (the tracker's
+  id), timestamp ``origin + FFFFFF / fps`` (frame number at the camera's frame rate);
+* a CSV manifest with the header ``path,camera,timestamp,track_id[,site,zone]``; timestamps are
+  unix seconds or ISO-8601 (a time without a zone is UTC); relative paths are relative to the
+  manifest. A bad row is reported as ``file:line: what is wrong``.
+
+Crops are decoded and normalised with the model card's input size and pixel statistics through
+the evaluation pipeline (:func:`reidkit.data.transforms.eval_transform`), so a crop embeds in
+the gallery exactly as it does in ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from tqdm import tqdm
+
+from reidkit.data.market import parse_name
+from reidkit.data.transforms import eval_transform
+from reidkit.gallery.store import CropMeta, GalleryError, GalleryStore
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")
+OPTIONAL_COLUMNS = ("site", "zone")
+_FRAME = re.compile(r"^(?:-1|\d+)_c\d+(?:s\d+)?_(\d+)")
+THUMBNAIL_HEIGHT = 96
+
+Embedder = Callable[[Tensor], Tensor]
+
+
+def parse_timestamp(text: str) -> float:
+    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``)."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"timestamp {text!r} is neither unix seconds nor ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise ValueError(f"timestamp {text!r} is not a finite number")
+    return value
+
+
+def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:
+    """Camera, track and time of a Market-style crop name (see the module docstring)."""
+    parsed = parse_name(path.name)
+    frame = _FRAME.match(path.name)
+    if parsed is None or frame is None:
+        raise GalleryError(
+            f"crop '{path}' is not named PPPP_cCsS_FFFFFF_NN.jpg; rename it or list the crops "
+            "in a CSV manifest (path,camera,timestamp,track_id)"
+        )
+    _, camera = parsed
+    return CropMeta(
+        path=str(path.resolve()),
+        camera=camera,
+        timestamp=origin + int(frame.group(1)) / fps,
+        track_id=path.name.split("_", 1)[0],  # as written ("0042"), the way users will type it
+    )
+
+
+def crops_in_folder(folder: Path, origin: float, fps: float = 25.0) -> list[CropMeta]:
+    """Every image directly in ``folder`` (sorted by name), with metadata from its name."""
+    if not folder.is_dir():
+        raise GalleryError(f"crop folder '{folder}' does not exist; check the path")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != "."
+    )
+    if not files:
+        raise GalleryError(f"crop folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [meta_from_name(p, origin, fps) for p in files]
+
+
+def read_manifest(path: Path) -> list[CropMeta]:
+    """The crops a CSV manifest lists (see the module docstring); one line per bad row."""
+    if not path.is_file():
+        raise GalleryError(f"manifest '{path}' does not exist; check the path")
+    metas = []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise GalleryError(
+                f"{path}:1: missing column(s) {', '.join(missing)}; the header must be "
+                f"{','.join(MANIFEST_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
+            )
+        reader.fieldnames = header
+        for row in reader:
+            line = reader.line_num
+            try:
+                if not (row.get("path") or "").strip():
+                    raise ValueError("path is empty")
+                try:
+                    camera = int(row["camera"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"camera {row['camera']!r} is not an integer") from None
+                timestamp = parse_timestamp(row["timestamp"] or "")
+            except ValueError as exc:
+                raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
+            crop = Path(row["path"].strip())
+            crop = crop if crop.is_absolute() else path.parent / crop
+            metas.append(
+                CropMeta(
+                    path=str(crop.resolve()),
+                    camera=camera,
+                    timestamp=timestamp,
+                    track_id=(row.get("track_id") or "").strip() or None,
+                    site=(row.get("site") or "").strip() or None,
+                    zone=(row.get("zone") or "").strip() or None,
+                )
+            )
+    if not metas:
+        raise GalleryError(f"manifest '{path}' lists no crops")
+    return metas
+
+
+def check_readable(metas: Sequence[CropMeta]) -> None:
+    """Open every crop's header before anything is added: a missing or non-image file fails the
+    whole add up front, with the gallery unchanged."""
+    for meta in metas:
+        try:
+            with Image.open(meta.path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError):
+            raise GalleryError(
+                f"crop '{meta.path}' is missing or not a readable image; fix or remove it"
+            ) from None
+
+
+def _load(meta: CropMeta, transform: Any, thumbnails: bool) -> tuple[Tensor, bytes | None]:
+    try:
+        with Image.open(meta.path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        raise GalleryError(f"crop '{meta.path}' cannot be decoded; fix or remove it") from None
+    thumb = None
+    if thumbnails:
+        small = rgb.copy()
+        small.thumbnail((THUMBNAIL_HEIGHT, THUMBNAIL_HEIGHT))
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=80)
+        thumb = buffer.getvalue()
+    return transform(rgb), thumb
+
+
+def embed_batches(
+    embedder: Embedder,
+    card: dict[str, Any],
+    metas: Sequence[CropMeta],
+    *,
+    batch_size: int = 64,
+    thumbnails: bool = True,
+    progress: bool = True,
+) -> Iterator[tuple[Tensor, list[CropMeta], list[bytes | None]]]:
+    """Embeddings of ``metas`` in batches, with their metadata and JPEG thumbnails."""
+    transform = eval_transform(
+        (int(card["input_height"]), int(card["input_width"])),
+        card["pixel_mean"],
+        card["pixel_std"],
+    )
+    with tqdm(total=len(metas), unit="crop", disable=not progress, desc="embedding") as bar:
+        for start in range(0, len(metas), batch_size):
+            batch = list(metas[start : start + batch_size])
+            loaded = [_load(m, transform, thumbnails) for m in batch]
+            images = torch.stack([image for image, _ in loaded])
+            with torch.inference_mode():
+                vectors = embedder(images)
+            yield vectors, batch, [thumb for _, thumb in loaded]
+            bar.update(len(batch))
+
+
+def add_crops(
+    store: GalleryStore,
+    embedder: Embedder,
+    card: dict[str, Any],
+    metas: Sequence[CropMeta],
+    *,
+    batch_size: int = 64,
+    thumbnails: bool = True,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Embed and store the crops the gallery does not hold yet; returns (added, already there).
+
+    Resumable: after a kill, a rerun skips every crop already stored (without embedding it)
+    and adds the rest, so each crop ends up stored exactly once.
+    """
+    stored = store.contains([m.path for m in metas])
+    todo = [m for m, present in zip(metas, stored, strict=True) if not present]
+    check_readable(todo)
+    added = 0
+    for vectors, batch, thumbs in embed_batches(
+        embedder, card, todo, batch_size=batch_size, thumbnails=thumbnails, progress=progress
+    ):
+        added += store.add(vectors, batch, thumbs if thumbnails else None)
+    return added, len(metas) - len(todo)

@@ -1,0 +1,239 @@
+"""The server's side of a :class:`~reidkit.gallery.store.GalleryStore`: one thread, HTTP types.
+
+A store is not written for concurrent callers (the embedded one holds a SQLite connection,
+which belongs to the thread that opened it), so every call runs on one dedicated thread, in
+arrival order; the event loop never blocks on it. This module also converts between the
+store's units (unix seconds, integer cameras) and the API's (ISO 8601 times), and names the
+operator of each audited call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from reidkit.errors import ReidkitError
+from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
+from reidkit.gallery.store import CropMeta, GalleryStore, open_gallery
+from reidkit.serve import schemas
+
+T = TypeVar("T")
+
+
+class RequestRefused(ValueError):
+    """The store refused a request (e.g. an unknown camera in a filter): the client's to fix."""
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC (as the page sends it); others keep theirs."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _seconds(moment: datetime | None) -> float | None:
+    moment = as_utc(moment)
+    return None if moment is None else moment.timestamp()
+
+
+def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
+    """The stored ``path`` of an uploaded crop that names none: its bytes and metadata.
+
+    A client that retries an add after a timeout then adds nothing twice, which is what the
+    store's path de-duplication gives file-based ingest.
+    """
+    digest = hashlib.sha256(data)
+    digest.update(f"|{meta.camera}|{_seconds(meta.timestamp)}|{meta.track_id}".encode())
+    return f"upload:{digest.hexdigest()[:32]}"
+
+
+def make_thumbnail(image: Image.Image) -> bytes:
+    """The stored JPEG of an uploaded crop, made as ``gallery add`` makes it for crop files."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_HEIGHT, THUMBNAIL_HEIGHT))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+class GalleryService:
+    """A store behind one worker thread, with the size cached for ``/metrics`` and health."""
+
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        store: GalleryStore,
+        uri: str,
+        match_threshold: float | None = None,
+    ) -> None:
+        self._executor = executor
+        self._store = store
+        self._uri = uri
+        self._threshold = match_threshold
+        self._size = store.stats().size
+
+    @classmethod
+    def open(
+        cls, uri: str, card: dict[str, Any], match_threshold: float | None = None
+    ) -> GalleryService:
+        """Open (or create) the gallery at ``uri`` on a new worker thread, for ``card``'s model.
+
+        ``match_threshold`` overrides the calibrated one of the gallery's model card.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-gallery")
+        try:
+            store = executor.submit(open_gallery, uri, card, create=True).result()
+            return executor.submit(cls, executor, store, uri, match_threshold).result()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the store's thread; its one-line refusals become
+        :class:`RequestRefused`, with the server's gallery location left out."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        except ReidkitError as exc:
+            message = str(exc).replace(f"gallery '{self._uri}'", "the gallery")
+            raise RequestRefused(message.replace(f"'{self._uri}'", "the gallery")) from None
+
+    def cached_size(self) -> int:
+        """Entries after the last add or forget (read without waiting for the store's thread)."""
+        return self._size
+
+    @property
+    def match_threshold(self) -> float | None:
+        """The configured threshold, else the calibrated one of the gallery's model card."""
+        if self._threshold is not None:
+            return self._threshold
+        return (self._store.card or {}).get("match_threshold")
+
+    async def size(self) -> int:
+        self._size = (await self._call(self._store.stats)).size
+        return self._size
+
+    async def add(
+        self,
+        vectors: np.ndarray,
+        metas: Sequence[schemas.CropMeta],
+        thumbnails: Sequence[bytes],
+        keys: Sequence[str],
+        who: str,
+    ) -> int:
+        """Store the crops whose key is new, all or none of them (the store's guarantee);
+        the add is audited as ``who``."""
+        records = [
+            CropMeta(
+                path=key,
+                camera=meta.camera,
+                timestamp=_seconds(meta.timestamp) or 0.0,
+                track_id=meta.track_id,
+                site=meta.site,
+                zone=meta.zone,
+            )
+            for key, meta in zip(keys, metas, strict=True)
+        ]
+        added = await self._call(
+            self._audited(who, self._store.add), vectors, records, list(thumbnails)
+        )
+        await self.size()
+        return added
+
+    async def search(
+        self,
+        query: np.ndarray,
+        *,
+        k: int,
+        cameras: list[int] | None,
+        since: datetime | None,
+        until: datetime | None,
+        who: str,
+    ) -> list[schemas.Hit]:
+        """The k nearest crops to one query vector ``[1, D]``, audited as ``who``."""
+        (hits,) = await self._call(
+            self._audited(who, self._store.search),
+            query,
+            k,
+            cameras=cameras,
+            start=_seconds(since),
+            end=_seconds(until),
+            threshold=self._threshold,
+        )
+        return [
+            schemas.Hit(
+                crop_id=hit.entry_id,
+                path=hit.meta.path,
+                distance=hit.distance,
+                camera=hit.meta.camera,
+                timestamp=_utc(hit.meta.timestamp),
+                track_id=hit.meta.track_id,
+                decision=hit.decision,
+            )
+            for hit in hits
+        ]
+
+    async def forget(
+        self,
+        *,
+        track_id: str | None,
+        path: str | None,
+        older_than: timedelta | None,
+        who: str,
+    ) -> int:
+        """Remove a track, a crop or everything older than an age, audited as ``who``."""
+        cutoff = None
+        if older_than is not None:
+            cutoff = (datetime.now(timezone.utc) - older_than).timestamp()
+        count = await self._call(
+            self._audited(who, self._store.forget),
+            track_ids=[track_id] if track_id is not None else [],
+            paths=[path] if path is not None else [],
+            older_than=cutoff,
+        )
+        await self.size()
+        return count
+
+    async def stats(self) -> schemas.GalleryStats:
+        stats = await self._call(self._store.stats)
+        self._size = stats.size
+        return schemas.GalleryStats(
+            size=stats.size,
+            cameras=sorted(stats.cameras),
+            first=_utc(stats.start),
+            last=_utc(stats.end),
+            index=stats.index_kind,
+            backend=stats.backend,
+            match_threshold=self.match_threshold,
+            model=stats.card or {},
+        )
+
+    async def thumbnail(self, crop_id: int) -> bytes | None:
+        return await self._call(self._store.thumbnail, crop_id)
+
+    def close(self) -> None:
+        """Close the store on its own thread, then stop the thread."""
+        self._executor.submit(self._store.close).result()
+        self._executor.shutdown(wait=True)
+
+    def _audited(self, who: str, method: Callable[..., T]) -> Callable[..., T]:
+        """``method`` run with the store's audit operator set to ``who`` (on the store thread,
+        where calls never overlap, so one request's name cannot leak into another's entry)."""
+
+        def call(*args: Any, **kwargs: Any) -> T:
+            self._store.operator = who
+            return method(*args, **kwargs)
+
+        return call

@@ -1,0 +1,53 @@
+"""What a server needs, as plain values: the ``serve:`` spec section is translated to this.
+
+The defaults are the safe ones: loopback only, no CORS, bounded requests. Every limit exists
+because the service holds people's movements and runs on a small machine: a request must not be
+able to exhaust its memory (bytes, pixels, images) or its time (k, batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """One server: its model, gallery, token file, bind address and limits."""
+
+    model: Path
+    gallery: str
+    tokens: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Limits: requests over max_request_bytes get 413, images over max_image_pixels or more
+    # than max_images per request get 422.
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 4_000_000
+    max_images: int = 64
+    max_k: int = 100
+    # Micro-batching: gather concurrent requests for up to batch_wait_ms, max_batch images.
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+    # Distance at or below which a hit is a match; None: the gallery model card's calibrated one.
+    match_threshold: float | None = None
+    # onnxruntime intra-op threads; 0 lets onnxruntime use every core.
+    threads: int = 0
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> str:
+        """Serialised for uvicorn worker processes, which rebuild the app from the environment."""
+        data: dict[str, Any] = asdict(self)
+        data["model"], data["tokens"] = str(self.model), str(self.tokens)
+        data["cors_origins"] = list(self.cors_origins)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        data = json.loads(text)
+        data["model"], data["tokens"] = Path(data["model"]), Path(data["tokens"])
+        data["cors_origins"] = tuple(data["cors_origins"])
+        return cls(**data)

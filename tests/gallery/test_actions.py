@@ -1,0 +1,166 @@
+"""``reidkit gallery add|search|forget|stats`` and evaluate's threshold, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reidkit.actions.evaluate import evaluate
+from reidkit.cli import main
+from reidkit.config.loading import apply_overrides
+from reidkit.data import synthesize
+from reidkit.gallery.store import open_gallery
+from tests.conftest import empty_spec
+from tests.export.conftest import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gallery-site")
+    synthesize(root / "data", ids=8, cameras=3, images_per_id=4, height=64, width=32, seed=9)
+    spec = make_checkpoint(root / "model", "model.backbone=resnet_18")
+    other = make_checkpoint(root / "other", "model.backbone=resnet_18", "model.feat_dim=32")
+    return {
+        "root": root,
+        "crops": root / "data" / "bounding_box_test",
+        "query": root / "data" / "query",
+        "checkpoint": Path(spec.export.checkpoint),
+        "other": Path(other.export.checkpoint),
+    }
+
+
+def _run(site: dict[str, Path], tmp_path: Path, verb: str, *overrides: str) -> int:
+    return main(
+        [
+            "gallery",
+            verb,
+            "-e",
+            str(empty_spec(tmp_path)),
+            f"results_dir={tmp_path / 'results'}",
+            "model.backbone=resnet_18",
+            "model.input_height=64",
+            "model.input_width=32",
+            "model.feat_dim=64",
+            f"gallery.uri={tmp_path / 'gallery'}",
+            f"gallery.checkpoint={site['checkpoint']}",
+            "gallery.operator=ops-team",
+            *overrides,
+        ]
+    )
+
+
+def test_add_search_forget_stats(site, tmp_path, capsys):
+    crops = f"gallery.crops={site['crops']}"
+    origin = "gallery.time_origin=2026-03-01T06:00:00Z"
+    assert _run(site, tmp_path, "add", crops, origin, "gallery.batch_size=16") == 0
+    assert "already stored" in capsys.readouterr().out
+    with open_gallery(tmp_path / "gallery") as store:
+        size = store.stats().size
+        cameras = store.stats().cameras
+    assert size == len(list(site["crops"].glob("*.jpg")))
+    # A rerun stores nothing twice.
+    assert _run(site, tmp_path, "add", crops, origin) == 0
+    assert f"added 0 crops ({size} already stored)" in capsys.readouterr().out
+
+    probe = sorted(site["crops"].glob("*.jpg"))[3]
+    assert (
+        _run(
+            site,
+            tmp_path,
+            "search",
+            f"gallery.query=[{probe}]",
+            "gallery.top_k=5",
+            "gallery.match_threshold=0.05",
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "rank  distance  decision" in table
+    (result,) = json.loads((tmp_path / "results" / "gallery" / "search.json").read_text())
+    hits = result["hits"]
+    assert len(hits) == 5 and hits[0]["path"] == str(probe.resolve())
+    assert hits[0]["distance"] < 1e-4 and hits[0]["decision"] == "match"
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+
+    # Filters and re-ranking of the small result set keep to the filter.
+    camera = cameras[0]
+    assert (
+        _run(
+            site,
+            tmp_path,
+            "search",
+            f"gallery.query=[{site['query']}]",
+            f"gallery.cameras=[{camera}]",
+            "gallery.re_ranking=true",
+            "gallery.rerank_pool=12",
+            "gallery.top_k=3",
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "results" / "gallery" / "search.json").read_text())
+    assert len(results) == len(list(site["query"].glob("*.jpg")))
+    assert all(h["camera"] == camera for r in results for h in r["hits"])
+    assert all(len(r["hits"]) == 3 for r in results)
+
+    capsys.readouterr()
+    track = probe.name.split("_")[0]
+    assert _run(site, tmp_path, "forget", f"gallery.forget_tracks=['{track}']") == 0
+    out = capsys.readouterr().out
+    removed = int(out.split()[1])
+    assert removed >= 1 and f"{size - removed} remain" in out
+    assert _run(site, tmp_path, "stats") == 0
+    assert f"{size - removed} crops" in capsys.readouterr().out
+    audit = (tmp_path / "gallery" / "audit.jsonl").read_text().splitlines()
+    assert {json.loads(line)["operator"] for line in audit} == {"ops-team"}
+    status = json.loads((tmp_path / "results" / "gallery" / "status.json").read_text())
+    assert status["status"] == "SUCCESS" and status["size"] == size - removed
+
+
+def test_other_model_and_bad_input_refused(site, tmp_path, capsys):
+    assert _run(site, tmp_path, "add", f"gallery.crops={site['crops']}") == 0
+    capsys.readouterr()
+    other = [
+        f"gallery.checkpoint={site['other']}",
+        "model.feat_dim=32",
+        f"gallery.query=[{site['query']}]",
+    ]
+    assert _run(site, tmp_path, "search", *other) == 2
+    err = capsys.readouterr().err
+    assert "filled by another model" in err and len(err.strip().splitlines()) == 1
+    bad = [
+        ("search", f"gallery.query=[{site['query']}]", "gallery.cameras=[77]"),
+        ("search", f"gallery.query=[{site['query']}]", "gallery.start=tomorrow"),
+        ("forget",),
+        ("add",),
+    ]
+    for verb, *overrides in bad:
+        assert _run(site, tmp_path, verb, *overrides) == 2, overrides
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluate_reports_roc_and_threshold(site, tmp_path):
+    spec = make_checkpoint(tmp_path, "model.backbone=resnet_18")
+    data = site["root"] / "data"
+    spec = apply_overrides(
+        spec,
+        {
+            "evaluate.checkpoint": spec.export.checkpoint,
+            "evaluate.gpu_ids": [],
+            "dataset.query_dataset_dir": str(data / "query"),
+            "dataset.test_dataset_dir": str(data / "bounding_box_test"),
+            "dataset.num_workers": 0,
+            "evaluate.target_false_match_rate": 0.01,
+        },
+    )
+    result = evaluate(spec)
+    metrics = json.loads((result.results_dir / "metrics.json").read_text())
+    verification = metrics["verification"]
+    card = json.loads((result.results_dir / "model_card.json").read_text())
+    assert card["match_threshold"] == pytest.approx(verification["match_threshold"], abs=1e-6)
+    assert card["match_false_match_rate"] == 0.01
+    assert 0 < verification["match_threshold"] < 4
+    assert verification["impostor_pairs"] > verification["genuine_pairs"] > 0
+    assert (result.results_dir / "roc_curve.png").is_file()

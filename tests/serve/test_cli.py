@@ -1,0 +1,106 @@
+"""``reidkit serve`` and ``reidkit serve token`` as a user types them."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+from reidkit.serve.tokens import TokenStore
+from tests.conftest import assert_one_line_error, run_cli
+from tests.serve.conftest import Model, Server, Tokens
+
+
+def _spec(folder: Path) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(f"results_dir: {folder / 'results'}\nserve:\n  threads: 1\n")
+    return path
+
+
+def test_token_is_printed_once_and_only_its_hash_is_kept(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    result = run_cli(
+        "serve", "token", "-e", str(spec), "--name", "desk", "--scopes", "search,write"
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert re.fullmatch(r"rk_[0-9a-f]{8}_[A-Za-z0-9_-]{43}", token)
+    path = tmp_path / "results" / "serve" / "tokens.json"
+    assert str(path) in result.stderr
+    assert token.split("_", 2)[2] not in path.read_text()
+    caller = TokenStore(path).verify(token)
+    assert caller is not None and caller.scopes == {"search", "write"}
+
+    again = run_cli("serve", "token", "-e", str(spec), "--name", "desk")
+    assert_one_line_error(again, "already has a token named 'desk'")
+    assert_one_line_error(run_cli("serve", "token", "-e", str(spec)), "--name")
+    assert_one_line_error(
+        run_cli("serve", "token", "-e", str(spec), "--name", "x", "--scopes", "root"), "scopes"
+    )
+
+
+def test_bad_serve_settings_are_one_line_errors(tmp_path: Path, onnx_model: Path) -> None:
+    spec = _spec(tmp_path)
+    assert_one_line_error(run_cli("serve", "-e", str(spec)), "serve.model is not set")
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"not really")
+    result = run_cli(
+        "serve", "-e", str(spec), f"serve.model={checkpoint}", f"serve.gallery_uri={tmp_path}/g"
+    )
+    assert_one_line_error(result, "is a checkpoint", "reidkit export")
+    assert_one_line_error(run_cli("serve", "-e", str(spec), "serve.port=0"), "serve.port")
+    tokens = tmp_path / "absent-tokens.json"
+    result = run_cli(
+        "serve", "-e", str(spec), f"serve.model={onnx_model}",
+        f"serve.gallery_uri={tmp_path / 'g'}", f"serve.token_file={tokens}",
+    )  # fmt: skip
+    assert_one_line_error(result, "reidkit serve token")
+
+
+def test_busy_port_is_a_one_line_error(tmp_path: Path, onnx_model: Path, tokens: Tokens) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(
+            "serve", "-e", str(_spec(tmp_path)), f"serve.model={onnx_model}",
+            f"serve.gallery_uri={tmp_path / 'g'}", f"serve.token_file={tokens.path}",
+            f"serve.port={port}",
+        )  # fmt: skip
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "serve.port")
+    status = json.loads((tmp_path / "results" / "serve" / "status.json").read_text())
+    assert status["status"] == "FAILURE" and "cannot listen" in status["message"]
+
+
+def test_clean_stop_records_success(tmp_path: Path, start_server) -> None:
+    server: Server = start_server(tmp_path / "gallery")
+    status = json.loads((server.results / "serve" / "status.json").read_text())
+    assert status["status"] == "RUNNING" and status["url"] == server.url
+    server.stop()
+    assert server.process.returncode == 0
+    status = json.loads((server.results / "serve" / "status.json").read_text())
+    assert status["status"] == "SUCCESS", status
+
+
+def test_gallery_filled_by_the_cli_from_the_checkpoint_is_served_from_its_onnx(
+    tmp_path: Path, model: Model, synth_root: Path, start_server, tokens: Tokens
+) -> None:
+    """One model, two files: 'gallery add' with the .pth, 'serve' with its export. The cards
+    agree, so the server opens the gallery and its searches find the CLI's crops."""
+    gallery = tmp_path / "gallery"
+    crops = synth_root / "bounding_box_test"
+    result = run_cli(
+        "gallery", "add", "-e", str(_spec(tmp_path)), *model.overrides,
+        f"gallery.uri={gallery}", f"gallery.checkpoint={model.checkpoint}",
+        f"gallery.crops={crops}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    server: Server = start_server(gallery)
+    with server.client(tokens.search) as searcher:
+        size = searcher.get("/v1/gallery/stats").json()["size"]
+        query = sorted(crops.glob("0013_*.jpg"))[0]
+        files = [("images", ("q.jpg", query.read_bytes(), "image/jpeg"))]
+        hits = searcher.post("/v1/search", files=files, data={"k": "3"}).json()["hits"]
+    assert size > 0 and Path(hits[0]["path"]).name == query.name
+    assert hits[0]["distance"] < 1e-4  # the served ONNX file embeds as the checkpoint did
