@@ -87,7 +87,7 @@ def run_lock(folder: Path, action: str) -> Iterator[LockHolder]:
 
 
 def read_holder(folder: Path) -> LockHolder | None:
-    """The holder recorded in ``folder``'s lock file, or None if there is none or it is unreadable."""
+    """The holder recorded in ``folder``'s lock file; None if there is none or it is unreadable."""
     try:
         data = json.loads((Path(folder) / LOCK_FILE).read_text())
         return LockHolder(**data)

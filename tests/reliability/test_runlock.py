@@ -64,9 +64,12 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
 
 
 def test_lock_is_not_reentrant_and_released_on_error(tmp_path: Path) -> None:
-    with run_lock(tmp_path, "train"):
-        with pytest.raises(FolderLockError, match=f"pid {os.getpid()}"), run_lock(tmp_path, "x"):
-            pass
+    with (
+        run_lock(tmp_path, "train"),
+        pytest.raises(FolderLockError, match=f"pid {os.getpid()}"),
+        run_lock(tmp_path, "x"),
+    ):
+        pass
     with pytest.raises(RuntimeError), run_lock(tmp_path, "train"):
         raise RuntimeError("boom")
     with run_lock(tmp_path, "train"):
@@ -76,7 +79,9 @@ def test_lock_is_not_reentrant_and_released_on_error(tmp_path: Path) -> None:
 def test_unusable_folder_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(FolderLockError, match=r"cannot lock results folder '.*file/train'"):
-        with run_lock(blocker / "train", "train"):
-            pass
+    with (
+        pytest.raises(FolderLockError, match=r"cannot lock results folder '.*file/train'"),
+        run_lock(blocker / "train", "train"),
+    ):
+        pass
     assert (tmp_path / LOCK_FILE).exists() is False
