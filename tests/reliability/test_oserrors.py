@@ -25,11 +25,9 @@ def test_file_in_the_way_and_folder_as_a_file(tmp_path: Path) -> None:
         f"cannot use '{results / 'train'}': a part of the path is a file, not a folder; "
         "fix the path"
     )
-    error = _raised(lambda: open(tmp_path, "w"))
-    assert (
-        describe_os_error(error)
-        == f"cannot use '{tmp_path}': it is a folder, not a file; name a file"
-    )
+    error = _raised(lambda: tmp_path.write_text("x"))
+    message = f"cannot use '{tmp_path}': it is a folder, not a file; name a file"
+    assert describe_os_error(error) == message
 
 
 def test_unrelated_errors_keep_their_traceback() -> None:
