@@ -19,11 +19,14 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from reidkit.errors import SpecError
 
 MASK = "***"
+#: Spec keys whose values are secrets wherever they appear in the tree.
+SECRET_KEYS = ("encryption_key",)
 # scheme://userinfo@ — userinfo runs up to the last '@' before the host part.
 _URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")
 
@@ -67,6 +70,27 @@ def redact_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
+
+
+def redact_record(data: Any, secret_keys: tuple[str, ...] = SECRET_KEYS) -> Any:
+    """A copy of a spec-like structure safe to write: secrets masked, references kept.
+
+    A value under a key named in ``secret_keys`` is replaced by ``***`` unless it is an
+    ``env:``/``file:`` reference (which says where the secret is, not what it is); URL
+    credentials are masked in every string.
+    """
+    if isinstance(data, dict):
+        return {
+            key: MASK
+            if key in secret_keys and isinstance(value, str) and value and not is_reference(value)
+            else redact_record(value, secret_keys)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_record(item, secret_keys) for item in data]
+    if isinstance(data, str):
+        return redact(data)
+    return data
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:

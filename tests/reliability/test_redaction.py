@@ -65,3 +65,21 @@ def test_log_records_are_masked(caplog: pytest.LogCaptureFixture) -> None:
     finally:
         handler.removeFilter(redactor)
     assert caplog.messages == ["key *** at postgresql://***@h/db"]
+
+
+def test_spec_records_mask_literal_keys_and_keep_references() -> None:
+    from reidkit.redaction import redact_record
+
+    spec = {
+        "encryption_key": "tlt_encode",
+        "automl": {"storage": "postgresql://reid:pw@db/optuna", "study_name": "s"},
+        "train": {"encryption_key": "env:REID_KEY", "gpu_ids": [0, 1]},
+        "model": {"encryption_key": None},
+    }
+    assert redact_record(spec) == {
+        "encryption_key": "***",
+        "automl": {"storage": "postgresql://***@db/optuna", "study_name": "s"},
+        "train": {"encryption_key": "env:REID_KEY", "gpu_ids": [0, 1]},
+        "model": {"encryption_key": None},
+    }
+    assert spec["encryption_key"] == "tlt_encode"  # the spec itself is untouched
