@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, empty_spec, tiny_overrides
+from reidkit.models.checkpoint_file import load_checkpoint
+from tests.conftest import REPO, empty_spec, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +152,7 @@ def test_nan_stops_a_rerun_and_keeps_the_previous_run(data: Path, trained: Path)
     result = run_cli(*args, timeout=300)
     assert result.returncode == 2
     [line] = _error_lines(result.stderr)
-    assert "training stopped at epoch 2, batch" in line and "not finite" in line or "nan" in line
+    assert ("training stopped at epoch 2, batch" in line and "not finite" in line) or "nan" in line
     after = _snapshot(folder)
     pending = after.pop("status.pending.json")
     after.pop("experiment.pending.yaml", None)
