@@ -55,6 +55,16 @@ def resolve_secret(value: str | None, key: str) -> str | None:
     return value
 
 
+def known_secrets(encryption_key: str | None) -> tuple[str, ...]:
+    """The secret values behind a spec's ``encryption_key``, to mask wherever text may quote
+    them: the literal key, or what an ``env:``/``file:`` reference resolves to (if it does)."""
+    try:
+        resolved = resolve_secret(encryption_key, "encryption_key")
+    except SpecError:
+        resolved = None
+    return tuple(s for s in {encryption_key, resolved} if s and not is_reference(s))
+
+
 def is_reference(value: str | None) -> bool:
     """Whether a spec value names where a secret is (safe to record) rather than holding it."""
     return bool(value) and value.startswith(("env:", "file:"))

@@ -57,9 +57,9 @@ def load_yaml_text(text: str, *, source: str, max_nodes: int = MAX_NODES) -> Any
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
-        raise SpecError(f"{source} is not valid YAML ({where}{problem}); fix it there") from None
+        raise SpecError(f"{source} is not valid YAML{where} ({problem}); fix the syntax") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecError(f"{source} is not valid YAML ({first}); fix it") from None

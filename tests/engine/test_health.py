@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from reidkit.engine.health import NumericalHealth, TrainingDivergedError, all_finite
+from reidkit.engine.health import NumericalHealth, all_finite
+from reidkit.errors import TrainingDivergedError
 
 
 class _Net(LightningModule):

@@ -64,7 +64,7 @@ def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_yaml_file(path)
     message = str(info.value)
-    assert message.startswith(f"spec file '{path}' is not valid YAML (line 3, column 2")
+    assert message.startswith(f"spec file '{path}' is not valid YAML at line 3, column 2")
     assert "\n" not in message
 
 

@@ -23,8 +23,7 @@ from reidkit.automl.pruning import OptunaPruning
 from reidkit.automl.space import SearchParam, identities_problem
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
-from reidkit.engine.health import TrainingDivergedError
-from reidkit.errors import ReidkitError
+from reidkit.errors import ReidkitError, TrainingDivergedError
 
 #: Trains one trial's spec with extra Lightning callbacks; returns an object with ``kpi``
 #: (metric name -> percent) and ``epochs``: the train action's ``run_training``.

@@ -26,15 +26,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from reidkit.errors import ReidkitError
+from reidkit.errors import TrainingDivergedError
 
 # Steps of history before the divergence guard judges: the first losses are noisy.
 _MIN_HISTORY = 20
 _FIX = "lower train.optim.base_lr or set train.grad_clip, then rerun to resume"
-
-
-class TrainingDivergedError(ReidkitError):
-    """Training produced a non-finite or exploding value; the checkpoints on disk predate it."""
 
 
 class NumericalHealth(Callback):

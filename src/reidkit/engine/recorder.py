@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,17 @@ _REDUNDANT = ("loss_step", "loss_epoch")
 class RunRecorder(Callback):
     """Writes ``metrics.csv``, ``status.json`` and the TAO-named checkpoints each epoch."""
 
-    def __init__(self, folder: Path, checkpoint_interval: int, validation_interval: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        checkpoint_interval: int,
+        validation_interval: int,
+        publish: Callable[[], None] | None = None,
+    ) -> None:
+        """``publish`` is called once, before the first epoch's records are written: a rerun
+        stages its records until then so that, failing earlier, it leaves the previous run's."""
         self.folder = folder
+        self.publish = publish
         self.checkpoint_interval = checkpoint_interval
         self.validation_interval = validation_interval
         self.rows: list[dict[str, Any]] = []
@@ -79,6 +89,9 @@ class RunRecorder(Callback):
         if periodic and validated and metrics[MONITOR] > self.best.get("value", float("-inf")):
             self.best = {"checkpoint": name, "value": round(metrics[MONITOR], 2)}
         if trainer.is_global_zero:
+            if self.publish is not None:
+                self.publish()
+                self.publish = None
             self._write_csv()
             write_status(
                 self.folder, "train", "RUNNING", f"epoch {epoch} of {trainer.max_epochs} done",
