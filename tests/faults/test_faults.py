@@ -143,19 +143,32 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_nan_stops_a_rerun_and_keeps_the_previous_run(data: Path, trained: Path) -> None:
-    """A learning rate of 1e30 overflows the weights, then the loss: the rerun stops at once
-    with one line, before any checkpoint, leaving the finished run's files as they were."""
+def test_nan_stops_a_rerun_and_keeps_the_previous_run(
+    data: Path, trained: Path, tmp_path: Path
+) -> None:
+    """A rerun resumed from weights holding a NaN stops at its first step with one line,
+    before any checkpoint, leaving the finished run's files exactly as they were."""
+    import torch
+
     folder = trained / "train"
+    poisoned = load_checkpoint(folder / LATEST, None)
+    weight = next(k for k in poisoned["state_dict"] if k.endswith("conv1.weight"))
+    poisoned["state_dict"][weight].view(-1)[0] = float("nan")
+    torch.save(poisoned, tmp_path / "poisoned.pth")
     before = _snapshot(folder)
-    args = _train_args(data, trained, "train.num_epochs=3", "train.optim.base_lr=1e30")
+
+    args = _train_args(
+        data, trained, "train.num_epochs=3",
+        f"train.resume_training_checkpoint_path={tmp_path / 'poisoned.pth'}",
+    )  # fmt: skip
     result = run_cli(*args, timeout=300)
+
     assert result.returncode == 2
     [line] = _error_lines(result.stderr)
-    assert ("training stopped at epoch 2, batch" in line and "not finite" in line) or "nan" in line
+    assert "training stopped at epoch 2, batch 1: loss term" in line and "nan" in line
     after = _snapshot(folder)
     pending = after.pop("status.pending.json")
-    after.pop("experiment.pending.yaml", None)
+    after.pop("experiment.pending.yaml")
     assert after == before  # checkpoints, metrics, experiment.yaml and status.json untouched
     assert json.loads(pending)["status"] == "FAILURE"
     assert json.loads(before["status.json"])["status"] == "SUCCESS"

@@ -141,8 +141,8 @@ def _interrupted(
 ) -> str:
     """What a signal stopped, what is kept, and how to go on."""
     where = f"interrupted by {stop.signal_name} during epoch {trainer.current_epoch + 1}"
-    if recorder.rows:
-        kept = f"{LATEST_NAME} holds epoch {recorder.rows[-1]['epoch']}"
+    if recorder.saved_epoch is not None:
+        kept = f"{LATEST_NAME} holds epoch {recorder.saved_epoch}"
     elif (folder / LATEST_NAME).is_file():
         kept = f"{LATEST_NAME} holds the last finished epoch"
     else:

@@ -36,6 +36,8 @@ from reidkit.automl.trial import (
 )
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError, first_line
+from reidkit.interrupts import RunInterrupted
+from reidkit.redaction import redact
 
 log = logging.getLogger("reidkit")
 
@@ -124,7 +126,7 @@ def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
 
 
 def _cannot_open(url: str, error: Exception) -> str:
-    return f"automl.storage: cannot open '{url}': {first_line(error)}"
+    return redact(f"automl.storage: cannot open '{url}': {first_line(error)}")
 
 
 def run_study(
@@ -152,7 +154,7 @@ def run_study(
                 study.optimize(
                     objective, n_trials=1, catch=(TrialFailed, SurplusTrial), callbacks=[report]
                 )
-            except (KeyboardInterrupt, SystemExit):
+            except (KeyboardInterrupt, SystemExit, RunInterrupted):
                 _queue_retry(study, objective.current)
                 raise
         else:

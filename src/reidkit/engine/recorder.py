@@ -45,6 +45,8 @@ class RunRecorder(Callback):
         self.kpi: dict[str, float] = {}
         #: The periodic checkpoint with the highest validated :data:`MONITOR`, and that value.
         self.best: dict[str, Any] = {}
+        #: The last epoch whose ``reid_model_latest.pth`` is complete on disk (None: none yet).
+        self.saved_epoch: int | None = None
         self._epoch_started = 0.0
 
     # Callback state travels inside the checkpoint, so resuming restores the CSV history.
@@ -55,6 +57,7 @@ class RunRecorder(Callback):
         self.rows = list(state_dict.get("rows", []))
         self.kpi = dict(state_dict.get("kpi", {}))
         self.best = dict(state_dict.get("best", {}))
+        self.saved_epoch = self.rows[-1]["epoch"] if self.rows else None
 
     def best_status(self) -> dict[str, Any]:
         """``status.json`` entries naming the best checkpoint (empty before one exists)."""
@@ -100,6 +103,7 @@ class RunRecorder(Callback):
         if periodic:
             trainer.save_checkpoint(self.folder / name, weights_only=False)
         trainer.save_checkpoint(self.folder / LATEST_NAME, weights_only=False)
+        self.saved_epoch = epoch
 
     def _write_csv(self) -> None:
         columns: list[str] = []
