@@ -158,3 +158,14 @@ def test_inference_with_non_utf8_file_names(trained: Trained, tmp_path: Path) ->
     assert escaped in {e["img_path"] for e in json.loads(result.output_file.read_text())}
     with open(result.index_file, encoding="utf-8") as handle:
         assert escaped in {row["img_path"] for row in csv.DictReader(handle)}
+
+
+def test_re_ranking_neighbourhood_larger_than_the_data_is_one_line(
+    trained: Trained, tmp_path: Path
+) -> None:
+    from reidkit.errors import SpecError
+
+    ranking = {"re_ranking.re_ranking": True, "re_ranking.k1": 900}
+    spec = _evaluate_spec(trained, tmp_path, **ranking)
+    with pytest.raises(SpecError, match=r"re_ranking.k1 900 / re_ranking.k2 6 need at least 901"):
+        evaluate(spec)
