@@ -103,7 +103,7 @@ def run_action(spec: ExperimentSpec, action: str) -> Iterator[ActionRun]:
     message; any exception, a user error, a crash or an interruption, is recorded as
     ``FAILURE`` with its one-line reason and raised again.
 
-    When the folder already holds a run's records, this run's ``experiment.yaml`` and
+    When the folder holds the records of a run that succeeded, this run's ``experiment.yaml`` and
     ``status.json`` are staged (:data:`PENDING`) until it publishes them, at its first
     checkpoint or on success: a rerun that fails earlier leaves the earlier run's records as
     they were. Secrets are never recorded (:func:`reidkit.redaction.redact`).
@@ -115,7 +115,7 @@ def run_action(spec: ExperimentSpec, action: str) -> Iterator[ActionRun]:
             run = ActionRun(
                 action,
                 folder,
-                published=not (folder / STATUS).exists(),
+                published=not _finished(folder),
                 secrets=known_secrets(spec.encryption_key),
             )
             save_spec(spec, run.record(EXPERIMENT))
@@ -139,6 +139,12 @@ def run_action(spec: ExperimentSpec, action: str) -> Iterator[ActionRun]:
             raise
         if not run.finished:
             run.succeed(f"{action} finished")
+
+
+def _finished(folder: Path) -> bool:
+    """Whether ``folder`` holds the records of a run that succeeded (worth keeping)."""
+    status = read_json(folder / STATUS)
+    return isinstance(status, dict) and status.get("status") == SUCCESS
 
 
 def failure_line(error: BaseException) -> str:
