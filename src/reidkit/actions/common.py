@@ -94,11 +94,13 @@ class ActionRun:
 
 
 @contextmanager
-def run_action(spec: ExperimentSpec, action: str) -> Iterator[ActionRun]:
+def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> Iterator[ActionRun]:
     """Lock the action's folder, record the resolved spec, and report its state to the end.
 
     The folder is held by one run at a time (:func:`reidkit.runlock.run_lock`); a second run
-    stops at once naming the holder. ``status.json`` says ``RUNNING`` from the start; an action
+    stops at once naming the holder. ``exclusive=False`` is for AutoML, whose workers share
+    one folder on purpose and coordinate through the study (each trial's train folder is
+    still locked by its own run). ``status.json`` says ``RUNNING`` from the start; an action
     that returns without calling :meth:`ActionRun.succeed` is recorded as a success with a plain
     message; any exception, a user error, a crash or an interruption, is recorded as
     ``FAILURE`` with its one-line reason and raised again.
@@ -111,7 +113,10 @@ def run_action(spec: ExperimentSpec, action: str) -> Iterator[ActionRun]:
     folder = spec.action_dir(action)
     with ExitStack() as held:
         try:
-            held.enter_context(run_lock(folder, action))
+            if exclusive:
+                held.enter_context(run_lock(folder, action))
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
             run = ActionRun(
                 action,
                 folder,
