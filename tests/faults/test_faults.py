@@ -243,3 +243,26 @@ def test_resume_with_a_changed_model_is_refused_before_loading(data: Path, train
     assert "model.input_height" in line and "model.feat_dim" in line and "resuming" in line
     assert "new results_dir" in line
     assert {k: v for k, v in _snapshot(folder).items() if k not in pending} == before
+
+
+def test_sigterm_during_evaluate(data: Path, trained: Path, tmp_path: Path) -> None:
+    """SIGTERM once evaluate has started: 143 and FAILURE, no half metrics file (or, if the
+    signal came after the end, a complete success)."""
+    results = tmp_path / "results"
+    args = [
+        "evaluate", "-e", str(empty_spec(tmp_path)), *tiny_overrides(data, results),
+        f"evaluate.checkpoint={trained / 'train' / LATEST}",
+    ]  # fmt: skip
+    log = tmp_path / "evaluate.log"
+    process = _start(args, log)
+    _wait(lambda: (results / "evaluate" / "status.json").is_file(), process, log)
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=120)
+    assert "Traceback" not in log.read_text()
+    status = _status(results / "evaluate")
+    if code == 143:
+        assert status["status"] == "FAILURE" and "SIGTERM" in status["message"]
+        assert not (results / "evaluate" / "metrics.json").exists()
+    else:
+        assert code == 0 and status["status"] == "SUCCESS"
+        json.loads((results / "evaluate" / "metrics.json").read_text())
