@@ -19,6 +19,9 @@ from reidkit import __version__
 from reidkit.config.loading import load_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError, first_line
+from reidkit.interrupts import RunInterrupted, stop_on_signals
+from reidkit.oserrors import describe_os_error
+from reidkit.redaction import RedactingFilter, known_secrets, redact
 
 if TYPE_CHECKING:
     from reidkit.automl import AutomlResult
@@ -197,39 +200,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_to_stderr() -> None:
-    """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates)."""
+def _log_to_stderr() -> RedactingFilter:
+    """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates).
+
+    Every line passes a filter that masks URL credentials and the spec's secrets.
+    """
     logger = logging.getLogger("reidkit")
+    redactor = RedactingFilter()
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    for handler in logger.handlers:
+        handler.addFilter(redactor)
+    return redactor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _log_to_stderr()
+    """Run one action; exit 0 on success, 2 on a user error, 128 + signal when interrupted."""
+    redactor = _log_to_stderr()
     args = build_parser().parse_args(argv)
-    try:
-        if args.action in SPEC_ACTIONS:
-            if args.action == "serve":  # 'reidkit serve token -e ...': a verb before overrides
-                is_token = args.overrides[:1] == ["token"]
-                args.verb = "token" if is_token else None
-                args.overrides = args.overrides[1:] if is_token else args.overrides
-            spec = load_spec(args.experiment_spec, args.overrides)
-            SPEC_ACTIONS[args.action][1](spec, args)
-        elif hasattr(args, "spec_run"):
-            args.spec_run(load_spec(args.experiment_spec, args.overrides), args)
-        else:
-            args.run(args)
-    except ReidkitError as error:
-        print(f"reidkit {args.action}: error: {first_line(error)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(
-            f"reidkit {args.action}: interrupted; rerun the same command to resume", file=sys.stderr
-        )
-        return 130
+
+    def say(line: str) -> None:
+        print(f"reidkit {args.action}: {redact(line, redactor.secrets)}", file=sys.stderr)
+
+    with stop_on_signals():
+        try:
+            if args.action in SPEC_ACTIONS or hasattr(args, "spec_run"):
+                if args.action == "serve":  # 'reidkit serve token -e ...': a verb before overrides
+                    is_token = args.overrides[:1] == ["token"]
+                    args.verb = "token" if is_token else None
+                    args.overrides = args.overrides[1:] if is_token else args.overrides
+                spec = load_spec(args.experiment_spec, args.overrides)
+                redactor.add(*known_secrets(spec.encryption_key))
+                run = getattr(args, "spec_run", None) or SPEC_ACTIONS[args.action][1]
+                run(spec, args)
+            else:
+                args.run(args)
+        except ReidkitError as error:
+            say(f"error: {first_line(error)}")
+            return EXIT_USER_ERROR
+        except OSError as error:
+            described = describe_os_error(error)
+            if described is None:
+                raise
+            say(f"error: {described}")
+            return EXIT_USER_ERROR
+        except RunInterrupted as stop:
+            say(str(stop))
+            return stop.exit_code
+        except KeyboardInterrupt:  # a Ctrl-C that landed before the handler was installed
+            say("interrupted; rerun the same command to resume")
+            return 130
     return 0
 
 

@@ -28,6 +28,10 @@ class CheckpointError(ReidkitError):
     """A checkpoint is missing, unreadable, wrongly encrypted or does not fit the spec."""
 
 
+class TrainingDivergedError(ReidkitError):
+    """Training produced a non-finite or exploding value; the checkpoints on disk predate it."""
+
+
 class ExportError(ReidkitError):
     """An export cannot be written or does not match the PyTorch model."""
 

@@ -29,9 +29,12 @@ def staged_path(path: Path) -> Iterator[Path]:
     removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         yield staged
         descriptor = os.open(staged, os.O_RDONLY)
@@ -40,16 +43,43 @@ def staged_path(path: Path) -> Iterator[Path]:
         finally:
             os.close(descriptor)
         os.replace(staged, path)
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
 
 
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (a write on a full disk).
+
+    The user chose ``path``; naming it lets the CLI say which output could not be written.
+    """
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a staged file (see :func:`staged_path`) for writing; it replaces ``path`` on success."""
-    with staged_path(path) as staged, open(staged, mode) as handle:
+    """Open a staged file (see :func:`staged_path`) for writing; it replaces ``path`` on success.
+
+    Text is always UTF-8, whatever the locale.
+    """
+    encoding = None if "b" in mode else "utf-8"
+    with staged_path(path) as staged, open(staged, mode, encoding=encoding) as handle:
         yield handle
+
+
+def path_text(path: str | os.PathLike[str]) -> str:
+    """A path as UTF-8-safe text for JSON and CSV outputs.
+
+    File names are bytes on POSIX; Python carries undecodable bytes as lone surrogates, which
+    cannot be written as UTF-8 (inference crashed halfway on such a name). They are written as
+    ``\\xNN`` escapes instead, so every output stays valid UTF-8 and names the file legibly.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -72,11 +102,17 @@ def write_status(
     status: str,
     message: str,
     kpi: dict[str, float] | None = None,
+    *,
+    name: str = "status.json",
     **extra: Any,
 ) -> None:
-    """Record an action's state (``RUNNING``/``SUCCESS``/``FAILURE``) and its KPIs in percent."""
+    """Record an action's state (``RUNNING``/``SUCCESS``/``FAILURE``) and its KPIs in percent.
+
+    ``name`` is the file written; a rerun stages its records under another name until it has
+    something to show (see :func:`reidkit.actions.common.run_action`).
+    """
     write_json(
-        Path(folder) / "status.json",
+        Path(folder) / name,
         {
             "date": time.strftime("%Y-%m-%d"),
             "time": time.strftime("%H:%M:%S"),

@@ -158,7 +158,12 @@ def _imports(path: Path) -> set[str]:
 
 
 # Which floors each library folder may import (besides itself and the ground floor).
-GROUND = {"reidkit.errors", "reidkit.outputs", "reidkit.registry", "reidkit"}
+GROUND = {
+    "reidkit.errors", "reidkit.outputs", "reidkit.registry", "reidkit",
+    # Reliability utilities that depend on nothing but the ground floor.
+    "reidkit.interrupts", "reidkit.oserrors", "reidkit.redaction", "reidkit.runlock",
+    "reidkit.yamlsafe",
+}  # fmt: skip
 MAY_IMPORT = {
     "config": set(),
     "data": {"config"},

@@ -33,7 +33,8 @@ def _tune(spec: ExperimentSpec, keys: list[str], ranges: list[dict] | None) -> E
 def test_default_search_space_comes_from_the_packaged_schema(spec: ExperimentSpec) -> None:
     space = {param.key: param for param in check_automl_spec(spec)}
     assert "train.optim.base_lr" in space and space["train.optim.base_lr"].log
-    assert space["dataset.batch_size"].options == (32, 64, 128)
+    # The schema offers 32/64/128; 128 / 8 instances = 16 identities > the 12 train ids here.
+    assert space["dataset.batch_size"].options == (32, 64)
     assert space["model.label_smooth"].options == (True, False)
     # Keys without AutoML metadata are searched over their enum, or a range the user gives.
     tuned = _tune(
@@ -137,3 +138,24 @@ def test_an_unusable_storage_is_refused(spec: ExperimentSpec) -> None:
     bad = apply_overrides(spec, {"automl.storage": "nosuchdb://host/study"})
     with pytest.raises(SpecError, match=r"automl\.storage: cannot open 'nosuchdb://host/study'"):
         run_automl(bad)
+
+
+def test_search_space_respects_the_number_of_identities(spec: ExperimentSpec) -> None:
+    """The default space drew batch 128 x 4 (32 ids) for an 8-identity set and stopped."""
+    from reidkit.automl.space import identities_problem
+
+    eight = apply_overrides(spec, {"dataset.num_classes": 8})
+    space = {param.key: param for param in check_automl_spec(eight)}
+    assert space["dataset.batch_size"].options == (32, 64)  # 128 / 8 = 16 > 8 always
+    assert space["dataset.num_instances"].options == (4, 8)  # 32 / 2 = 16 > 8 always
+    assert identities_problem({"dataset.batch_size": 64, "dataset.num_instances": 8}, eight) is None
+    problem = identities_problem({"dataset.batch_size": 64, "dataset.num_instances": 4}, eight)
+    assert problem == (
+        "dataset.batch_size 64 / dataset.num_instances 4 needs 16 identities per batch "
+        "but the train set has 8"
+    )
+    with pytest.raises(SpecError, match=r"no dataset.batch_size / dataset.num_instances comb"):
+        check_automl_spec(apply_overrides(spec, {"dataset.num_classes": 3}))
+    fixed = _tune(apply_overrides(spec, {"dataset.num_classes": 3}), ["train.optim.base_lr"], None)
+    with pytest.raises(SpecError, match="needs 4 identities per batch but the train set has 3"):
+        check_automl_spec(fixed)  # the spec's own batch 16 / 4 cannot train either

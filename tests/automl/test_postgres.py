@@ -180,7 +180,7 @@ def test_an_unreachable_server_is_one_line_without_the_password(
 
     result = run_cli("automl", "-e", str(tmp_path / "automl.yaml"), timeout=120)
 
-    assert_one_line_error(result, "automl.storage: cannot open", "reidkit:***@127.0.0.1")
+    assert_one_line_error(result, "automl.storage: cannot open", "***@127.0.0.1")
     assert "s3cret-pw" not in result.stdout + result.stderr
 
 
@@ -193,5 +193,5 @@ def test_a_malformed_storage_url_is_one_line_without_the_password(
 
     result = run_cli("automl", "-e", str(tmp_path / "automl.yaml"))
 
-    assert_one_line_error(result, "automl.storage", "reidkit:***@db-host")
+    assert_one_line_error(result, "automl.storage", "***@db-host")
     assert "s3cret-pw" not in result.stdout + result.stderr

@@ -187,3 +187,32 @@ def test_ctrl_c_queues_the_interrupted_trial_for_retry(synth_root: Path, tmp_pat
     assert interrupted.state.name == "FAIL" and retry.state.name == "WAITING"
     assert retry.params == interrupted.params
     assert retry.user_attrs["results_dir"] == interrupted.user_attrs["results_dir"]
+
+
+def test_infeasible_draw_is_a_failed_trial_and_the_study_goes_on(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """32 images as 2 per identity need 16 of the 12 train identities: that trial cannot run."""
+    spec = _automl_spec(
+        synth_root,
+        tmp_path / "results",
+        "automl.automl_max_recommendations=2",
+        "automl.automl_max_epochs=1",
+        "automl.automl_hyperparameters=[dataset.batch_size,dataset.num_instances]",
+        "automl.automl_range_override=[{parameter: dataset.batch_size, valid_options: [16, 32]},"
+        " {parameter: dataset.num_instances, valid_options: [2, 4]}]",
+    )
+    spec.action_dir("automl").mkdir(parents=True)
+    study = open_study(spec)
+    study.enqueue_trial({"dataset.batch_size": 32, "dataset.num_instances": 2})
+    study.enqueue_trial({"dataset.batch_size": 16, "dataset.num_instances": 4})
+
+    result = run_automl(spec)
+
+    trials = open_study(spec).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["error"] == (
+        "infeasible: dataset.batch_size 32 / dataset.num_instances 2 needs 16 identities per "
+        "batch but the train set has 12"
+    )
+    assert result.best_trial == 1 and result.trials == 2

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
-from reidkit.data.dataset import ImageDataset, relabel, verify_images
+from reidkit.data.dataset import ImageDataset, read_rgb, relabel, verify_images
 from reidkit.data.market import ImageRecord, load_split
 from reidkit.errors import DatasetError
 
@@ -88,8 +91,6 @@ def test_dataset_items_from_real_files(small_synth: Path) -> None:
 
 
 def test_dataset_converts_grey_and_rgba_to_rgb(tmp_path: Path) -> None:
-    from PIL import Image
-
     Image.new("L", (8, 16), 100).save(tmp_path / "0001_c1s1_000001_00.png")
     Image.new("RGBA", (8, 16), (1, 2, 3, 4)).save(tmp_path / "0001_c1s1_000002_00.png")
     dataset = ImageDataset(load_split(tmp_path, "train", keep_distractors=False), TO_TENSOR)
@@ -105,3 +106,49 @@ def test_relabel_is_dense_in_sorted_pid_order() -> None:
 def test_dataset_refuses_labels_of_wrong_length() -> None:
     with pytest.raises(ValueError, match="2 labels given for 1 records"):
         ImageDataset([_record(Path("x.jpg"))], TO_TENSOR, labels=[0, 1])
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """Pillow's own convert clips 16-bit values at 255, which trained on all-white images."""
+    wide = (np.arange(64 * 32, dtype=np.uint32).reshape(64, 32) * 32).astype(np.uint16)
+    path = tmp_path / "0001_c1s1_000001_00.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode == "I;16"
+
+    rgb = np.asarray(read_rgb(path))
+
+    expected = np.rint(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert rgb.shape == (64, 32, 3) and rgb.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], expected)
+    item = ImageDataset([_record(path)], TO_TENSOR)[0][0]
+    assert 0.4 < float(item.mean()) < 0.6  # a ramp over the range, not a white image
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1"])
+def test_other_modes_become_rgb(tmp_path: Path, mode: str) -> None:
+    base = Image.fromarray(np.full((8, 4, 3), (200, 100, 50), dtype=np.uint8))
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    base.convert(mode).save(path)
+    rgb = np.asarray(read_rgb(path))
+    reference = np.asarray(Image.open(path).convert("RGB"))  # 8-bit modes: Pillow is right
+    assert rgb.shape == (8, 4, 3)
+    np.testing.assert_array_equal(rgb, reference)
+
+
+def test_floating_point_image_is_refused_with_a_reason(tmp_path: Path) -> None:
+    path = tmp_path / "0001_c1s1_000001_00.png"
+    Image.fromarray(np.ones((8, 4), dtype=np.float32)).save(path, format="TIFF")
+    with pytest.raises(DatasetError, match=r"floating-point pixels \(mode F\)"):
+        verify_images([_record(path)])
+
+
+def test_non_utf8_file_names_load(tmp_path: Path, write_image) -> None:
+    folder = tmp_path / "train"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/0001_c1s1_000001_00_caf\xe9.jpg"
+    write_image(Path(os.fsdecode(raw)))
+    records = load_split(folder, "train", keep_distractors=True)
+    assert [os.fsencode(r.path) for r in records] == [raw]
+    verify_images(records)
+    assert ImageDataset(records, TO_TENSOR)[0][1] == 1

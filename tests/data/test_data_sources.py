@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reidkit.data.market import load_split
-from reidkit.data.sources import resolve_dataset
+from reidkit.data.sources import ExtractLimits, resolve_dataset
 from reidkit.errors import DatasetError
 
 NAMES = ["0001_c1s1_000001_00.jpg", "0001_c2s1_000002_00.jpg", "0002_c1s1_000003_00.png"]
@@ -209,9 +209,9 @@ def test_too_large_archive_is_refused(tmp_path: Path, suffix: str) -> None:
         archive = _zip(tmp_path / f"big{suffix}", list(members))
     else:
         archive = _tar(tmp_path / f"big{suffix}", [(_entry(n), d) for n, d in members])
-    resolve_dataset(archive, tmp_path / "ok", max_total_bytes=2400)
+    resolve_dataset(archive, tmp_path / "ok", ExtractLimits(max_bytes=2400))
     with pytest.raises(DatasetError) as info:
-        resolve_dataset(archive, tmp_path / "x", max_total_bytes=2000)
+        resolve_dataset(archive, tmp_path / "x", ExtractLimits(max_bytes=2000))
     assert "more than 2000 bytes" in str(info.value)
     assert "'train/0003_c1s1_000001_00.jpg'" in str(info.value)
     assert _listing(tmp_path / "x") == []
@@ -225,7 +225,7 @@ def test_zip_that_understates_a_member_size_is_refused(tmp_path: Path) -> None:
     data[central + 24 : central + 28] = (10).to_bytes(4, "little")  # declared size: 10 bytes
     archive.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match=r"bomb\.zip' cannot be read as a zip archive"):
-        resolve_dataset(archive, tmp_path / "x", max_total_bytes=1000)
+        resolve_dataset(archive, tmp_path / "x", ExtractLimits(max_bytes=1000))
     assert _listing(tmp_path / "x") == []
 
 
@@ -237,7 +237,7 @@ def test_too_many_members_is_refused(tmp_path: Path, suffix: str) -> None:
     else:
         archive = _tar(tmp_path / f"many{suffix}", [(_entry(n), d) for n, d in members])
     with pytest.raises(DatasetError) as info:
-        resolve_dataset(archive, tmp_path / "x", max_members=5)
+        resolve_dataset(archive, tmp_path / "x", ExtractLimits(max_members=5))
     assert "more than 5 members" in str(info.value)
     assert "'train/0005_c1s1_000001_00.jpg'" in str(info.value)
     assert _listing(tmp_path / "x") == []
@@ -262,3 +262,119 @@ def test_interrupted_extraction_is_not_mistaken_for_a_complete_one(
 
     assert again == folder
     assert sorted(p.name for p in again.iterdir()) == NAMES
+
+
+# --- Bombs and odd members: refused from the member list, before anything is written ---------
+
+
+def _zeros_zip(path: Path, megabytes: int) -> Path:
+    """A real zip bomb: one image member of zeros, ~1000 times smaller on disk than unpacked."""
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped,
+        zipped.open("train/0001_c1s1_000001_00.jpg", "w") as member,
+    ):
+        for _ in range(megabytes):
+            member.write(b"\0" * 2**20)
+    return path
+
+
+def test_zip_bomb_is_refused_by_its_ratio_with_default_limits(tmp_path: Path) -> None:
+    archive = _zeros_zip(tmp_path / "bomb.zip", 128)
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(DatasetError) as info:
+        resolve_dataset(archive, tmp_path / "x")
+    assert "expands more than 20 times its size" in str(info.value)
+    assert "'train/0001_c1s1_000001_00.jpg'" in str(info.value)
+    assert not (tmp_path / "x").exists()  # refused before even the extract folder was made
+
+
+def test_tar_gz_member_count_bomb_is_refused_before_writing(tmp_path: Path) -> None:
+    """Many tiny members (the 1.8 MB tar.gz that made 200,000 files) trip the ratio check."""
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(20_000):
+            info = _entry(f"train/{i:06d}_c1s1_000001_00.jpg")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DatasetError, match=r"expands more than 20 times its size") as info:
+        resolve_dataset(archive, tmp_path / "x", ExtractLimits(ratio_floor=2**20))
+    assert "many.tar.gz" in str(info.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_absolute_cap_counts_declared_sizes_and_refusal_leaves_no_cache(tmp_path: Path) -> None:
+    members = [(f"train/{i:04d}_c1s1_000001_00.jpg", b"\1" * 1000) for i in range(3)]
+    archive = _tar(tmp_path / "cap.tar.gz", [(_entry(n), d) for n, d in members])
+    root = tmp_path / "x"
+    with pytest.raises(DatasetError, match=r"more than 2500 bytes.*dataset\.max_extract_bytes"):
+        resolve_dataset(archive, root, ExtractLimits(max_bytes=2500))
+    assert not root.exists()
+    folder = resolve_dataset(archive, root, ExtractLimits(max_bytes=3000))  # cap raised: unpacks
+    assert len(list(folder.iterdir())) == 3
+
+
+def test_too_deep_and_too_long_names_are_refused(tmp_path: Path) -> None:
+    deep = "/".join(["d"] * 40) + "/0001_c1s1_000001_00.jpg"
+    archive = _tar(tmp_path / "deep.tar", [(_entry(deep), b"x")])
+    with pytest.raises(DatasetError, match="nested more than 32 folders deep"):
+        resolve_dataset(archive, tmp_path / "x")
+    archive = _zip(tmp_path / "long.zip", [("train/" + "a" * 300 + ".jpg", b"x")])
+    with pytest.raises(DatasetError, match="not a valid file name"):
+        resolve_dataset(archive, tmp_path / "x")
+    assert _listing(tmp_path / "x") == []
+
+
+ODD_TARS = {
+    "dot-file": ([(_entry("."), b"x")], "a file named '.'"),
+    "file-then-folder": (
+        [(_entry("train/a.jpg"), b"x"), (_entry("train/a.jpg/b.jpg"), b"y")],
+        "a file and a folder of the same name",
+    ),
+    "folder-then-file": (
+        [(_entry("train/a.jpg", tarfile.DIRTYPE), None), (_entry("train/a.jpg"), b"x")],
+        "a file and a folder of the same name",
+    ),
+    "twice": ([(_entry("train/a.jpg"), b"x"), (_entry("train/a.jpg"), b"y")], "this file twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_TARS))
+def test_odd_members_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    members, reason = ODD_TARS[case]
+    archive = _tar(tmp_path / "odd.tar.gz", members)
+    with pytest.raises(DatasetError, match=reason) as info:
+        resolve_dataset(archive, tmp_path / "x")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_dot_folder_members_and_non_images(tmp_path: Path, split_folder: Path) -> None:
+    """`tar -C dir -czf a.tgz .` names members './...'; only images are written."""
+    archive = tmp_path / "dot.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(split_folder, arcname=".")
+        tar.addfile(_entry("./README.txt"), io.BytesIO(b""))
+    folder = resolve_dataset(archive, tmp_path / "x")
+    assert _listing(folder) == NAMES
+
+
+def test_archive_larger_than_free_space_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _tar(tmp_path / "a.tar", [(_entry("train/0001_c1s1_000001_00.jpg"), b"x" * 5000)])
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4000))
+    with pytest.raises(DatasetError, match=r"5000 bytes of images but .* 4000 bytes free"):
+        resolve_dataset(archive, tmp_path / "x")
+    assert _listing(tmp_path / "x") == []
+
+
+def test_unwritable_extract_folder_is_one_line(tmp_path: Path, split_folder: Path) -> None:
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(split_folder, arcname="train")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    message = r"cannot unpack archive .* into '.*file/x' \(Not a directory\)"
+    with pytest.raises(DatasetError, match=message):
+        resolve_dataset(archive, not_a_folder / "x")

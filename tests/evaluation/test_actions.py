@@ -128,3 +128,44 @@ def test_cli_evaluate_with_wrong_backbone_is_one_line(trained: Trained, tmp_path
         "model.backbone=resnet_34", f"results_dir={tmp_path}",
     )  # fmt: skip
     assert_one_line_error(result, "model.backbone=resnet_18", "resnet_34")
+
+
+def test_inference_with_non_utf8_file_names(trained: Trained, tmp_path: Path) -> None:
+    """A name with a Latin-1 byte once crashed inference halfway; it is written escaped."""
+    import os
+
+    spec, checkpoint = trained
+    query, gallery = tmp_path / "query", tmp_path / "gallery"
+    shutil.copytree(spec.dataset.query_dataset_dir, query)
+    shutil.copytree(spec.dataset.test_dataset_dir, gallery)
+    original = sorted(query.iterdir())[0]
+    odd = os.fsencode(original)[:-4] + b"_caf\xe9.jpg"
+    os.rename(original, odd)
+    spec = apply_overrides(
+        spec,
+        {
+            "results_dir": str(tmp_path / "out"),
+            "inference.checkpoint": str(checkpoint),
+            "inference.query_dataset": str(query),
+            "inference.test_dataset": str(gallery),
+        },
+    )
+    result = infer(spec)
+    escaped = odd.decode("utf-8", "backslashreplace")
+    assert escaped.endswith("_caf\\xe9.jpg")
+    for output in (result.output_file, result.matches_file, result.index_file):
+        output.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    assert escaped in {e["img_path"] for e in json.loads(result.output_file.read_text())}
+    with open(result.index_file, encoding="utf-8") as handle:
+        assert escaped in {row["img_path"] for row in csv.DictReader(handle)}
+
+
+def test_re_ranking_neighbourhood_larger_than_the_data_is_one_line(
+    trained: Trained, tmp_path: Path
+) -> None:
+    from reidkit.errors import SpecError
+
+    ranking = {"re_ranking.re_ranking": True, "re_ranking.k1": 900}
+    spec = _evaluate_spec(trained, tmp_path, **ranking)
+    with pytest.raises(SpecError, match=r"re_ranking.k1 900 / re_ranking.k2 6 need at least 901"):
+        evaluate(spec)

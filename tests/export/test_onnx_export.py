@@ -42,7 +42,7 @@ def test_export_writes_one_verified_file_with_tao_interface(
 ) -> None:
     folder = resnet_spec.action_dir("export")
     assert exported.onnx_file == folder / "model.onnx"
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "experiment.yaml",
         "model.onnx",
         "status.json",
@@ -180,7 +180,7 @@ def test_file_beyond_tolerance_is_not_kept(
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export(spec)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")) == [
         "experiment.yaml",
         "status.json",
     ]

@@ -18,7 +18,7 @@ __all__ = ["AutomlResult", "automl"]
 def automl(spec: ExperimentSpec) -> AutomlResult:
     """Run (or resume, or join) the study until it holds ``automl_max_recommendations`` trials."""
     space = check_automl_spec(spec)
-    with run_action(spec, "automl") as run:
+    with run_action(spec, "automl", exclusive=False) as run:
         result = run_study(spec, space, run.folder, run_training)
         run.succeed(
             f"best trial {result.best_trial}",

@@ -11,6 +11,7 @@ import torch
 
 from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
 from reidkit.config.spec import ExperimentSpec
+from reidkit.errors import SpecError
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
 from reidkit.evaluation.plots import plot_cmc_curve, plot_roc_curve, plot_sampled_matches
 from reidkit.evaluation.rerank import re_rank
@@ -34,6 +35,16 @@ def evaluate(spec: ExperimentSpec) -> EvaluationResult:
         return _evaluate(spec, run)
 
 
+def _check_re_ranking(k1: int, k2: int, images: int) -> None:
+    """k-reciprocal re-ranking looks at k1 + 1 (and k2) neighbours among all images."""
+    needed = max(k1 + 1, k2)
+    if images < needed:
+        raise SpecError(
+            f"re_ranking.k1 {k1} / re_ranking.k2 {k2} need at least {needed} query + gallery "
+            f"images, there are {images}; lower re_ranking.k1 and re_ranking.k2"
+        )
+
+
 def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     folder = run.folder
     settings, ranking = spec.evaluate, spec.re_ranking
@@ -41,6 +52,7 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     q, g = data.query, data.gallery
     distances = None
     if ranking.re_ranking:
+        _check_re_ranking(ranking.k1, ranking.k2, len(q.pids) + len(g.pids))
         distances = re_rank(q.features, g.features, ranking.k1, ranking.k2, ranking.lambda_value)
         result = evaluate_distances(distances, q.pids, g.pids, q.camids, g.camids, ranking.max_rank)
     else:

@@ -63,6 +63,7 @@ def export(spec: ExperimentSpec) -> ExportResult:
             gpu_id=settings.gpu_id,
             provenance={"spec_digest": spec.digest()},
             images_source=source,
+            owner_only=bool(spec.encryption_key),
         )
         log.info(
             "exported %s: max |onnx - torch| %.3g (tolerance %.3g), min cosine %.7f on %s via %s",

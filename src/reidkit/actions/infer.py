@@ -24,7 +24,7 @@ import torch
 from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
 from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import pairwise_distance
-from reidkit.outputs import atomic_open, write_json
+from reidkit.outputs import atomic_open, path_text, write_json
 
 _QUERY_CHUNK = 1024
 
@@ -49,7 +49,7 @@ def _infer(spec: ExperimentSpec, run: ActionRun) -> InferenceResult:
     data = embed_splits(spec, "inference")
     output = Path(settings.output_file or folder / "inference.json")
     stem = output.with_suffix("")
-    paths = [str(r.path) for r in data.query_records + data.gallery_records]
+    paths = [path_text(r.path) for r in data.query_records + data.gallery_records]
     features = torch.cat([data.query.features, data.gallery.features]).float().cpu().numpy()
 
     _write_embeddings_json(output, paths, features)
@@ -89,10 +89,11 @@ def _top_matches(data: EmbeddedSplits, k: int) -> list[dict]:
             record = data.query_records[start + row]
             results.append(
                 {
-                    "img_path": str(record.path), "pid": record.pid, "camid": record.camid,
+                    "img_path": path_text(record.path), "pid": record.pid, "camid": record.camid,
                     "matches": [
                         {
-                            "img_path": str(data.gallery_records[j].path), "distance": round(d, 6),
+                            "img_path": path_text(data.gallery_records[j].path),
+                            "distance": round(d, 6),
                             "pid": data.gallery_records[j].pid,
                             "camid": data.gallery_records[j].camid,
                         }
@@ -110,4 +111,4 @@ def _write_index_csv(handle: IO[str], data: EmbeddedSplits) -> None:
         ("gallery", r) for r in data.gallery_records
     ]
     for i, (split, record) in enumerate(rows):
-        writer.writerow([i, split, str(record.path), record.pid, record.camid])
+        writer.writerow([i, split, path_text(record.path), record.pid, record.camid])

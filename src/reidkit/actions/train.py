@@ -23,9 +23,11 @@ from reidkit.data import prepare_splits
 from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resume_checkpoint
 from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.distributed import lost_peer, trainer_devices
+from reidkit.engine.health import NumericalHealth
 from reidkit.engine.module import ReidModule
 from reidkit.engine.recorder import RunRecorder
 from reidkit.errors import ReidkitError, SpecError
+from reidkit.interrupts import RunInterrupted
 from reidkit.models.restore import read_checkpoint_card
 
 if TYPE_CHECKING:
@@ -93,12 +95,15 @@ def run_training(
         lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
         module = ReidModule(spec, splits.num_train_ids)
         recorder = RunRecorder(
-            folder, spec.train.checkpoint_interval, spec.train.validation_interval
+            folder, spec.train.checkpoint_interval, spec.train.validation_interval, run.publish
         )
+        # Health first: Lightning runs callbacks in order, and its epoch-end check must come
+        # before the recorder's checkpoint.
+        health = NumericalHealth(spec.train.divergence_factor)
         trainer = Trainer(
             **device_settings(spec.train),
             max_epochs=spec.train.num_epochs,
-            callbacks=[recorder, *(callbacks or [])],
+            callbacks=[health, recorder, *(callbacks or [])],
             plugins=[ReidCheckpointIO(spec.encryption_key)],
             logger=False,
             enable_checkpointing=False,
@@ -115,6 +120,8 @@ def run_training(
         run.update("training started", epoch=0, max_epoch=spec.train.num_epochs)
         try:
             trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
+        except RunInterrupted as stop:
+            raise stop.with_message(_interrupted(stop, trainer, folder, recorder)) from None
         except RuntimeError as error:
             hint = "run the same command again (on every node) to resume from the last checkpoint"
             lost = lost_peer(error, trainer.world_size, trainer.global_rank, hint)
@@ -133,6 +140,20 @@ def run_training(
             trainer.current_epoch,
             folder / best["best_checkpoint"] if best else None,
         )
+
+
+def _interrupted(
+    stop: RunInterrupted, trainer: Trainer, folder: Path, recorder: RunRecorder
+) -> str:
+    """What a signal stopped, what is kept, and how to go on."""
+    where = f"interrupted by {stop.signal_name} during epoch {trainer.current_epoch + 1}"
+    if recorder.saved_epoch is not None:
+        kept = f"{LATEST_NAME} holds epoch {recorder.saved_epoch}"
+    elif (folder / LATEST_NAME).is_file():
+        kept = f"{LATEST_NAME} holds the last finished epoch"
+    else:
+        return f"{where}, before any epoch finished; rerun the same command to start again"
+    return f"{where}; {kept}: rerun the same command to resume"
 
 
 def _pretrained_from_folder(spec: ExperimentSpec) -> ExperimentSpec:

@@ -9,7 +9,9 @@ one-line :class:`~reidkit.errors.SpecError` here, before any trial trains.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import optuna
@@ -20,7 +22,10 @@ from reidkit.config.schema import packaged_schema, schema_node
 from reidkit.config.spec import AutomlRangeOverride, ExperimentSpec
 from reidkit.errors import SpecError, did_you_mean
 
+log = logging.getLogger("reidkit")
+
 _HYPER = "automl.automl_hyperparameters"
+_BATCH, _INSTANCES = "dataset.batch_size", "dataset.num_instances"
 _OVERRIDE = "automl.automl_range_override"
 
 
@@ -76,7 +81,72 @@ def check_automl_spec(
     overrides = _overrides_by_key(automl.automl_range_override, keys)
     params = [_param(key, _tunable_node(key, schema), overrides.get(key)) for key in keys]
     _check_conditions(params, spec)
-    return params
+    return _respect_identities(params, spec)
+
+
+def identities_problem(values: Mapping[str, Any], spec: ExperimentSpec) -> str | None:
+    """Why a draw cannot train on the spec's data (a P x K batch needs P identities), or None.
+
+    ``values`` are the drawn parameters; keys not drawn keep the spec's value. The train set
+    has ``dataset.num_classes`` identities (checked against the data when a trial starts),
+    shared out among the DDP processes.
+    """
+    if values.get("dataset.sampler", spec.dataset.sampler) == "softmax":
+        return None  # random batches: no identity grouping
+    batch = values.get(_BATCH, spec.dataset.batch_size)
+    instances = values.get(_INSTANCES, spec.dataset.num_instances)
+    processes = spec.train.num_gpus * spec.train.num_nodes
+    available = spec.dataset.num_classes // processes
+    if batch // instances <= available:
+        return None
+    return (
+        f"{_BATCH} {batch} / {_INSTANCES} {instances} needs {batch // instances} identities per "
+        f"batch but the train set has {available}"
+        + (f" per process ({processes} processes)" if processes > 1 else "")
+    )
+
+
+def _respect_identities(params: list[SearchParam], spec: ExperimentSpec) -> list[SearchParam]:
+    """Drop batch options no draw could train with; refuse a space with none left.
+
+    A combination that only fails with some ``num_instances`` options stays: such a draw is
+    recorded as a failed trial (:func:`identities_problem`) and the study goes on.
+    """
+    tuned = {param.key: param for param in params}
+    batch, instances = tuned.get(_BATCH), tuned.get(_INSTANCES)
+    batch_options = batch.options if batch and batch.kind == "categorical" else None
+    instance_options = instances.options if instances and instances.kind == "categorical" else None
+    if batch_options is None and instance_options is None:
+        problem = identities_problem({}, spec)
+        if problem:
+            raise SpecError(f"{problem}; lower {_BATCH} or raise {_INSTANCES}")
+        return params
+    batches = batch_options or (spec.dataset.batch_size,)
+    ks = instance_options or (spec.dataset.num_instances,)
+
+    def feasible(b: int, k: int) -> bool:
+        return identities_problem({_BATCH: b, _INSTANCES: k}, spec) is None
+
+    kept_batches = tuple(b for b in batches if any(feasible(b, k) for k in ks))
+    kept_ks = tuple(k for k in ks if any(feasible(b, k) for b in kept_batches))
+    if not kept_batches or not kept_ks:
+        smallest = identities_problem({_BATCH: min(batches), _INSTANCES: max(ks)}, spec)
+        raise SpecError(
+            f"no {_BATCH} / {_INSTANCES} combination in the search space fits the train set: "
+            f"even {smallest}; give smaller {_BATCH} options in {_OVERRIDE}"
+        )
+    out = []
+    for param in params:
+        kept = {_BATCH: kept_batches, _INSTANCES: kept_ks}.get(param.key)
+        if param.kind == "categorical" and kept is not None and kept != param.options:
+            dropped = [o for o in param.options if o not in kept]
+            log.info(
+                "automl: %s options %s dropped: no draw with them fits %d train identities",
+                param.key, dropped, spec.dataset.num_classes,
+            )  # fmt: skip
+            param = replace(param, options=kept)
+        out.append(param)
+    return out
 
 
 def _tuned_keys(spec: ExperimentSpec, schema: dict[str, Any]) -> list[str]:

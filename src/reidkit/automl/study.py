@@ -11,7 +11,6 @@ trials waits for them, so a study never ends with a lost trial unretried.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from reidkit.automl.trial import (
 )
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError, first_line
+from reidkit.interrupts import RunInterrupted
+from reidkit.redaction import redact
 
 log = logging.getLogger("reidkit")
 
@@ -44,8 +45,6 @@ log = logging.getLogger("reidkit")
 MAX_RETRIES = 3
 _OPEN_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 10
-# scheme://user:PASSWORD@ (the user part may not hold ':' '/' or '@'; the password not '@').
-_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]*(@)")
 
 
 @dataclass
@@ -138,16 +137,7 @@ def _cannot_open(url: str, error: Exception) -> str:
     reason = first_line(error)
     if isinstance(error, ImportError) and url.startswith("postgresql://"):
         reason += "; write postgresql+psycopg:// to use psycopg (pip install 'psycopg[binary]')"
-    return f"automl.storage: cannot open '{redact(url)}': {redact(reason)}"
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of any ``scheme://user:password@host`` URL in it as ``***``.
-
-    Storage URLs reach error lines, logs and status files, which are shared more widely than
-    the spec that holds the password.
-    """
-    return _PASSWORD.sub(r"\1***\2", text)
+    return redact(f"automl.storage: cannot open '{url}': {reason}")
 
 
 def run_study(
@@ -175,7 +165,7 @@ def run_study(
                 study.optimize(
                     objective, n_trials=1, catch=(TrialFailed, SurplusTrial), callbacks=[report]
                 )
-            except (KeyboardInterrupt, SystemExit):
+            except (KeyboardInterrupt, SystemExit, RunInterrupted):
                 _queue_retry(study, objective.current)
                 raise
         else:

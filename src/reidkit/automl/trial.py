@@ -20,10 +20,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from reidkit.automl.pruning import OptunaPruning
-from reidkit.automl.space import SearchParam
+from reidkit.automl.space import SearchParam, identities_problem
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
-from reidkit.errors import ReidkitError
+from reidkit.errors import ReidkitError, TrainingDivergedError
 
 #: Trains one trial's spec with extra Lightning callbacks; returns an object with ``kpi``
 #: (metric name -> percent) and ``epochs``: the train action's ``run_training``.
@@ -95,6 +95,10 @@ class Objective:
             trial.set_user_attr("results_dir", name)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {param.key: param.suggest(trial) for param in self.space}
+        infeasible = identities_problem(params, self.spec)
+        if infeasible:
+            trial.set_user_attr("error", f"infeasible: {infeasible}")
+            raise TrialFailed(f"trial {trial.number}: {infeasible}")
         spec = trial_spec(self.spec, params, self.folder / name)
         metric = self.spec.automl.metric
         pruning = OptunaPruning(trial, metric)
@@ -106,6 +110,9 @@ class Objective:
         except optuna.TrialPruned:
             trial.set_user_attr("epochs", pruning.epoch)
             raise
+        except TrainingDivergedError as error:  # these parameters diverged; others may not
+            trial.set_user_attr("error", str(error)[:500])
+            raise TrialFailed(f"trial {trial.number}: {error}") from None
         except ReidkitError:
             raise  # the user's spec or data: every trial would fail the same way
         except Exception as error:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError, did_you_mean
 from reidkit.outputs import atomic_open
+from reidkit.redaction import redact_record
+from reidkit.yamlsafe import load_yaml_file, load_yaml_text
 
 
 def load_spec(
@@ -56,21 +58,20 @@ def apply_overrides(spec: ExperimentSpec, overrides: dict[str, Any]) -> Experime
 
 
 def save_spec(spec: ExperimentSpec, path: Path) -> None:
-    """Write the resolved spec as YAML, atomically, so a crash never leaves half a file."""
+    """Write the resolved spec as YAML, atomically, so a crash never leaves half a file.
+
+    A literal ``encryption_key`` and URL credentials are written as ``***``; ``env:`` and
+    ``file:`` references stay, so a spec written with them can be run again as it is.
+    """
     with atomic_open(path) as handle:
-        yaml.safe_dump(spec.model_dump(mode="json"), handle, sort_keys=False)
+        yaml.safe_dump(redact_record(spec.model_dump(mode="json")), handle, sort_keys=False)
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML spec file; problems name the file (and the line)."""
     if not path.is_file():
         raise SpecError(f"spec file '{path}' does not exist; pass an existing YAML file with -e")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"spec file '{path}' is not valid YAML{where}; fix the syntax") from None
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -86,9 +87,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError(f"override '{item}' must look like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml_text(raw, source=f"override '{key}'") if raw.strip() else None
+    except SpecError:
+        value = raw  # not YAML: the plain string, which validation then judges
     return key.strip(), value
 
 

@@ -132,6 +132,11 @@ class DatasetSpec(_Section):
     extract_dir: str | None = Field(
         None, description="Where archives are extracted (default <results_dir>/datasets)."
     )
+    max_extract_bytes: int = Field(
+        50 * 2**30,
+        ge=1,
+        description="Largest total size of the images an archive may unpack to (bytes).",
+    )
 
     @field_validator("device_cache", mode="before")
     @classmethod
@@ -229,6 +234,12 @@ class TrainSpec(_Section):
     )
     results_dir: str | None = Field(None, description="Train output folder.")
     grad_clip: float = Field(0.0, ge=0.0, description="Gradient norm clip; 0 disables.")
+    divergence_factor: float | None = Field(
+        None,
+        gt=1.0,
+        description="Stop when a step's loss exceeds this many times the median of the last "
+        "200; null disables (a non-finite loss always stops training).",
+    )
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="'auto': 16-mixed on GPU, 32 on CPU."
     )

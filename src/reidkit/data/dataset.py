@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -29,12 +30,34 @@ _DECODE_ERRORS = (
 _SHOWN = 3
 
 
-def _read_rgb(path: Path) -> Image.Image:
-    """Decode a whole image as RGB; ``convert`` forces the full decode so truncation shows."""
+# Integer modes Pillow cannot scale itself: its ``convert("RGB")`` clips them at 255, so a
+# 16-bit PNG came out all white.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_UINT16_MAX = 65535
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode a whole image as 8-bit RGB; ``convert`` forces the full decode so truncation shows.
+
+    16-bit greyscale is scaled to 8 bits (``round(v * 255 / 65535)``); Pillow already reduces
+    16-bit colour PNGs to 8 bits per channel. Modes that cannot be scaled without guessing
+    (floating point, 32-bit integers beyond the 16-bit range) are refused with a reason.
+    """
     if path.stat().st_size == 0:
         raise OSError("empty file")
     with Image.open(path) as image:
+        if image.mode in _WIDE_INTEGER_MODES:
+            return _scale_to_8_bits(np.asarray(image), image.mode).convert("RGB")
+        if image.mode == "F":
+            raise ValueError("floating-point pixels (mode F); save it as an 8-bit image")
         return image.convert("RGB")
+
+
+def _scale_to_8_bits(pixels: np.ndarray, mode: str) -> Image.Image:
+    wide = pixels.astype(np.int64)
+    if wide.size and (wide.min() < 0 or wide.max() > _UINT16_MAX):
+        raise ValueError(f"{mode} pixels outside 0-65535; save it as an 8-bit or 16-bit image")
+    return Image.fromarray(((wide * 255 + _UINT16_MAX // 2) // _UINT16_MAX).astype(np.uint8))
 
 
 class ImageDataset(Dataset[tuple[Tensor, int, int]]):
@@ -58,7 +81,7 @@ class ImageDataset(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         record = self.records[index]
         try:
-            image = _read_rgb(record.path)
+            image = read_rgb(record.path)
         except _DECODE_ERRORS as exc:
             raise DatasetError(
                 f"image '{record.path}' cannot be read ({exc}); remove or replace it"
@@ -76,7 +99,7 @@ def relabel(records: Sequence[ImageRecord]) -> list[int]:
 def _problem(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image, or None if it decodes."""
     try:
-        _read_rgb(path)
+        read_rgb(path)
     except _DECODE_ERRORS as exc:
         return str(exc) or type(exc).__name__
     return None

@@ -21,7 +21,7 @@ from reidkit.data.market import (
     load_split,
     split_table,
 )
-from reidkit.data.sources import resolve_dataset
+from reidkit.data.sources import ExtractLimits, resolve_dataset
 from reidkit.errors import DatasetError
 
 log = logging.getLogger("reidkit")
@@ -46,7 +46,9 @@ def _extract_root(spec: ExperimentSpec) -> Path:
     return Path(spec.results_dir) / "datasets"
 
 
-def _load(value: str | None, key: str, split: str, extract_root: Path) -> list[ImageRecord]:
+def _load(
+    value: str | None, key: str, split: str, extract_root: Path, limits: ExtractLimits
+) -> list[ImageRecord]:
     """Resolve and read one split; ``key`` names the spec setting in the error if it is unset.
 
     Id 0000 is kept in every split: Market-1501 has it only in the gallery (as distractors,
@@ -55,7 +57,7 @@ def _load(value: str | None, key: str, split: str, extract_root: Path) -> list[I
     """
     if not value:
         raise DatasetError(f"{key} is not set; set it to the {split} image folder or archive")
-    folder = resolve_dataset(value, extract_root)
+    folder = resolve_dataset(value, extract_root, limits)
     return load_split(folder, split, keep_distractors=True)
 
 
@@ -73,15 +75,18 @@ def prepare_splits(
     ``dataset.test_dataset_dir`` (evaluate and inference pass their own keys here).
     """
     root = _extract_root(spec)
+    limits = ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
     data = spec.dataset
     splits = ReidSplits()
     if train:
-        splits.train = _load(data.train_dataset_dir, "dataset.train_dataset_dir", "train", root)
+        splits.train = _load(
+            data.train_dataset_dir, "dataset.train_dataset_dir", "train", root, limits
+        )
         check_num_classes(splits.train, data.num_classes)
     query = query_dir or data.query_dataset_dir
     gallery = gallery_dir or data.test_dataset_dir
-    splits.query = _load(query, "dataset.query_dataset_dir", "query", root)
-    splits.gallery = _load(gallery, "dataset.test_dataset_dir", "gallery", root)
+    splits.query = _load(query, "dataset.query_dataset_dir", "query", root, limits)
+    splits.gallery = _load(gallery, "dataset.test_dataset_dir", "gallery", root, limits)
     check_query_in_gallery(splits.query, splits.gallery)
     if verify:
         # Decoding releases the GIL, so more threads help on big machines; 8 saturates disks.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,25 @@ _REDUNDANT = ("loss_step", "loss_epoch")
 class RunRecorder(Callback):
     """Writes ``metrics.csv``, ``status.json`` and the TAO-named checkpoints each epoch."""
 
-    def __init__(self, folder: Path, checkpoint_interval: int, validation_interval: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        checkpoint_interval: int,
+        validation_interval: int,
+        publish: Callable[[], None] | None = None,
+    ) -> None:
+        """``publish`` is called once, before the first epoch's records are written: a rerun
+        stages its records until then so that, failing earlier, it leaves the previous run's."""
         self.folder = folder
+        self.publish = publish
         self.checkpoint_interval = checkpoint_interval
         self.validation_interval = validation_interval
         self.rows: list[dict[str, Any]] = []
         self.kpi: dict[str, float] = {}
         #: The periodic checkpoint with the highest validated :data:`MONITOR`, and that value.
         self.best: dict[str, Any] = {}
+        #: The last epoch whose ``reid_model_latest.pth`` is complete on disk (None: none yet).
+        self.saved_epoch: int | None = None
         self._epoch_started = 0.0
 
     # Callback state travels inside the checkpoint, so resuming restores the CSV history.
@@ -45,6 +57,7 @@ class RunRecorder(Callback):
         self.rows = list(state_dict.get("rows", []))
         self.kpi = dict(state_dict.get("kpi", {}))
         self.best = dict(state_dict.get("best", {}))
+        self.saved_epoch = self.rows[-1]["epoch"] if self.rows else None
 
     def best_status(self) -> dict[str, Any]:
         """``status.json`` entries naming the best checkpoint (empty before one exists)."""
@@ -79,6 +92,9 @@ class RunRecorder(Callback):
         if periodic and validated and metrics[MONITOR] > self.best.get("value", float("-inf")):
             self.best = {"checkpoint": name, "value": round(metrics[MONITOR], 2)}
         if trainer.is_global_zero:
+            if self.publish is not None:
+                self.publish()
+                self.publish = None
             self._write_csv()
             write_status(
                 self.folder, "train", "RUNNING", f"epoch {epoch} of {trainer.max_epochs} done",
@@ -87,6 +103,7 @@ class RunRecorder(Callback):
         if periodic:
             trainer.save_checkpoint(self.folder / name, weights_only=False)
         trainer.save_checkpoint(self.folder / LATEST_NAME, weights_only=False)
+        self.saved_epoch = epoch
 
     def _write_csv(self) -> None:
         columns: list[str] = []

@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
+from reidkit.data.dataset import read_rgb
 from reidkit.outputs import atomic_open
 
 _QUERY_COLOR = "#1f5fd6"
@@ -103,8 +103,7 @@ def plot_roc_curve(
 
 def _show_cell(ax: Axes, image_path: str, caption: str, color: str, heading: str) -> None:
     """One image framed in ``color`` with its id/camera caption below and a heading above."""
-    with Image.open(image_path) as image:
-        ax.imshow(np.asarray(image.convert("RGB")))
+    ax.imshow(np.asarray(read_rgb(Path(image_path))))
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

@@ -17,6 +17,7 @@ give one self-contained file with a dynamic batch for ResNet, MobileNetV2 and ti
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -86,12 +87,14 @@ def write_verified(
     gpu_id: int = 0,
     provenance: dict[str, str] | None = None,
     images_source: str = "check images",
+    owner_only: bool = False,
 ) -> ExportResult:
     """Write ``model`` as ONNX (and fp16 ONNX) checked against PyTorch on ``images``.
 
     Every file is staged beside its target and checked; only when all pass are they renamed
     into place, so a failed export leaves nothing behind. ``provenance`` (e.g. the spec's
-    digest) joins the card in the file's metadata.
+    digest) joins the card in the file's metadata. ``owner_only`` files are created mode 0600
+    (the weights of an encrypted run must not become readable by others through the export).
     """
     proto = to_onnx(model, card.input_height, card.input_width, opset)
     onnx.helper.set_model_props(proto, {**card.to_onnx_metadata(), **(provenance or {})})
@@ -99,6 +102,8 @@ def write_verified(
     try:
         with ExitStack() as publish:
             staged = publish.enter_context(staged_path(target))
+            if owner_only:
+                os.chmod(staged, 0o600)
             _save(proto, staged, target)
             fp32 = measure_agreement(staged, model, images, gpu_id)
             tolerance = FP32_ATOL * max(1.0, fp32.largest_value)
@@ -110,6 +115,8 @@ def write_verified(
                 )
             if fp16_target is not None:
                 staged_fp16 = publish.enter_context(staged_path(fp16_target))
+                if owner_only:
+                    os.chmod(staged_fp16, 0o600)
                 _save(to_fp16(proto), staged_fp16, fp16_target)
                 fp16 = measure_agreement(staged_fp16, model, images, gpu_id)
                 _check_fp16(fp16, fp16_target)

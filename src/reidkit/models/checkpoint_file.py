@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from reidkit.errors import CheckpointError, first_line
 from reidkit.outputs import atomic_open
+from reidkit.redaction import resolve_secret
 
 _MAGIC = b"REIDKIT-AESGCM-1\n"
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 def _derive_key(passphrase: str, salt: bytes) -> bytes:
@@ -40,6 +42,11 @@ def _seal(payload: bytes, passphrase: str) -> bytes:
 
 def _open_sealed(blob: bytes, passphrase: str, path: Path) -> bytes:
     start = len(_MAGIC)
+    if len(blob) < start + _SALT_BYTES + _NONCE_BYTES + _TAG_BYTES:
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated ({len(blob)} bytes, not even a sealed header); "
+            "re-copy it or use another checkpoint"
+        )
     salt = blob[start : start + _SALT_BYTES]
     nonce = blob[start + _SALT_BYTES : start + _SALT_BYTES + _NONCE_BYTES]
     sealed = blob[start + _SALT_BYTES + _NONCE_BYTES :]
@@ -53,12 +60,20 @@ def _open_sealed(blob: bytes, passphrase: str, path: Path) -> bytes:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path, encryption_key: str | None) -> None:
-    """Serialise with torch.save, encrypt when a key is given, write atomically."""
+    """Serialise with torch.save, encrypt when a key is given, write atomically.
+
+    ``encryption_key`` may be an ``env:NAME`` / ``file:PATH`` reference
+    (:func:`reidkit.redaction.resolve_secret`). Encrypted files are owner-only (0600): whoever
+    asked for encryption does not want the weights readable by other users either.
+    """
+    key = resolve_secret(encryption_key, "encryption_key")
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     payload = buffer.getvalue()
     with atomic_open(path, "wb") as handle:
-        handle.write(_seal(payload, encryption_key) if encryption_key else payload)
+        if key:
+            os.fchmod(handle.fileno(), 0o600)
+        handle.write(_seal(payload, key) if key else payload)
 
 
 def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
@@ -69,14 +84,15 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist; check the path in the spec")
+    key = resolve_secret(encryption_key, "encryption_key")
     blob = path.read_bytes()
     if blob.startswith(_MAGIC):
-        if not encryption_key:
+        if not key:
             raise CheckpointError(
                 f"checkpoint '{path}' is encrypted; "
                 "set encryption_key to the key it was written with"
             )
-        blob = _open_sealed(blob, encryption_key, path)
+        blob = _open_sealed(blob, key, path)
     try:
         checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
