@@ -120,8 +120,14 @@ class ReidCriterion(nn.Module):
         self.center_loss = CenterLoss(num_classes, feat_dim) if model.uses_center_loss else None
         self.center_loss_weight = optim.center_loss_weight
 
-    def forward(self, output: ReidOutput, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss and its named, detached parts for logging."""
+    def forward(
+        self, output: ReidOutput, labels: Tensor, metric_weight: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and its named, detached parts for logging.
+
+        ``metric_weight`` scales the triplet and center terms (0 during an ID-only warm-up on
+        random batches, where they would have almost no positive pairs to work with).
+        """
         parts: dict[str, Tensor] = {}
         if self.id_loss is not None:
             parts["id"] = self.id_loss(output.logits, labels)
@@ -129,7 +135,7 @@ class ReidCriterion(nn.Module):
             parts["triplet"] = self.triplet_loss(output.features, labels)
         if self.center_loss is not None:
             parts["center"] = self.center_loss(output.features, labels)
-        weights = {"center": self.center_loss_weight}
+        weights = {"triplet": metric_weight, "center": metric_weight * self.center_loss_weight}
         total = sum(weights.get(name, 1.0) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}
 

@@ -219,6 +219,13 @@ class TrainSpec(_Section):
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Cap on training batches per epoch (smoke runs); null = all."
     )
+    id_warmup_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="reidkit: epochs at the start trained on random batches with the ID loss "
+        "only (every identity's classifier learns from the first steps); the P x K sampler and "
+        "the metric losses take over after. 0 = TAO's behaviour.",
+    )
     optim: OptimSpec = Field(default_factory=OptimSpec)
 
 
