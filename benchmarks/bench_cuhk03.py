@@ -217,7 +217,7 @@ def summarise(args: argparse.Namespace, host: str, command: str) -> None:
                 "(reference: torchreid mobilenetv2_x1_0)",
                 "value": f"{mo:.2f}",
                 "reference": f"{mr:.2f}",
-                "ratio": f"{(mo / mr if higher else mr / mo):.3f}",
+                "ratio": f"{ratio:.3f}",
             }
         )
     fmt = lambda v: "never" if v is None else f"{v:.0f} s"  # noqa: E731
@@ -286,8 +286,8 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     host = machine()
     command = " ".join([".venv/bin/python benchmarks/bench_cuhk03.py", *sys.argv[1:]])
-    print(f"machine: {host}\nsetting: {args.height}x{args.width}, {args.epochs} epochs, "
-          f"batch {args.batch_size}, {args.workers} workers, seed {args.seed}", flush=True)  # fmt: skip
+    print(f"machine: {host}\nsetting: {args.height}x{args.width}, {args.epochs} epochs, batch "
+          f"{args.batch_size}, {args.workers} workers, seed {args.seed}", flush=True)  # fmt: skip
     if not args.summary_only:
         import shutil
 
