@@ -202,9 +202,8 @@ def summarise(args: argparse.Namespace, host: str, command: str) -> None:
         ours = [get(runs["reidkit"][s]) for s in seeds]
         ref = [get(runs["torchreid"][s]) for s in seeds]
         mo, mr = statistics.mean(ours), statistics.mean(ref)
-        compare = (
-            f"{mo - mr:+.1f} points" if "%" in label else f"{(mo / mr if higher else mr / mo):.2f}x"
-        )
+        ratio = mo / mr if higher else mr / mo
+        compare = f"{mo - mr:+.1f} points" if "%" in label else f"{ratio:.2f}x"
         each = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
         print(f"| {label} | {mo:.1f} ({each(ours)}) | {mr:.1f} ({each(ref)}) | {compare} |")
         rows.append(
