@@ -16,6 +16,7 @@ from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec, apply_over
 from reidkit.errors import CheckpointError
 from reidkit.losses import ReidCriterion
 from reidkit.models import ReidModel, ReidOutput, build_model
+from reidkit.models.pooling import GeneralizedMeanPooling
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
@@ -157,3 +158,21 @@ def test_training_steps_reduce_the_loss() -> None:
         losses.append(loss.item())
     assert set(parts) == {"id", "triplet", "center"}
     assert losses[-1] < losses[0]
+
+
+def test_gem_pooling_matches_its_formula_and_replaces_the_average_pool() -> None:
+    x = torch.rand(2, 5, 4, 3) + 0.1
+    gem = GeneralizedMeanPooling(p=3.0)
+    expected = (x**3).mean(dim=(2, 3), keepdim=True) ** (1 / 3)
+    torch.testing.assert_close(gem(x), expected)
+    torch.testing.assert_close(GeneralizedMeanPooling(p=1.0)(x), x.mean(dim=(2, 3), keepdim=True))
+    spec = ExperimentSpec.model_validate(
+        {"model": {"backbone": "resnet_18", "pretrain_choice": "self", "pooling": "gem"}}
+    )
+    model = build_model(spec, num_classes=3)
+    pools = [m for m in model.modules() if isinstance(m, GeneralizedMeanPooling)]
+    assert len(pools) == 1
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in model.modules())
+    model.train()
+    model(torch.rand(4, 3, 64, 32), torch.tensor([0, 1, 2, 0]))[0].sum().backward()
+    assert pools[0].p.grad is not None  # p is learned

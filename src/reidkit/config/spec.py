@@ -77,6 +77,11 @@ class ModelSpec(_Section):
     reduce_feat_dim: bool = Field(
         False, description="Swin: project the backbone feature to feat_dim (CNNs always do)."
     )
+    pooling: Literal["avg", "gem"] = Field(
+        "avg",
+        description="reidkit: global pooling of CNN backbones; 'gem' = generalized mean with a "
+        "learned power (fast-reid's recipes), 'avg' = TAO's average pooling.",
+    )
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     drop_path: float = Field(0.1, ge=0.0, lt=1.0, description="Stochastic depth rate (Swin).")
     stride_size: list[int] = Field(

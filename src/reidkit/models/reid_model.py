@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
 from reidkit.models.backbones import build_backbone
 from reidkit.models.heads import BNNeck, build_id_head
+from reidkit.models.pooling import use_gem_pooling
 from reidkit.models.pretrained import load_imagenet, load_pretrained
 
 logger = logging.getLogger("reidkit")
@@ -39,6 +40,8 @@ class ReidModel(nn.Module):
     def __init__(self, spec: ModelSpec, num_classes: int, optim: OptimSpec) -> None:
         super().__init__()
         self.backbone = build_backbone(spec)
+        if spec.pooling == "gem":
+            use_gem_pooling(self.backbone)
         width = self.backbone.out_channels
         reduce = spec.reduce_feat_dim or not self.backbone.is_transformer
         self.embedding_dim = spec.feat_dim if reduce else width
