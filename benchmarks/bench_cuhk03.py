@@ -13,7 +13,7 @@ its own process (never in parallel), and both see ``epochs x (7,239 // batch)`` 
 
 * reidkit: ``examples/cuhk03_mobilenet_short.yaml`` (the short-budget recipe of
   ``docs/recipes.md``) with the data paths, input size, epochs and seed set here, through
-  ``reidkit.load_spec`` / ``reidkit.train`` / ``reidkit.evaluate``.
+  ``reidkit.load_spec`` / ``reidkit.actions.train.run_training`` / ``reidkit.evaluate``.
 * torchreid: ``benchmarks/torchreid_cuhk03.py`` (the anchor recipe, see its docstring).
 
 Scoring: each side's own default (reidkit ``evaluate``: normalised features, no flip;
@@ -85,6 +85,7 @@ def run_reidkit(args: argparse.Namespace) -> dict:
 
     import reidkit
     from cuhk03_scoring import Clock, embed, norm_flip, reranked
+    from reidkit.actions.train import run_training
     from reidkit.data import prepare_splits
     from reidkit.engine.datamodule import eval_loader
 
@@ -111,7 +112,7 @@ def run_reidkit(args: argparse.Namespace) -> dict:
             print(f"epoch {point['epoch']}: {curve[-1]}", flush=True)
 
     clock = Clock()
-    trained = reidkit.train(spec, callbacks=[EpochScores()])
+    trained = run_training(spec, callbacks=[EpochScores()])
     train_s = clock.training_seconds()
     start = time.perf_counter()
     evaluated = reidkit.evaluate(spec)

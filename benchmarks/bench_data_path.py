@@ -29,11 +29,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from common import append_rows, machine
-from reidkit.config.spec import ExperimentSpec, load_spec
+from reidkit.actions.train import device_settings
+from reidkit.config.loading import load_spec
+from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits, synthesize
 from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.module import ReidModule
-from reidkit.engine.train import device_settings
 
 IDS, IMAGES_PER_ID, HEIGHT, WIDTH, BATCH = 96, 8, 128, 64, 32
 

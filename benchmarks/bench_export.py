@@ -27,12 +27,14 @@ import torch
 from torch import Tensor
 
 from common import RESULTS, append_rows, machine
-from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec
-from reidkit.engine.checkpoints import save_checkpoint
-from reidkit.engine.module import model_card
-from reidkit.engine.restore import restore_model
-from reidkit.export import OnnxEmbedder, export
-from reidkit.models import ReidModel
+from reidkit.actions.export import export
+from reidkit.config.loading import apply_overrides, load_spec
+from reidkit.config.spec import ExperimentSpec
+from reidkit.engine.module import build_model
+from reidkit.export import OnnxEmbedder
+from reidkit.models.card import MODEL_PREFIX, attach_card
+from reidkit.models.checkpoint_file import save_checkpoint
+from reidkit.models.restore import restore_model
 
 COMMAND = ".venv/bin/python benchmarks/bench_export.py"
 # (batch, warm-up calls, timed calls per runtime): a stable median in ~2-3 minutes on 2 cores.
@@ -46,12 +48,12 @@ def resnet50_spec(folder: Path) -> ExperimentSpec:
         None,
         [f"results_dir={folder}", "model.pretrain_choice=self", "dataset.num_classes=751"],
     )
-    model = ReidModel(spec.model, 751, spec.train.optim)
-    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    model = build_model(spec, 751)
+    state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
+    content = {"state_dict": state}
+    attach_card(content, model.card(spec.dataset.pixel_mean, spec.dataset.pixel_std))
     checkpoint = folder / "resnet50.pth"
-    save_checkpoint(
-        {"state_dict": state, "reidkit": model_card(spec, model, 751)}, checkpoint, None
-    )
+    save_checkpoint(content, checkpoint, None)
     return apply_overrides(spec, {"export.checkpoint": str(checkpoint)})
 
 
@@ -144,7 +146,7 @@ def main() -> int:
             f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:.2e}), "
             f"min cosine {result.min_cosine:.7f}"
         )
-        model, _ = restore_model(spec, spec.export.checkpoint)
+        model, _ = restore_model(spec.export.checkpoint)
         rows = cpu_rows(model, result.onnx_file)
         if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
             gpu = OnnxEmbedder(result.onnx_file)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reidkit.config.spec import ExperimentSpec, load_spec
+from reidkit.config.loading import load_spec
+from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
+from reidkit.engine.module import model_settings
+from reidkit.models import Backbone, ReidModel, build_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +25,21 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     synthesize(root, ids=24, cameras=3, images_per_id=8, height=64, width=32, seed=3)
     return root
+
+
+def backbone_from(model: ModelSpec) -> Backbone:
+    """The backbone a spec's ``model`` section describes (the spec translated as train does)."""
+    return build_backbone(
+        model.backbone,
+        last_stride=model.last_stride,
+        input_size=(model.input_height, model.input_width),
+        drop_path=model.drop_path,
+    )
+
+
+def model_from(model: ModelSpec, num_classes: int, optim: OptimSpec | None = None) -> ReidModel:
+    """The untrained network a spec's ``model`` section describes."""
+    return ReidModel(model.backbone, num_classes, **model_settings(model, optim or OptimSpec()))
 
 
 def tiny_overrides(data: Path, results: Path) -> list[str]:
@@ -86,7 +104,7 @@ def trained(
     synth_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ExperimentSpec, Path]:
     """A tiny model really trained for 3 epochs on the synthetic data, and its checkpoint."""
-    from reidkit.engine.train import train
+    from reidkit.actions.train import train
 
     results = tmp_path_factory.mktemp("trained")
     spec = load_spec(None, [*tiny_overrides(synth_root, results), "train.num_epochs=3"])

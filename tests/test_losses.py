@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
+from reidkit.engine.module import loss_terms
 from reidkit.errors import SpecError
 from reidkit.losses import (
     CenterLoss,
@@ -103,7 +105,7 @@ def spec_with(**overrides: object) -> ExperimentSpec:
 )
 def test_criterion_composes_what_the_spec_asks(overrides: dict, parts: set[str]) -> None:
     spec = spec_with(**overrides)
-    criterion = ReidCriterion(spec, num_classes=4, feat_dim=8)
+    criterion = ReidCriterion(loss_terms(spec), num_classes=4, feat_dim=8)
     logits = torch.randn(8, 4, requires_grad=True)
     features = torch.randn(8, 8, requires_grad=True)
     total, named = criterion(ReidOutput(logits, features), LABELS)
@@ -119,7 +121,7 @@ def test_criterion_composes_what_the_spec_asks(overrides: dict, parts: set[str])
 def test_metric_weight_zero_leaves_the_id_loss_alone() -> None:
     """The ID-only warm-up: triplet and center terms drop out, features get no metric grad."""
     spec = spec_with(**{"model.metric_loss_type": "triplet_center"})
-    criterion = ReidCriterion(spec, num_classes=4, feat_dim=8)
+    criterion = ReidCriterion(loss_terms(spec), num_classes=4, feat_dim=8)
     logits = torch.randn(8, 4)
     features = torch.randn(8, 8, requires_grad=True)
     total, named = criterion(ReidOutput(logits, features), LABELS, metric_weight=0.0)
@@ -132,14 +134,14 @@ def test_metric_weight_zero_leaves_the_id_loss_alone() -> None:
 def test_label_smooth_off_is_plain_cross_entropy() -> None:
     spec = spec_with(**{"model.label_smooth": False, "dataset.sampler": "softmax"})
     logits = torch.randn(8, 4)
-    total, _ = ReidCriterion(spec, 4, 8)(ReidOutput(logits, torch.randn(8, 8)), LABELS)
+    total, _ = ReidCriterion(loss_terms(spec), 4, 8)(ReidOutput(logits, torch.randn(8, 8)), LABELS)
     torch.testing.assert_close(total, torch.nn.functional.cross_entropy(logits, LABELS))
 
 
 def test_center_only_objective_is_refused() -> None:
     spec = spec_with(**{"dataset.sampler": "triplet", "model.metric_loss_type": "center"})
     with pytest.raises(SpecError, match=r"dataset\.sampler 'triplet' drops the ID loss"):
-        ReidCriterion(spec, num_classes=4, feat_dim=8)
+        loss_terms(spec)
 
 
 def test_soft_margin_never_reaches_zero() -> None:

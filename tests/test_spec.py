@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec, save_spec
+from reidkit.config.loading import apply_overrides, load_spec, save_spec
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 
 TAO_SPEC = Path(__file__).resolve().parents[2] / "shared/reference/tao_spec_cuhk03_resnet.yaml"

@@ -1,7 +1,9 @@
 """reidkit: an open, TAO-compatible person re-identification toolkit.
 
-Every action is a plain function of an :class:`~reidkit.config.ExperimentSpec`, usable from a
-notebook exactly as the CLI uses it::
+Every action is a plain function of an :class:`~reidkit.config.ExperimentSpec` in
+:mod:`reidkit.actions`; the CLI calls the very same functions, so a notebook gets exactly what
+the command line does (``reidkit.train`` included: it routes through AutoML when the spec's
+``automl_policy`` and ``automl.automl_enabled`` say so)::
 
     import reidkit
     spec = reidkit.load_spec("spec.yaml", ["train.num_epochs=30"])
@@ -19,12 +21,12 @@ __version__ = "0.1.0"
 
 # Public name -> "module:attribute", resolved lazily (PEP 562).
 _ACTIONS = {
-    "load_spec": "reidkit.config.spec:load_spec",
-    "train": "reidkit.engine.train:train",
-    "evaluate": "reidkit.evaluation.evaluate:evaluate",
-    "infer": "reidkit.evaluation.infer:infer",
-    "export": "reidkit.export.onnx:export",
-    "automl": "reidkit.automl.study:run_automl",
+    "load_spec": "reidkit.config.loading:load_spec",
+    "train": "reidkit.actions.train:train",
+    "evaluate": "reidkit.actions.evaluate:evaluate",
+    "infer": "reidkit.actions.infer:infer",
+    "export": "reidkit.actions.export:export",
+    "automl": "reidkit.actions.automl:automl",
 }
 
 __all__ = ["__version__", *_ACTIONS]

@@ -1,6 +1,8 @@
 """Command line: ``reidkit <action> -e spec.yaml [section.key=value ...]``.
 
-The CLI only parses arguments, loads the spec and calls the action's Python function; every
+The CLI only parses arguments, loads the spec and calls one action's Python function (in
+:mod:`reidkit.actions`, imported only when that action runs, so ``--version``, ``validate`` and
+``schema`` never load torch); every
 user-fixable problem arrives as a :class:`ReidkitError` and leaves as one line on stderr with
 exit code 2.
 """
@@ -11,12 +13,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reidkit import __version__
-from reidkit.config.spec import ExperimentSpec, load_spec
-from reidkit.errors import ReidkitError, SpecError
+from reidkit.config.loading import load_spec
+from reidkit.config.spec import ExperimentSpec
+from reidkit.errors import ReidkitError, first_line
 
 if TYPE_CHECKING:
     from reidkit.automl import AutomlResult
@@ -25,10 +27,10 @@ EXIT_USER_ERROR = 2
 
 
 def _train(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.automl import AutomlResult, route_train
+    from reidkit.actions.train import TrainResult, train
 
-    result = route_train(spec, args.automl_policy)
-    if isinstance(result, AutomlResult):
+    result = train(spec, args.automl_policy)
+    if not isinstance(result, TrainResult):
         _print_automl(result)
         return
     kpi = ", ".join(f"{k} {v:g}" for k, v in result.kpi.items()) or "no validation run"
@@ -36,9 +38,9 @@ def _train(spec: ExperimentSpec, args: argparse.Namespace) -> None:
 
 
 def _automl(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.automl import run_automl
+    from reidkit.actions.automl import automl
 
-    _print_automl(run_automl(spec))
+    _print_automl(automl(spec))
 
 
 def _print_automl(result: AutomlResult) -> None:
@@ -49,21 +51,21 @@ def _print_automl(result: AutomlResult) -> None:
 
 
 def _evaluate(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.evaluation.evaluate import evaluate
+    from reidkit.actions.evaluate import evaluate
 
     result = evaluate(spec)
     print(f"metrics, plots and status written to {result.results_dir}")
 
 
 def _inference(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.evaluation.infer import infer
+    from reidkit.actions.infer import infer
 
     result = infer(spec)
     print(f"embedded {result.num_images} images -> {result.output_file}, {result.matches_file}")
 
 
 def _export(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.export.onnx import export
+    from reidkit.actions.export import export
 
     result = export(spec)  # it logs its own check (largest difference, smallest cosine)
     print(f"ONNX model: {result.onnx_file}")
@@ -80,26 +82,24 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
 
 
 def _schema(args: argparse.Namespace) -> None:
-    from reidkit.config.schema import write_schemas
+    from reidkit.actions.schema import schema
 
-    written = write_schemas(Path(args.out))
+    written = schema(args.out)
     print(f"wrote {len(written)} files under {args.out}")
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from reidkit.config.schema import validate_spec_file
+    from reidkit.actions.validate import validate
 
-    problems = validate_spec_file(args.experiment_spec, args.spec_action)
-    if problems:
-        raise SpecError(problems[0])
+    validate(args.experiment_spec, args.spec_action)
     print(f"{args.experiment_spec}: valid for {args.spec_action}")
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from reidkit.data import synthesize
+    from reidkit.actions.dataset import synth
 
-    summary = synthesize(
-        Path(args.out), ids=args.ids, cameras=args.cameras, images_per_id=args.images_per_id,
+    summary = synth(
+        args.out, ids=args.ids, cameras=args.cameras, images_per_id=args.images_per_id,
         height=args.height, width=args.width, seed=args.seed,
     )  # fmt: skip
     print(f"wrote synthetic dataset to {args.out}: {summary}")
@@ -146,20 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(error: BaseException) -> str:
-    """The user-facing line of an error, also when a data-loader worker wrapped it."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    last = lines[-1]
-    # Worker exceptions arrive as "Caught X in DataLoader worker ... Original Traceback ...".
-    return (
-        last.split(": ", 1)[1]
-        if len(lines) > 1 and last.startswith("reidkit.errors.")
-        else lines[0]
-    )
-
-
 def _log_to_stderr() -> None:
     """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates)."""
     logger = logging.getLogger("reidkit")
@@ -180,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             args.run(args)
     except ReidkitError as error:
-        print(f"reidkit {args.action}: error: {one_line(error)}", file=sys.stderr)
+        print(f"reidkit {args.action}: error: {first_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(

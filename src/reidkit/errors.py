@@ -1,4 +1,4 @@
-"""User-facing error types.
+"""User-facing error types and the two helpers every error message is built with.
 
 Every error a user can fix (a bad spec key, a broken dataset, a checkpoint that does not fit)
 is raised as a :class:`ReidkitError` subclass with a one-line message that names the file or
@@ -7,6 +7,9 @@ and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class ReidkitError(Exception):
@@ -27,3 +30,25 @@ class CheckpointError(ReidkitError):
 
 class ExportError(ReidkitError):
     """An export cannot be written or does not match the PyTorch model."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The one line of an exception worth showing a user (its type name when it has no text).
+
+    A reidkit error raised inside a data-loader worker arrives wrapped as "Caught X in
+    DataLoader worker ... Original Traceback ..."; its own message is the last line, so that
+    one is taken instead of the wrapper's first.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    if len(lines) > 1 and last.startswith("reidkit.errors."):
+        return last.split(": ", 1)[1][:limit]
+    return lines[0][:limit]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""`` when none is close."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{matches[0]}'?" if matches else ""

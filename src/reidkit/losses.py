@@ -1,21 +1,24 @@
 """Re-id training losses: label-smoothed ID loss, batch-hard triplet loss and center loss.
 
-:class:`ReidCriterion` combines them as the spec asks (Bag of Tricks, Luo et al. 2019): the ID
-loss on the head's logits (margin heads already applied their margin, having received the
-labels), the triplet and center losses on the pre-BNNeck feature.
+:class:`ReidCriterion` sums the registered terms it is given (Bag of Tricks, Luo et al. 2019): the
+ID loss on the head's logits (margin heads already applied their margin, having received the
+labels), the triplet and center losses on the pre-BNNeck feature. Adding a loss is one
+``@LOSSES.register`` factory here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.models.reid_model import ReidOutput
+from reidkit.registry import Registry
 
 
 class CrossEntropyLabelSmooth(nn.CrossEntropyLoss):
@@ -89,57 +92,83 @@ class CenterLoss(nn.Module):
         return (features.float() - self.centers[labels]).square().sum(dim=1).mean()
 
 
-class ReidCriterion(nn.Module):
-    """The training objective selected by the spec.
+class LossFactory(Protocol):
+    """``(num_classes=, feat_dim=, **settings) -> loss module`` taking ``(input, labels)``."""
 
-    ``dataset.sampler``: 'softmax' -> ID loss only, 'triplet' -> metric losses only,
-    'softmax_triplet' -> both. The triplet term needs ``metric_loss_type`` 'triplet' or
-    'triplet_center'; center loss (weighted by ``center_loss_weight``) is added when
-    ``with_center_loss`` or a '*center' metric loss type asks for it.
+    def __call__(self, *, num_classes: int, feat_dim: int, **settings: Any) -> nn.Module: ...
+
+
+#: Loss term name -> factory. Each term reads the logits ("id") or the pre-BNNeck feature.
+LOSSES: Registry[LossFactory] = Registry("loss")
+#: Terms computed on the identity head's logits; all others read the pre-BNNeck feature.
+_ON_LOGITS = frozenset({"id"})
+
+
+@LOSSES.register("id")
+def id_loss(*, num_classes: int, label_smooth: float = 0.1, **_: Any) -> nn.Module:
+    return CrossEntropyLabelSmooth(num_classes, label_smooth)
+
+
+@LOSSES.register("triplet")
+def triplet_loss(*, margin: float = 0.3, **_: Any) -> nn.Module:
+    return TripletLoss(margin)
+
+
+@LOSSES.register("center")
+def center_loss(*, num_classes: int, feat_dim: int, **_: Any) -> nn.Module:
+    return CenterLoss(num_classes, feat_dim)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the objective: a registered loss name and its settings."""
+
+    name: str
+    weight: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class ReidCriterion(nn.Module):
+    """The weighted sum of the given loss terms (Bag of Tricks, Luo et al. 2019).
+
+    Which terms a spec asks for (``dataset.sampler``, ``model.metric_loss_type``, ...) is decided
+    where the spec is translated; this module only builds each term from :data:`LOSSES`.
     """
 
-    def __init__(self, spec: ExperimentSpec, num_classes: int, feat_dim: int) -> None:
+    def __init__(self, terms: list[LossTerm], num_classes: int, feat_dim: int) -> None:
         super().__init__()
-        model, optim, sampler = spec.model, spec.train.optim, spec.dataset.sampler
-        self.id_loss = (
-            CrossEntropyLabelSmooth(num_classes, 0.1 if model.label_smooth else 0.0)
-            if sampler != "triplet"
-            else None
+        if not terms:
+            raise SpecError("the training objective has no loss term")
+        self.losses = nn.ModuleDict(
+            {
+                term.name: LOSSES.get(term.name)(
+                    num_classes=num_classes, feat_dim=feat_dim, **term.settings
+                )
+                for term in terms
+            }
         )
-        self.triplet_loss = (
-            TripletLoss(optim.triplet_loss_margin)
-            if sampler != "softmax" and model.uses_triplet_loss
-            else None
-        )
-        if self.id_loss is None and self.triplet_loss is None:
-            raise SpecError(
-                "dataset.sampler 'triplet' drops the ID loss and model.metric_loss_type "
-                f"'{model.metric_loss_type}' has no triplet term; use sampler softmax_triplet "
-                "or metric_loss_type triplet/triplet_center"
-            )
-        self.center_loss = CenterLoss(num_classes, feat_dim) if model.uses_center_loss else None
-        self.center_loss_weight = optim.center_loss_weight
+        self.weights = {term.name: term.weight for term in terms}
 
     def forward(
         self, output: ReidOutput, labels: Tensor, metric_weight: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its named, detached parts for logging.
 
-        ``metric_weight`` scales the triplet and center terms (0 during an ID-only warm-up on
-        random batches, where they would have almost no positive pairs to work with).
+        ``metric_weight`` scales the terms on the feature (triplet, center): 0 during an ID-only
+        warm-up on random batches, where they would have almost no positive pairs to work with.
         """
-        parts: dict[str, Tensor] = {}
-        if self.id_loss is not None:
-            parts["id"] = self.id_loss(output.logits, labels)
-        if self.triplet_loss is not None:
-            parts["triplet"] = self.triplet_loss(output.features, labels)
-        if self.center_loss is not None:
-            parts["center"] = self.center_loss(output.features, labels)
-        weights = {"triplet": metric_weight, "center": metric_weight * self.center_loss_weight}
-        total = sum(weights.get(name, 1.0) * value for name, value in parts.items())
+        parts = {
+            name: loss(output.logits if name in _ON_LOGITS else output.features, labels)
+            for name, loss in self.losses.items()
+        }
+        total = sum(
+            self.weights[name] * (1.0 if name in _ON_LOGITS else metric_weight) * value
+            for name, value in parts.items()
+        )
         return total, {name: value.detach() for name, value in parts.items()}
 
     def center_parameters(self) -> Iterator[nn.Parameter]:
         """The center-loss centers (empty without center loss), for their own SGD optimizer."""
-        if self.center_loss is not None:
-            yield self.center_loss.centers
+        for loss in self.losses.values():
+            if isinstance(loss, CenterLoss):
+                yield loss.centers

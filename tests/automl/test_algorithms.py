@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from reidkit.automl.algorithms import PerTrialSeedSampler, make_pruner, make_sampler
-from reidkit.config.spec import load_spec
+from reidkit.config.loading import load_spec
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from reidkit.automl import check_automl_spec, run_automl
-from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec
+from reidkit.actions.automl import automl as run_automl
+from reidkit.automl import check_automl_spec
+from reidkit.config.loading import apply_overrides, load_spec
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from tests.conftest import tiny_overrides
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from reidkit.automl import AutomlResult, route_train
+from reidkit.actions.automl import AutomlResult
+from reidkit.actions.train import TrainResult
+from reidkit.actions.train import train as route_train
 from reidkit.config import schema
-from reidkit.config.spec import ExperimentSpec, load_spec
-from reidkit.engine.train import TrainResult
+from reidkit.config.loading import load_spec
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from tests.conftest import tiny_overrides
 

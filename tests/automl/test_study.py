@@ -15,13 +15,15 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
-from reidkit.automl import open_study, run_automl, storage_url
-from reidkit.config.spec import ExperimentSpec, load_spec, save_spec
+from reidkit.actions.automl import automl as run_automl
+from reidkit.automl import open_study, storage_url
+from reidkit.config.loading import load_spec, save_spec
+from reidkit.config.spec import ExperimentSpec
 from tests.conftest import REPO, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-WORKER = "import sys; from reidkit.automl import run_automl; from reidkit.config.spec import load_spec; run_automl(load_spec(sys.argv[1]))"  # noqa: E501
+WORKER = "import sys; from reidkit.actions.automl import automl; from reidkit.config.loading import load_spec; automl(load_spec(sys.argv[1]))"  # noqa: E501
 
 
 def _automl_spec(data: Path, results: Path, *extra: str) -> ExperimentSpec:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reidkit.actions.validate import validate
 from reidkit.config import schema
 from reidkit.config.automl_meta import (
     AUTOML_DEFAULT_PARAMETERS,
@@ -16,6 +17,7 @@ from reidkit.config.automl_meta import (
     AUTOML_FIELDS,
     is_disabled,
 )
+from reidkit.config.loading import all_keys, load_spec
 from reidkit.config.schema import (
     ACTIONS,
     build_schema,
@@ -23,7 +25,7 @@ from reidkit.config.schema import (
     validate_spec_file,
     write_schemas,
 )
-from reidkit.config.spec import AutomlSpec, all_keys, load_spec
+from reidkit.config.spec import AutomlSpec
 from reidkit.engine.recorder import VALIDATION_KEYS
 from reidkit.errors import SpecError
 from tests.conftest import SHARED
@@ -138,10 +140,11 @@ def test_broken_copies_of_the_tao_spec_are_refused(
     edit(data)
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(data))
-    problems = validate_spec_file(broken, "train")
-    assert len(problems) == 1, problems
-    assert all(needle in problems[0] for needle in needles), problems[0]
-    assert "\n" not in problems[0]
+    with pytest.raises(SpecError) as error:
+        validate(broken, "train")  # the validate action: the file, then the AutoML space
+    message = str(error.value)
+    assert all(needle in message for needle in needles), message
+    assert "\n" not in message
 
 
 def test_every_broken_section_is_reported_and_bad_files_are_lines(tmp_path: Path) -> None:

@@ -11,12 +11,13 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.actions.train import run_training as train
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageDataset, prepare_splits
 from reidkit.data.device_batches import IndexDataset
-from reidkit.engine.checkpoints import load_checkpoint
 from reidkit.engine.datamodule import ReidDataModule
-from reidkit.engine.train import train
+from reidkit.models.checkpoint_file import load_checkpoint
 
 
 class BatchSpy(Callback):

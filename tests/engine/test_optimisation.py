@@ -7,7 +7,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits
 from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.module import ReidModule

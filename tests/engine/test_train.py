@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import signal
@@ -12,12 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
-from reidkit.engine.checkpoints import load_checkpoint
-from reidkit.engine.restore import restore_model
-from reidkit.engine.train import train
+from reidkit.actions.common import load_checked_embedder
+from reidkit.actions.train import run_training, train
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
+from reidkit.engine.module import ReidModule, build_model
 from reidkit.errors import CheckpointError
+from reidkit.models.checkpoint_file import load_checkpoint
+from reidkit.models.restore import restore_model
 from tests.conftest import REPO, SHARED, assert_one_line_error, empty_spec, run_cli, tiny_overrides
 
 
@@ -40,9 +45,9 @@ def test_train_writes_checkpoints_metrics_and_status(tiny_spec: ExperimentSpec) 
     assert status["status"] == "SUCCESS" and status["epoch"] == 3
     assert 0 <= status["kpi"]["cmc_rank_1"] <= 100 and 0 <= status["kpi"]["mAP"] <= 100
     assert (folder / "experiment.yaml").is_file()
-    model, card = restore_model(spec, result.checkpoint)
+    model, card = restore_model(result.checkpoint)
     images = torch.rand(2, 3, 64, 32)
-    assert model(images).shape == (2, card["embedding_dim"])
+    assert model(images).shape == (2, card.embedding_dim)
 
 
 def test_training_learns_the_synthetic_identities(tiny_spec: ExperimentSpec) -> None:
@@ -59,37 +64,107 @@ def test_training_learns_the_synthetic_identities(tiny_spec: ExperimentSpec) -> 
     assert result.kpi["cmc_rank_1"] > 2 * 100 / 12, result.kpi  # chance is 1 in 12 identities
 
 
-def test_center_loss_centers_are_updated_and_margin_heads_train(tiny_spec: ExperimentSpec) -> None:
+class _OneStep(Callback):
+    """Keeps copies of the module before and after the first training step, and its batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if batch_idx == 0:
+            self.batch = [t.clone() for t in batch]
+            self.before = copy.deepcopy(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if batch_idx == 0:
+            self.after = copy.deepcopy(pl_module)
+            self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def _one_step(spec: ExperimentSpec) -> _OneStep:
+    step = _OneStep()
+    run_training(apply_overrides(spec, {"train.num_epochs": 1}), callbacks=[step])
+    return step
+
+
+PLAIN_SGD = {
+    "train.optim.name": "SGD",
+    "train.optim.momentum": 0.0,
+    "train.optim.weight_decay": 0.0,
+    "train.optim.weight_decay_bias": 0.0,
+    "train.optim.warmup_iters": 0,
+    "train.optim.base_lr": 0.01,
+}
+
+
+def test_center_optimiser_steps_the_centers_by_the_unweighted_gradient(
+    tiny_spec: ExperimentSpec,
+) -> None:
+    """One real step of the engine: centers move by center_lr x d(center loss)/d(centers),
+    i.e. the 1/center_loss_weight rescale undoes the loss weight (Bag of Tricks)."""
+    weight, center_lr = 0.25, 0.3
     spec = apply_overrides(
         tiny_spec,
         {
+            **PLAIN_SGD,
             "model.metric_loss_type": "triplet_center",
             "model.id_loss_type": "arcface",
-            "train.num_epochs": 1,
+            "train.optim.center_loss_weight": weight,
+            "train.optim.center_lr": center_lr,
         },
     )
-    module_centers = []
+    step = _one_step(spec)
+    images, labels, _ = step.batch
+    reference = step.before.train()
+    loss, _ = reference.criterion(reference.model(images, labels), labels)
+    loss.backward()
+    (before,) = reference.criterion.center_parameters()
+    (after,) = step.after.criterion.center_parameters()
+    expected = before.detach() - center_lr * before.grad / weight
+    torch.testing.assert_close(after.detach(), expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(after, before)
+    # The arcface head trained in the same step.
+    assert not torch.allclose(step.after.model.classifier.weight, reference.model.classifier.weight)
 
-    from reidkit.engine.module import ReidModule
 
-    module_centers = [
-        p.detach().clone() for p in ReidModule(spec, 12).criterion.center_parameters()
+def test_grad_clip_bounds_the_step(tiny_spec: ExperimentSpec) -> None:
+    """With plain SGD, the whole parameter update is lr x the clipped gradient."""
+    clip = 1e-3
+    step = _one_step(apply_overrides(tiny_spec, {**PLAIN_SGD, "train.grad_clip": clip}))
+    deltas = [
+        (a.detach() - b.detach()).flatten()
+        for a, b in zip(step.after.model.parameters(), step.before.model.parameters(), strict=True)
     ]
-    result = train(spec)
-    state = load_checkpoint(result.checkpoint, None)["state_dict"]
-    centers = [v for k, v in state.items() if k.startswith("criterion.") and "center" in k]
-    assert centers and module_centers
-    assert not torch.allclose(centers[0], module_centers[0])
+    assert torch.cat(deltas).norm().item() / step.lr == pytest.approx(clip, rel=1e-3)
+
+
+def test_optimiser_groups_give_biases_their_lr_and_decay(tiny_spec: ExperimentSpec) -> None:
+    spec = apply_overrides(
+        tiny_spec,
+        {
+            "train.optim.base_lr": 0.002,
+            "train.optim.bias_lr_factor": 3.0,
+            "train.optim.weight_decay": 0.01,
+            "train.optim.weight_decay_bias": 0.0,
+        },
+    )
+    module = ReidModule(spec, 12)
+    optimizer = module.configure_optimizers()[0]
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, param in module.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = group_of[id(param)]
+        bias = name.endswith("bias")
+        assert group["lr"] == pytest.approx(0.006 if bias else 0.002), name
+        assert group["weight_decay"] == (0.0 if bias else 0.01), name
 
 
 def test_encrypted_checkpoints_need_the_key(tiny_spec: ExperimentSpec) -> None:
     spec = apply_overrides(tiny_spec, {"encryption_key": "s3cret", "train.num_epochs": 1})
     result = train(spec)
-    restore_model(spec, result.checkpoint)
+    restore_model(result.checkpoint, "s3cret")
     with pytest.raises(CheckpointError, match="is encrypted"):
-        restore_model(apply_overrides(spec, {"encryption_key": None}), result.checkpoint)
+        restore_model(result.checkpoint, None)
     with pytest.raises(CheckpointError, match="encryption_key is wrong"):
-        restore_model(apply_overrides(spec, {"encryption_key": "guess"}), result.checkpoint)
+        restore_model(result.checkpoint, "guess")
 
 
 def test_checkpoint_that_does_not_fit_the_spec(tiny_spec: ExperimentSpec) -> None:
@@ -98,7 +173,7 @@ def test_checkpoint_that_does_not_fit_the_spec(tiny_spec: ExperimentSpec) -> Non
     with pytest.raises(
         CheckpointError, match=r"model.backbone=resnet_18 but the spec has resnet_34"
     ):
-        restore_model(other, result.checkpoint)
+        load_checked_embedder(other, result.checkpoint, "evaluate.checkpoint")
 
 
 def test_killed_run_resumes_without_losing_an_epoch(synth_root: Path, tmp_path: Path) -> None:
@@ -178,3 +253,16 @@ def test_tao_reference_spec_trains_on_cuhk03(tmp_path: Path) -> None:
     card = load_checkpoint(latest, "nvidia_tao")["reidkit"]
     assert card["backbone"] == "resnet_50" and card["num_classes"] == 743
     assert "743" in result.stderr  # the split table names the train identities
+
+
+def test_encrypted_checkpoint_starts_a_new_training(tiny_spec: ExperimentSpec) -> None:
+    """model.pretrained_model_path may be a sealed reidkit checkpoint: the spec's key opens it."""
+    spec = apply_overrides(tiny_spec, {"encryption_key": "s3cret", "train.num_epochs": 1})
+    result = train(spec)
+    trained, card = restore_model(result.checkpoint, "s3cret")
+    start = apply_overrides(spec, {"model.pretrained_model_path": str(result.checkpoint)})
+    model = build_model(start, card.num_classes)
+    for (name, value), expected in zip(
+        model.state_dict().items(), trained.state_dict().values(), strict=True
+    ):
+        assert torch.equal(value, expected), name

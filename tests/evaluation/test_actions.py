@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.actions.evaluate import evaluate
+from reidkit.actions.infer import infer
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError, DatasetError
-from reidkit.evaluation.evaluate import evaluate
-from reidkit.evaluation.infer import infer
 from tests.conftest import assert_one_line_error, run_cli
 
 Trained = tuple[ExperimentSpec, Path]

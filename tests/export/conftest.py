@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides, load_spec
-from reidkit.engine.checkpoints import save_checkpoint
-from reidkit.engine.module import model_card
-from reidkit.export import ExportResult, export
-from reidkit.models import ReidModel
+from reidkit.actions.export import export
+from reidkit.config.loading import apply_overrides, load_spec
+from reidkit.config.spec import ExperimentSpec
+from reidkit.export import ExportResult
+from reidkit.models.card import MODEL_PREFIX, attach_card
+from reidkit.models.checkpoint_file import save_checkpoint
+from tests.conftest import model_from
 
 NUM_CLASSES = 10
 
@@ -36,16 +38,15 @@ def make_checkpoint(folder: Path, *overrides: str) -> ExperimentSpec:
         ],
     )
     torch.manual_seed(0)
-    model = ReidModel(spec.model, NUM_CLASSES, spec.train.optim)
+    model = model_from(spec.model, NUM_CLASSES, spec.train.optim)
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             module.running_mean.normal_(0.0, 0.1)
             module.running_var.uniform_(0.5, 2.0)
     path = folder / "model.pth"
-    state = {f"model.{key}": value for key, value in model.state_dict().items()}
-    save_checkpoint(
-        {"state_dict": state, "reidkit": model_card(spec, model, NUM_CLASSES)}, path, None
-    )
+    checkpoint = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}}
+    attach_card(checkpoint, model.card(spec.dataset.pixel_mean, spec.dataset.pixel_std))
+    save_checkpoint(checkpoint, path, None)
     return apply_overrides(spec, {"export.checkpoint": str(path)})
 
 

@@ -11,21 +11,23 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
+from reidkit.actions.export import export
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits
 from reidkit.engine.datamodule import eval_loader
-from reidkit.engine.restore import restore_model
 from reidkit.errors import CheckpointError, ExportError
 from reidkit.evaluation.features import extract_embeddings
-from reidkit.export import ExportResult, export, load_embedder
+from reidkit.export import ExportResult, load_embedder
 from reidkit.export import onnx as onnx_export
+from reidkit.models.restore import restore_model
 from tests.conftest import assert_one_line_error, empty_spec, run_cli, tiny_overrides
 from tests.export.conftest import make_checkpoint
 
 
 def _onnx_vs_torch(spec: ExperimentSpec, path: Path, batch: int) -> float:
     """Largest |onnxruntime - PyTorch| on a fresh random batch, independent of export's check."""
-    model, _ = restore_model(spec, spec.export.checkpoint)
+    model, _ = restore_model(spec.export.checkpoint)
     images = torch.randn(batch, 3, spec.model.input_height, spec.model.input_width)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (output,) = session.run(["fc_pred"], {"input": images.numpy()})
@@ -113,7 +115,7 @@ def test_dataset_images_check_and_evaluation_embeddings_from_either_file(
     query = prepare_splits(spec, train=False, verify=False).query
     features = {}
     for name, path in (("torch", spec.export.checkpoint), ("onnx", result.onnx_file)):
-        embedder, _ = load_embedder(spec, path)
+        embedder, _ = load_embedder(path)
         loader = eval_loader(spec, query, batch_size=16)
         features[name] = extract_embeddings(embedder, loader, torch.device("cpu"), flip=True)
     torch.testing.assert_close(
@@ -164,7 +166,9 @@ def test_missing_and_unfitting_checkpoints(tmp_path: Path, resnet_spec: Experime
         export(apply_overrides(spec, {"export.checkpoint": None}))
     with pytest.raises(CheckpointError, match=r"model\.feat_dim=64"):
         export(apply_overrides(spec, {"model.feat_dim": 128}))
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no model file, only records
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "FAILURE" and "model.feat_dim=64" in status["message"]
 
 
 def test_file_beyond_tolerance_is_not_kept(

@@ -8,11 +8,13 @@ import onnx
 import pytest
 import torch
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
-from reidkit.engine.restore import restore_model
+from reidkit.actions.common import load_checked_embedder
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError
 from reidkit.export import ExportResult, OnnxEmbedder, load_embedder
 from reidkit.models import ReidModel
+from reidkit.models.restore import restore_model
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def onnx_file(exported: ExportResult) -> Path:
 def test_embedder_gives_the_pytorch_embeddings(
     resnet_spec: ExperimentSpec, onnx_file: Path
 ) -> None:
-    model, card = restore_model(resnet_spec, resnet_spec.export.checkpoint)
+    model, card = restore_model(resnet_spec.export.checkpoint)
     embedder = OnnxEmbedder(onnx_file)
     images = torch.randn(6, 3, 64, 32)
     with torch.no_grad():
@@ -32,10 +34,7 @@ def test_embedder_gives_the_pytorch_embeddings(
     assert embeddings.dtype == torch.float32 and embeddings.device == images.device
     torch.testing.assert_close(embeddings, expected, atol=1e-4, rtol=0)
     assert "CPUExecutionProvider" in embedder.providers
-    shared = ("backbone", "embedding_dim", "feat_dim", "input_height", "input_width")
-    assert {k: embedder.card[k] for k in shared} == {k: card[k] for k in shared}
-    assert embedder.card["pixel_mean"] == card["pixel_mean"]
-    assert embedder.card["pixel_std"] == card["pixel_std"]
+    assert embedder.card == card  # the whole model card travels in the file
 
 
 def test_file_without_metadata_reads_shapes_from_the_graph(onnx_file: Path, tmp_path: Path) -> None:
@@ -45,7 +44,8 @@ def test_file_without_metadata_reads_shapes_from_the_graph(onnx_file: Path, tmp_
     bare = tmp_path / "tao.onnx"
     onnx.save_model(model, bare)
     card = OnnxEmbedder(bare).card
-    assert card == {"input_height": 64, "input_width": 32, "embedding_dim": 64}
+    assert (card.input_height, card.input_width, card.embedding_dim) == (64, 32, 64)
+    assert card.backbone is None and card.pixel_mean is None and card.match_threshold is None
 
 
 def test_missing_or_foreign_file_is_a_checkpoint_error(tmp_path: Path) -> None:
@@ -60,10 +60,10 @@ def test_missing_or_foreign_file_is_a_checkpoint_error(tmp_path: Path) -> None:
 def test_load_embedder_dispatches_on_the_suffix(
     resnet_spec: ExperimentSpec, onnx_file: Path
 ) -> None:
-    embed, card = load_embedder(resnet_spec, onnx_file)
-    assert isinstance(embed, OnnxEmbedder) and card["embedding_dim"] == 64
-    model, card = load_embedder(resnet_spec, resnet_spec.export.checkpoint)
-    assert isinstance(model, ReidModel) and not model.training and "spec" in card
+    embed, card = load_embedder(onnx_file)
+    assert isinstance(embed, OnnxEmbedder) and card.embedding_dim == 64
+    model, card = load_embedder(resnet_spec.export.checkpoint)
+    assert isinstance(model, ReidModel) and not model.training and card.num_classes == 10
 
 
 def test_load_embedder_refuses_a_file_for_another_input_size(
@@ -71,4 +71,4 @@ def test_load_embedder_refuses_a_file_for_another_input_size(
 ) -> None:
     spec = apply_overrides(resnet_spec, {"model.input_height": 128})
     with pytest.raises(CheckpointError, match=r"model\.input_height=64 but the spec has 128"):
-        load_embedder(spec, onnx_file)
+        load_checked_embedder(spec, onnx_file, "evaluate.checkpoint")

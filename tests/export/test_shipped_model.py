@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reidkit.config.spec import ExperimentSpec, apply_overrides
-from reidkit.evaluation.evaluate import evaluate
-from reidkit.evaluation.infer import infer
-from reidkit.export import export
+from reidkit.actions.evaluate import evaluate
+from reidkit.actions.export import export
+from reidkit.actions.infer import infer
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from reidkit.config.spec import BackboneName, ModelSpec
 from reidkit.errors import SpecError
-from reidkit.models import Backbone, build_backbone, register_backbone
-from reidkit.models.backbones import _BACKBONES
+from reidkit.models import BACKBONES, Backbone
+from tests.conftest import backbone_from
 
 
 def small_spec(backbone: str, **fields: object) -> ModelSpec:
@@ -30,18 +30,18 @@ def output_size(backbone: Backbone, stage: nn.Module, images: Tensor) -> tuple[i
 
 
 def test_registry_holds_every_spec_backbone() -> None:
-    assert set(_BACKBONES) == set(get_args(BackboneName))
+    assert set(BACKBONES.names()) == set(get_args(BackboneName))
 
 
 def test_registering_a_name_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="twice"):
-        register_backbone("resnet_18")(lambda spec: nn.Identity())
+        BACKBONES.register("resnet_18")(lambda name, **_: nn.Identity())
 
 
 def test_unknown_backbone_is_a_spec_error() -> None:
     spec = small_spec("resnet_18").model_construct(backbone="vgg_16")
     with pytest.raises(SpecError, match=r"model\.backbone 'vgg_16'"):
-        build_backbone(spec)
+        backbone_from(spec)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_unknown_backbone_is_a_spec_error() -> None:
     ],
 )
 def test_resnet_depth_has_its_block_type(name: str, block: type, width: int) -> None:
-    backbone = build_backbone(small_spec(name))
+    backbone = backbone_from(small_spec(name))
     body = backbone.body
     blocks = [b for layer in (body.layer1, body.layer2, body.layer3, body.layer4) for b in layer]
     assert all(type(b) is block for b in blocks)
@@ -64,7 +64,7 @@ def test_resnet_depth_has_its_block_type(name: str, block: type, width: int) -> 
 
 @pytest.mark.parametrize("name", ["resnet_18", "resnet_50"])
 def test_resnet_stem_applies_its_relu(name: str) -> None:
-    backbone = build_backbone(small_spec(name))
+    backbone = backbone_from(small_spec(name))
     stem_out: list[Tensor] = []
     backbone.body.maxpool.register_forward_hook(lambda _m, inputs, _o: stem_out.append(inputs[0]))
     with torch.no_grad():
@@ -76,16 +76,16 @@ def test_resnet_stem_applies_its_relu(name: str) -> None:
 @pytest.mark.parametrize("name", ["resnet_18", "resnet_50"])
 def test_resnet_last_stride_sets_layer4_resolution(name: str) -> None:
     images = torch.randn(1, 3, 64, 32)
-    strided = build_backbone(small_spec(name, last_stride=2))
-    unstrided = build_backbone(small_spec(name, last_stride=1))
+    strided = backbone_from(small_spec(name, last_stride=2))
+    unstrided = backbone_from(small_spec(name, last_stride=1))
     assert output_size(strided, strided.body.layer4, images) == (2, 1)
     assert output_size(unstrided, unstrided.body.layer4, images) == (4, 2)
 
 
 def test_mobilenet_last_stride_sets_final_resolution() -> None:
     images = torch.randn(1, 3, 64, 32)
-    strided = build_backbone(small_spec("mobilenet_v2", last_stride=2))
-    unstrided = build_backbone(small_spec("mobilenet_v2", last_stride=1))
+    strided = backbone_from(small_spec("mobilenet_v2", last_stride=2))
+    unstrided = backbone_from(small_spec("mobilenet_v2", last_stride=1))
     assert output_size(strided, strided.features, images) == (2, 1)
     assert output_size(unstrided, unstrided.features, images) == (4, 2)
 
@@ -94,7 +94,7 @@ def test_mobilenet_last_stride_sets_final_resolution() -> None:
     ("name", "width"), [("resnet_18", 512), ("resnet_50", 2048), ("mobilenet_v2", 1280)]
 )
 def test_cnn_forward_train_and_eval(name: str, width: int) -> None:
-    backbone = build_backbone(small_spec(name))
+    backbone = backbone_from(small_spec(name))
     images = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         trained = backbone.train()(images)
@@ -106,7 +106,7 @@ def test_cnn_forward_train_and_eval(name: str, width: int) -> None:
 @pytest.mark.parametrize(("height", "mode"), [(256, "train"), (384, "eval")])
 def test_swin_tiny_forward_at_person_sizes(height: int, mode: str) -> None:
     spec = ModelSpec(backbone="swin_tiny_patch4_window7_224", input_height=height, input_width=128)
-    backbone = build_backbone(spec)
+    backbone = backbone_from(spec)
     backbone.train(mode == "train")
     with torch.no_grad():
         pooled = backbone(torch.randn(1, 3, height, 128))
@@ -120,6 +120,6 @@ def test_swin_tiny_forward_at_person_sizes(height: int, mode: str) -> None:
     [("swin_small_patch4_window7_224", 768), ("swin_base_patch4_window7_224", 1024)],
 )
 def test_larger_swins_build_at_256x128(name: str, width: int) -> None:
-    backbone = build_backbone(ModelSpec(backbone=name, drop_path=0.2))
+    backbone = backbone_from(ModelSpec(backbone=name, drop_path=0.2))
     assert backbone.out_channels == width
     assert backbone.body.patch_embed.img_size == (256, 128)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 
-from reidkit.config.spec import OptimSpec
+from reidkit.config.spec import ModelSpec, OptimSpec
 from reidkit.errors import SpecError
-from reidkit.models import BNNeck, build_id_head
+from reidkit.models import ID_HEADS, BNNeck, build_id_head
 from reidkit.models.heads import LinearClassifier
 
 
@@ -22,7 +23,7 @@ def test_bnneck_bias_is_frozen_at_zero() -> None:
 
 
 def test_softmax_head_is_bias_free_with_small_init() -> None:
-    head = build_id_head("softmax", 256, 500, OptimSpec())
+    head = build_id_head("softmax", 256, 500)
     assert isinstance(head, LinearClassifier)
     assert [name for name, _ in head.named_parameters()] == ["weight"]
     assert head.weight.std().item() == pytest.approx(0.001, rel=0.1)
@@ -32,13 +33,13 @@ def test_softmax_head_is_bias_free_with_small_init() -> None:
 
 def test_unknown_head_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="id_loss_type 'sphereface'"):
-        build_id_head("sphereface", 8, 4, OptimSpec())
+        build_id_head("sphereface", 8, 4)
 
 
 @pytest.mark.parametrize("name", ["arcface", "cosface", "amsoftmax", "circle"])
 def test_labels_move_the_target_logit(name: str) -> None:
     optim = OptimSpec(cosine_scale=16.0, cosine_margin=0.3)
-    head = build_id_head(name, 8, 5, optim)
+    head = build_id_head(name, 8, 5, scale=optim.cosine_scale, margin=optim.cosine_margin)
     torch.nn.init.normal_(head.weight)
     features, labels = torch.randn(4, 8), torch.tensor([0, 3, 3, 1])
     with_margin, plain = head(features, labels), head(features)
@@ -58,7 +59,13 @@ def test_labels_move_the_target_logit(name: str) -> None:
 
 
 def test_margin_heads_train() -> None:
-    head = build_id_head("arcface", 8, 5, OptimSpec())
+    head = build_id_head("arcface", 8, 5)
     logits = head(torch.randn(4, 8, requires_grad=True), torch.tensor([0, 1, 2, 3]))
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     assert torch.isfinite(head.weight.grad).all() and head.weight.grad.abs().sum() > 0
+
+
+def test_every_spec_head_is_registered_and_back() -> None:
+    """The spec lists id_loss_type names without importing torch; the registry must agree."""
+    allowed = typing.get_args(ModelSpec.model_fields["id_loss_type"].annotation)
+    assert set(ID_HEADS.names()) == set(allowed)

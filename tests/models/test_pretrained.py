@@ -11,9 +11,10 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
-from reidkit.config.spec import ModelSpec, OptimSpec
+from reidkit.config.spec import ModelSpec
 from reidkit.errors import CheckpointError
-from reidkit.models import ReidModel, build_backbone, load_imagenet, load_pretrained
+from reidkit.models import load_imagenet, load_pretrained
+from tests.conftest import backbone_from, model_from
 
 MOBILENET_FILE = (
     Path(__file__).resolve().parents[3] / "shared/weights/mobilenet_v2_imagenet_features.pth"
@@ -38,7 +39,7 @@ def torchvision_resnet18_file(folder: Path, drop_counters: bool = False) -> Path
 
 @pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason=f"{MOBILENET_FILE} is absent")
 def test_real_mobilenet_imagenet_file_fits_completely() -> None:
-    backbone = build_backbone(small_spec("mobilenet_v2"))
+    backbone = backbone_from(small_spec("mobilenet_v2"))
     report = load_pretrained(backbone, MOBILENET_FILE)
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     assert report.loaded == len(backbone.state_dict())
@@ -49,7 +50,7 @@ def test_real_mobilenet_imagenet_file_fits_completely() -> None:
 
 @pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason=f"{MOBILENET_FILE} is absent")
 def test_mobilenet_file_into_reid_model_reports_backbone_keys_only() -> None:
-    model = ReidModel(small_spec("mobilenet_v2"), num_classes=10, optim=OptimSpec())
+    model = model_from(small_spec("mobilenet_v2"), 10)
     report = load_pretrained(model, MOBILENET_FILE)
     assert report.missing == [] and report.loaded == len(model.backbone.state_dict())
 
@@ -58,7 +59,7 @@ def test_mobilenet_file_into_reid_model_reports_backbone_keys_only() -> None:
 def test_torchvision_resnet_state_dict_loads(tmp_path: Path, drop_counters: bool) -> None:
     path = torchvision_resnet18_file(tmp_path, drop_counters)
     source = torch.load(path, weights_only=True)
-    backbone = build_backbone(small_spec(last_stride=1))
+    backbone = backbone_from(small_spec(last_stride=1))
     report = load_pretrained(backbone, path)
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert report.loaded == len(source) - 2  # all but the ImageNet classifier fc.weight/fc.bias
@@ -72,7 +73,7 @@ def test_timm_swin_state_dict_is_resized_to_person_windows(tmp_path: Path) -> No
     source = timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000).state_dict()
     path = tmp_path / "swin_tiny.pth"
     torch.save(source, path)
-    backbone = build_backbone(ModelSpec(backbone="swin_tiny_patch4_window7_224"))
+    backbone = backbone_from(ModelSpec(backbone="swin_tiny_patch4_window7_224"))
     report = load_pretrained(backbone, path)
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     torch.testing.assert_close(
@@ -81,10 +82,10 @@ def test_timm_swin_state_dict_is_resized_to_person_windows(tmp_path: Path) -> No
 
 
 def test_reidkit_checkpoint_with_other_class_count_reports_the_mismatch(tmp_path: Path) -> None:
-    trained = ReidModel(small_spec(feat_dim=64), num_classes=5, optim=OptimSpec())
+    trained = model_from(small_spec(feat_dim=64), 5)
     path = tmp_path / "reid.pth"
     torch.save({"state_dict": trained.state_dict(), "epoch": 3}, path)
-    model = ReidModel(small_spec(feat_dim=64), num_classes=7, optim=OptimSpec())
+    model = model_from(small_spec(feat_dim=64), 7)
     report = load_pretrained(model, path)
     assert report.mismatched == ["classifier.weight"]
     assert report.missing == [] and report.unexpected == []
@@ -93,12 +94,12 @@ def test_reidkit_checkpoint_with_other_class_count_reports_the_mismatch(tmp_path
 
 
 def test_lightning_checkpoint_loads_the_model_part(tmp_path: Path) -> None:
-    trained = ReidModel(small_spec(feat_dim=64), num_classes=5, optim=OptimSpec())
+    trained = model_from(small_spec(feat_dim=64), 5)
     state = {f"model.{k}": v for k, v in trained.state_dict().items()}
     state["criterion.center_loss.centers"] = torch.zeros(5, 64)
     path = tmp_path / "reid_model_latest.pth"
     torch.save({"state_dict": state, "reidkit": {"backbone": "resnet_18"}}, path)
-    model = ReidModel(small_spec(feat_dim=64), num_classes=5, optim=OptimSpec())
+    model = model_from(small_spec(feat_dim=64), 5)
     report = load_pretrained(model, path)
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     torch.testing.assert_close(model.classifier.weight, trained.classifier.weight)
@@ -106,13 +107,13 @@ def test_lightning_checkpoint_loads_the_model_part(tmp_path: Path) -> None:
 
 def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nope\.pth' do not exist; fix model\.pretrained"):
-        load_pretrained(build_backbone(small_spec()), tmp_path / "nope.pth")
+        load_pretrained(backbone_from(small_spec()), tmp_path / "nope.pth")
 
 
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b"REIDKIT-AESGCM-1\nsealed bytes", "not a readable PyTorch state dict"),
+        (b"REIDKIT-AESGCM-1\nsealed bytes", "is encrypted; set encryption_key"),
         ([1, 2, 3], "holds a list, not a state dict"),
         ({"conv1.weight": "text"}, "entry 'conv1.weight' is a str"),
     ],
@@ -126,14 +127,14 @@ def test_non_state_dict_files_are_checkpoint_errors(
     else:
         torch.save(content, path)
     with pytest.raises(CheckpointError, match=needle) as error:
-        load_pretrained(build_backbone(small_spec()), path)
+        load_pretrained(backbone_from(small_spec()), path)
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason=f"{MOBILENET_FILE} is absent")
 def test_weights_of_another_architecture_are_refused() -> None:
     with pytest.raises(CheckpointError, match=r"no tensor of .* fits the model"):
-        load_pretrained(build_backbone(small_spec("resnet_18")), MOBILENET_FILE)
+        load_pretrained(backbone_from(small_spec("resnet_18")), MOBILENET_FILE)
 
 
 def test_imagenet_without_path_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +143,7 @@ def test_imagenet_without_path_offline_says_what_to_do(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(CheckpointError) as error:
-        load_imagenet(build_backbone(small_spec("resnet_50")))
+        load_imagenet(backbone_from(small_spec("resnet_50")))
     assert str(error.value) == (
         "model.pretrain_choice is 'imagenet' but the ImageNet weights for resnet_50 cannot be "
         "downloaded (<urlopen error [Errno -2] Name or service not known>); set "

@@ -12,11 +12,14 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec, apply_overrides
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec, ModelSpec
+from reidkit.engine.module import build_model, loss_terms
 from reidkit.errors import CheckpointError
 from reidkit.losses import ReidCriterion
-from reidkit.models import ReidModel, ReidOutput, build_model
+from reidkit.models import ReidModel, ReidOutput
 from reidkit.models.pooling import GeneralizedMeanPooling
+from tests.conftest import model_from
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
@@ -51,14 +54,14 @@ def experiment(**overrides: object) -> ExperimentSpec:
 )
 def test_embedding_width_rule(backbone: str, fields: dict, width: int, reduced: bool) -> None:
     spec = ModelSpec(backbone=backbone, pretrain_choice="self", **fields)
-    model = ReidModel(spec, num_classes=10, optim=OptimSpec())
+    model = model_from(spec, 10)
     assert model.embedding_dim == width
     assert isinstance(model.reduction, nn.Linear) == reduced
     assert model.classifier.weight.shape == (10, width)
 
 
 def test_train_output_and_eval_embedding() -> None:
-    model = ReidModel(small_spec(feat_dim=64, dropout_rate=0.2), num_classes=4, optim=OptimSpec())
+    model = model_from(small_spec(feat_dim=64, dropout_rate=0.2), 4)
     images = torch.randn(8, 3, 64, 32)
     output = model.train()(images, LABELS)
     assert isinstance(output, ReidOutput)
@@ -70,10 +73,10 @@ def test_train_output_and_eval_embedding() -> None:
 
 
 def test_neck_feat_selects_the_embedding_side_of_the_bnneck() -> None:
-    model = ReidModel(small_spec(feat_dim=64), num_classes=4, optim=OptimSpec())
+    model = model_from(small_spec(feat_dim=64), 4)
     images = torch.randn(8, 3, 64, 32)
     model.train()(images, LABELS)  # moves the BN running statistics away from identity
-    before_model = ReidModel(small_spec(feat_dim=64, neck_feat="before"), 4, OptimSpec())
+    before_model = model_from(small_spec(feat_dim=64, neck_feat="before"), 4)
     before_model.load_state_dict(model.state_dict())
     with torch.no_grad():
         after = model.eval()(images)
@@ -83,13 +86,13 @@ def test_neck_feat_selects_the_embedding_side_of_the_bnneck() -> None:
 
 
 def test_without_bnneck_there_is_no_neck() -> None:
-    model = ReidModel(small_spec(feat_dim=64, neck="no"), num_classes=4, optim=OptimSpec())
+    model = model_from(small_spec(feat_dim=64, neck="no"), 4)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
 
 def test_margin_head_gets_the_labels_in_training() -> None:
     spec = small_spec(feat_dim=64, neck="no", id_loss_type="arcface")
-    model = ReidModel(spec, num_classes=4, optim=OptimSpec()).train()
+    model = model_from(spec, 4).train()
     output = model(torch.randn(8, 3, 64, 32), LABELS)
     with torch.no_grad():
         torch.testing.assert_close(output.logits, model.classifier(output.features, LABELS))
@@ -99,7 +102,7 @@ def test_margin_head_gets_the_labels_in_training() -> None:
 
 
 def test_eval_forward_exports_with_a_dynamic_batch() -> None:
-    model = ReidModel(small_spec(feat_dim=64), num_classes=4, optim=OptimSpec()).eval()
+    model = model_from(small_spec(feat_dim=64), 4).eval()
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(model, (torch.randn(2, 3, 64, 32),), dynamic_shapes=({0: batch},))
     images = torch.randn(5, 3, 64, 32)
@@ -141,7 +144,7 @@ def test_training_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
     spec = experiment(**{"model.metric_loss_type": "triplet_center"})
     model = build_model(spec, num_classes=4).train()
-    criterion = ReidCriterion(spec, num_classes=4, feat_dim=model.embedding_dim)
+    criterion = ReidCriterion(loss_terms(spec), num_classes=4, feat_dim=model.embedding_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.train.optim.base_lr)
     center_optimizer = torch.optim.SGD(criterion.center_parameters(), lr=0.5)
     images = torch.randn(8, 3, 64, 32)
@@ -176,3 +179,5 @@ def test_gem_pooling_matches_its_formula_and_replaces_the_average_pool() -> None
     model.train()
     model(torch.rand(4, 3, 64, 32), torch.tensor([0, 1, 2, 0]))[0].sum().backward()
     assert pools[0].p.grad is not None  # p is learned
+    rebuilt = ReidModel.from_card(model.card((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))
+    assert any(isinstance(m, GeneralizedMeanPooling) for m in rebuilt.modules())

@@ -1,8 +1,11 @@
-"""AutoML: optuna studies over the train action, searched as the packaged train schema says."""
+"""AutoML: optuna studies over the train action, searched as the packaged train schema says.
 
-from reidkit.automl.routing import route_train
+A library: the train action's function is handed to :func:`run_study`; the ``automl`` action
+(:mod:`reidkit.actions.automl`) wires the two together.
+"""
+
 from reidkit.automl.space import SearchParam, check_automl_spec
-from reidkit.automl.study import AutomlResult, open_study, run_automl, storage_url
+from reidkit.automl.study import AutomlResult, open_study, run_study, storage_url
 from reidkit.automl.trial import trial_spec
 
 __all__ = [
@@ -10,8 +13,7 @@ __all__ = [
     "SearchParam",
     "check_automl_spec",
     "open_study",
-    "route_train",
-    "run_automl",
+    "run_study",
     "storage_url",
     "trial_spec",
 ]

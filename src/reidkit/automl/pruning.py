@@ -10,8 +10,9 @@ class OptunaPruning(Callback):
     """Reports ``metric`` after every validation as ``trial.report(value, epoch)``.
 
     Raising :class:`optuna.TrialPruned` from the hook makes Lightning stop and re-raise it, so
-    the objective sees the trial pruned. ``last`` and ``epoch`` keep the unrounded value and
-    the epoch of the latest validation: the trial's result when training reaches the budget.
+    the objective sees the trial pruned. ``last`` and ``epoch`` keep the latest validation's
+    value (rounded to 4 decimals, which drops float32 noise) and epoch: the trial's result when
+    training reaches the budget.
     """
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:

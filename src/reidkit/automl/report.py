@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reidkit.automl.space import SearchParam
 from reidkit.automl.trial import trial_spec
-from reidkit.config.spec import ExperimentSpec, save_spec
+from reidkit.config.loading import save_spec
+from reidkit.config.spec import ExperimentSpec
 from reidkit.outputs import atomic_open, write_json
 
 LEADERBOARD = "leaderboard"

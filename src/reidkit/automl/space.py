@@ -15,9 +15,10 @@ from typing import Any, Literal
 import optuna
 
 from reidkit.config.automl_meta import MULTIPLE_OF_DEPENDENCY, is_disabled
+from reidkit.config.loading import all_keys
 from reidkit.config.schema import packaged_schema, schema_node
-from reidkit.config.spec import AutomlRangeOverride, ExperimentSpec, all_keys, nearest_key
-from reidkit.errors import SpecError
+from reidkit.config.spec import AutomlRangeOverride, ExperimentSpec
+from reidkit.errors import SpecError, did_you_mean
 
 _HYPER = "automl.automl_hyperparameters"
 _OVERRIDE = "automl.automl_range_override"
@@ -107,9 +108,7 @@ def _overrides_by_key(
 
 def _tunable_node(key: str, schema: dict[str, Any]) -> dict[str, Any]:
     if key not in all_keys():
-        hint = nearest_key(key)
-        suggestion = f"; did you mean '{hint}'?" if hint else ""
-        raise SpecError(f"{_HYPER}: unknown key '{key}'{suggestion}")
+        raise SpecError(f"{_HYPER}: unknown key '{key}'{did_you_mean(key, all_keys())}")
     if is_disabled(key, schema.get("automl_disabled_parameters", [])):
         raise SpecError(
             f"{_HYPER}: '{key}' cannot be tuned (it is in the train schema's "

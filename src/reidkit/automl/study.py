@@ -25,11 +25,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reidkit.automl.algorithms import make_pruner, make_sampler
 from reidkit.automl.report import BEST_SPEC, LEADERBOARD, write_reports
-from reidkit.automl.space import check_automl_spec
-from reidkit.automl.trial import Objective, SurplusTrial, TrialFailed, holds_slot, is_finished
-from reidkit.config.spec import ExperimentSpec, start_action
-from reidkit.errors import ReidkitError, SpecError
-from reidkit.outputs import write_status
+from reidkit.automl.space import SearchParam
+from reidkit.automl.trial import (
+    Objective,
+    SurplusTrial,
+    TrainFunction,
+    TrialFailed,
+    holds_slot,
+    is_finished,
+)
+from reidkit.config.spec import ExperimentSpec
+from reidkit.errors import ReidkitError, SpecError, first_line
 
 log = logging.getLogger("reidkit")
 
@@ -51,6 +57,8 @@ class AutomlResult:
     best_params: dict[str, Any]
     best_spec: Path
     leaderboard: Path
+    #: The best trial's results folder (its ``train`` run holds the checkpoints).
+    best_trial_dir: Path
 
 
 def storage_url(spec: ExperimentSpec) -> str:
@@ -116,18 +124,20 @@ def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
 
 
 def _cannot_open(url: str, error: Exception) -> str:
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"automl.storage: cannot open '{url}': {reason}"
+    return f"automl.storage: cannot open '{url}': {first_line(error)}"
 
 
-def run_automl(spec: ExperimentSpec) -> AutomlResult:
-    """Tune the train action until the study holds ``automl_max_recommendations`` trials."""
-    space = check_automl_spec(spec)
-    folder = start_action(spec, "automl")
+def run_study(
+    spec: ExperimentSpec, space: list[SearchParam], folder: Path, train: TrainFunction
+) -> AutomlResult:
+    """Run trials in ``folder`` until the study holds ``automl_max_recommendations`` of them.
+
+    ``train`` trains one trial's spec (the train action's own function, handed down so this
+    library never imports the action layer).
+    """
     study = open_study(spec)
     target = spec.automl.automl_max_recommendations
-    objective = Objective(spec, space, folder)
-    write_status(folder, "automl", "RUNNING", f"study '{study.study_name}' running")
+    objective = Objective(spec, space, folder, train)
 
     def report(study: optuna.Study, _: Any) -> None:
         write_reports(study, spec, space, folder)
@@ -155,13 +165,10 @@ def run_automl(spec: ExperimentSpec) -> AutomlResult:
     best = write_reports(study, spec, space, folder)
     finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
     if best is None:
-        write_status(folder, "automl", "FAILURE", "no trial completed")
         raise ReidkitError(
             f"AutoML ran {finished} trials and none completed (all pruned or failed); "
             f"see {folder / (LEADERBOARD + '.csv')}"
         )
-    kpi = {spec.automl.metric: round(float(best.value), 2)}
-    write_status(folder, "automl", "SUCCESS", f"best trial {best.number}", kpi=kpi)
     return AutomlResult(
         results_dir=folder,
         storage=storage_url(spec),
@@ -171,6 +178,7 @@ def run_automl(spec: ExperimentSpec) -> AutomlResult:
         best_value=float(best.value),
         best_params={p.key: p.decode(best.params[p.key]) for p in space if p.key in best.params},
         best_spec=folder / BEST_SPEC,
+        best_trial_dir=folder / best.user_attrs.get("results_dir", f"trial_{best.number:03d}"),
         leaderboard=folder / f"{LEADERBOARD}.csv",
     )
 

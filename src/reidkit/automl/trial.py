@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reidkit.automl.pruning import OptunaPruning
 from reidkit.automl.space import SearchParam
-from reidkit.config.spec import ExperimentSpec, apply_overrides
-from reidkit.engine.train import train
+from reidkit.config.loading import apply_overrides
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError
+
+#: Trains one trial's spec with extra Lightning callbacks; returns an object with ``kpi``
+#: (metric name -> percent) and ``epochs``: the train action's ``run_training``.
+TrainFunction = Callable[..., Any]
 
 _HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -70,10 +75,13 @@ def is_finished(trial: FrozenTrial) -> bool:
 class Objective:
     """Trains one trial in ``<automl folder>/trial_<number>`` and returns its metric."""
 
-    def __init__(self, spec: ExperimentSpec, space: list[SearchParam], folder: Path) -> None:
+    def __init__(
+        self, spec: ExperimentSpec, space: list[SearchParam], folder: Path, train: TrainFunction
+    ) -> None:
         self.spec = spec
         self.space = space
         self.folder = folder
+        self.train = train
         self.current: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -91,7 +99,7 @@ class Objective:
         metric = self.spec.automl.metric
         pruning = OptunaPruning(trial, metric)
         try:
-            result = train(spec, callbacks=[pruning])
+            result = self.train(spec, callbacks=[pruning])
             value = pruning.last if pruning.last is not None else result.kpi.get(metric)
             if value is None:
                 raise RuntimeError(f"training logged no {metric}")

@@ -25,7 +25,8 @@ from reidkit.config.automl_meta import (
     AUTOML_DISABLED_PARAMETERS,
     AUTOML_FIELDS,
 )
-from reidkit.config.spec import ExperimentSpec, spec_from_dict
+from reidkit.config.loading import read_yaml_mapping, spec_from_dict
+from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError
 
 ACTIONS = ("train", "evaluate", "inference", "export")
@@ -128,24 +129,16 @@ def validate_spec_file(path: str | Path, action: str = "train") -> list[str]:
     """Check a YAML spec for ``action`` without running anything; one line per problem.
 
     Each top-level key is validated on its own so that one run reports a problem per section
-    (pydantic's messages, shaped by :func:`reidkit.config.spec.spec_from_dict`); a spec that is
-    valid for train with AutoML enabled also has its search space checked against the packaged
-    train schema. An empty list means the spec is valid.
+    (pydantic's messages, shaped by :func:`reidkit.config.loading.spec_from_dict`). An empty
+    list means the spec is valid. The AutoML search space is checked by the validate action,
+    which sits above both this module and :mod:`reidkit.automl`.
     """
     _check_action(action)
     path = Path(path)
-    if not path.is_file():
-        return [f"{path}: spec file does not exist; pass an existing YAML file"]
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        return [f"{path}: not valid YAML{where}; fix the syntax"]
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        return [f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"]
+        data = read_yaml_mapping(path)
+    except SpecError as error:
+        return [str(error)]
     problems: list[str] = []
     for key, value in data.items():
         try:
@@ -155,11 +148,7 @@ def validate_spec_file(path: str | Path, action: str = "train") -> list[str]:
     if problems:
         return problems
     try:
-        spec = spec_from_dict(data, source=str(path))
-        if action == "train" and spec.automl.automl_enabled:
-            from reidkit.automl.space import check_automl_spec  # automl builds on this module
-
-            check_automl_spec(spec)
+        spec_from_dict(data, source=str(path))
     except ReidkitError as error:
         problems.append(str(error))
     return problems

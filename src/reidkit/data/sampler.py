@@ -9,8 +9,8 @@ the ranks, so the ranks' shares are disjoint by construction.
 
 An epoch has ``N // batch_size`` batches, as many as a random sampler gives (TAO's sampler
 gives ~19 % fewer on CUHK03: it drops each identity's remainder). The groups hold a few more
-slots than ``N`` (the fill-ups), so about 85 % of the images appear in a given epoch (TAO's:
-81 % in fewer steps). The length is a fixed function of the data (not of the random draw),
+slots than ``N`` (the fill-ups), so 88 % of CUHK03's images appear in a given epoch (TAO's
+sampler: 81 %, in fewer steps). The length is a fixed function of the data (not of the random draw),
 because Lightning, LR schedules and progress bars all assume ``len(sampler)`` is exact and
 constant. When a rank runs short of distinct identities at the end of an epoch, it fills the
 batch with fresh groups of its own identities instead of emitting a short or lopsided batch.

@@ -9,6 +9,7 @@ pure function of the global step, so a resumed run continues on the exact schedu
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,16 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-import reidkit
-from reidkit.config.spec import ExperimentSpec, OptimSpec
+from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
 from reidkit.engine.schedule import lr_factor
+from reidkit.errors import SpecError
 from reidkit.evaluation.features import embed_batch
 from reidkit.evaluation.metrics import evaluate_features
-from reidkit.losses import ReidCriterion
-from reidkit.models import ReidModel, build_model
+from reidkit.losses import LossTerm, ReidCriterion
+from reidkit.models import ReidModel, load_imagenet, load_pretrained
+from reidkit.models.card import attach_card
+
+log = logging.getLogger("reidkit")
 
 QUERY, GALLERY = 0, 1
 
@@ -56,20 +60,67 @@ def _accepts(optimizer_class: type, argument: str) -> bool:
     return argument in inspect.signature(optimizer_class.__init__).parameters
 
 
-def model_card(spec: ExperimentSpec, model: ReidModel, num_classes: int) -> dict[str, Any]:
-    """What a checkpoint must record so evaluate/export can check it fits their spec."""
+def model_settings(model: ModelSpec, optim: OptimSpec) -> dict[str, Any]:
+    """The spec's ``model`` section (and the margin heads' two ``optim`` keys) as the keyword
+    arguments of :class:`ReidModel`."""
     return {
-        "reidkit_version": reidkit.__version__,
-        "backbone": spec.model.backbone,
-        "num_classes": num_classes,
-        "feat_dim": spec.model.feat_dim,
-        "embedding_dim": model.embedding_dim,
-        "input_height": spec.model.input_height,
-        "input_width": spec.model.input_width,
-        "pixel_mean": list(spec.dataset.pixel_mean),
-        "pixel_std": list(spec.dataset.pixel_std),
-        "spec": spec.model_dump(mode="json"),
+        "input_size": (model.input_height, model.input_width),
+        "feat_dim": model.feat_dim,
+        "neck": model.neck,
+        "neck_feat": model.neck_feat,
+        "last_stride": model.last_stride,
+        "reduce_feat_dim": model.reduce_feat_dim,
+        "dropout_rate": model.dropout_rate,
+        "drop_path": model.drop_path,
+        "id_loss_type": model.id_loss_type,
+        "cosine_scale": optim.cosine_scale,
+        "cosine_margin": optim.cosine_margin,
+        "pooling": model.pooling,
     }
+
+
+def build_model(spec: ExperimentSpec, num_classes: int) -> ReidModel:
+    """The spec's network with its starting weights: the spec translated to plain arguments.
+
+    ``model.pretrained_model_path``, when set, is always loaded (an ImageNet state dict into the
+    backbone, or a reidkit checkpoint, encrypted with ``encryption_key`` or not, into the whole
+    model); otherwise 'imagenet' downloads the library's ImageNet weights and 'self' starts
+    from scratch.
+    """
+    m = spec.model
+    model = ReidModel(m.backbone, num_classes, **model_settings(m, spec.train.optim))
+    if m.pretrained_model_path is not None:
+        report = load_pretrained(model, m.pretrained_model_path, spec.encryption_key)
+        log.info("pretrained weights %s: %s", m.pretrained_model_path, report.summary())
+    elif m.pretrain_choice == "imagenet":
+        report = load_imagenet(model.backbone)
+        log.info("ImageNet weights for %s: %s", m.backbone, report.summary())
+    return model
+
+
+def loss_terms(spec: ExperimentSpec) -> list[LossTerm]:
+    """The objective's terms as the spec asks for them (TAO's keys, translated here).
+
+    ``dataset.sampler``: 'softmax' -> ID loss only, 'triplet' -> metric losses only,
+    'softmax_triplet' -> both. The triplet term needs ``metric_loss_type`` 'triplet' or
+    'triplet_center'; center loss (weighted by ``center_loss_weight``) is added when
+    ``with_center_loss`` or a '*center' metric loss type asks for it.
+    """
+    model, optim, sampler = spec.model, spec.train.optim, spec.dataset.sampler
+    terms = []
+    if sampler != "triplet":
+        terms.append(LossTerm("id", settings={"label_smooth": 0.1 if model.label_smooth else 0.0}))
+    if sampler != "softmax" and model.uses_triplet_loss:
+        terms.append(LossTerm("triplet", settings={"margin": optim.triplet_loss_margin}))
+    if not terms:
+        raise SpecError(
+            "dataset.sampler 'triplet' drops the ID loss and model.metric_loss_type "
+            f"'{model.metric_loss_type}' has no triplet term; use sampler softmax_triplet "
+            "or metric_loss_type triplet/triplet_center"
+        )
+    if model.uses_center_loss:
+        terms.append(LossTerm("center", weight=optim.center_loss_weight))
+    return terms
 
 
 class ReidModule(LightningModule):
@@ -81,7 +132,7 @@ class ReidModule(LightningModule):
         self.spec = spec
         self.num_classes = num_classes
         self.model = build_model(spec, num_classes)
-        self.criterion = ReidCriterion(spec, num_classes, self.model.embedding_dim)
+        self.criterion = ReidCriterion(loss_terms(spec), num_classes, self.model.embedding_dim)
         self._lr_factor: Callable[[int], float] | None = None
         self._val_features: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
 
@@ -207,4 +258,5 @@ class ReidModule(LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["reidkit"] = model_card(self.spec, self.model, self.num_classes)
+        data = self.spec.dataset
+        attach_card(checkpoint, self.model.card(data.pixel_mean, data.pixel_std))

@@ -18,6 +18,8 @@ from reidkit.engine.checkpoints import LATEST_NAME, periodic_name
 from reidkit.outputs import atomic_open, write_status
 
 VALIDATION_KEYS = ("cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP", "num_valid_queries")
+#: The metric that makes a checkpoint the run's best (TAO's monitored metric).
+MONITOR = "cmc_rank_1"
 # Lightning's step/epoch copies of "loss" (logged with on_step and on_epoch) repeat it.
 _REDUNDANT = ("loss_step", "loss_epoch")
 
@@ -31,15 +33,27 @@ class RunRecorder(Callback):
         self.validation_interval = validation_interval
         self.rows: list[dict[str, Any]] = []
         self.kpi: dict[str, float] = {}
+        #: The periodic checkpoint with the highest validated :data:`MONITOR`, and that value.
+        self.best: dict[str, Any] = {}
         self._epoch_started = 0.0
 
     # Callback state travels inside the checkpoint, so resuming restores the CSV history.
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "kpi": self.kpi}
+        return {"rows": self.rows, "kpi": self.kpi, "best": self.best}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
         self.kpi = dict(state_dict.get("kpi", {}))
+        self.best = dict(state_dict.get("best", {}))
+
+    def best_status(self) -> dict[str, Any]:
+        """``status.json`` entries naming the best checkpoint (empty before one exists)."""
+        if not self.best:
+            return {}
+        return {
+            "best_checkpoint": self.best["checkpoint"],
+            "best_metric": f"{MONITOR} {self.best['value']:.2f}",
+        }
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_started = time.perf_counter()
@@ -59,17 +73,19 @@ class RunRecorder(Callback):
             self.kpi = {k: round(metrics[k], 2) for k in VALIDATION_KEYS if k in metrics}
             row.update(self.kpi)
         self.rows.append(row)
+        last = epoch == trainer.max_epochs
+        periodic = epoch % self.checkpoint_interval == 0 or last
+        name = periodic_name(epoch, trainer.global_step)
+        if periodic and validated and metrics[MONITOR] > self.best.get("value", float("-inf")):
+            self.best = {"checkpoint": name, "value": round(metrics[MONITOR], 2)}
         if trainer.is_global_zero:
             self._write_csv()
             write_status(
                 self.folder, "train", "RUNNING", f"epoch {epoch} of {trainer.max_epochs} done",
-                kpi=self.kpi, epoch=epoch, max_epoch=trainer.max_epochs,
+                kpi=self.kpi, epoch=epoch, max_epoch=trainer.max_epochs, **self.best_status(),
             )  # fmt: skip
-        last = epoch == trainer.max_epochs
-        if epoch % self.checkpoint_interval == 0 or last:
-            trainer.save_checkpoint(
-                self.folder / periodic_name(epoch, trainer.global_step), weights_only=False
-            )
+        if periodic:
+            trainer.save_checkpoint(self.folder / name, weights_only=False)
         trainer.save_checkpoint(self.folder / LATEST_NAME, weights_only=False)
 
     def _write_csv(self) -> None:

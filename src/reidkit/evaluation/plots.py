@@ -7,8 +7,6 @@ expects one.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from reidkit.outputs import atomic_open
+
 _QUERY_COLOR = "#1f5fd6"
 _MATCH_COLOR = "#1a9e3a"
 _MISMATCH_COLOR = "#d62728"
@@ -26,19 +26,11 @@ _CELL_WIDTH, _CELL_HEIGHT = 1.25, 2.75
 
 
 def _save_atomically(fig: Figure, path: Path) -> Path:
-    """Render ``fig`` to a temporary PNG beside ``path``, then rename it into place."""
+    """Render ``fig`` as a PNG written atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    # A unique name opened with "x" keeps the umask's permissions (mkstemp would force 0600).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
     return path
 
 

@@ -1,10 +1,11 @@
 """Export a checkpoint to ONNX and prove, before the file is kept, that it matches PyTorch.
 
 The file follows TAO's interface (input ``input`` ``[B,3,H,W]``, output ``fc_pred`` ``[B,D]``,
-dynamic batch) and carries its preprocessing in ``metadata_props`` so a deployment never has to
-guess the mean, std or input size. Every file is written to a temporary name, run with
-onnxruntime on batches of 1, 3 and 8 and compared with the PyTorch model; only a file within
-tolerance is renamed into place, so a failed export leaves nothing behind.
+dynamic batch) and carries the model card (:mod:`reidkit.models.card`: preprocessing, input size,
+match threshold) in ``metadata_props`` so a deployment never has to guess. Every file is staged,
+run with onnxruntime on batches of 1, 3 and 8 and compared with the PyTorch model; only a file
+within tolerance is renamed into place, so a failed export leaves nothing behind. The export
+action (:mod:`reidkit.actions.export`) chooses the model, the check images and the paths.
 
 Exporter choice (torch 2.14): the dynamo exporter is the recommended one but cannot emit opset
 17 (its down-conversion fails on ``Pad``/``Reduce*`` for every backbone here) and silently
@@ -16,15 +17,10 @@ give one self-contained file with a dynamic batch for ResNet, MobileNetV2 and ti
 from __future__ import annotations
 
 import io
-import json
-import logging
-import math
-import os
-import tempfile
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
@@ -33,15 +29,10 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
-import reidkit
-from reidkit.config.spec import ExperimentSpec, start_action
-from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
-from reidkit.engine.restore import restore_model
-from reidkit.errors import ExportError, ReidkitError
+from reidkit.errors import ExportError, first_line
 from reidkit.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxEmbedder, default_providers
-from reidkit.outputs import write_status
-
-log = logging.getLogger("reidkit")
+from reidkit.models.card import ModelCard
+from reidkit.outputs import staged_path
 
 #: fp32 agreement: 1e-4 absolute for embeddings whose largest value is <= 1, 1e-4 of the largest
 #: value beyond that. A bound that ignores magnitude cannot hold: an untrained ResNet-50 reaches
@@ -84,86 +75,49 @@ class Agreement:
     providers: list[str]
 
 
-def export(spec: ExperimentSpec) -> ExportResult:
-    """Export ``export.checkpoint`` to ONNX (and fp16 ONNX if asked), verified against PyTorch."""
-    settings = spec.export
-    if not settings.checkpoint:
-        raise ExportError(
-            "export.checkpoint is not set; set it to a checkpoint written by reidkit train "
-            "(e.g. <results_dir>/train/reid_model_latest.pth)"
-        )
-    folder = spec.action_dir("export")
-    target = Path(settings.onnx_file) if settings.onnx_file else folder / "model.onnx"
-    fp16_target = target.with_name(f"{target.stem}_fp16.onnx") if settings.fp16 else None
-    for path in filter(None, (target, fp16_target)):
-        if path.exists() and not settings.overwrite:
-            raise ExportError(
-                f"'{path}' already exists (export.onnx_file); set export.overwrite=true to "
-                "replace it or choose another export.onnx_file"
-            )
-    model, card = restore_model(spec, settings.checkpoint)
-    _make_dir(target.parent, "export.onnx_file")
+def write_verified(
+    model: nn.Module,
+    card: ModelCard,
+    images: Tensor,
+    target: Path,
+    *,
+    fp16_target: Path | None = None,
+    opset: int = 17,
+    gpu_id: int = 0,
+    provenance: dict[str, str] | None = None,
+    images_source: str = "check images",
+) -> ExportResult:
+    """Write ``model`` as ONNX (and fp16 ONNX) checked against PyTorch on ``images``.
+
+    Every file is staged beside its target and checked; only when all pass are they renamed
+    into place, so a failed export leaves nothing behind. ``provenance`` (e.g. the spec's
+    digest) joins the card in the file's metadata.
+    """
+    proto = to_onnx(model, card.input_height, card.input_width, opset)
+    onnx.helper.set_model_props(proto, {**card.to_onnx_metadata(), **(provenance or {})})
+    fp16 = None
     try:
-        start_action(spec, "export")
-        write_status(folder, "export", "RUNNING", f"exporting {settings.checkpoint}")
+        with ExitStack() as publish:
+            staged = publish.enter_context(staged_path(target))
+            _save(proto, staged, target)
+            fp32 = measure_agreement(staged, model, images, gpu_id)
+            tolerance = FP32_ATOL * max(1.0, fp32.largest_value)
+            if not fp32.max_abs_diff <= tolerance:
+                raise ExportError(
+                    f"export.onnx_file '{target}' differs from PyTorch by "
+                    f"{fp32.max_abs_diff:.3g} (tolerance {tolerance:.3g}); nothing was written, "
+                    "report this with the backbone"
+                )
+            if fp16_target is not None:
+                staged_fp16 = publish.enter_context(staged_path(fp16_target))
+                _save(to_fp16(proto), staged_fp16, fp16_target)
+                fp16 = measure_agreement(staged_fp16, model, images, gpu_id)
+                _check_fp16(fp16, fp16_target)
     except OSError as exc:
         raise ExportError(
-            f"export.results_dir '{folder}' cannot be written ({exc.strerror}); choose a "
-            "writable export.results_dir"
+            f"export.onnx_file '{target}' cannot be written ({exc.strerror or exc}); free space "
+            "or choose another path"
         ) from None
-    try:
-        result = _write_verified(spec, model, card, target, fp16_target)
-    except ReidkitError as exc:
-        write_status(folder, "export", "FAILURE", str(exc))
-        raise
-    log.info(
-        "exported %s: max |onnx - torch| %.3g (tolerance %.3g), min cosine %.7f on %s via %s",
-        target, result.max_abs_diff, result.tolerance, result.min_cosine, result.inputs,
-        ", ".join(result.providers),
-    )  # fmt: skip
-    write_status(
-        folder, "export", "SUCCESS", f"exported {target}",
-        onnx_file=str(target), fp16_file=str(fp16_target) if fp16_target else None,
-        max_abs_diff=result.max_abs_diff, min_cosine=result.min_cosine,
-        fp16_max_abs_diff=result.fp16_max_abs_diff, fp16_min_cosine=result.fp16_min_cosine,
-        providers=result.providers, check_inputs=result.inputs,
-    )  # fmt: skip
-    return result
-
-
-def _write_verified(
-    spec: ExperimentSpec,
-    model: nn.Module,
-    card: dict[str, Any],
-    target: Path,
-    fp16_target: Path | None,
-) -> ExportResult:
-    """Stage every file, check each against PyTorch, then rename all of them or none."""
-    images, inputs = check_images(spec, card)
-    proto = to_onnx(model, card["input_height"], card["input_width"], spec.export.opset)
-    onnx.helper.set_model_props(proto, model_metadata(spec, card))
-    gpu_id = spec.export.gpu_id
-    staged: dict[Path, Path] = {}
-    try:
-        staged[target] = _stage(proto, target)
-        fp32 = measure_agreement(staged[target], model, images, gpu_id)
-        tolerance = FP32_ATOL * max(1.0, fp32.largest_value)
-        if not fp32.max_abs_diff <= tolerance:
-            raise ExportError(
-                f"export.onnx_file '{target}' differs from PyTorch by {fp32.max_abs_diff:.3g} "
-                f"(tolerance {tolerance:.3g}); nothing was written, report this with the backbone"
-            )
-        fp16 = None
-        if fp16_target is not None:
-            staged[fp16_target] = _stage(to_fp16(proto), fp16_target)
-            fp16 = measure_agreement(staged[fp16_target], model, images, gpu_id)
-            _check_fp16(fp16, fp16_target)
-        for final, temporary in staged.items():
-            _replace(temporary, final)
-        staged.clear()
-    finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
     return ExportResult(
         onnx_file=target,
         fp16_file=fp16_target,
@@ -171,7 +125,7 @@ def _write_verified(
         min_cosine=fp32.min_cosine,
         tolerance=tolerance,
         providers=fp32.providers,
-        inputs=inputs,
+        inputs=images_source,
         fp16_max_abs_diff=fp16.max_abs_diff if fp16 else None,
         fp16_min_cosine=fp16.min_cosine if fp16 else None,
     )
@@ -228,48 +182,13 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     return half
 
 
-def model_metadata(spec: ExperimentSpec, card: dict[str, Any]) -> dict[str, str]:
-    """``metadata_props``: how to feed the model and where it came from.
-
-    Preprocessing is ``((pixel * pixel_scale) - pixel_mean) / pixel_std`` per channel on RGB
-    pixels in [0, 255], NCHW; the embedding is not L2-normalised.
-    """
-    return {
-        "backbone": card["backbone"],
-        "embedding_dim": json.dumps(card["embedding_dim"]),
-        "feat_dim": json.dumps(card["feat_dim"]),
-        "num_classes": json.dumps(card["num_classes"]),
-        "input_height": json.dumps(card["input_height"]),
-        "input_width": json.dumps(card["input_width"]),
-        "pixel_mean": json.dumps(list(card["pixel_mean"])),
-        "pixel_std": json.dumps(list(card["pixel_std"])),
-        "pixel_scale": "1/255",
-        "color_order": "RGB",
-        "reidkit_version": reidkit.__version__,
-        "spec_digest": spec.digest(),
-    }
-
-
-def check_images(spec: ExperimentSpec, card: dict[str, Any]) -> tuple[Tensor, str]:
-    """The largest check batch, from query/gallery images when the spec names both splits.
-
-    Real crops exercise the activation ranges the file will see in use; without a dataset the
-    check falls back to uniformly random pixels, normalised like real ones, and says so.
-    """
-    count = max(CHECK_BATCHES)
-    data = spec.dataset
-    if data.query_dataset_dir and data.test_dataset_dir:
-        splits = prepare_splits(spec, train=False, verify=False)
-        records = (splits.query + splits.gallery)[:count]
-        dataset = ImageDataset(records, build_eval_transform(spec.model, spec.dataset))
-        images = torch.stack([dataset[i][0] for i in range(len(records))])
-        repeats = math.ceil(count / len(records))
-        return images.repeat(repeats, 1, 1, 1)[:count], f"{len(records)} query/gallery images"
+def random_check_images(card: ModelCard, count: int = max(CHECK_BATCHES)) -> Tensor:
+    """Uniformly random pixels normalised like real crops, for a check without a dataset."""
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(count, 3, card["input_height"], card["input_width"], generator=generator)
-    mean = torch.tensor(card["pixel_mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(card["pixel_std"]).view(1, 3, 1, 1)
-    return (pixels - mean) / std, "random pixels (dataset query/gallery dirs not set)"
+    pixels = torch.rand(count, 3, card.input_height, card.input_width, generator=generator)
+    mean = torch.tensor(card.pixel_mean or (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
+    std = torch.tensor(card.pixel_std or (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
+    return (pixels - mean) / std
 
 
 @torch.no_grad()
@@ -304,45 +223,13 @@ def _check_fp16(agreement: Agreement, path: Path) -> None:
         )
 
 
-def _make_dir(folder: Path, key: str) -> None:
+def _save(proto: onnx.ModelProto, staged: Path, target: Path) -> None:
+    """Write ``proto`` as one self-contained file and validate it."""
+    onnx.save_model(proto, staged, save_as_external_data=False)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+        onnx.checker.check_model(staged, full_check=True)
+    except onnx.checker.ValidationError as exc:
         raise ExportError(
-            f"{key}: cannot create folder '{folder}' ({exc.strerror}); choose a writable path"
+            f"export.onnx_file '{target}' is not valid ONNX ({first_line(exc)}); nothing was "
+            "written, report this with the backbone"
         ) from None
-
-
-def _replace(temporary: Path, final: Path) -> None:
-    try:
-        os.replace(temporary, final)
-    except OSError as exc:
-        raise ExportError(
-            f"export.onnx_file '{final}' cannot be replaced ({exc.strerror}); choose a file path"
-        ) from None
-
-
-def _stage(proto: onnx.ModelProto, target: Path) -> Path:
-    """Write ``proto`` as one self-contained file beside ``target`` and validate it."""
-    try:
-        descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    except OSError as exc:
-        raise ExportError(
-            f"export.onnx_file '{target}' cannot be written ({exc.strerror}); "
-            "choose a writable path"
-        ) from None
-    os.close(descriptor)
-    temporary = Path(name)
-    try:
-        onnx.save_model(proto, temporary, save_as_external_data=False)
-        onnx.checker.check_model(temporary, full_check=True)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise ExportError(
-            f"export.onnx_file '{target}' cannot be written ({exc.strerror}); free space or "
-            "choose another path"
-        ) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary

@@ -9,7 +9,6 @@ the input size and embedding width read from the graph.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,13 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 from torch import Tensor
 
-from reidkit.config.spec import ExperimentSpec
-from reidkit.engine.restore import restore_model
-from reidkit.errors import CheckpointError
+from reidkit.errors import CheckpointError, first_line
+from reidkit.models.card import ModelCard
+from reidkit.models.restore import restore_model
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "fc_pred"
 
-# metadata_props values are strings; these keys hold JSON (lists and numbers).
-_JSON_KEYS = ("input_height", "input_width", "embedding_dim", "feat_dim", "num_classes")
-_JSON_LIST_KEYS = ("pixel_mean", "pixel_std")
-_TEXT_KEYS = ("backbone", "reidkit_version", "spec_digest", "color_order", "pixel_scale")
 _SESSION_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile, NotImplemented)
 
 
@@ -52,14 +47,6 @@ def default_providers(gpu_id: int = 0) -> list[str | tuple[str, dict[str, Any]]]
         providers.append(("CUDAExecutionProvider", {"device_id": gpu_id, "use_tf32": 0}))
     providers.append("CPUExecutionProvider")
     return providers
-
-
-def _decode(metadata: dict[str, str]) -> dict[str, Any]:
-    card: dict[str, Any] = {k: metadata[k] for k in _TEXT_KEYS if k in metadata}
-    for key in (*_JSON_KEYS, *_JSON_LIST_KEYS):
-        if key in metadata:
-            card[key] = json.loads(metadata[key])
-    return card
 
 
 class OnnxEmbedder:
@@ -88,35 +75,30 @@ class OnnxEmbedder:
                 providers=providers or default_providers(gpu_id),
             )
         except _SESSION_ERRORS as exc:
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "unreadable"
             raise CheckpointError(
-                f"'{self.path}' is not a usable ONNX model ({reason}); pass a file written by "
+                f"'{self.path}' is not a usable ONNX model ({first_line(exc, 200)}); pass a file "
+                "written by "
                 "reidkit export or a checkpoint"
             ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        if (
+            len(inputs) != 1
+            or len(outputs) != 1
+            or len(inputs[0].shape) != 4
+            or len(outputs[0].shape) != 2
+        ):
             raise CheckpointError(
                 f"ONNX file '{self.path}' is not a re-id embedder (expected one [B,3,H,W] input "
                 "and one [B,D] output); export the model with reidkit export"
             )
         self._input_name = inputs[0].name
-        self._card = self._read_card(inputs[0].shape, outputs[0].shape)
-
-    def _read_card(self, input_shape: list[Any], output_shape: list[Any]) -> dict[str, Any]:
-        """Metadata, with the graph's own static shapes taking precedence over recorded ones."""
-        card = _decode(self.session.get_modelmeta().custom_metadata_map)
-        _, _, height, width = input_shape
-        for key, value in (("input_height", height), ("input_width", width)):
-            if isinstance(value, int):
-                card[key] = value
-        if isinstance(output_shape[-1], int):
-            card["embedding_dim"] = output_shape[-1]
-        return card
-
-    @property
-    def card(self) -> dict[str, Any]:
-        """The keys of a checkpoint's model card that the file records (no ``spec``)."""
-        return dict(self._card)
+        #: What the file records about its model, the graph's static shapes taking precedence.
+        self.card = ModelCard.from_onnx(
+            self.session.get_modelmeta().custom_metadata_map,
+            tuple(inputs[0].shape),
+            tuple(outputs[0].shape),
+            f"ONNX file '{self.path}'",
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -130,39 +112,21 @@ class OnnxEmbedder:
         return torch.from_numpy(embeddings).to(device=images.device, dtype=torch.float32)
 
 
-# Spec key -> card key that an ONNX file must agree on to score what the spec describes.
-_MUST_MATCH = {
-    "model.input_height": "input_height",
-    "model.input_width": "input_width",
-    "model.backbone": "backbone",
-    "model.feat_dim": "feat_dim",
-}
-
-
-def check_onnx_fits(spec: ExperimentSpec, card: dict[str, Any], path: Path) -> None:
-    """Refuse a file built for another input size or model; keys it does not record are skipped."""
-    for dotted, card_key in _MUST_MATCH.items():
-        if card_key not in card:
-            continue
-        expected = getattr(spec.model, dotted.removeprefix("model."))
-        if card[card_key] != expected:
-            raise CheckpointError(
-                f"ONNX file '{path}' was exported with {dotted}={card[card_key]} but the spec has "
-                f"{expected}; set {dotted}={card[card_key]} or export a matching model"
-            )
-
-
 def load_embedder(
-    spec: ExperimentSpec, path: str | Path, *, gpu_id: int = 0
-) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
+    path: str | Path,
+    *,
+    encryption_key: str | None = None,
+    gpu_id: int = 0,
+    neck_feat: str | None = None,
+) -> tuple[Callable[[Tensor], Tensor], ModelCard]:
     """An embedding function and its model card, from an ``.onnx`` file or a checkpoint.
 
-    A checkpoint gives the eval-mode PyTorch model (checked by ``restore_model``); an ONNX file
-    gives an :class:`OnnxEmbedder` checked against the spec's input size and model.
+    A checkpoint gives the eval-mode PyTorch model (``neck_feat`` chooses its test-time
+    embedding); an ONNX file gives an :class:`OnnxEmbedder` on GPU ``gpu_id`` when this
+    onnxruntime has CUDA. Whether the model fits what the caller needs is the caller's check.
     """
     path = Path(path)
     if path.suffix.lower() != ".onnx":
-        return restore_model(spec, path)
+        return restore_model(path, encryption_key, neck_feat=neck_feat)
     embedder = OnnxEmbedder(path, gpu_id=gpu_id)
-    check_onnx_fits(spec, embedder.card, path)
     return embedder, embedder.card

@@ -1,23 +1,26 @@
-"""Re-identification models: backbones, heads, the assembled model and weight loading."""
+"""Re-identification models: backbones, heads, the assembled model, its card and weights."""
 
-from reidkit.models.backbones import Backbone, build_backbone, register_backbone
-from reidkit.models.heads import BNNeck, IdHead, build_id_head, register_id_head
+from reidkit.models.backbones import BACKBONES, Backbone, build_backbone
+from reidkit.models.card import ModelCard
+from reidkit.models.heads import ID_HEADS, BNNeck, IdHead, build_id_head
 from reidkit.models.pretrained import LoadReport, load_imagenet, load_pretrained, load_state
-from reidkit.models.reid_model import ReidModel, ReidOutput, build_model
+from reidkit.models.reid_model import ReidModel, ReidOutput
+from reidkit.models.restore import restore_model
 
 __all__ = [
+    "BACKBONES",
+    "ID_HEADS",
     "BNNeck",
     "Backbone",
     "IdHead",
     "LoadReport",
+    "ModelCard",
     "ReidModel",
     "ReidOutput",
     "build_backbone",
     "build_id_head",
-    "build_model",
     "load_imagenet",
     "load_pretrained",
     "load_state",
-    "register_backbone",
-    "register_id_head",
+    "restore_model",
 ]

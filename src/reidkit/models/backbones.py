@@ -2,14 +2,16 @@
 
 Each backbone wraps a library network (torchvision ResNet / MobileNetV2, timm Swin) instead of
 re-implementing it, so its layers and parameter names follow the library and ImageNet state
-dicts map onto it with a fixed prefix. The registry is a dict filled by ``@register_backbone``
-so that adding a backbone never touches ``build_backbone``.
+dicts map onto it with a fixed prefix. Factories register in :data:`BACKBONES`, so adding a
+backbone is one decorated factory here plus its name in the spec's ``BackboneName``.
+Factories take plain arguments (name, last stride, input size, drop-path rate): the spec is
+translated by the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import timm
 import torch
@@ -19,8 +21,7 @@ from torchvision import models
 from torchvision.models import WeightsEnum
 from torchvision.models.resnet import BasicBlock
 
-from reidkit.config.spec import ModelSpec
-from reidkit.errors import SpecError
+from reidkit.registry import Registry
 
 StateDict = dict[str, Tensor]
 
@@ -54,31 +55,29 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
-BackboneFactory = Callable[[ModelSpec], Backbone]
-_BACKBONES: dict[str, BackboneFactory] = {}
+class BackboneFactory(Protocol):
+    """``(name, last_stride=, input_size=, drop_path=) -> Backbone``."""
+
+    def __call__(
+        self, name: str, *, last_stride: int, input_size: tuple[int, int], drop_path: float
+    ) -> Backbone: ...
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator that registers a ``ModelSpec -> Backbone`` factory under ``name``."""
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone '{name}' is registered twice")
-        _BACKBONES[name] = factory
-        return factory
-
-    return decorator
+#: ``model.backbone`` name -> factory.
+BACKBONES: Registry[BackboneFactory] = Registry("model.backbone")
 
 
-def build_backbone(spec: ModelSpec) -> Backbone:
-    """Build ``spec.backbone`` with the spec's last stride, input size and drop-path rate."""
-    factory = _BACKBONES.get(spec.backbone)
-    if factory is None:
-        known = ", ".join(sorted(_BACKBONES))
-        raise SpecError(
-            f"model.backbone '{spec.backbone}' is not registered; choose one of {known}"
-        )
-    return factory(spec)
+def build_backbone(
+    name: str,
+    *,
+    last_stride: int = 1,
+    input_size: tuple[int, int] = (256, 128),
+    drop_path: float = 0.1,
+) -> Backbone:
+    """Build backbone ``name``; ``input_size`` is (height, width), used by transformers."""
+    return BACKBONES.get(name)(
+        name, last_stride=last_stride, input_size=input_size, drop_path=drop_path
+    )
 
 
 def _prefixed(prefix: str, state: Mapping[str, Tensor], dropped: str) -> StateDict:
@@ -125,35 +124,35 @@ class ResNetBackbone(Backbone):
 
 
 def _resnet(
-    spec: ModelSpec, constructor: Callable[..., models.ResNet], weights: WeightsEnum
+    name: str, last_stride: int, constructor: Callable[..., models.ResNet], weights: WeightsEnum
 ) -> Backbone:
-    return ResNetBackbone(spec.backbone, constructor, weights, spec.last_stride)
+    return ResNetBackbone(name, constructor, weights, last_stride)
 
 
 # IMAGENET1K_V1 are the original model-zoo weights the Bag-of-Tricks baselines start from.
-@register_backbone("resnet_18")
-def resnet_18(spec: ModelSpec) -> Backbone:
-    return _resnet(spec, models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1)
+@BACKBONES.register("resnet_18")
+def resnet_18(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return _resnet(name, last_stride, models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1)
 
 
-@register_backbone("resnet_34")
-def resnet_34(spec: ModelSpec) -> Backbone:
-    return _resnet(spec, models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1)
+@BACKBONES.register("resnet_34")
+def resnet_34(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return _resnet(name, last_stride, models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1)
 
 
-@register_backbone("resnet_50")
-def resnet_50(spec: ModelSpec) -> Backbone:
-    return _resnet(spec, models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1)
+@BACKBONES.register("resnet_50")
+def resnet_50(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return _resnet(name, last_stride, models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1)
 
 
-@register_backbone("resnet_101")
-def resnet_101(spec: ModelSpec) -> Backbone:
-    return _resnet(spec, models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1)
+@BACKBONES.register("resnet_101")
+def resnet_101(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return _resnet(name, last_stride, models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1)
 
 
-@register_backbone("resnet_152")
-def resnet_152(spec: ModelSpec) -> Backbone:
-    return _resnet(spec, models.resnet152, models.ResNet152_Weights.IMAGENET1K_V1)
+@BACKBONES.register("resnet_152")
+def resnet_152(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return _resnet(name, last_stride, models.resnet152, models.ResNet152_Weights.IMAGENET1K_V1)
 
 
 class MobileNetV2Backbone(Backbone):
@@ -190,9 +189,9 @@ class MobileNetV2Backbone(Backbone):
         return models.MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
 
 
-@register_backbone("mobilenet_v2")
-def mobilenet_v2(spec: ModelSpec) -> Backbone:
-    return MobileNetV2Backbone(spec.backbone, spec.last_stride)
+@BACKBONES.register("mobilenet_v2")
+def mobilenet_v2(name: str, *, last_stride: int, **_: object) -> Backbone:
+    return MobileNetV2Backbone(name, last_stride)
 
 
 class SwinBackbone(Backbone):
@@ -232,9 +231,9 @@ class SwinBackbone(Backbone):
         return model.state_dict()
 
 
-@register_backbone("swin_tiny_patch4_window7_224")
-@register_backbone("swin_small_patch4_window7_224")
-@register_backbone("swin_base_patch4_window7_224")
-def swin(spec: ModelSpec) -> Backbone:
+@BACKBONES.register(
+    "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"
+)
+def swin(name: str, *, input_size: tuple[int, int], drop_path: float, **_: object) -> Backbone:
     """The timm variant is named like the spec literal, so one factory serves all three."""
-    return SwinBackbone(spec.backbone, (spec.input_height, spec.input_width), spec.drop_path)
+    return SwinBackbone(name, input_size, drop_path)

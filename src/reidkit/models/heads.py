@@ -3,21 +3,20 @@
 Margin heads (ArcFace, CosFace/AM-Softmax, Circle) add their margin at the target class, so
 they must see the labels during training; TAO's heads never received them, which left these
 losses untrainable. Here ``forward(features, labels)`` takes the labels explicitly. Heads are
-built by ``model.id_loss_type`` from a small registry.
+built by ``model.id_loss_type`` from :data:`ID_HEADS`, with plain arguments (the margin heads'
+scale and margin, which TAO keeps in ``train.optim``, are translated by the caller).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reidkit.config.spec import OptimSpec
-from reidkit.errors import SpecError
+from reidkit.registry import Registry
 
 
 class BNNeck(nn.BatchNorm1d):
@@ -126,47 +125,40 @@ class Circle(CosineHead):
         return self.scale * torch.where(target, positive, negative)
 
 
-IdHeadFactory = Callable[[int, int, OptimSpec], IdHead]
-_ID_HEADS: dict[str, IdHeadFactory] = {}
+class IdHeadFactory(Protocol):
+    """``(in_features, num_classes, scale=, margin=) -> IdHead``."""
+
+    def __call__(
+        self, in_features: int, num_classes: int, *, scale: float, margin: float
+    ) -> IdHead: ...
 
 
-def register_id_head(name: str) -> Callable[[IdHeadFactory], IdHeadFactory]:
-    """Decorator registering a ``(in_features, num_classes, optim) -> IdHead`` factory."""
-
-    def decorator(factory: IdHeadFactory) -> IdHeadFactory:
-        if name in _ID_HEADS:
-            raise ValueError(f"id head '{name}' is registered twice")
-        _ID_HEADS[name] = factory
-        return factory
-
-    return decorator
+#: ``model.id_loss_type`` name -> factory.
+ID_HEADS: Registry[IdHeadFactory] = Registry("model.id_loss_type")
 
 
-def build_id_head(name: str, in_features: int, num_classes: int, optim: OptimSpec) -> IdHead:
-    """The head for ``model.id_loss_type``; margin heads read ``cosine_scale``/``cosine_margin``."""
-    factory = _ID_HEADS.get(name)
-    if factory is None:
-        known = ", ".join(sorted(_ID_HEADS))
-        raise SpecError(f"model.id_loss_type '{name}' is not registered; choose one of {known}")
-    return factory(in_features, num_classes, optim)
+def build_id_head(
+    name: str, in_features: int, num_classes: int, *, scale: float = 30.0, margin: float = 0.5
+) -> IdHead:
+    """The head for ``model.id_loss_type``; ``scale``/``margin`` are read by margin heads."""
+    return ID_HEADS.get(name)(in_features, num_classes, scale=scale, margin=margin)
 
 
-@register_id_head("softmax")
-def softmax_head(in_features: int, num_classes: int, optim: OptimSpec) -> IdHead:
+@ID_HEADS.register("softmax")
+def softmax_head(in_features: int, num_classes: int, **_: float) -> IdHead:
     return LinearClassifier(in_features, num_classes)
 
 
-@register_id_head("arcface")
-def arcface_head(in_features: int, num_classes: int, optim: OptimSpec) -> IdHead:
-    return ArcFace(in_features, num_classes, optim.cosine_scale, optim.cosine_margin)
+@ID_HEADS.register("arcface")
+def arcface_head(in_features: int, num_classes: int, *, scale: float, margin: float) -> IdHead:
+    return ArcFace(in_features, num_classes, scale, margin)
 
 
-@register_id_head("cosface")
-@register_id_head("amsoftmax")
-def cosface_head(in_features: int, num_classes: int, optim: OptimSpec) -> IdHead:
-    return CosFace(in_features, num_classes, optim.cosine_scale, optim.cosine_margin)
+@ID_HEADS.register("cosface", "amsoftmax")
+def cosface_head(in_features: int, num_classes: int, *, scale: float, margin: float) -> IdHead:
+    return CosFace(in_features, num_classes, scale, margin)
 
 
-@register_id_head("circle")
-def circle_head(in_features: int, num_classes: int, optim: OptimSpec) -> IdHead:
-    return Circle(in_features, num_classes, optim.cosine_scale, optim.cosine_margin)
+@ID_HEADS.register("circle")
+def circle_head(in_features: int, num_classes: int, *, scale: float, margin: float) -> IdHead:
+    return Circle(in_features, num_classes, scale, margin)

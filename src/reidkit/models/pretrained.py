@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from reidkit.errors import CheckpointError
+from reidkit.errors import CheckpointError, first_line
 from reidkit.models.backbones import Backbone, StateDict
+from reidkit.models.card import has_model_prefix, is_reidkit_checkpoint, model_weights
+from reidkit.models.checkpoint_file import read_checkpoint_object
 
 # Wrapper keys under which training scripts nest the weights (reidkit/timm: "state_dict",
 # original Swin/SOLIDER releases: "model").
@@ -47,26 +48,21 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_pretrained(module: nn.Module, path: str | Path) -> LoadReport:
+def load_pretrained(
+    module: nn.Module, path: str | Path, encryption_key: str | None = None
+) -> LoadReport:
     """Load a torchvision/timm ImageNet state dict or a reidkit checkpoint file into ``module``.
 
     ``module`` is a :class:`ReidModel` (anything with a ``backbone`` attribute), a
-    :class:`Backbone`, or any module whose keys match the file. Encrypted checkpoints are
-    decrypted by the engine, which then calls :func:`load_state` with the plain dict.
+    :class:`Backbone`, or any module whose keys match the file. A reidkit checkpoint sealed with
+    ``encryption_key`` is opened with it, exactly as evaluate and export open it.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"pretrained weights '{path}' do not exist; fix model.pretrained_model_path"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means the same thing to the user
-        raise CheckpointError(
-            f"'{path}' is not a readable PyTorch state dict ({_one_line(exc)}); pass an "
-            "unencrypted .pth written by torch.save"
-        ) from None
-    return load_state(module, checkpoint, source=str(path))
+    return load_state(module, read_checkpoint_object(path, encryption_key), source=str(path))
 
 
 def load_state(module: nn.Module, checkpoint: Any, source: str = "checkpoint") -> LoadReport:
@@ -77,11 +73,13 @@ def load_state(module: nn.Module, checkpoint: Any, source: str = "checkpoint") -
     library state dict for the backbone, renamed by the backbone itself, so the report's
     ``missing`` lists backbone keys only.
     """
+    if is_reidkit_checkpoint(checkpoint):
+        # A reidkit training checkpoint also stores the criterion (center-loss centers), which
+        # is not part of the model; the card knows which tensors are the model's.
+        checkpoint = model_weights(checkpoint)
     state = _tensors(checkpoint, source)
-    if any(key.startswith("model.backbone.") for key in state):
-        # A reidkit training checkpoint: Lightning prefixes the ReidModel's keys with "model."
-        # and also stores the criterion (center-loss centers), which is not part of the model.
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if has_model_prefix(state):  # a bare Lightning state dict of a reidkit model
+        state = model_weights(state)
     backbone = getattr(module, "backbone", module)
     whole_model = backbone is not module and any(key.startswith("backbone.") for key in state)
     target = module if whole_model else backbone
@@ -111,7 +109,7 @@ def load_imagenet(backbone: Backbone) -> LoadReport:
     except Exception as exc:  # network, cache and hub errors all have the same remedy
         raise CheckpointError(
             f"model.pretrain_choice is 'imagenet' but the ImageNet weights for {backbone.name} "
-            f"cannot be downloaded ({_one_line(exc)}); set model.pretrained_model_path to a "
+            f"cannot be downloaded ({first_line(exc, 200)}); set model.pretrained_model_path to a "
             "local ImageNet state dict, or model.pretrain_choice=self to train from scratch"
         ) from None
     return load_state(backbone, state, source=f"ImageNet weights of {backbone.name}")
@@ -149,9 +147,3 @@ def _load_matching(module: nn.Module, state: Mapping[str, Tensor]) -> LoadReport
         unexpected=[k for k in state if k not in own],
         mismatched=[k for k in state if k in own and own[k].shape != state[k].shape],
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception, short enough for a one-line user message."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]

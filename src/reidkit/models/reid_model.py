@@ -8,18 +8,15 @@ traces with a dynamic batch axis.
 
 from __future__ import annotations
 
-import logging
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
 from reidkit.models.backbones import build_backbone
+from reidkit.models.card import ModelCard
 from reidkit.models.heads import BNNeck, build_id_head
 from reidkit.models.pooling import use_gem_pooling
-from reidkit.models.pretrained import load_imagenet, load_pretrained
-
-logger = logging.getLogger("reidkit")
 
 
 class ReidOutput(NamedTuple):
@@ -30,28 +27,96 @@ class ReidOutput(NamedTuple):
 
 
 class ReidModel(nn.Module):
-    """Bag-of-Tricks re-id model for any registered backbone.
+    """Bag-of-Tricks re-id model for any registered backbone, built from plain arguments.
 
     Embedding width: CNN backbones always give ``feat_dim`` (a bias-free linear projection of
     the pooled feature when the widths differ); Swin gives its native width unless
-    ``reduce_feat_dim``, matching TAO's transformer variant.
+    ``reduce_feat_dim``, matching TAO's transformer variant. The keyword arguments other than
+    the ones a :class:`ModelCard` names directly are recorded in its ``build`` entry, so
+    :meth:`from_card` rebuilds exactly this network.
     """
 
-    def __init__(self, spec: ModelSpec, num_classes: int, optim: OptimSpec) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        input_size: tuple[int, int] = (256, 128),
+        feat_dim: int = 256,
+        neck: str = "bnneck",
+        neck_feat: str = "after",
+        last_stride: int = 1,
+        reduce_feat_dim: bool = False,
+        dropout_rate: float = 0.0,
+        drop_path: float = 0.1,
+        id_loss_type: str = "softmax",
+        cosine_scale: float = 30.0,
+        cosine_margin: float = 0.5,
+        pooling: str = "avg",
+    ) -> None:
         super().__init__()
-        self.backbone = build_backbone(spec)
-        if spec.pooling == "gem":
+        self.backbone = build_backbone(
+            backbone, last_stride=last_stride, input_size=input_size, drop_path=drop_path
+        )
+        if pooling == "gem":
             use_gem_pooling(self.backbone)
         width = self.backbone.out_channels
-        reduce = spec.reduce_feat_dim or not self.backbone.is_transformer
-        self.embedding_dim = spec.feat_dim if reduce else width
+        reduce = reduce_feat_dim or not self.backbone.is_transformer
+        self.embedding_dim = feat_dim if reduce else width
         self.reduction = (
             _projection(width, self.embedding_dim) if self.embedding_dim != width else nn.Identity()
         )
-        self.neck = BNNeck(self.embedding_dim) if spec.neck == "bnneck" else nn.Identity()
-        self.neck_feat = spec.neck_feat
-        self.dropout = nn.Dropout(spec.dropout_rate)
-        self.classifier = build_id_head(spec.id_loss_type, self.embedding_dim, num_classes, optim)
+        self.neck = BNNeck(self.embedding_dim) if neck == "bnneck" else nn.Identity()
+        self.neck_feat = neck_feat
+        self.dropout = nn.Dropout(dropout_rate)
+        self.classifier = build_id_head(
+            id_loss_type, self.embedding_dim, num_classes, scale=cosine_scale, margin=cosine_margin
+        )
+        self._identity = {
+            "backbone": backbone,
+            "input_height": input_size[0],
+            "input_width": input_size[1],
+            "feat_dim": feat_dim,
+            "num_classes": num_classes,
+            "neck": neck,
+            "neck_feat": neck_feat,
+        }
+        self._build = {
+            "last_stride": last_stride,
+            "reduce_feat_dim": reduce_feat_dim,
+            "dropout_rate": dropout_rate,
+            "drop_path": drop_path,
+            "id_loss_type": id_loss_type,
+            "cosine_scale": cosine_scale,
+            "cosine_margin": cosine_margin,
+            "pooling": pooling,
+        }
+
+    @classmethod
+    def from_card(cls, card: ModelCard, neck_feat: str | None = None) -> ReidModel:
+        """The untrained network a card describes; ``neck_feat`` overrides the test-time side."""
+        return cls(
+            card.backbone or "",
+            card.num_classes or 1,
+            input_size=(card.input_height, card.input_width),
+            feat_dim=card.feat_dim or card.embedding_dim,
+            neck=card.neck or "bnneck",
+            neck_feat=neck_feat or card.neck_feat or "after",
+            **card.build,
+        )
+
+    def card(
+        self, pixel_mean: Sequence[float], pixel_std: Sequence[float], **extra: Any
+    ) -> ModelCard:
+        """This network's card, with the normalisation its inputs get."""
+        return ModelCard(
+            **self._identity,
+            embedding_dim=self.embedding_dim,
+            pixel_mean=tuple(pixel_mean),
+            pixel_std=tuple(pixel_std),
+            build=dict(self._build),
+            **extra,
+        )
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> ReidOutput | Tensor:
         """``ReidOutput`` in training mode, the ``[B, embedding_dim]`` embedding in eval mode.
@@ -76,21 +141,3 @@ def _projection(in_features: int, out_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, out_features, bias=False)
     nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
     return layer
-
-
-def build_model(spec: ExperimentSpec, num_classes: int) -> ReidModel:
-    """Build the model and load its starting weights.
-
-    ``model.pretrained_model_path``, when set, is always loaded (an ImageNet state dict into the
-    backbone, or a reidkit checkpoint into the whole model); otherwise 'imagenet' downloads the
-    library's ImageNet weights and 'self' starts from scratch.
-    """
-    model = ReidModel(spec.model, num_classes, spec.train.optim)
-    path = spec.model.pretrained_model_path
-    if path is not None:
-        report = load_pretrained(model, path)
-        logger.info("pretrained weights %s: %s", path, report.summary())
-    elif spec.model.pretrain_choice == "imagenet":
-        report = load_imagenet(model.backbone)
-        logger.info("ImageNet weights for %s: %s", spec.model.backbone, report.summary())
-    return model

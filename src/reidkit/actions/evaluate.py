@@ -1,8 +1,7 @@
-"""The evaluate action: CMC / mAP / mINP of a checkpoint or an ONNX model on query vs gallery."""
+"""``reidkit evaluate``: CMC / mAP / mINP of a checkpoint or ONNX model on query vs gallery."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,66 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.config.spec import ExperimentSpec, start_action
-from reidkit.data import ImageRecord, prepare_splits
-from reidkit.engine.datamodule import eval_loader
-from reidkit.errors import CheckpointError
-from reidkit.evaluation.features import Embeddings, extract_embeddings
+from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
+from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
 from reidkit.evaluation.plots import plot_cmc_curve, plot_sampled_matches
 from reidkit.evaluation.rerank import re_rank
-from reidkit.export.runtime import load_embedder
-from reidkit.outputs import write_json, write_status
-
-log = logging.getLogger("reidkit")
-
-
-@dataclass
-class EmbeddedSplits:
-    """Query and gallery embeddings with the records they came from (same order)."""
-
-    query: Embeddings
-    gallery: Embeddings
-    query_records: list[ImageRecord]
-    gallery_records: list[ImageRecord]
-
-
-def select_device(gpu_ids: list[int]) -> torch.device:
-    """The first of ``gpu_ids`` when CUDA is present, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", gpu_ids[0] if gpu_ids else 0)
-    return torch.device("cpu")
-
-
-def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
-    """Load the model (checkpoint or ONNX) and embed the query and gallery splits.
-
-    ``action`` names the spec section (``evaluate`` or ``inference``, both sharing one base)
-    whose ``checkpoint``, ``query_dataset``, ``test_dataset``, ``batch_size`` and ``gpu_ids``
-    apply; the dataset section's folders are the fallback.
-    """
-    settings = getattr(spec, action)
-    checkpoint = settings.checkpoint
-    if not checkpoint:
-        raise CheckpointError(
-            f"{action}.checkpoint is not set; point it at a .pth checkpoint or .onnx file"
-        )
-    embedder, _ = load_embedder(spec, checkpoint)
-    device = select_device(settings.gpu_ids)
-    if isinstance(embedder, torch.nn.Module):
-        embedder = embedder.to(device)
-    splits = prepare_splits(
-        spec, train=False,
-        query_dir=settings.query_dataset or spec.dataset.query_dataset_dir,
-        gallery_dir=settings.test_dataset or spec.dataset.test_dataset_dir,
-    )  # fmt: skip
-    flip = spec.model.with_flip_feature
-
-    def embed(records: list[ImageRecord]) -> Embeddings:
-        loader = eval_loader(spec, records, settings.batch_size)
-        return extract_embeddings(embedder, loader, device, flip)
-
-    return EmbeddedSplits(embed(splits.query), embed(splits.gallery), splits.query, splits.gallery)
+from reidkit.outputs import write_json
 
 
 @dataclass
@@ -84,7 +29,12 @@ class EvaluationResult:
 
 def evaluate(spec: ExperimentSpec) -> EvaluationResult:
     """Score ``evaluate.checkpoint`` with the Market-1501 protocol and write metrics and plots."""
-    folder = start_action(spec, "evaluate")
+    with run_action(spec, "evaluate") as run:
+        return _evaluate(spec, run)
+
+
+def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
+    folder = run.folder
     settings, ranking = spec.evaluate, spec.re_ranking
     data = embed_splits(spec, "evaluate")
     q, g = data.query, data.gallery
@@ -99,7 +49,6 @@ def evaluate(spec: ExperimentSpec) -> EvaluationResult:
     metrics = result.as_percent()
     cmc = [round(float(v) * 100, 2) for v in result.cmc]
     write_json(folder / "metrics.json", {**metrics, "cmc": cmc, "re_ranking": ranking.re_ranking})
-    write_status(folder, "evaluate", "SUCCESS", "evaluation finished", kpi=metrics)
     plots = [
         plot_cmc_curve(
             result.cmc, Path(settings.output_cmc_curve_plot or folder / "cmc_curve.png")
@@ -112,6 +61,7 @@ def evaluate(spec: ExperimentSpec) -> EvaluationResult:
         ),
     ]
     print(metrics_table(metrics))
+    run.succeed("evaluation finished", kpi=metrics)
     return EvaluationResult(metrics, cmc, folder, plots)
 
 

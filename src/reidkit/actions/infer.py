@@ -1,4 +1,4 @@
-"""The inference action: embeddings of every query and gallery image, and each query's matches.
+"""``reidkit inference``: embeddings of every query and gallery image, and each query's matches.
 
 Three files, so both TAO tooling and large galleries are served:
 
@@ -21,10 +21,10 @@ from typing import IO
 import numpy as np
 import torch
 
-from reidkit.config.spec import ExperimentSpec, start_action
-from reidkit.evaluation.evaluate import EmbeddedSplits, embed_splits
+from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
+from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import pairwise_distance
-from reidkit.outputs import atomic_open, write_json, write_status
+from reidkit.outputs import atomic_open, write_json
 
 _QUERY_CHUNK = 1024
 
@@ -40,8 +40,12 @@ class InferenceResult:
 
 def infer(spec: ExperimentSpec) -> InferenceResult:
     """Embed ``inference.query_dataset`` and ``inference.test_dataset`` and match them."""
-    folder = start_action(spec, "inference")
-    settings = spec.inference
+    with run_action(spec, "inference") as run:
+        return _infer(spec, run)
+
+
+def _infer(spec: ExperimentSpec, run: ActionRun) -> InferenceResult:
+    folder, settings = run.folder, spec.inference
     data = embed_splits(spec, "inference")
     output = Path(settings.output_file or folder / "inference.json")
     stem = output.with_suffix("")
@@ -57,9 +61,7 @@ def infer(spec: ExperimentSpec) -> InferenceResult:
     index = stem.with_name(stem.name + "_index.csv")
     with atomic_open(index) as handle:
         _write_index_csv(handle, data)
-    write_status(
-        folder, "inference", "SUCCESS", f"embedded {len(paths)} images", num_images=len(paths)
-    )
+    run.succeed(f"embedded {len(paths)} images", num_images=len(paths))
     return InferenceResult(output, matches, embeddings, index, len(paths))
 
 

@@ -1,0 +1,105 @@
+"""``reidkit export``: a checkpoint to one ONNX file (and an fp16 one), verified before it is kept.
+
+The check runs on real query/gallery crops when the spec names both splits (they exercise the
+activation ranges the file will see in use), else on random pixels normalised like real ones,
+and says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from reidkit.actions.common import card_expectations, resolve_checkpoint, run_action
+from reidkit.config.spec import ExperimentSpec
+from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
+from reidkit.errors import ExportError
+from reidkit.export.onnx import CHECK_BATCHES, ExportResult, random_check_images, write_verified
+from reidkit.models.card import ModelCard
+from reidkit.models.restore import restore_model
+
+log = logging.getLogger("reidkit")
+
+
+def export(spec: ExperimentSpec) -> ExportResult:
+    """Export ``export.checkpoint`` to ONNX (and fp16 ONNX if asked), verified against PyTorch."""
+    settings = spec.export
+    with run_action(spec, "export") as run:
+        if not settings.checkpoint:
+            raise ExportError(
+                "export.checkpoint is not set; set it to a checkpoint written by reidkit train "
+                "or to its results folder (e.g. <results_dir>/train)"
+            )
+        target = Path(settings.onnx_file) if settings.onnx_file else run.folder / "model.onnx"
+        fp16_target = target.with_name(f"{target.stem}_fp16.onnx") if settings.fp16 else None
+        for path in filter(None, (target, fp16_target)):
+            if path.exists() and not settings.overwrite:
+                raise ExportError(
+                    f"'{path}' already exists (export.onnx_file); set export.overwrite=true to "
+                    "replace it or choose another export.onnx_file"
+                )
+        checkpoint = resolve_checkpoint(settings.checkpoint, "export.checkpoint")
+        if checkpoint.suffix.lower() == ".onnx":
+            raise ExportError(
+                f"export.checkpoint '{checkpoint}' is already an ONNX file; point it at a "
+                "checkpoint (.pth) or a train run's folder"
+            )
+        model, card = restore_model(checkpoint, spec.encryption_key, spec.model.neck_feat)
+        card.require_fit(card_expectations(spec), f"checkpoint '{checkpoint}'")
+        _make_dir(target.parent)
+        images, source = _check_images(spec, card)
+        run.update(f"exporting {checkpoint}")
+        result = write_verified(
+            model,
+            card,
+            images,
+            target,
+            fp16_target=fp16_target,
+            opset=settings.opset,
+            gpu_id=settings.gpu_id,
+            provenance={"spec_digest": spec.digest()},
+            images_source=source,
+        )
+        log.info(
+            "exported %s: max |onnx - torch| %.3g (tolerance %.3g), min cosine %.7f on %s via %s",
+            target, result.max_abs_diff, result.tolerance, result.min_cosine, result.inputs,
+            ", ".join(result.providers),
+        )  # fmt: skip
+        run.succeed(
+            f"exported {target}",
+            onnx_file=str(target), fp16_file=str(fp16_target) if fp16_target else None,
+            checkpoint=str(checkpoint),
+            max_abs_diff=result.max_abs_diff, min_cosine=result.min_cosine,
+            fp16_max_abs_diff=result.fp16_max_abs_diff, fp16_min_cosine=result.fp16_min_cosine,
+            providers=result.providers, check_inputs=result.inputs,
+        )  # fmt: skip
+        return result
+
+
+def _check_images(spec: ExperimentSpec, card: ModelCard) -> tuple[Tensor, str]:
+    """The largest check batch, from query/gallery images when the spec names both splits."""
+    count = max(CHECK_BATCHES)
+    data = spec.dataset
+    if not (data.query_dataset_dir and data.test_dataset_dir):
+        source = "random pixels (dataset query/gallery dirs not set)"
+        return random_check_images(card, count), source
+    splits = prepare_splits(spec, train=False, verify=False)
+    records = (splits.query + splits.gallery)[:count]
+    dataset = ImageDataset(records, build_eval_transform(spec.model, spec.dataset))
+    images = torch.stack([dataset[i][0] for i in range(len(records))])
+    repeats = math.ceil(count / len(records))
+    return images.repeat(repeats, 1, 1, 1)[:count], f"{len(records)} query/gallery images"
+
+
+def _make_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(
+            f"export.onnx_file: cannot create folder '{folder}' ({exc.strerror}); choose a "
+            "writable path"
+        ) from None

@@ -1,0 +1,177 @@
+"""``reidkit train``: spec in; checkpoints, ``metrics.csv`` and ``status.json`` out.
+
+:func:`train` is what the CLI and ``reidkit.train(spec)`` call: with ``automl_policy: auto``
+and AutoML enabled it runs the AutoML study instead (TAO's policy), otherwise
+:func:`run_training`, which AutoML's trials also use.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning
+import torch
+from lightning.pytorch import Trainer
+
+from reidkit.actions.common import resolve_checkpoint, run_action, training_expectations
+from reidkit.config.loading import apply_overrides
+from reidkit.config.schema import packaged_schema, packaged_template
+from reidkit.config.spec import ExperimentSpec, TrainSpec
+from reidkit.data import prepare_splits
+from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resume_checkpoint
+from reidkit.engine.datamodule import ReidDataModule
+from reidkit.engine.module import ReidModule
+from reidkit.engine.recorder import RunRecorder
+from reidkit.errors import ReidkitError, SpecError
+from reidkit.models.restore import read_checkpoint_card
+
+if TYPE_CHECKING:
+    from reidkit.actions.automl import AutomlResult
+
+log = logging.getLogger("reidkit")
+
+POLICIES = ("auto", "off")
+
+
+@dataclass
+class TrainResult:
+    """Where the run left its files and the last validation KPIs (percent)."""
+
+    results_dir: Path
+    checkpoint: Path
+    kpi: dict[str, float]
+    epochs: int
+    #: The validated best checkpoint (by rank-1), None when no epoch was validated.
+    best_checkpoint: Path | None = None
+
+
+def train(spec: ExperimentSpec, policy: str | None = None) -> TrainResult | AutomlResult:
+    """Train as the spec says, through AutoML when the policy routes it there.
+
+    ``policy`` (the CLI's ``--automl-policy``) wins over ``spec.automl_policy``. TAO routes a
+    train request through AutoML only when the model enables it *and* the packaged train schema
+    and spec template exist and parse; otherwise it says why and trains plainly.
+    """
+    chosen = policy if policy is not None else spec.automl_policy
+    if chosen not in POLICIES:
+        raise SpecError(f"automl_policy: got '{chosen}'; allowed: {', '.join(POLICIES)}")
+    if chosen == "auto" and spec.automl.automl_enabled:
+        why = _automl_not_runnable()
+        if why is None:
+            from reidkit.actions.automl import automl  # optuna only when AutoML runs
+
+            return automl(spec)
+        log.warning("AutoML is enabled but not runnable: %s; training plainly", why)
+    return run_training(spec)
+
+
+def _automl_not_runnable() -> str | None:
+    """Why AutoML cannot run from this installation (None when it can)."""
+    try:
+        packaged_schema("train")
+        packaged_template("train")
+    except ReidkitError as error:
+        return str(error)
+    return None
+
+
+def run_training(
+    spec: ExperimentSpec, *, callbacks: list[lightning.pytorch.Callback] | None = None
+) -> TrainResult:
+    """Train a ReID model as the spec says; rerunning with the same results folder resumes.
+
+    ``callbacks`` lets callers (AutoML's pruning, tests) watch the run without changing it.
+    """
+    with run_action(spec, "train") as run:
+        folder = run.folder
+        spec = _pretrained_from_folder(spec)
+        splits = prepare_splits(spec, train=True)
+        start = _resume_checkpoint(spec, folder)
+        lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
+        module = ReidModule(spec, splits.num_train_ids)
+        recorder = RunRecorder(
+            folder, spec.train.checkpoint_interval, spec.train.validation_interval
+        )
+        trainer = Trainer(
+            **device_settings(spec.train),
+            max_epochs=spec.train.num_epochs,
+            callbacks=[recorder, *(callbacks or [])],
+            plugins=[ReidCheckpointIO(spec.encryption_key)],
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=folder,
+            check_val_every_n_epoch=spec.train.validation_interval,
+            limit_train_batches=spec.train.steps_per_epoch or 1.0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            log_every_n_steps=1,
+            enable_model_summary=False,
+        )
+        if start is not None:
+            log.info("resuming from %s", start)
+        run.update("training started", epoch=0, max_epoch=spec.train.num_epochs)
+        trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
+        best = recorder.best_status()
+        run.succeed(
+            "training finished", kpi=recorder.kpi,
+            epoch=trainer.current_epoch, max_epoch=spec.train.num_epochs, **best,
+        )  # fmt: skip
+        return TrainResult(
+            folder,
+            folder / LATEST_NAME,
+            dict(recorder.kpi),
+            trainer.current_epoch,
+            folder / best["best_checkpoint"] if best else None,
+        )
+
+
+def _pretrained_from_folder(spec: ExperimentSpec) -> ExperimentSpec:
+    """``model.pretrained_model_path`` may name an earlier run's folder: use its best model."""
+    path = spec.model.pretrained_model_path
+    if not path or not Path(path).is_dir():
+        return spec
+    resolved = resolve_checkpoint(path, "model.pretrained_model_path")
+    return apply_overrides(spec, {"model.pretrained_model_path": str(resolved)})
+
+
+def device_settings(train: TrainSpec) -> dict[str, Any]:
+    """Trainer arguments for the spec's devices: GPUs with DDP and sync BN only when several."""
+    on_gpu = torch.cuda.is_available()
+    precision = train.precision
+    if precision == "auto":
+        precision = "16-mixed" if on_gpu else "32"
+    if not on_gpu and precision == "16-mixed":
+        raise SpecError(
+            "train.precision is '16-mixed' but no GPU is available; use 'bf16-mixed' or '32' on CPU"
+        )
+    if not on_gpu:
+        if train.num_gpus > 1 or train.num_nodes > 1:
+            log.warning("no GPU available: training on the CPU in one process")
+        return {"accelerator": "cpu", "devices": 1, "precision": precision}
+    devices = (
+        train.gpu_ids[: train.num_gpus] if len(train.gpu_ids) >= train.num_gpus else train.num_gpus
+    )
+    distributed = train.num_gpus * train.num_nodes > 1
+    return {
+        "accelerator": "gpu",
+        "devices": devices,
+        "num_nodes": train.num_nodes,
+        "strategy": "ddp" if distributed else "auto",
+        "sync_batchnorm": distributed,
+        "precision": precision,
+    }
+
+
+def _resume_checkpoint(spec: ExperimentSpec, folder: Path) -> Path | None:
+    """An explicit ``resume_training_checkpoint_path`` (file or run folder) wins; else the
+    latest checkpoint in ``folder``. Either must fit the spec, checked before anything loads."""
+    explicit = spec.train.resume_training_checkpoint_path
+    key = "train.resume_training_checkpoint_path"
+    start = resolve_checkpoint(explicit, key) if explicit else find_resume_checkpoint(folder)
+    if start is not None:
+        card = read_checkpoint_card(start, spec.encryption_key)
+        card.require_fit(training_expectations(spec), f"checkpoint '{start}' (resuming)")
+    return start
