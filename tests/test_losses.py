@@ -118,6 +118,19 @@ def test_criterion_composes_what_the_spec_asks(overrides: dict, parts: set[str])
     assert len(list(criterion.center_parameters())) == ("center" in parts)
 
 
+def test_metric_weight_zero_leaves_the_id_loss_alone() -> None:
+    """The ID-only warm-up: triplet and center terms drop out, features get no metric grad."""
+    spec = spec_with(**{"model.metric_loss_type": "triplet_center"})
+    criterion = ReidCriterion(loss_terms(spec), num_classes=4, feat_dim=8)
+    logits = torch.randn(8, 4)
+    features = torch.randn(8, 8, requires_grad=True)
+    total, named = criterion(ReidOutput(logits, features), LABELS, metric_weight=0.0)
+    torch.testing.assert_close(total, named["id"])
+    assert named["triplet"] > 0  # still measured for the log
+    total.backward()
+    assert features.grad is not None and not features.grad.any()
+
+
 def test_label_smooth_off_is_plain_cross_entropy() -> None:
     spec = spec_with(**{"model.label_smooth": False, "dataset.sampler": "softmax"})
     logits = torch.randn(8, 4)

@@ -149,13 +149,22 @@ class ReidCriterion(nn.Module):
         )
         self.weights = {term.name: term.weight for term in terms}
 
-    def forward(self, output: ReidOutput, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss and its named, detached parts for logging."""
+    def forward(
+        self, output: ReidOutput, labels: Tensor, metric_weight: float = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and its named, detached parts for logging.
+
+        ``metric_weight`` scales the terms on the feature (triplet, center): 0 during an ID-only
+        warm-up on random batches, where they would have almost no positive pairs to work with.
+        """
         parts = {
             name: loss(output.logits if name in _ON_LOGITS else output.features, labels)
             for name, loss in self.losses.items()
         }
-        total = sum(self.weights[name] * value for name, value in parts.items())
+        total = sum(
+            self.weights[name] * (1.0 if name in _ON_LOGITS else metric_weight) * value
+            for name, value in parts.items()
+        )
         return total, {name: value.detach() for name, value in parts.items()}
 
     def center_parameters(self) -> Iterator[nn.Parameter]:

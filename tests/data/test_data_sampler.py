@@ -50,20 +50,50 @@ def test_identities_with_enough_images_never_repeat_an_image_in_a_group() -> Non
             group = [i for i in batch if LABELS[i] == label]
             if COUNTS[label] >= 4:
                 assert len(set(group)) == 4
-            else:  # fewer than K images: drawn with replacement, from its own images only
+            else:  # fewer than K images: repeated, from its own images only
                 assert len(set(group)) <= COUNTS[label]
 
 
-def test_epoch_covers_most_images_and_length_is_exact_and_constant() -> None:
+def test_epoch_has_random_sampler_length_and_covers_most_images() -> None:
+    """N // batch_size batches per epoch (what a random sampler gives), exact and constant."""
     sampler = IdentitySampler(LABELS, 16, 4, seed=2)
     lengths = set()
     for epoch in range(5):
         sampler.set_epoch(epoch)
         lengths.add(len(list(sampler)))
-    assert lengths == {len(sampler)}
-    groups = sum(max(1, n // 4) for n in COUNTS)
-    assert len(sampler) == (groups // 4) * 16
-    assert len(set(sampler)) > 0.7 * len(LABELS)
+    assert lengths == {len(sampler)} == {len(LABELS) // 16 * 16}
+    assert len(set(sampler)) > 0.75 * len(LABELS)
+
+
+def test_cuhk03_sized_epoch_takes_every_step_and_sees_most_images() -> None:
+    """743 identities of ~9.7 images: 226 batches of 32 (TAO's sampler: 184), >= 80 % seen."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 15, size=743)
+    labels = _labels([int(c) for c in counts])
+    sampler = IdentitySampler(labels, 32, 4, seed=0)
+    assert len(sampler) == len(labels) // 32 * 32
+    seen = len(set(sampler)) / len(labels)
+    assert seen > 0.8, seen
+
+
+def test_random_warmup_batches_come_first_then_p_x_k() -> None:
+    """``random_epochs=1.5``: epoch 0 all random batches, epoch 1 half, epoch 2 none."""
+    sampler = IdentitySampler(LABELS, 16, 4, seed=3, random_epochs=1.5)
+    per_epoch = len(sampler) // 16
+
+    def is_p_x_k(batch: list[int]) -> bool:
+        return set(Counter(LABELS[i] for i in batch).values()) == {4}
+
+    shapes = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        shapes.append([is_p_x_k(b) for b in _batches(sampler, 16)])
+    assert shapes[0] == [False] * per_epoch
+    half = round(1.5 * per_epoch) - per_epoch
+    assert shapes[1] == [False] * half + [True] * (per_epoch - half)
+    assert shapes[2] == [True] * per_epoch
+    sampler.set_epoch(0)
+    assert len(set(sampler)) == len(sampler)  # one random pass: no image twice
 
 
 def test_order_is_deterministic_and_changes_with_epoch_and_seed() -> None:

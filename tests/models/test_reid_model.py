@@ -17,7 +17,8 @@ from reidkit.config.spec import ExperimentSpec, ModelSpec
 from reidkit.engine.module import build_model, loss_terms
 from reidkit.errors import CheckpointError
 from reidkit.losses import ReidCriterion
-from reidkit.models import ReidOutput
+from reidkit.models import ReidModel, ReidOutput
+from reidkit.models.pooling import GeneralizedMeanPooling
 from tests.conftest import model_from
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -160,3 +161,23 @@ def test_training_steps_reduce_the_loss() -> None:
         losses.append(loss.item())
     assert set(parts) == {"id", "triplet", "center"}
     assert losses[-1] < losses[0]
+
+
+def test_gem_pooling_matches_its_formula_and_replaces_the_average_pool() -> None:
+    x = torch.rand(2, 5, 4, 3) + 0.1
+    gem = GeneralizedMeanPooling(p=3.0)
+    expected = (x**3).mean(dim=(2, 3), keepdim=True) ** (1 / 3)
+    torch.testing.assert_close(gem(x), expected)
+    torch.testing.assert_close(GeneralizedMeanPooling(p=1.0)(x), x.mean(dim=(2, 3), keepdim=True))
+    spec = ExperimentSpec.model_validate(
+        {"model": {"backbone": "resnet_18", "pretrain_choice": "self", "pooling": "gem"}}
+    )
+    model = build_model(spec, num_classes=3)
+    pools = [m for m in model.modules() if isinstance(m, GeneralizedMeanPooling)]
+    assert len(pools) == 1
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in model.modules())
+    model.train()
+    model(torch.rand(4, 3, 64, 32), torch.tensor([0, 1, 2, 0]))[0].sum().backward()
+    assert pools[0].p.grad is not None  # p is learned
+    rebuilt = ReidModel.from_card(model.card((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)))
+    assert any(isinstance(m, GeneralizedMeanPooling) for m in rebuilt.modules())

@@ -78,6 +78,11 @@ class ModelSpec(_Section):
     reduce_feat_dim: bool = Field(
         False, description="Swin: project the backbone feature to feat_dim (CNNs always do)."
     )
+    pooling: Literal["avg", "gem"] = Field(
+        "avg",
+        description="reidkit: global pooling of CNN backbones; 'gem' = generalized mean with a "
+        "learned power (fast-reid's recipes), 'avg' = TAO's average pooling.",
+    )
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     drop_path: float = Field(0.1, ge=0.0, lt=1.0, description="Stochastic depth rate (Swin).")
     stride_size: list[int] = Field(
@@ -245,6 +250,13 @@ class TrainSpec(_Section):
     )
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Cap on training batches per epoch (smoke runs); null = all."
+    )
+    id_warmup_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="reidkit: epochs at the start trained on random batches with the ID loss "
+        "only (every identity's classifier learns from the first steps); the P x K sampler and "
+        "the metric losses take over after. 0 = TAO's behaviour.",
     )
     optim: OptimSpec = Field(default_factory=OptimSpec)
 

@@ -1,15 +1,23 @@
 """P x K identity sampler for triplet training, with its own (correct) DDP sharding.
 
 Each batch holds P identities with K images each, which batch-hard triplet mining needs. Per
-epoch, every identity's images are shuffled and cut into groups of K (an identity with fewer
-than K images gives one group drawn with replacement; a remainder smaller than K waits for a
-later epoch's shuffle). Under DDP the identities themselves are dealt out to the ranks, so the
-ranks' shares are disjoint by construction.
+epoch, every identity's images are shuffled and cut into groups of K; the last group is filled
+up with the identity's first images again (cyclically), so every image belongs to a group.
+Groups are drawn with weights proportional to what each identity has left, so large
+identities spread over the whole epoch. Under DDP the identities themselves are dealt out to
+the ranks, so the ranks' shares are disjoint by construction.
 
-The epoch length is a fixed function of the data (not of the random draw), because Lightning,
-LR schedules and progress bars all assume ``len(sampler)`` is exact and constant. When a rank
-runs short of distinct identities at the end of an epoch, it fills the batch with fresh groups
-of its own identities instead of emitting a short or lopsided batch.
+An epoch has ``N // batch_size`` batches, as many as a random sampler gives (TAO's sampler
+gives ~19 % fewer on CUHK03: it drops each identity's remainder). The groups hold a few more
+slots than ``N`` (the fill-ups), so 88 % of CUHK03's images appear in a given epoch (TAO's
+sampler: 81 %, in fewer steps). The length is a fixed function of the data (not of the random draw),
+because Lightning, LR schedules and progress bars all assume ``len(sampler)`` is exact and
+constant. When a rank runs short of distinct identities at the end of an epoch, it fills the
+batch with fresh groups of its own identities instead of emitting a short or lopsided batch.
+
+``random_epochs`` makes the first epochs (fractional: counted in batches) plain random batches
+of the rank's images, for an ID-only warm start: with P x K batches each of ~750 classes
+appears once per ~90 steps, so a classifier starts learning far later than on random batches.
 
 The order depends on ``(seed, epoch)`` only, so every rank computes the same deal and a rerun
 reproduces it, while each epoch differs (TAO's sampler reseeds to a constant every epoch).
@@ -17,6 +25,7 @@ reproduces it, while each epoch differs (TAO's sampler reseeds to a constant eve
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -36,6 +45,7 @@ class IdentitySampler(Sampler[int]):
         seed: int,
         num_replicas: int = 1,
         rank: int = 0,
+        random_epochs: float = 0.0,
     ) -> None:
         if num_instances < 1 or batch_size % num_instances:
             raise ValueError(
@@ -61,8 +71,8 @@ class IdentitySampler(Sampler[int]):
                 f"{ids_per_rank} of the {len(self._groups)} train identities; lower "
                 "dataset.batch_size or raise dataset.num_instances"
             )
-        chunks = sum(max(1, len(g) // num_instances) for g in self._groups)
-        self._batches_per_rank = max(1, chunks // (self.ids_per_batch * num_replicas))
+        self._batches_per_rank = max(1, len(labels) // (batch_size * num_replicas))
+        self._random_batches = round(random_epochs * self._batches_per_rank)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order ``__iter__`` yields (call before each epoch)."""
@@ -78,15 +88,20 @@ class IdentitySampler(Sampler[int]):
         dealt = rng.permutation(len(self._groups))
         share = len(dealt) // self.num_replicas
         mine = [self._groups[i] for i in dealt[self.rank :: self.num_replicas][:share]]
-        for batch in self._batches(mine, rng):
+        done = self.epoch * self._batches_per_rank
+        random = min(max(self._random_batches - done, 0), self._batches_per_rank)
+        if random:
+            batch_size = self.ids_per_batch * self.num_instances
+            order = np.resize(rng.permutation(np.concatenate(mine)), random * batch_size)
+            yield from (int(index) for index in order)
+        for batch in itertools.islice(self._batches(mine, rng), self._batches_per_rank - random):
             yield from batch
 
     def _chunks(self, group: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         k = self.num_instances
-        if len(group) < k:
-            return [rng.choice(group, size=k, replace=True)]
-        shuffled = rng.permutation(group)
-        return [shuffled[i * k : (i + 1) * k] for i in range(len(group) // k)]
+        count = -(-len(group) // k)
+        filled = np.resize(rng.permutation(group), count * k)  # cyclic fill of the last group
+        return [filled[i * k : (i + 1) * k] for i in range(count)]
 
     def _batches(self, groups: list[np.ndarray], rng: np.random.Generator) -> Iterator[list[int]]:
         pending = [self._chunks(g, rng) for g in groups]

@@ -162,6 +162,7 @@ class ReidDataModule(LightningDataModule):
             seed,
             replicas,
             rank,
+            random_epochs=self.spec.train.id_warmup_epochs,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -2,14 +2,15 @@
 
 Optimisation is manual because the Bag-of-Tricks center loss trains its centers with a second,
 plain SGD optimizer whose gradients are rescaled by ``1 / center_loss_weight``; Lightning's
-automatic loop supports only one optimizer. The learning rate is set at the start of every
-epoch from a pure function of the epoch index, so a resumed run continues on the exact schedule.
+automatic loop supports only one optimizer. The learning rate is set before every step from a
+pure function of the global step, so a resumed run continues on the exact schedule.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,6 +75,7 @@ def model_settings(model: ModelSpec, optim: OptimSpec) -> dict[str, Any]:
         "id_loss_type": model.id_loss_type,
         "cosine_scale": optim.cosine_scale,
         "cosine_margin": optim.cosine_margin,
+        "pooling": model.pooling,
     }
 
 
@@ -131,7 +133,7 @@ class ReidModule(LightningModule):
         self.num_classes = num_classes
         self.model = build_model(spec, num_classes)
         self.criterion = ReidCriterion(loss_terms(spec), num_classes, self.model.embedding_dim)
-        self._lr_factor = lr_factor(spec.train.optim, spec.train.num_epochs)
+        self._lr_factor: Callable[[int], float] | None = None
         self._val_features: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
 
     def on_fit_start(self) -> None:
@@ -147,24 +149,51 @@ class ReidModule(LightningModule):
             optimizers.append(torch.optim.SGD(centers, lr=self.spec.train.optim.center_lr))
         return optimizers
 
+    def on_train_start(self) -> None:
+        """The schedule needs the epoch length, known once the train loader exists."""
+        self._lr_factor = lr_factor(
+            self.spec.train.optim, self.spec.train.num_epochs, self.trainer.num_training_batches
+        )
+
     def on_train_epoch_start(self) -> None:
-        factor = self._lr_factor(self.current_epoch)
+        self.log("lr", self._set_lr(self._global_step(0)), on_step=False, on_epoch=True)
+
+    def _global_step(self, batch_idx: int) -> int:
+        """Batches trained before this one: what the schedule and the ID warm-up count."""
+        return self.current_epoch * self.trainer.num_training_batches + batch_idx
+
+    def _set_lr(self, step: int) -> float:
+        assert self._lr_factor is not None, "on_train_start builds the schedule"
+        factor = self._lr_factor(step)
         optimizer = self._optimizers()[0].optimizer
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return optimizer.param_groups[0]["lr"]
+
+    def _metric_loss_weight(self, step: int) -> float:
+        """0 during the ID-only warm-up (``train.id_warmup_epochs``, random batches), else 1."""
+        warmup = round(self.spec.train.id_warmup_epochs * self.trainer.num_training_batches)
+        return 0.0 if step < warmup else 1.0
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
-        optimizers = self._optimizers()
-        for optimizer in optimizers:
+        step = self._global_step(batch_idx)
+        self._set_lr(step)
+        model_optimizer, *center_optimizers = self._optimizers()
+        model_optimizer.zero_grad()
+        for optimizer in center_optimizers:
             optimizer.zero_grad()
-        loss, parts = self.criterion(self.model(images, labels), labels)
+        loss, parts = self.criterion(
+            self.model(images, labels), labels, metric_weight=self._metric_loss_weight(step)
+        )
         # Read by the NumericalHealth callback in the backward hook, to name a bad loss term.
         self.last_loss = (loss.detach(), parts)
         self.manual_backward(loss)
-        for optimizer in optimizers:
-            optimizer.step()
+        for optimizer in center_optimizers:
+            self._step_centers(optimizer.optimizer)
+        # Lightning unscales (mixed precision), calls on_before_optimizer_step, steps, and
+        # updates the grad scaler: once per training step, after the centers have stepped.
+        model_optimizer.step()
         batch_size = images.shape[0]
         self.log(
             "loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size
@@ -173,15 +202,29 @@ class ReidModule(LightningModule):
             self.log(f"loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss.detach()
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Gradients are unscaled here (mixed precision), so clipping and rescaling are exact."""
-        if optimizer is self._optimizers()[0].optimizer:
-            if self.spec.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
-            return
+    def _step_centers(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step the center optimizer on unscaled gradients rescaled by ``1 / weight``.
+
+        Under 16-bit mixed precision both optimizers share the grad scaler. It must be updated
+        once per step, after every optimizer has been unscaled and stepped with the same scale
+        (stepping each through Lightning would update it twice); the model optimizer's
+        Lightning step does that single update.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         for param in self.criterion.center_parameters():
             if param.grad is not None:
                 param.grad.mul_(1.0 / self.spec.train.optim.center_loss_weight)
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped, like the model's, when a gradient is not finite
+        else:
+            optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are unscaled here (mixed precision), so clipping is exact."""
+        if self.spec.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
 
     def _optimizers(self) -> list[Any]:
         optimizers = self.optimizers()

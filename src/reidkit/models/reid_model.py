@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from reidkit.models.backbones import build_backbone
 from reidkit.models.card import ModelCard
 from reidkit.models.heads import BNNeck, build_id_head
+from reidkit.models.pooling import use_gem_pooling
 
 
 class ReidOutput(NamedTuple):
@@ -51,11 +52,14 @@ class ReidModel(nn.Module):
         id_loss_type: str = "softmax",
         cosine_scale: float = 30.0,
         cosine_margin: float = 0.5,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         self.backbone = build_backbone(
             backbone, last_stride=last_stride, input_size=input_size, drop_path=drop_path
         )
+        if pooling == "gem":
+            use_gem_pooling(self.backbone)
         width = self.backbone.out_channels
         reduce = reduce_feat_dim or not self.backbone.is_transformer
         self.embedding_dim = feat_dim if reduce else width
@@ -85,6 +89,7 @@ class ReidModel(nn.Module):
             "id_loss_type": id_loss_type,
             "cosine_scale": cosine_scale,
             "cosine_margin": cosine_margin,
+            "pooling": pooling,
         }
 
     @classmethod
