@@ -21,8 +21,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
-from reidkit.config.loading import load_spec, save_spec
+from reidkit.config.loading import load_spec
 from reidkit.config.spec import ExperimentSpec
 from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_overrides
 
@@ -108,6 +109,12 @@ def _start_worker(spec_file: Path, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
+def _write_spec(spec: ExperimentSpec, path: Path) -> None:
+    """The spec file as its user writes it, storage password included (``save_spec``, which
+    writes run records, masks it)."""
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+
 def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name=name, storage=storage).trials
@@ -125,7 +132,7 @@ def test_two_workers_finish_the_study_when_one_is_killed_mid_trial(
         "automl.automl_max_epochs=3",  # long enough to be caught inside training
     )  # fmt: skip
     spec_file = tmp_path / "automl.yaml"
-    save_spec(spec, spec_file)
+    _write_spec(spec, spec_file)
     logs = [tmp_path / f"worker_{n}.log" for n in range(2)]
     workers = {worker.pid: worker for worker in (_start_worker(spec_file, log) for log in logs)}
     try:
@@ -176,7 +183,7 @@ def test_an_unreachable_server_is_one_line_without_the_password(
 ) -> None:
     url = f"postgresql+psycopg://reidkit:s3cret-pw@127.0.0.1:{_free_port()}/postgres"
     spec = _spec(synth_root, tmp_path / "results", url, "nowhere")
-    save_spec(spec, tmp_path / "automl.yaml")
+    _write_spec(spec, tmp_path / "automl.yaml")
 
     result = run_cli("automl", "-e", str(tmp_path / "automl.yaml"), timeout=120)
 
@@ -189,7 +196,7 @@ def test_a_malformed_storage_url_is_one_line_without_the_password(
 ) -> None:
     url = "postgresql+psycopg://reidkit:s3cret-pw@db-host:notaport/reid"
     spec = _spec(synth_root, tmp_path / "results", url, "malformed")
-    save_spec(spec, tmp_path / "automl.yaml")
+    _write_spec(spec, tmp_path / "automl.yaml")
 
     result = run_cli("automl", "-e", str(tmp_path / "automl.yaml"))
 

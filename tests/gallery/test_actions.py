@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from reidkit.actions.evaluate import evaluate
+from reidkit.actions.export import export
 from reidkit.cli import main
 from reidkit.config.loading import apply_overrides
 from reidkit.data import synthesize
+from reidkit.export.runtime import load_embedder
 from reidkit.gallery.store import open_gallery
+from reidkit.models.checkpoint_file import read_checkpoint_object, save_checkpoint
 from tests.conftest import empty_spec
 from tests.export.conftest import make_checkpoint
 
@@ -164,3 +167,54 @@ def test_evaluate_reports_roc_and_threshold(site, tmp_path):
     assert 0 < verification["match_threshold"] < 4
     assert verification["impostor_pairs"] > verification["genuine_pairs"] > 0
     assert (result.results_dir / "roc_curve.png").is_file()
+
+
+def test_the_calibrated_threshold_travels_into_export_and_gallery(site, tmp_path, capsys):
+    """evaluate, then export and gallery add on the same results_dir: the ONNX card and the
+    gallery carry the threshold; another checkpoint (other weights, same shape) does not."""
+    spec = make_checkpoint(tmp_path / "model", "model.backbone=resnet_18")
+    data = site["root"] / "data"
+    spec = apply_overrides(
+        spec,
+        {
+            "results_dir": str(tmp_path / "results"),
+            "evaluate.checkpoint": spec.export.checkpoint,
+            "evaluate.gpu_ids": [],
+            "dataset.query_dataset_dir": str(data / "query"),
+            "dataset.test_dataset_dir": str(data / "bounding_box_test"),
+            "dataset.num_workers": 0,
+        },
+    )
+    evaluate(spec)
+    calibrated = json.loads((tmp_path / "results/evaluate/model_card.json").read_text())
+    threshold = calibrated["match_threshold"]
+
+    onnx_file = tmp_path / "model.onnx"
+    export(apply_overrides(spec, {"export.onnx_file": str(onnx_file)}))
+    _, onnx_card = load_embedder(onnx_file)
+    assert onnx_card.match_threshold == pytest.approx(threshold)
+    assert onnx_card.match_false_match_rate == calibrated["match_false_match_rate"]
+
+    checkpoint = read_checkpoint_object(spec.export.checkpoint, None)
+    weights = checkpoint["state_dict"]
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 0.01
+    other = tmp_path / "other.pth"
+    save_checkpoint(checkpoint, other, None)
+    other_onnx = tmp_path / "other.onnx"
+    export(
+        apply_overrides(
+            spec, {"export.checkpoint": str(other), "export.onnx_file": str(other_onnx)}
+        )
+    )
+    assert load_embedder(other_onnx)[1].match_threshold is None
+
+    gallery = tmp_path / "gallery"
+    args = [f"results_dir={tmp_path / 'results'}", f"gallery.uri={gallery}"]
+    common = ["model.backbone=resnet_18", "model.input_height=64", "model.input_width=32"]
+    common += ["model.feat_dim=64", f"gallery.checkpoint={spec.export.checkpoint}"]
+    cli = ["-e", str(empty_spec(tmp_path)), *args, *common, f"gallery.crops={site['crops']}"]
+    assert main(["gallery", "add", *cli]) == 0
+    capsys.readouterr()
+    with open_gallery(gallery) as store:
+        assert store.card["match_threshold"] == pytest.approx(threshold)

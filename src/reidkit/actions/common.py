@@ -8,6 +8,7 @@ the plain arguments the libraries below take.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -23,13 +24,14 @@ from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageRecord, prepare_splits
 from reidkit.engine.checkpoints import LATEST_NAME, find_resume_checkpoint
 from reidkit.engine.datamodule import eval_loader
+from reidkit.engine.distributed import is_launch_primary
 from reidkit.errors import CheckpointError, ReidkitError, first_line
 from reidkit.evaluation.features import Embedder, Embeddings, extract_embeddings
 from reidkit.export.runtime import load_embedder
 from reidkit.interrupts import RunInterrupted
 from reidkit.models.card import ModelCard
 from reidkit.oserrors import describe_os_error
-from reidkit.outputs import read_json, write_status
+from reidkit.outputs import read_json, write_json, write_status
 from reidkit.redaction import known_secrets, redact
 from reidkit.runlock import run_lock
 
@@ -39,6 +41,8 @@ RUNNING, SUCCESS, FAILURE = "RUNNING", "SUCCESS", "FAILURE"
 
 
 EXPERIMENT, STATUS = "experiment.yaml", "status.json"
+#: ``evaluate``'s record of the match threshold it calibrated, and for which model file.
+CALIBRATION = "calibration.json"
 #: Where a rerun keeps its records until it has something to show (see :func:`run_action`).
 PENDING = {EXPERIMENT: "experiment.pending.yaml", STATUS: "status.pending.json"}
 
@@ -48,13 +52,15 @@ class ActionRun:
     """One run of an action: its results folder and how it reports its state.
 
     ``published`` is False while a rerun's records are staged under :data:`PENDING` names
-    beside the previous run's; :meth:`publish` makes them the folder's records.
+    beside the previous run's; :meth:`publish` makes them the folder's records. Only rank 0 of
+    a multi-process run ``writes`` them.
     """
 
     action: str
     folder: Path
     published: bool = True
     secrets: tuple[str, ...] = ()
+    writes: bool = True
     finished: bool = field(default=False, init=False)
 
     def record(self, name: str) -> Path:
@@ -67,7 +73,7 @@ class ActionRun:
 
     def publish(self) -> None:
         """Replace the previous run's records with this run's (at its first checkpoint)."""
-        if self.published:
+        if self.published or not self.writes:
             return
         for name, pending in PENDING.items():
             os.replace(self.folder / pending, self.folder / name)
@@ -87,6 +93,8 @@ class ActionRun:
             log.warning("%s: could not record the failure (%s)", self.folder, exc.strerror or exc)
 
     def _write(self, status: str, message: str, **extra: Any) -> None:
+        if not self.writes:
+            return
         message = redact(message, self.secrets)
         write_status(
             self.folder, self.action, status, message, name=self.record(STATUS).name, **extra
@@ -111,9 +119,10 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
     they were. Secrets are never recorded (:func:`reidkit.redaction.redact`).
     """
     folder = spec.action_dir(action)
+    primary = is_launch_primary()  # the other ranks of a multi-process run neither lock nor write
     with ExitStack() as held:
         try:
-            if exclusive:
+            if exclusive and primary:
                 held.enter_context(run_lock(folder, action))
             else:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -122,8 +131,10 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
                 folder,
                 published=not _finished(folder),
                 secrets=known_secrets(spec.encryption_key),
+                writes=primary,
             )
-            save_spec(spec, run.record(EXPERIMENT))
+            if primary:
+                save_spec(spec, run.record(EXPERIMENT))
             run.update(f"{action} started")
         except OSError as exc:
             raise ReidkitError(
@@ -245,14 +256,60 @@ def _model_in_folder(folder: Path, key: str, depth: int = 0) -> tuple[Path, str]
 def load_checked_embedder(
     spec: ExperimentSpec, path: str | Path, key: str, gpu_id: int = 0
 ) -> tuple[Embedder, ModelCard]:
-    """The model at ``path`` (or in a run folder) as an embedder, refused if it does not fit."""
+    """The model at ``path`` (or in a run folder) as an embedder, refused if it does not fit.
+
+    Its card carries the match threshold ``evaluate`` calibrated for this very file in this
+    results folder, if there is one (see :func:`calibrated_card`).
+    """
     resolved = resolve_checkpoint(path, key)
     embedder, card = load_embedder(
         resolved, encryption_key=spec.encryption_key, gpu_id=gpu_id, neck_feat=spec.model.neck_feat
     )
     kind = "ONNX file" if resolved.suffix.lower() == ".onnx" else "checkpoint"
     card.require_fit(card_expectations(spec), f"{kind} '{resolved}'")
-    return embedder, card
+    return embedder, calibrated_card(spec, card, resolved)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file: what ties a calibration to the exact weights it was measured on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_calibration(folder: Path, model: Path, card: ModelCard) -> None:
+    """Write ``evaluate``'s threshold with the digest of the model file it was calibrated on."""
+    write_json(
+        folder / CALIBRATION,
+        {
+            "model": str(model),
+            "sha256": file_digest(model),
+            "match_threshold": card.match_threshold,
+            "false_match_rate": card.match_false_match_rate,
+        },
+    )
+
+
+def calibrated_card(spec: ExperimentSpec, card: ModelCard, model: Path) -> ModelCard:
+    """``card`` with the threshold ``evaluate`` calibrated for ``model`` in ``results_dir``.
+
+    ``reidkit evaluate`` then ``export`` / ``gallery`` / ``serve`` on one spec is the site
+    workflow: the threshold travels into the ONNX file and the gallery without being copied by
+    hand. Only a calibration of the same bytes counts (a retrained checkpoint has none); a
+    model without one keeps the threshold its card already has (an exported one), if any.
+    """
+    record = read_json(Path(spec.results_dir) / "evaluate" / CALIBRATION)
+    if not isinstance(record, dict) or record.get("match_threshold") is None:
+        return card
+    if record.get("sha256") != file_digest(model):
+        return card
+    log.info(
+        "match_threshold %.4f from %s (calibrated on this model)",
+        record["match_threshold"], Path(spec.results_dir) / "evaluate" / CALIBRATION,
+    )  # fmt: skip
+    return card.with_threshold(float(record["match_threshold"]), float(record["false_match_rate"]))
 
 
 @dataclass
@@ -264,6 +321,7 @@ class EmbeddedSplits:
     query_records: list[ImageRecord]
     gallery_records: list[ImageRecord]
     card: ModelCard
+    model: Path  # the model file (a run folder resolved), which a calibration names
 
 
 def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
@@ -280,11 +338,9 @@ def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
             "a results folder"
         )
     device = select_device(settings.gpu_ids)
+    model = resolve_checkpoint(settings.checkpoint, f"{action}.checkpoint")
     embedder, card = load_checked_embedder(
-        spec,
-        settings.checkpoint,
-        f"{action}.checkpoint",
-        gpu_id=settings.gpu_ids[0] if settings.gpu_ids else 0,
+        spec, model, f"{action}.checkpoint", gpu_id=settings.gpu_ids[0] if settings.gpu_ids else 0
     )
     if isinstance(embedder, torch.nn.Module):
         embedder = embedder.to(device)
@@ -300,5 +356,5 @@ def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
         return extract_embeddings(embedder, loader, device, flip)
 
     return EmbeddedSplits(
-        embed(splits.query), embed(splits.gallery), splits.query, splits.gallery, card
+        embed(splits.query), embed(splits.gallery), splits.query, splits.gallery, card, model
     )

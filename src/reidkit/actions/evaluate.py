@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
+from reidkit.actions.common import (
+    ActionRun,
+    EmbeddedSplits,
+    embed_splits,
+    record_calibration,
+    run_action,
+)
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
@@ -79,6 +85,7 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
         {**metrics, "cmc": cmc, "re_ranking": ranking.re_ranking, "verification": verification},
     )
     write_json(folder / "model_card.json", card.to_dict())
+    record_calibration(folder, data.model, card)
     plots = [
         plot_cmc_curve(
             result.cmc, Path(settings.output_cmc_curve_plot or folder / "cmc_curve.png")
@@ -101,7 +108,8 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     print(metrics_table(metrics))
     print(
         f"match_threshold {threshold:.4f} at false-match rate {target:g} (true-match rate "
-        f"{verification['true_match_rate_at_target']}%), recorded in {folder / 'model_card.json'}"
+        f"{verification['true_match_rate_at_target']}%), recorded in {folder / 'model_card.json'} "
+        "(export, gallery and serve on this results_dir take it for this model)"
     )
     run.succeed("evaluation finished", kpi=metrics, match_threshold=threshold)
     return EvaluationResult(metrics, cmc, folder, plots)

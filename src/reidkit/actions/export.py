@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reidkit.actions.common import card_expectations, resolve_checkpoint, run_action
+from reidkit.actions.common import (
+    calibrated_card,
+    card_expectations,
+    resolve_checkpoint,
+    run_action,
+)
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
 from reidkit.errors import ExportError
@@ -50,6 +55,7 @@ def export(spec: ExperimentSpec) -> ExportResult:
             )
         model, card = restore_model(checkpoint, spec.encryption_key, spec.model.neck_feat)
         card.require_fit(card_expectations(spec), f"checkpoint '{checkpoint}'")
+        card = calibrated_card(spec, card, checkpoint)
         _make_dir(target.parent)
         images, source = _check_images(spec, card)
         run.update(f"exporting {checkpoint}")

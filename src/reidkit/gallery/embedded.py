@@ -584,7 +584,8 @@ class EmbeddedGallery:
         wanted = sorted({int(ids[r]) for r in rows.reshape(-1).tolist() if r >= 0})
         metas = self._metas(wanted)
         out = []
-        for d_row, r_row in zip(dist.tolist(), rows.tolist(), strict=True):
+        # 2 - 2 q.g of a crop with itself can come out a hair below 0 in float32.
+        for d_row, r_row in zip(dist.clamp(min=0.0).tolist(), rows.tolist(), strict=True):
             out.append(
                 [
                     Hit(int(ids[r]), float(d), metas[int(ids[r])], decide(float(d), threshold))

@@ -33,6 +33,7 @@ from reidkit.gallery.store import (
     Hit,
     check_card_fits,
     decide,
+    squared_distance,
     unit_rows,
 )
 
@@ -289,7 +290,7 @@ class MilvusGallery:
             row_hits = []
             for item in found:
                 entity = item["entity"]
-                distance = 2.0 - 2.0 * float(item["distance"])
+                distance = squared_distance(float(item["distance"]))
                 row_hits.append(
                     Hit(int(item["id"]), distance, _meta(entity), decide(distance, limit))
                 )

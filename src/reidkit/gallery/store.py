@@ -197,6 +197,15 @@ def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
     return unit
 
 
+def squared_distance(similarity: float) -> float:
+    """Squared Euclidean distance of unit vectors from their inner product, never below 0.
+
+    In float32 a crop's similarity to itself can come out a hair above 1, which would show as a
+    distance of -0.000.
+    """
+    return max(2.0 - 2.0 * similarity, 0.0)
+
+
 def decide(distance: float, threshold: float | None) -> Decision | None:
     """``match`` at or below the calibrated distance threshold, ``unknown`` above it."""
     if threshold is None:
