@@ -25,6 +25,7 @@ from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.distributed import lost_peer, trainer_devices
 from reidkit.engine.health import NumericalHealth
 from reidkit.engine.module import ReidModule
+from reidkit.engine.progress import training_progress_bar
 from reidkit.engine.recorder import RunRecorder
 from reidkit.errors import ReidkitError, SpecError
 from reidkit.interrupts import RunInterrupted
@@ -100,10 +101,12 @@ def run_training(
         # Health first: Lightning runs callbacks in order, and its epoch-end check must come
         # before the recorder's checkpoint.
         health = NumericalHealth(spec.train.divergence_factor)
+        devices = device_settings(spec.train)
+        bar = training_progress_bar(on_gpu=devices["accelerator"] == "gpu")
         trainer = Trainer(
-            **device_settings(spec.train),
+            **devices,
             max_epochs=spec.train.num_epochs,
-            callbacks=[health, recorder, *(callbacks or [])],
+            callbacks=[health, recorder, bar, *(callbacks or [])],
             plugins=[ReidCheckpointIO(spec.encryption_key)],
             logger=False,
             enable_checkpointing=False,
