@@ -57,6 +57,7 @@ from reidkit.gallery.store import (
     Hit,
     check_card_fits,
     decide,
+    rows_to_add,
     unit_rows,
 )
 from reidkit.outputs import write_json
@@ -297,13 +298,7 @@ class EmbeddedGallery:
         metas: Sequence[CropMeta],
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> int:
-        matrix = unit_rows(vectors, "embeddings")
-        if len(matrix) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
-            raise GalleryError(
-                f"add got {len(matrix)} embeddings for {len(metas)} crops"
-                + ("" if thumbnails is None else f" and {len(thumbnails)} thumbnails")
-                + "; pass one of each per crop"
-            )
+        matrix = rows_to_add(vectors, metas, thumbnails)
         for meta in metas:
             if not math.isfinite(meta.timestamp):
                 raise GalleryError(f"crop '{meta.path}' has timestamp {meta.timestamp}; fix it")

@@ -33,6 +33,7 @@ from reidkit.gallery.store import (
     Hit,
     check_card_fits,
     decide,
+    rows_to_add,
     squared_distance,
     unit_rows,
 )
@@ -179,11 +180,7 @@ class MilvusGallery:
         metas: Sequence[CropMeta],
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> int:
-        matrix = unit_rows(vectors, "embeddings")
-        if len(matrix) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
-            raise GalleryError(
-                f"add got {len(matrix)} embeddings for {len(metas)} crops; pass one per crop"
-            )
+        matrix = rows_to_add(vectors, metas, thumbnails)
         dim = self._dim or (self._given_card or {}).get("embedding_dim") or matrix.shape[1]
         if matrix.shape[1] != dim:
             raise GalleryError(

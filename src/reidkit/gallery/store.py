@@ -197,6 +197,22 @@ def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
     return unit
 
 
+def rows_to_add(
+    vectors: np.ndarray | Tensor,
+    metas: Sequence[CropMeta],
+    thumbnails: Sequence[bytes | None] | None,
+) -> Tensor:
+    """What every backend's ``add`` checks first: unit rows, one per crop (and thumbnail)."""
+    matrix = unit_rows(vectors, "embeddings")
+    if len(matrix) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
+        raise GalleryError(
+            f"add got {len(matrix)} embeddings for {len(metas)} crops"
+            + ("" if thumbnails is None else f" and {len(thumbnails)} thumbnails")
+            + "; pass one of each per crop"
+        )
+    return matrix
+
+
 def squared_distance(similarity: float) -> float:
     """Squared Euclidean distance of unit vectors from their inner product, never below 0.
 
