@@ -11,10 +11,14 @@ Train on ``bounding_box_train`` (743 ids, 7,239 images), evaluate ``query`` agai
 ``bounding_box_test`` (Market-1501 protocol). The two sides run one after the other, each in
 its own process (never in parallel), and both see ``epochs x (7,239 // batch)`` batches:
 
-* reidkit: ``examples/cuhk03_mobilenet_short.yaml`` (the short-budget recipe of
-  ``docs/recipes.md``) with the data paths, input size, epochs and seed set here, through
+* reidkit: ``--recipe``, by default ``examples/cuhk03_mobilenet_short.yaml`` (the
+  short-budget recipe of ``docs/recipes.md``; ``examples/cuhk03_mobilenet_12ep.yaml`` for
+  12 epochs), with the data paths, input size, epochs and seed set here, through
   ``reidkit.load_spec`` / ``reidkit.actions.train.run_training`` / ``reidkit.evaluate``.
 * torchreid: ``benchmarks/torchreid_cuhk03.py`` (the anchor recipe, see its docstring).
+
+Both sides use PyTorch's default threads (one per core; record in each JSON's
+``torch_threads``): what a user of either gets. Keep the machine otherwise idle.
 
 Scoring: each side's own default (reidkit ``evaluate``: normalised features, no flip;
 torchreid ``_evaluate``: raw features, Euclidean), and both the same way with
@@ -92,6 +96,7 @@ def run_reidkit(
     """In this (child) process: train (scored after each epoch, off the clock), evaluate."""
     import logging
 
+    import torch
     from lightning.pytorch import Callback
 
     import reidkit
@@ -103,7 +108,7 @@ def run_reidkit(
     # reidkit's INFO lines, among them the weight-loading report (0 missing backbone keys).
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     results_dir = results_dir or args.workdir / "reidkit"
-    spec = reidkit.load_spec(RECIPE, reidkit_overrides(args, results_dir, data, weights))
+    spec = reidkit.load_spec(args.recipe, reidkit_overrides(args, results_dir, data, weights))
     test = prepare_splits(spec, train=False)
     curve: list[dict] = []
     last: dict = {}
@@ -140,6 +145,8 @@ def run_reidkit(
         "train_images": batches * args.batch_size,
         "images_per_s": batches * args.batch_size / train_s,
         "batches_per_epoch": last["batches_per_epoch"],
+        "torch_threads": torch.get_num_threads(),
+        "recipe": Path(args.recipe).resolve().relative_to(ROOT).as_posix(),
     }
 
 
@@ -161,7 +168,7 @@ def run_side(args: argparse.Namespace, side: str) -> dict:
     ]
     if side == "reidkit":
         cmd = [sys.executable, __file__, "--child", out.as_posix(), *common]
-        cmd += [f"--workdir={args.workdir / f'seed{args.seed}'}"]
+        cmd += [f"--workdir={args.workdir / f'seed{args.seed}'}", f"--recipe={args.recipe}"]
         cmd += [f"--set={s}" for s in args.set]
     else:
         cmd = [sys.executable, str(HERE / "torchreid_cuhk03.py"), *common, f"--out={out}"]
@@ -284,6 +291,7 @@ def main() -> int:
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--summary-only", action="store_true", help="table of recorded runs")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/reidkit_bench_cuhk03"))
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="reidkit's spec file")
     parser.add_argument("--set", action="append", default=[], help="extra reidkit key=value")
     parser.add_argument("--no-record", action="store_true", help="do not append results.csv")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)

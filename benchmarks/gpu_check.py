@@ -325,7 +325,7 @@ def part_cuhk03(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> Non
         settings = argparse.Namespace(
             height=sizes.cuhk03_height, width=sizes.cuhk03_width, epochs=sizes.cuhk03_epochs,
             batch_size=64 if on_gpu() else 16, workers=os.cpu_count() if on_gpu() else 1,
-            max_batches=sizes.cuhk03_max_batches, seed=0,
+            max_batches=sizes.cuhk03_max_batches, seed=0, recipe=bench_cuhk03.RECIPE,
             set=[f"train.precision='{precision()}'", f"dataset.num_classes={count_ids(data)}"],
         )  # fmt: skip
         weights = args.weights if args.weights and args.weights.is_file() else None

@@ -188,6 +188,7 @@ def main() -> int:
         "train_images": images,
         "images_per_s": images / train_s,
         "batches_per_epoch": batches,
+        "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result), flush=True)
     args.out.write_text(json.dumps(result))

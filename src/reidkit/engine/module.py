@@ -136,11 +136,6 @@ class ReidModule(LightningModule):
         self._lr_factor: Callable[[int], float] | None = None
         self._val_features: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
 
-    def on_fit_start(self) -> None:
-        """On a GPU, channels-last convolutions are faster (the device batch path emits them)."""
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         optimizers = [build_optimizer(self.model, self.spec.train.optim)]
