@@ -153,7 +153,7 @@ def test_nan_stops_a_rerun_and_keeps_the_previous_run(
     folder = trained / "train"
     poisoned = load_checkpoint(folder / LATEST, None)
     weight = next(k for k in poisoned["state_dict"] if k.endswith("conv1.weight"))
-    poisoned["state_dict"][weight].view(-1)[0] = float("nan")
+    poisoned["state_dict"][weight][0, 0, 0, 0] = float("nan")  # any layout (channels-last)
     torch.save(poisoned, tmp_path / "poisoned.pth")
     before = _snapshot(folder)
 
