@@ -25,7 +25,8 @@ torchreid ``_evaluate``: raw features, Euclidean), and both the same way with
 ``cuhk03_scoring`` (normalised + flip; the same re-ranked, reported separately). After every
 epoch both are scored off the clock (normalised + flip) for the time-to-accuracy curve.
 
-Writes ``benchmarks/results/cuhk03_<H>x<W>_<E>ep_<side>_seed<S>.json`` per run, then prints
+Writes ``benchmarks/results/cuhk03_<H>x<W>_<E>ep_<side>_seed<S>.json`` per run (``reidkit-<label>``
+for a ``--label``ed variant, e.g. a recipe changed with ``--set``), then prints
 the table over all recorded seeds, plots mAP against training seconds
 (``benchmarks/results/cuhk03_<H>x<W>_<E>ep.png``) and appends rows to ``results.csv``.
 """
@@ -147,11 +148,14 @@ def run_reidkit(
         "batches_per_epoch": last["batches_per_epoch"],
         "torch_threads": torch.get_num_threads(),
         "recipe": Path(args.recipe).resolve().relative_to(ROOT).as_posix(),
+        "set": args.set,
     }
 
 
 def result_path(args: argparse.Namespace, side: str, seed: int) -> Path:
-    return RESULTS / f"cuhk03_{args.height}x{args.width}_{args.epochs}ep_{side}_seed{seed}.json"
+    """Where one side's run is recorded; a ``--label``ed reidkit run (a variant) has its own."""
+    name = f"{side}-{args.label}" if args.label and side == "reidkit" else side
+    return RESULTS / f"cuhk03_{args.height}x{args.width}_{args.epochs}ep_{name}_seed{seed}.json"
 
 
 def run_side(args: argparse.Namespace, side: str) -> dict:
@@ -214,6 +218,8 @@ def summarise(args: argparse.Namespace, host: str, command: str) -> None:
         side: [seconds_to_reach(runs[side][s]["curve"], target) for s in seeds] for side in SIDES
     }
     setting = f"{args.height}x{args.width} {args.epochs} ep batch {args.batch_size}"
+    if args.label:
+        setting += f" (reidkit {args.label})"
     print(f"\n{setting}, seeds {seeds}: mean (per seed)\n")
     print("| figure | reidkit | torchreid | difference or ratio |\n|---|---|---|---|")
     rows = []
@@ -244,7 +250,8 @@ def summarise(args: argparse.Namespace, host: str, command: str) -> None:
         f"{', '.join(fmt(v) for v in reach['reidkit'])} | "
         f"{', '.join(fmt(v) for v in reach['torchreid'])} | |"
     )
-    plot = RESULTS / f"cuhk03_{args.height}x{args.width}_{args.epochs}ep.png"
+    variant = f"_{args.label}" if args.label else ""
+    plot = RESULTS / f"cuhk03_{args.height}x{args.width}_{args.epochs}ep{variant}.png"
     _plot(runs, seeds, target, plot, setting)
     print(f"\nplot: {plot.relative_to(ROOT)}")
     if not args.no_record and not args.max_batches:
@@ -293,6 +300,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/reidkit_bench_cuhk03"))
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="reidkit's spec file")
     parser.add_argument("--set", action="append", default=[], help="extra reidkit key=value")
+    parser.add_argument(
+        "--label",
+        help="record reidkit's side as a named variant (its own JSON, table and plot against "
+        "the same torchreid runs), e.g. for a recipe tried with --set",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append results.csv")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

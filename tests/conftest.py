@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,11 @@ from reidkit.config.loading import load_spec
 from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
 from reidkit.engine.module import model_settings
 from reidkit.models import Backbone, ReidModel, build_backbone
+
+# The suite (and the CLI subprocesses it starts) keeps reidkit's caches to itself, never the
+# user's ~/.cache/reidkit.
+os.environ["REIDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="reidkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["REIDKIT_CACHE_DIR"], ignore_errors=True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REPO = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from reidkit.data.market import ImageRecord
+from reidkit.data.verified import VerifiedImages
 from reidkit.errors import DatasetError
 
 # What Pillow raises for unreadable, truncated or malformed image data.
@@ -111,17 +112,23 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def verify_images(records: Sequence[ImageRecord], max_workers: int = 2) -> None:
+def verify_images(
+    records: Sequence[ImageRecord], max_workers: int = 2, cache: VerifiedImages | None = None
+) -> None:
     """Decode every image once, in threads, and fail naming the first bad files (up to 3).
 
     A full decode (not Pillow's header-only ``verify``) is needed because a truncated JPEG has a
     valid header; re-id crops are small, so this costs a fraction of a millisecond per image
-    and Pillow's decoders release the GIL, so threads scale.
+    and Pillow's decoders release the GIL, so threads scale. With a ``cache``, files that
+    decoded cleanly before and have not changed since are skipped, and clean ones are recorded.
     """
     paths = [r.path for r in records]
+    todo = cache.unverified(paths) if cache is not None else paths
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        reasons = list(pool.map(_problem, paths))
-    problems = [(p, why) for p, why in zip(paths, reasons, strict=True) if why]
+        reasons = list(pool.map(_problem, todo))
+    if cache is not None:
+        cache.remember([p for p, why in zip(todo, reasons, strict=True) if why is None])
+    problems = [(p, why) for p, why in zip(todo, reasons, strict=True) if why]
     if problems:
         shown = "; ".join(f"'{p}' ({why})" for p, why in problems[:_SHOWN])
         raise DatasetError(

@@ -22,6 +22,7 @@ from reidkit.data.market import (
     split_table,
 )
 from reidkit.data.sources import ExtractLimits, resolve_dataset
+from reidkit.data.verified import default_verified_images
 from reidkit.errors import DatasetError
 
 log = logging.getLogger("reidkit")
@@ -91,7 +92,11 @@ def prepare_splits(
     if verify:
         # Decoding releases the GIL, so more threads help on big machines; 8 saturates disks.
         workers = min(8, os.cpu_count() or 1)
-        verify_images(splits.train + splits.query + splits.gallery, max_workers=workers)
+        verify_images(
+            splits.train + splits.query + splits.gallery,
+            max_workers=workers,
+            cache=default_verified_images(),
+        )
     table = {"train": splits.train} if train else {}
     table |= {"query": splits.query, "gallery": splits.gallery}
     log.info("dataset splits:\n%s", split_table(table))
