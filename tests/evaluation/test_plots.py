@@ -61,6 +61,10 @@ def test_sampled_matches_png(tmp_path: Path, crops: list[str]) -> None:
     # Blue query frames, green same-id frames, red other-id frames are all drawn.
     for color in ("#1f5fd6", "#1a9e3a", "#d62728"):
         assert count_near(pixels, color) > 200, color
+    # The title (top 30 px) and the captions under the first row's crops are drawn in black.
+    dark = (pixels < 80).all(axis=2)
+    assert dark[:30].sum() > 100
+    assert dark[30 + 20 + 138 : 30 + 20 + 138 + 20].sum() > 100
     # Re-writing the same path replaces it in place.
     assert (
         plot_sampled_matches(
