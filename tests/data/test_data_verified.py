@@ -123,3 +123,17 @@ def test_cache_folder_follows_the_environment(
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "reidkit"
+
+
+def test_file_names_that_are_not_utf8_are_recorded(
+    tmp_path: Path, write_image, trusting: None, decodes: list[Path]
+) -> None:
+    """SQLite text must be UTF-8; a Latin-1 byte in a name once broke inference elsewhere."""
+    folder = tmp_path / "data"
+    odd = Path(os.fsdecode(os.fsencode(folder) + b"/0001_c1s1_000001_00_caf\xe9.jpg"))
+    images = [write_image(odd), write_image(folder / "0001_c1s1_000002_00.jpg")]
+    cache = VerifiedImages(tmp_path / "checks.sqlite")
+    verify_images(_records(images), cache=cache)
+    decodes.clear()
+    verify_images(_records(images), cache=VerifiedImages(cache.db_file))
+    assert decodes == []

@@ -37,6 +37,11 @@ _CHUNK = 900
 Stamp = tuple[int, int, int]
 
 
+def _key(path: Path) -> bytes:
+    """The absolute path as bytes: file names need not be valid UTF-8, SQLite text must be."""
+    return os.fsencode(os.path.abspath(path))
+
+
 def cache_dir() -> Path:
     """Where reidkit keeps caches that only save time (safe to delete at any moment)."""
     if configured := os.environ.get(CACHE_DIR_VARIABLE):
@@ -45,7 +50,7 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "reidkit"
 
 
-def _stamp(path: str) -> Stamp | None:
+def _stamp(path: bytes) -> Stamp | None:
     """Size, modification and change time in ns; None when the file cannot be stat'ed."""
     try:
         st = os.stat(path)
@@ -64,13 +69,13 @@ class VerifiedImages:
 
     def __init__(self, db_file: Path) -> None:
         self.db_file = db_file
-        self._stamps: dict[str, Stamp] = {}
+        self._stamps: dict[bytes, Stamp] = {}
         self._checked_at = 0.0
 
     def unverified(self, paths: Sequence[Path]) -> list[Path]:
         """The paths that have no matching clean decode on record (all of them on any error)."""
         self._checked_at = time.time()
-        keys = [os.path.abspath(p) for p in paths]
+        keys = [_key(p) for p in paths]
         self._stamps = {k: s for k in keys if (s := _stamp(k)) is not None}
         try:
             known = self._known(keys)
@@ -84,7 +89,7 @@ class VerifiedImages:
         racy_ns = int((self._checked_at - RACY_SECONDS) * 1e9)
         rows = []
         for path in clean:
-            key = os.path.abspath(path)
+            key = _key(path)
             stamp = self._stamps.get(key)
             if stamp is not None and max(stamp[1], stamp[2]) < racy_ns:
                 rows.append((key, *stamp, int(self._checked_at)))
@@ -99,10 +104,10 @@ class VerifiedImages:
         except (sqlite3.Error, OSError) as exc:
             log.debug("image check cache %s not written: %s", self.db_file, exc)
 
-    def _known(self, keys: list[str]) -> dict[str, Stamp]:
+    def _known(self, keys: list[bytes]) -> dict[bytes, Stamp]:
         if not self.db_file.exists():
             return {}
-        known: dict[str, Stamp] = {}
+        known: dict[bytes, Stamp] = {}
         db = self._connect()
         try:
             for start in range(0, len(keys), _CHUNK):
@@ -121,7 +126,7 @@ class VerifiedImages:
         self.db_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         db = sqlite3.connect(self.db_file, timeout=30)
         db.execute(
-            "CREATE TABLE IF NOT EXISTS verified (path TEXT PRIMARY KEY, size INTEGER, "
+            "CREATE TABLE IF NOT EXISTS verified (path BLOB PRIMARY KEY, size INTEGER, "
             "mtime_ns INTEGER, ctime_ns INTEGER, seen INTEGER)"
         )
         return db
