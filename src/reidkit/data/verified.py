@@ -28,8 +28,9 @@ log = logging.getLogger("reidkit")
 
 CACHE_DIR_VARIABLE = "REIDKIT_CACHE_DIR"
 RACY_SECONDS = 2.0
-# Rows not seen by any run for this long are dropped, so datasets that were deleted (or
-# extracted to temporary folders) do not grow the file forever.
+# Rows are dropped this long after they were written (a file still in use is then decoded once
+# more and recorded again), so datasets that were deleted or extracted to temporary folders do
+# not grow the file forever.
 FORGET_AFTER_SECONDS = 30 * 24 * 3600
 # SQLite's limit on parameters per statement is 32766 in current versions, 999 in old ones.
 _CHUNK = 900
