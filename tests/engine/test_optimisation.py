@@ -74,3 +74,42 @@ def test_learning_rate_is_set_for_every_step(tiny_spec: ExperimentSpec) -> None:
     expected = [spec.train.optim.base_lr * factor(step) for step in range(8)]
     assert recorder.lrs == pytest.approx(expected)
     assert len(set(recorder.lrs)) == 8  # it moves within an epoch, not once per epoch
+
+
+class WeightRecorder(Callback):
+    """Copies of the backbone's and the classifier's weights after every training step."""
+
+    def __init__(self) -> None:
+        self.backbone: list[list[torch.Tensor]] = []
+        self.classifier: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        self._record(module)
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: object) -> None:
+        self._record(module)
+
+    def _record(self, module: LightningModule) -> None:
+        assert isinstance(module, ReidModule)
+        self.backbone.append([p.detach().clone() for p in module.model.backbone.parameters()])
+        self.classifier.append(module.model.classifier.weight.detach().clone())
+
+
+def _changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_frozen_backbone_holds_its_weights_while_the_head_learns(
+    tiny_spec: ExperimentSpec,
+) -> None:
+    """Half of a 2-epoch run of 4 steps: the backbone moves from step 3 on, the head at once.
+
+    Adam's weight decay would move a parameter whose gradient were merely zero, so this also
+    checks that frozen gradients are dropped, not zeroed.
+    """
+    overrides = {"train.num_epochs": 2, "train.freeze_backbone_epochs": 1.0}
+    recorder = WeightRecorder()
+    _fit(apply_overrides(tiny_spec, overrides), steps=2, callbacks=[recorder])
+    start, *after_step = recorder.backbone
+    assert [_changed(start, weights) for weights in after_step] == [False, False, True, True]
+    assert not torch.equal(recorder.classifier[0], recorder.classifier[1])

@@ -65,3 +65,21 @@ def test_a_schedule_that_fits_its_run_is_tao_s() -> None:
     assert factor(99) < 1.0 and factor(100) == pytest.approx(1.0)
     assert factor(399) == pytest.approx(1.0) and factor(400) == pytest.approx(0.1)
     assert factor(699) == pytest.approx(0.1) and factor(700) == pytest.approx(0.01)
+
+
+def test_cosine_delay_holds_base_lr_then_decays_over_the_rest() -> None:
+    """fast-reid's flat-then-cosine: warm-up 2, flat until 2 + 6 = 8, cosine over 8..16."""
+    optim = OptimSpec(warmup_method="cosine", warmup_epochs=2, cosine_delay_epochs=6)
+    factor = lr_factor(optim, 16)
+    assert factor(1) == pytest.approx(0.01 * 0.5 + 0.5)
+    assert [factor(e) for e in (2, 5, 8)] == pytest.approx([1.0, 1.0, 1.0])
+    assert factor(12) == pytest.approx(0.5)  # halfway through the decay
+    assert factor(16) == pytest.approx(0.0)
+
+
+def test_cosine_delay_leaves_the_last_quarter_to_the_decay() -> None:
+    optim = OptimSpec(warmup_method="cosine", warmup_epochs=0, cosine_delay_epochs=50)
+    factor = lr_factor(optim, 12, steps_per_epoch=10)
+    assert factor(89) == pytest.approx(1.0)  # flat until 3/4 of the 12 epochs
+    assert factor(90) == pytest.approx(1.0) and factor(91) < 1.0
+    assert factor(105) == pytest.approx(0.5)

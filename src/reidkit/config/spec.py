@@ -193,6 +193,13 @@ class OptimSpec(_Section):
         "linear", description="'cosine' selects warm-up then cosine decay (Swin recipe)."
     )
     warmup_epochs: int = Field(20, ge=0, description="Warm-up epochs of the cosine schedule.")
+    cosine_delay_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="reidkit: epochs held at base_lr after the cosine warm-up before the decay "
+        "starts (fast-reid's flat-then-cosine); the decay keeps at least the last quarter of "
+        "the run. 0 = TAO's cosine.",
+    )
     center_loss_weight: float = Field(5e-4, ge=0.0, description="Weight of the center loss.")
     center_lr: float = Field(0.5, gt=0.0, description="SGD lr of the center-loss centers.")
     triplet_loss_margin: float = Field(0.3, ge=0.0, le=10.0, description="0 = soft margin.")
@@ -257,6 +264,13 @@ class TrainSpec(_Section):
         description="reidkit: epochs at the start trained on random batches with the ID loss "
         "only (every identity's classifier learns from the first steps); the P x K sampler and "
         "the metric losses take over after. 0 = TAO's behaviour.",
+    )
+    freeze_backbone_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description="reidkit: epochs at the start during which the backbone's weights are not "
+        "updated (its BatchNorm statistics still adapt), so the new head learns before its "
+        "gradients reach the pretrained features (fast-reid's freeze_iters). 0 = TAO's behaviour.",
     )
     optim: OptimSpec = Field(default_factory=OptimSpec)
 

@@ -134,6 +134,7 @@ class ReidModule(LightningModule):
         self.model = build_model(spec, num_classes)
         self.criterion = ReidCriterion(loss_terms(spec), num_classes, self.model.embedding_dim)
         self._lr_factor: Callable[[int], float] | None = None
+        self._backbone_frozen = False
         self._val_features: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
 
     # ---------------------------------------------------------------- optimisation
@@ -167,13 +168,17 @@ class ReidModule(LightningModule):
 
     def _metric_loss_weight(self, step: int) -> float:
         """0 during the ID-only warm-up (``train.id_warmup_epochs``, random batches), else 1."""
-        warmup = round(self.spec.train.id_warmup_epochs * self.trainer.num_training_batches)
-        return 0.0 if step < warmup else 1.0
+        return 0.0 if step < self._steps_of(self.spec.train.id_warmup_epochs) else 1.0
+
+    def _steps_of(self, epochs: float) -> int:
+        """A spec's fractional epoch count as training steps of this run."""
+        return round(epochs * self.trainer.num_training_batches)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
         step = self._global_step(batch_idx)
         self._set_lr(step)
+        self._backbone_frozen = step < self._steps_of(self.spec.train.freeze_backbone_epochs)
         model_optimizer, *center_optimizers = self._optimizers()
         model_optimizer.zero_grad()
         for optimizer in center_optimizers:
@@ -217,7 +222,15 @@ class ReidModule(LightningModule):
             optimizer.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Gradients are unscaled here (mixed precision), so clipping is exact."""
+        """Gradients are unscaled here (mixed precision), so clipping is exact.
+
+        While the backbone is frozen (``train.freeze_backbone_epochs``) its gradients are
+        dropped rather than never computed: DDP has already reduced them, and a parameter
+        without a gradient is skipped by the optimizer, weight decay and momentum included.
+        """
+        if self._backbone_frozen:
+            for param in self.model.backbone.parameters():
+                param.grad = None
         if self.spec.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
 

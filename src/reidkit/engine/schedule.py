@@ -37,15 +37,17 @@ def lr_factor(
     """The multiplier of ``base_lr`` at each global step (0-based) of a run.
 
     ``linear``/``constant``: warm-up over ``warmup_iters`` epochs, then ``gamma`` at each of
-    ``lr_steps`` (Bag of Tricks). ``cosine``: linear warm-up over ``warmup_epochs`` then cosine
-    decay to zero at the end of ``num_epochs`` (the Swin recipe). ``steps_per_epoch=1`` gives
-    the factor of each whole epoch.
+    ``lr_steps`` (Bag of Tricks). ``cosine``: linear warm-up over ``warmup_epochs``, base_lr
+    for ``cosine_delay_epochs`` (fast-reid's flat-then-cosine; ends by 3/4 of the run at the
+    latest), then cosine decay to zero at the end of ``num_epochs`` (the Swin recipe).
+    ``steps_per_epoch=1`` gives the factor of each whole epoch.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     if optim.warmup_method == "cosine":
         warmup, _ = fitted_epochs(optim.warmup_epochs, [], num_epochs)
-        schedule = _cosine(optim.warmup_factor, warmup, num_epochs)
+        flat_until = min(warmup + optim.cosine_delay_epochs, LAST_STEP_SHARE * num_epochs)
+        schedule = _cosine(optim.warmup_factor, warmup, flat_until, num_epochs)
     else:
         warmup, steps = fitted_epochs(optim.warmup_iters, optim.lr_steps, num_epochs)
         schedule = _warmup_multistep(optim, warmup, steps)
@@ -79,11 +81,13 @@ def _warmup_multistep(
     return factor
 
 
-def _cosine(warmup_factor: float, warmup: float, num_epochs: int) -> Callable[[float], float]:
+def _cosine(
+    warmup_factor: float, warmup: float, flat_until: float, num_epochs: int
+) -> Callable[[float], float]:
     def factor(epoch: float) -> float:
         if epoch < warmup:
             return _ramp(warmup_factor, epoch, warmup)
-        progress = min((epoch - warmup) / (num_epochs - warmup), 1.0)
+        progress = min(max(epoch - flat_until, 0.0) / (num_epochs - flat_until), 1.0)
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
