@@ -42,6 +42,10 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -119,12 +123,13 @@ def run_reidkit(
             point = {"epoch": trainer.current_epoch + 1, "train_s": clock.training_seconds()}
             last["batches_per_epoch"] = trainer.num_training_batches
             with clock.off():
-                module.model.eval()
+                model = shipped_model(trainer, module)
+                model.eval()
                 last["query"], last["gallery"] = (
-                    embed(module.model, eval_loader(spec, records, 128))
+                    embed(model, eval_loader(spec, records, 128))
                     for records in (test.query, test.gallery)
                 )
-                module.model.train()
+                model.train()
                 curve.append({**point, **norm_flip(last["query"], last["gallery"])})
             print(f"epoch {point['epoch']}: {curve[-1]}", flush=True)
 
@@ -150,6 +155,17 @@ def run_reidkit(
         "recipe": Path(args.recipe).resolve().relative_to(ROOT).as_posix(),
         "set": args.set,
     }
+
+
+def shipped_model(trainer, module) -> torch.nn.Module:
+    """The weights a checkpoint would hold now: with ``train.ema_decay``, Lightning's moving
+    average (its callback keeps it privately and swaps it in only to validate and save)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, WeightAveraging) and callback._average_model is not None:
+            return callback._average_model.module.model
+    return module.model
 
 
 def result_path(args: argparse.Namespace, side: str, seed: int) -> Path:

@@ -275,3 +275,35 @@ def test_encrypted_checkpoint_starts_a_new_training(tiny_spec: ExperimentSpec) -
         model.state_dict().items(), trained.state_dict().values(), strict=True
     ):
         assert torch.equal(value, expected), name
+
+
+class LiveWeights(Callback):
+    """The live (trained, not averaged) parameters after every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: object, module: ReidModule, *args: object) -> None:
+        self.steps.append({n: p.detach().clone() for n, p in module.named_parameters()})
+
+
+def test_ema_checkpoint_holds_the_moving_average_of_the_steps(tiny_spec: ExperimentSpec) -> None:
+    """``train.ema_decay``: the checkpoint's weights are the EMA of every step's weights,
+    computed here independently; the live weights are kept beside them for resuming, and
+    evaluate/export (``restore_model``) get the average."""
+    decay = 0.6
+    overrides = {"train.num_epochs": 2, "train.steps_per_epoch": 3, "train.ema_decay": decay}
+    live = LiveWeights()
+    result = run_training(apply_overrides(tiny_spec, overrides), callbacks=[live])
+    assert len(live.steps) == 6
+    expected = dict(live.steps[0])
+    for weights in live.steps[1:]:
+        expected = {n: decay * expected[n] + (1 - decay) * weights[n] for n in expected}
+    checkpoint = load_checkpoint(result.checkpoint, None)
+    for name, value in expected.items():
+        torch.testing.assert_close(checkpoint["state_dict"][name], value)
+        torch.testing.assert_close(checkpoint["current_model_state"][name], live.steps[-1][name])
+    model, _ = restore_model(result.checkpoint)
+    name = "backbone." + next(n for n, _ in model.backbone.named_parameters())
+    torch.testing.assert_close(model.state_dict()[name], expected["model." + name])
+    assert not torch.equal(expected["model." + name], live.steps[-1]["model." + name])

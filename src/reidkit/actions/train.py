@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from reidkit.actions.common import resolve_checkpoint, run_action, training_expectations
 from reidkit.config.loading import apply_overrides
@@ -106,7 +107,7 @@ def run_training(
         trainer = Trainer(
             **devices,
             max_epochs=spec.train.num_epochs,
-            callbacks=[health, recorder, bar, *(callbacks or [])],
+            callbacks=[health, recorder, bar, *weight_averaging(spec.train), *(callbacks or [])],
             plugins=[ReidCheckpointIO(spec.encryption_key)],
             logger=False,
             enable_checkpointing=False,
@@ -143,6 +144,16 @@ def run_training(
             trainer.current_epoch,
             folder / best["best_checkpoint"] if best else None,
         )
+
+
+def weight_averaging(train: TrainSpec) -> list[Callback]:
+    """Lightning's EMA callback when ``train.ema_decay`` asks for one.
+
+    It swaps the average in for validation and writes it as the checkpoint's weights (the live
+    weights ride along for resuming), so every later action sees the averaged model. It comes
+    before the caller's callbacks, so theirs see the average during validation too.
+    """
+    return [] if train.ema_decay is None else [EMAWeightAveraging(decay=train.ema_decay)]
 
 
 def _interrupted(

@@ -272,6 +272,14 @@ class TrainSpec(_Section):
         "updated (its BatchNorm statistics still adapt), so the new head learns before its "
         "gradients reach the pretrained features (fast-reid's freeze_iters). 0 = TAO's behaviour.",
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="reidkit: keep an exponential moving average of the weights (this decay "
+        "per step, e.g. 0.998); validation, checkpoints, evaluate and export use the average, "
+        "a resumed run continues both. null = off (TAO's behaviour).",
+    )
     optim: OptimSpec = Field(default_factory=OptimSpec)
 
 
