@@ -63,7 +63,9 @@ def _trials(spec: ExperimentSpec) -> list[optuna.trial.FrozenTrial]:
         return []
     try:
         return optuna.load_study(study_name="reid_automl", storage=storage_url(spec)).trials
-    except (KeyError, sqlalchemy.exc.OperationalError):  # the study is still being created
+    # The worker is still creating the tables or the study: opening the storage here races
+    # it to the same inserts (as two workers do), and the loser of that race sees an error.
+    except (KeyError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
         return []
 
 
