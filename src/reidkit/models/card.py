@@ -32,6 +32,19 @@ MODEL_PREFIX = "model."
 ONNX_CARD_KEY = "reidkit_card"
 
 
+#: Card fields that decide the embedding space (see :meth:`ModelCard.identity`).
+IDENTITY_FIELDS = (
+    "weights_digest",
+    "backbone",
+    "input_height",
+    "input_width",
+    "embedding_dim",
+    "pixel_mean",
+    "pixel_std",
+    "neck_feat",
+)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A trained re-identification model, as a deployment or a check needs to know it.
@@ -65,6 +78,23 @@ class ModelCard:
     reidkit_version: str = __version__
     #: The remaining keyword arguments that rebuild the network (:meth:`ReidModel.from_card`).
     build: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the trained weights (not of a file): a checkpoint, its ONNX export and an
+    #: fp16 variant of it share it, two trainings of one architecture do not. ``None`` for a
+    #: foreign file (TAO's ONNX), whose identity is then its file digest.
+    weights_digest: str | None = None
+    #: What ``reidkit adapt`` did to make this model from another (source digest, target size,
+    #: rounds); ``None`` for a model trained on labels.
+    adaptation: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """What makes two models' embeddings comparable: equal identities, same space.
+
+        A gallery records it and refuses another; a recalibrated threshold or a newer reidkit
+        leaves it unchanged.
+        """
+        data = self.to_dict()
+        return {key: data[key] for key in IDENTITY_FIELDS}
 
     # ------------------------------------------------------------------ plain data
     def to_dict(self) -> dict[str, Any]:
