@@ -107,7 +107,7 @@ def run_reidkit(
     import reidkit
     from cuhk03_scoring import Clock, embed, norm_flip, reranked
     from reidkit.actions.train import run_training
-    from reidkit.data import prepare_splits
+    from reidkit.data import prepare_splits, training_preprocessing
     from reidkit.engine.datamodule import eval_loader
 
     # reidkit's INFO lines, among them the weight-loading report (0 missing backbone keys).
@@ -115,6 +115,7 @@ def run_reidkit(
     results_dir = results_dir or args.workdir / "reidkit"
     spec = reidkit.load_spec(args.recipe, reidkit_overrides(args, results_dir, data, weights))
     test = prepare_splits(spec, train=False)
+    fed = training_preprocessing(spec.model, spec.dataset)
     curve: list[dict] = []
     last: dict = {}
 
@@ -126,7 +127,7 @@ def run_reidkit(
                 model = shipped_model(trainer, module)
                 model.eval()
                 last["query"], last["gallery"] = (
-                    embed(model, eval_loader(spec, records, 128))
+                    embed(model, eval_loader(spec, records, 128, fed))
                     for records in (test.query, test.gallery)
                 )
                 model.train()

@@ -12,10 +12,11 @@ import pytest
 from reidkit.actions.common import resolve_checkpoint
 from reidkit.actions.evaluate import evaluate
 from reidkit.actions.export import export
-from reidkit.config.loading import apply_overrides
+from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError
 from reidkit.export import runtime
+from tests.conftest import run_cli
 
 Trained = tuple[ExperimentSpec, Path]
 
@@ -105,3 +106,18 @@ def test_onnx_evaluation_runs_on_the_first_of_gpu_ids(
         apply_overrides(spec, {"evaluate.checkpoint": str(onnx_file), "evaluate.gpu_ids": [3]})
     )
     assert asked == [3]
+
+
+def test_the_choice_is_printed_once_by_the_cli(trained: Trained, tmp_path: Path) -> None:
+    """It was printed and logged, so a terminal showed it twice (``make demo``)."""
+    spec, _ = trained
+    spec_file = tmp_path / "spec.yaml"
+    save_spec(spec, spec_file)
+    folder = spec.action_dir("train")
+    result = run_cli(
+        "evaluate", "-e", str(spec_file), f"results_dir={tmp_path}",
+        f"evaluate.checkpoint={folder}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len([line for line in lines if line.startswith("evaluate.checkpoint: using")]) == 1

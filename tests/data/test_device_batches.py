@@ -21,6 +21,7 @@ from reidkit.data.device_batches import (
     decode_images,
 )
 from reidkit.data.market import ImageRecord
+from reidkit.data.preprocessing import training_preprocessing
 from reidkit.data.transforms import ERASE_AREA, ERASE_ASPECT, build_eval_transform
 from reidkit.errors import DatasetError
 
@@ -30,7 +31,8 @@ NO_ZERO = {"pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.25, 0.25, 0.25]}
 
 
 def _augmentation(**data: object) -> BatchAugmentation:
-    return BatchAugmentation.from_spec(MODEL, DatasetSpec(**data))
+    spec = DatasetSpec(**data)
+    return BatchAugmentation.from_spec(training_preprocessing(MODEL, spec), spec)
 
 
 def _cache(count: int = 8, seed: int = 0) -> torch.Tensor:
@@ -72,9 +74,14 @@ def test_unaugmented_batch_equals_the_eval_transform(photos: list[ImageRecord]) 
     data = DatasetSpec(prob=0.0, re_prob=0.0, padding=0)
     cache = decode_images(photos, (64, 32))
     assert cache.dtype == torch.uint8 and cache.shape == (4, 3, 64, 32)
-    out = _run(BatchAugmentation.from_spec(MODEL, data), cache)
+    out = _run(BatchAugmentation.from_spec(training_preprocessing(MODEL, data), data), cache)
     reference = torch.stack(
-        [build_eval_transform(MODEL, data)(Image.open(r.path).convert("RGB")) for r in photos]
+        [
+            build_eval_transform(training_preprocessing(MODEL, data))(
+                Image.open(r.path).convert("RGB")
+            )
+            for r in photos
+        ]
     )
     pixel_error = (out - reference).abs() * torch.tensor(data.pixel_std)[:, None, None]
     assert pixel_error.max() <= 1e-5  # the same resize, so far inside 1/255
@@ -141,7 +148,9 @@ def test_erasing_boxes_are_rectangles_of_the_configured_area() -> None:
 def test_erasing_matches_torchvision_random_erasing_in_distribution() -> None:
     count = 400
     data = DatasetSpec(prob=0.0, re_prob=0.5, padding=0, **NO_ZERO)
-    ours = _erased_fractions(_run(BatchAugmentation.from_spec(MODEL, data), _cache(count)))
+    ours = _erased_fractions(
+        _run(BatchAugmentation.from_spec(training_preprocessing(MODEL, data), data), _cache(count))
+    )
     erase = v2.RandomErasing(p=0.5, scale=ERASE_AREA, ratio=ERASE_ASPECT, value=0)
     torch.manual_seed(0)
     base = _plain(_cache(1), data)[0]

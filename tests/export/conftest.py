@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.transforms.v2 import functional as F
 
 from reidkit.actions.export import export
 from reidkit.config.loading import apply_overrides, load_spec
@@ -59,3 +63,23 @@ def resnet_spec(tmp_path_factory: pytest.TempPathFactory) -> ExperimentSpec:
 def exported(resnet_spec: ExperimentSpec) -> ExportResult:
     """The ResNet-18 checkpoint exported once with default settings, shared by the tests."""
     return export(resnet_spec)
+
+
+@torch.no_grad()
+def embed_by_hand(
+    model: torch.nn.Module,
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    """``model``'s raw embeddings of crops resized and normalised here, step by step: the
+    reference that tells which preprocessing an action really applied."""
+    mean_t = torch.tensor(mean)[:, None, None]
+    std_t = torch.tensor(std)[:, None, None]
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = F.resize(F.to_image(image.convert("RGB")), list(size), antialias=True)
+        images.append((pixels.float() / 255 - mean_t) / std_t)
+    return model.eval()(torch.stack(images)).numpy()

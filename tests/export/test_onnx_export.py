@@ -15,6 +15,7 @@ from reidkit.actions.export import export
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits
+from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.engine.datamodule import eval_loader
 from reidkit.errors import CheckpointError, ExportError
 from reidkit.evaluation.features import extract_embeddings
@@ -115,8 +116,8 @@ def test_dataset_images_check_and_evaluation_embeddings_from_either_file(
     query = prepare_splits(spec, train=False, verify=False).query
     features = {}
     for name, path in (("torch", spec.export.checkpoint), ("onnx", result.onnx_file)):
-        embedder, _ = load_embedder(path)
-        loader = eval_loader(spec, query, batch_size=16)
+        embedder, card = load_embedder(path)
+        loader = eval_loader(spec, query, 16, resolve_preprocessing(card=card))
         features[name] = extract_embeddings(embedder, loader, torch.device("cpu"), flip=True)
     torch.testing.assert_close(
         features["onnx"].features, features["torch"].features, atol=1e-4, rtol=0

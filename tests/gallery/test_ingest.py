@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from reidkit.data import synthesize
-from reidkit.data.transforms import eval_transform
+from reidkit.data.preprocessing import resolve_preprocessing
+from reidkit.data.transforms import build_eval_transform
 from reidkit.gallery.ingest import (
     add_crops,
     crops_in_folder,
@@ -113,7 +114,7 @@ def test_add_crops_embeds_resumes_and_finds_each_crop(crops, tmp_path):
         assert store.contains([metas[0].path, "/nowhere.jpg"]) == [True, False]
         # A crop searched with its own embedding comes back first, with its thumbnail.
         probe = metas[5]
-        transform = eval_transform((32, 16), CARD["pixel_mean"], CARD["pixel_std"])
+        transform = build_eval_transform(resolve_preprocessing(card=CARD))
         with Image.open(probe.path) as image:
             vector = embedder(transform(image.convert("RGB"))[None])
         hit = store.search(vector.detach(), k=1)[0][0]

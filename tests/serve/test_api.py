@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from reidkit.config.loading import load_spec
+from reidkit.data.preprocessing import training_preprocessing
 from reidkit.data.transforms import build_eval_transform
 from tests.serve.conftest import Server, Tokens
 from tests.serve.site import Crop, audit_lines, site_crops, upload_form
@@ -58,7 +59,7 @@ def site(
 def reference_embeddings(model: Path, paths: list[Path]) -> np.ndarray:
     """Embeddings computed without the server: eval transform + a plain onnxruntime session."""
     spec = load_spec(None, ["model.input_height=64", "model.input_width=32"])
-    transform = build_eval_transform(spec.model, spec.dataset)
+    transform = build_eval_transform(training_preprocessing(spec.model, spec.dataset))
     batch = np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in paths])
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: batch})

@@ -8,7 +8,6 @@ the plain arguments the libraries below take.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import torch
 
 from reidkit.config.loading import save_spec
 from reidkit.config.spec import ExperimentSpec
-from reidkit.data import ImageRecord, prepare_splits
+from reidkit.data import ImageRecord, prepare_splits, resolve_preprocessing, spec_settings
 from reidkit.engine.checkpoints import LATEST_NAME, find_resume_checkpoint
 from reidkit.engine.datamodule import eval_loader
 from reidkit.engine.distributed import is_launch_primary
@@ -30,6 +29,7 @@ from reidkit.evaluation.features import Embedder, Embeddings, extract_embeddings
 from reidkit.export.runtime import load_embedder
 from reidkit.interrupts import RunInterrupted
 from reidkit.models.card import ModelCard
+from reidkit.models.digest import file_digest
 from reidkit.oserrors import describe_os_error
 from reidkit.outputs import read_json, write_json, write_status
 from reidkit.redaction import known_secrets, redact
@@ -216,7 +216,6 @@ def resolve_checkpoint(path: str | Path, key: str) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{key} '{path}' does not exist; point it at a model or a run folder")
     chosen, why = _model_in_folder(path, key)
-    log.info("%s: using %s (%s)", key, chosen, why)
     print(f"{key}: using {chosen} ({why})")
     return chosen
 
@@ -258,25 +257,19 @@ def load_checked_embedder(
 ) -> tuple[Embedder, ModelCard]:
     """The model at ``path`` (or in a run folder) as an embedder, refused if it does not fit.
 
-    Its card carries the match threshold ``evaluate`` calibrated for this very file in this
-    results folder, if there is one (see :func:`calibrated_card`).
+    Its card carries the preprocessing the model is fed (the one rule:
+    :func:`reidkit.data.preprocessing.resolve_preprocessing`) and the match threshold
+    ``evaluate`` calibrated for this very file in this results folder, if there is one (see
+    :func:`calibrated_card`).
     """
     resolved = resolve_checkpoint(path, key)
     embedder, card = load_embedder(
         resolved, encryption_key=spec.encryption_key, gpu_id=gpu_id, neck_feat=spec.model.neck_feat
     )
-    kind = "ONNX file" if resolved.suffix.lower() == ".onnx" else "checkpoint"
-    card.require_fit(card_expectations(spec), f"{kind} '{resolved}'")
-    return embedder, calibrated_card(spec, card, resolved)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file: what ties a calibration to the exact weights it was measured on."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    model = f"{'ONNX file' if resolved.suffix.lower() == '.onnx' else 'checkpoint'} '{resolved}'"
+    card.require_fit(card_expectations(spec), model)
+    fed = resolve_preprocessing(spec_settings(spec.model, spec.dataset), card, model=model)
+    return embedder, calibrated_card(spec, card.with_preprocessing(fed.values()), resolved)
 
 
 def record_calibration(folder: Path, model: Path, card: ModelCard) -> None:
@@ -352,7 +345,7 @@ def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
     flip = spec.model.with_flip_feature
 
     def embed(records: list[ImageRecord]) -> Embeddings:
-        loader = eval_loader(spec, records, settings.batch_size)
+        loader = eval_loader(spec, records, settings.batch_size, resolve_preprocessing(card=card))
         return extract_embeddings(embedder, loader, device, flip)
 
     return EmbeddedSplits(

@@ -21,10 +21,16 @@ from reidkit.actions.common import (
     run_action,
 )
 from reidkit.config.spec import ExperimentSpec
-from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
+from reidkit.data import (
+    ImageDataset,
+    Preprocessing,
+    build_eval_transform,
+    prepare_splits,
+    resolve_preprocessing,
+    spec_settings,
+)
 from reidkit.errors import ExportError
 from reidkit.export.onnx import CHECK_BATCHES, ExportResult, random_check_images, write_verified
-from reidkit.models.card import ModelCard
 from reidkit.models.restore import restore_model
 
 log = logging.getLogger("reidkit")
@@ -57,7 +63,10 @@ def export(spec: ExperimentSpec) -> ExportResult:
         card.require_fit(card_expectations(spec), f"checkpoint '{checkpoint}'")
         card = calibrated_card(spec, card, checkpoint)
         _make_dir(target.parent)
-        images, source = _check_images(spec, card)
+        fed = resolve_preprocessing(
+            spec_settings(spec.model, spec.dataset), card, model=f"checkpoint '{checkpoint}'"
+        )
+        images, source = _check_images(spec, fed)
         run.update(f"exporting {checkpoint}")
         result = write_verified(
             model,
@@ -87,16 +96,17 @@ def export(spec: ExperimentSpec) -> ExportResult:
         return result
 
 
-def _check_images(spec: ExperimentSpec, card: ModelCard) -> tuple[Tensor, str]:
-    """The largest check batch, from query/gallery images when the spec names both splits."""
+def _check_images(spec: ExperimentSpec, preprocessing: Preprocessing) -> tuple[Tensor, str]:
+    """The largest check batch, from query/gallery images when the spec names both splits,
+    fed as the model will be fed (the card's preprocessing unless the spec sets its own)."""
     count = max(CHECK_BATCHES)
     data = spec.dataset
     if not (data.query_dataset_dir and data.test_dataset_dir):
         source = "random pixels (dataset query/gallery dirs not set)"
-        return random_check_images(card, count), source
+        return random_check_images(preprocessing, count), source
     splits = prepare_splits(spec, train=False, verify=False)
     records = (splits.query + splits.gallery)[:count]
-    dataset = ImageDataset(records, build_eval_transform(spec.model, spec.dataset))
+    dataset = ImageDataset(records, build_eval_transform(preprocessing))
     images = torch.stack([dataset[i][0] for i in range(len(records))])
     repeats = math.ceil(count / len(records))
     return images.repeat(repeats, 1, 1, 1)[:count], f"{len(records)} query/gallery images"

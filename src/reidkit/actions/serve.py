@@ -27,6 +27,7 @@ def token_file(spec: ExperimentSpec) -> Path:
 def serve_settings(spec: ExperimentSpec) -> ServeSettings:
     """The ``serve:`` section as the server's plain settings (model resolved, limits in bytes)."""
     from reidkit.actions.common import resolve_checkpoint
+    from reidkit.data.preprocessing import spec_settings
 
     section = spec.serve
     # One spec can drive both 'reidkit gallery add' and 'reidkit serve'.
@@ -64,6 +65,11 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
         batch_wait_ms=section.batch_wait_ms,
         threads=section.threads,
         match_threshold=section.match_threshold,
+        **{
+            name: tuple(value)
+            for name, (_, value) in spec_settings(spec.model, spec.dataset).items()
+            if name in ("pixel_mean", "pixel_std")  # the ONNX graph fixes the input size
+        },
         cors_origins=tuple(section.cors_origins),
     )
 

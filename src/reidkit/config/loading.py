@@ -49,8 +49,12 @@ def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec
 
 
 def apply_overrides(spec: ExperimentSpec, overrides: dict[str, Any]) -> ExperimentSpec:
-    """A copy of ``spec`` with dotted keys replaced (used by AutoML trials and tests)."""
-    data = spec.model_dump(mode="json")
+    """A copy of ``spec`` with dotted keys replaced (used by AutoML trials and tests).
+
+    Keys the user never set stay unset in the copy, so the copy still tells an explicit
+    setting from a default (:func:`reidkit.data.preprocessing.spec_settings` relies on it).
+    """
+    data = spec.model_dump(mode="json", exclude_unset=True)
     for key, value in overrides.items():
         _check_key_path(key)
         _set_dotted(data, key, value)

@@ -11,6 +11,12 @@ from reidkit.data.market import (
     parse_name,
     split_table,
 )
+from reidkit.data.preprocessing import (
+    Preprocessing,
+    resolve_preprocessing,
+    spec_settings,
+    training_preprocessing,
+)
 from reidkit.data.sampler import IdentitySampler
 from reidkit.data.sources import ARCHIVE_SUFFIXES, resolve_dataset
 from reidkit.data.splits import ReidSplits, prepare_splits
@@ -25,6 +31,7 @@ __all__ = [
     "IdentitySampler",
     "ImageDataset",
     "ImageRecord",
+    "Preprocessing",
     "ReidSplits",
     "build_eval_transform",
     "build_train_transform",
@@ -36,7 +43,10 @@ __all__ = [
     "prepare_splits",
     "relabel",
     "resolve_dataset",
+    "resolve_preprocessing",
+    "spec_settings",
     "split_table",
     "synthesize",
+    "training_preprocessing",
     "verify_images",
 ]

@@ -30,9 +30,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from reidkit.config.spec import DatasetSpec, ModelSpec
+from reidkit.config.spec import DatasetSpec
 from reidkit.data.dataset import ImageDataset
 from reidkit.data.market import ImageRecord
+from reidkit.data.preprocessing import Preprocessing
 from reidkit.data.transforms import ERASE_AREA, ERASE_ASPECT
 
 # 'auto' caches only when the uint8 set takes at most this share of the free GPU memory: the
@@ -139,11 +140,12 @@ class BatchAugmentation:
     re_prob: float
 
     @classmethod
-    def from_spec(cls, model: ModelSpec, data: DatasetSpec) -> BatchAugmentation:
+    def from_spec(cls, preprocessing: Preprocessing, data: DatasetSpec) -> BatchAugmentation:
+        """Size and normalisation as resolved for training, augmentation from ``dataset``."""
         return cls(
-            size=(model.input_height, model.input_width),
-            mean=tuple(data.pixel_mean),
-            std=tuple(data.pixel_std),
+            size=preprocessing.input_size,
+            mean=preprocessing.pixel_mean,
+            std=preprocessing.pixel_std,
             prob=data.prob,
             padding=data.padding,
             re_prob=data.re_prob,

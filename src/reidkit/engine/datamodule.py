@@ -21,10 +21,12 @@ from reidkit.config.spec import ExperimentSpec
 from reidkit.data import (
     IdentitySampler,
     ImageDataset,
+    Preprocessing,
     ReidSplits,
     build_eval_transform,
     build_train_transform,
     relabel,
+    training_preprocessing,
 )
 from reidkit.data.device_batches import (
     BatchAugmentation,
@@ -51,9 +53,11 @@ def worker_count(requested: int) -> int:
     return min(requested, available)
 
 
-def eval_loader(spec: ExperimentSpec, records: list, batch_size: int) -> DataLoader:
+def eval_loader(
+    spec: ExperimentSpec, records: list, batch_size: int, preprocessing: Preprocessing
+) -> DataLoader:
     """A loader over query or gallery records yielding ``(image, pid, camid)`` in file order."""
-    dataset = ImageDataset(records, build_eval_transform(spec.model, spec.dataset))
+    dataset = ImageDataset(records, build_eval_transform(preprocessing))
     workers = worker_count(spec.dataset.num_workers)
     return DataLoader(
         dataset,
@@ -77,6 +81,7 @@ class ReidDataModule(LightningDataModule):
         super().__init__()
         self.spec = spec
         self.splits = splits
+        self.preprocessing = training_preprocessing(spec.model, spec.dataset)
         self.device_train_set: DeviceTrainSet | None = None
 
     def train_dataloader(self) -> DataLoader:
@@ -85,7 +90,7 @@ class ReidDataModule(LightningDataModule):
             return self._device_train_loader(labels)
         data = self.spec.dataset
         dataset = ImageDataset(
-            self.splits.train, build_train_transform(self.spec.model, data), labels
+            self.splits.train, build_train_transform(self.preprocessing, data), labels
         )
         workers = worker_count(data.num_workers)
         return DataLoader(
@@ -100,8 +105,7 @@ class ReidDataModule(LightningDataModule):
 
     def _use_device_cache(self) -> bool:
         """Pick the train data path from ``dataset.device_cache`` and log the choice and why."""
-        size = (self.spec.model.input_height, self.spec.model.input_width)
-        nbytes = cache_nbytes(len(self.splits.train), size)
+        nbytes = cache_nbytes(len(self.splits.train), self.preprocessing.input_size)
         device = self.trainer.strategy.root_device
         chosen, reason = choose_device_cache(self.spec.dataset.device_cache, device, nbytes)
         path = "device cache (batches augmented on the device)" if chosen else "normal loader"
@@ -125,8 +129,8 @@ class ReidDataModule(LightningDataModule):
         )
 
     def _decode_train_set(self) -> DeviceTrainSet:
-        model, data = self.spec.model, self.spec.dataset
-        size = (model.input_height, model.input_width)
+        data = self.spec.dataset
+        size = self.preprocessing.input_size
         images = decode_images(self.splits.train, size, max_workers=os.cpu_count() or 1)
         device = self.trainer.strategy.root_device
         log.info(
@@ -135,7 +139,7 @@ class ReidDataModule(LightningDataModule):
         )  # fmt: skip
         return DeviceTrainSet(
             images.to(device),
-            BatchAugmentation.from_spec(model, data),
+            BatchAugmentation.from_spec(self.preprocessing, data),
             self.spec.train.seed,
             self.trainer.global_rank,
         )
@@ -168,6 +172,6 @@ class ReidDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         size = self.spec.dataset.val_batch_size
         return [
-            eval_loader(self.spec, self.splits.query, size),
-            eval_loader(self.spec, self.splits.gallery, size),
+            eval_loader(self.spec, self.splits.query, size, self.preprocessing),
+            eval_loader(self.spec, self.splits.gallery, size, self.preprocessing),
         ]

@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
+from reidkit.data.preprocessing import training_preprocessing
 from reidkit.engine.schedule import lr_factor
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import embed_batch
@@ -275,5 +276,5 @@ class ReidModule(LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        data = self.spec.dataset
-        attach_card(checkpoint, self.model.card(data.pixel_mean, data.pixel_std))
+        fed = training_preprocessing(self.spec.model, self.spec.dataset)
+        attach_card(checkpoint, self.model.card(fed.pixel_mean, fed.pixel_std))

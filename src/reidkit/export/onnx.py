@@ -30,6 +30,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
+from reidkit.data.preprocessing import Preprocessing
 from reidkit.errors import ExportError, first_line
 from reidkit.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxEmbedder, default_providers
 from reidkit.models.card import ModelCard
@@ -189,12 +190,12 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     return half
 
 
-def random_check_images(card: ModelCard, count: int = max(CHECK_BATCHES)) -> Tensor:
+def random_check_images(preprocessing: Preprocessing, count: int = max(CHECK_BATCHES)) -> Tensor:
     """Uniformly random pixels normalised like real crops, for a check without a dataset."""
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(count, 3, card.input_height, card.input_width, generator=generator)
-    mean = torch.tensor(card.pixel_mean or (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
-    std = torch.tensor(card.pixel_std or (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
+    pixels = torch.rand(count, 3, *preprocessing.input_size, generator=generator)
+    mean = torch.tensor(preprocessing.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.pixel_std).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 

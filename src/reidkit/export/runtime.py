@@ -4,12 +4,14 @@ Evaluate and inference accept either a checkpoint or an ``.onnx`` file; :func:`l
 hides the difference, so scoring the deployed file uses the very code path that scores the
 checkpoint. Everything the file needs to be used correctly (input size, normalisation, backbone)
 travels in its ``metadata_props``; files without them (e.g. TAO's own exports) still run, with
-the input size and embedding width read from the graph.
+the input size and embedding width read from the graph, the normalisation left to
+:func:`reidkit.data.preprocessing.resolve_preprocessing` and the file's digest as its identity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from reidkit.errors import CheckpointError, first_line
 from reidkit.models.card import ModelCard
+from reidkit.models.digest import file_digest
 from reidkit.models.restore import restore_model
 
 INPUT_NAME = "input"
@@ -92,13 +95,16 @@ class OnnxEmbedder:
                 "and one [B,D] output); export the model with reidkit export"
             )
         self._input_name = inputs[0].name
-        #: What the file records about its model, the graph's static shapes taking precedence.
-        self.card = ModelCard.from_onnx(
+        card = ModelCard.from_onnx(
             self.session.get_modelmeta().custom_metadata_map,
             tuple(inputs[0].shape),
             tuple(outputs[0].shape),
             f"ONNX file '{self.path}'",
         )
+        #: What the file records about its model, the graph's static shapes taking precedence.
+        #: A file that names no weights (TAO's export, or reidkit's before cards carried a
+        #: digest) is identified by its bytes: its identity is the file itself.
+        self.card = card if card.weights_digest else replace(card, weights_digest=file_digest(path))
 
     @property
     def providers(self) -> list[str]:

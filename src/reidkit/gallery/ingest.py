@@ -8,9 +8,10 @@ Metadata comes from one of two places:
   unix seconds or ISO-8601 (a time without a zone is UTC); relative paths are relative to the
   manifest. A bad row is reported as ``file:line: what is wrong``.
 
-Crops are decoded and normalised with the model card's input size and pixel statistics through
-the evaluation pipeline (:func:`reidkit.data.transforms.eval_transform`), so a crop embeds in
-the gallery exactly as it does in ``evaluate``.
+Crops are decoded and normalised as the model card says (the one rule,
+:func:`reidkit.data.preprocessing.resolve_preprocessing`) through the evaluation pipeline
+(:func:`reidkit.data.transforms.build_eval_transform`), so a crop embeds in the gallery exactly
+as it does in ``evaluate``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from reidkit.data.market import parse_name
-from reidkit.data.transforms import eval_transform
+from reidkit.data.preprocessing import resolve_preprocessing
+from reidkit.data.transforms import build_eval_transform
 from reidkit.gallery.store import CropMeta, GalleryError, GalleryStore
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -173,11 +175,7 @@ def embed_batches(
     progress: bool = True,
 ) -> Iterator[tuple[Tensor, list[CropMeta], list[bytes | None]]]:
     """Embeddings of ``metas`` in batches, with their metadata and JPEG thumbnails."""
-    transform = eval_transform(
-        (int(card["input_height"]), int(card["input_width"])),
-        card["pixel_mean"],
-        card["pixel_std"],
-    )
+    transform = build_eval_transform(resolve_preprocessing(card=card))
     with tqdm(total=len(metas), unit="crop", disable=not progress, desc="embedding") as bar:
         for start in range(0, len(metas), batch_size):
             batch = list(metas[start : start + batch_size])

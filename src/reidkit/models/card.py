@@ -78,9 +78,11 @@ class ModelCard:
     reidkit_version: str = __version__
     #: The remaining keyword arguments that rebuild the network (:meth:`ReidModel.from_card`).
     build: dict[str, Any] = field(default_factory=dict)
-    #: SHA-256 of the trained weights (not of a file): a checkpoint, its ONNX export and an
-    #: fp16 variant of it share it, two trainings of one architecture do not. ``None`` for a
-    #: foreign file (TAO's ONNX), whose identity is then its file digest.
+    #: SHA-256 of the trained weights (not of a file; :func:`reidkit.models.digest.weights_digest`):
+    #: a checkpoint, its ONNX export and an fp16 variant of it share it, two trainings of one
+    #: architecture do not. A loaded foreign file (TAO's ONNX) gets the SHA-256 of its bytes:
+    #: its identity is the file. ``None`` only where nothing computed it yet (the card of a
+    #: checkpoint from before digests, read without loading its weights).
     weights_digest: str | None = None
     #: What ``reidkit adapt`` did to make this model from another (source digest, target size,
     #: rounds); ``None`` for a model trained on labels.
@@ -127,6 +129,16 @@ class ModelCard:
             raise CheckpointError(
                 f"{source} has a damaged model card ({exc!s:.80}); re-export or retrain the model"
             ) from None
+
+    def with_preprocessing(self, values: Mapping[str, Any]) -> ModelCard:
+        """A copy recording how the model is fed: ``input_height``, ``input_width``,
+        ``pixel_mean``, ``pixel_std`` as :func:`reidkit.data.preprocessing.resolve_preprocessing`
+        resolved them. A card-less file's assumed normalisation then travels with it: a gallery
+        records it, and a model fed otherwise has another :meth:`identity`."""
+        unknown = set(values) - {"input_height", "input_width", "pixel_mean", "pixel_std"}
+        if unknown:
+            raise ValueError(f"not preprocessing fields: {sorted(unknown)}")
+        return replace(self, **values)
 
     def with_threshold(self, threshold: float, false_match_rate: float) -> ModelCard:
         """A copy carrying a calibrated match threshold."""

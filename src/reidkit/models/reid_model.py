@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from reidkit.models.backbones import build_backbone
 from reidkit.models.card import ModelCard
+from reidkit.models.digest import weights_digest
 from reidkit.models.heads import BNNeck, build_id_head
 from reidkit.models.pooling import use_gem_pooling
 
@@ -113,13 +114,18 @@ class ReidModel(nn.Module):
     def card(
         self, pixel_mean: Sequence[float], pixel_std: Sequence[float], **extra: Any
     ) -> ModelCard:
-        """This network's card, with the normalisation its inputs get."""
+        """This network's card as it stands, with the normalisation its inputs get.
+
+        The card names these very weights (``weights_digest``), so it is taken when the weights
+        are final for the file it goes into: when a checkpoint is written.
+        """
         return ModelCard(
             **self._identity,
             embedding_dim=self.embedding_dim,
             pixel_mean=tuple(pixel_mean),
             pixel_std=tuple(pixel_std),
             build=dict(self._build),
+            weights_digest=weights_digest(self.state_dict()),
             **extra,
         )
 

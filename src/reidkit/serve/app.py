@@ -319,6 +319,7 @@ def create_app(
         max_batch=settings.max_batch,
         max_wait_s=settings.batch_wait_ms / 1000,
         on_batch=metrics.batch_size.observe,
+        explicit=settings.explicit_preprocessing(),
     )
     tokens = TokenStore(settings.tokens)
     store = gallery or GalleryService.open(

@@ -1,7 +1,9 @@
 """The server's model: an ONNX file on onnxruntime, fed through the micro-batcher.
 
-Preprocessing is read from the model's own metadata (input size, mean, std), so the server
-cannot feed a model differently from how it was trained and exported.
+Preprocessing follows the one rule (:func:`reidkit.data.preprocessing.resolve_preprocessing`):
+the spec's explicit ``dataset.pixel_mean`` / ``pixel_std``, else the model's own metadata, else
+TAO's defaults (a TAO export records no normalisation), so the server feeds a model exactly as
+``gallery add`` and ``evaluate`` do.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from reidkit.data.transforms import eval_transform
+from reidkit.data.preprocessing import Explicit, resolve_preprocessing
+from reidkit.data.transforms import build_eval_transform
 from reidkit.errors import CheckpointError
 from reidkit.export.runtime import OnnxEmbedder
 from reidkit.serve.batching import MicroBatcher
@@ -31,7 +34,9 @@ class ServedModel:
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         on_batch: Callable[[int], None] | None = None,
+        explicit: Explicit | None = None,
     ) -> None:
+        """``explicit``: the preprocessing the spec sets itself (``field -> (key, value)``)."""
         if path.suffix.lower() != ".onnx":
             raise CheckpointError(
                 f"serve.model '{path}' must be an .onnx file; export the checkpoint with "
@@ -41,17 +46,15 @@ class ServedModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.embedder = OnnxEmbedder(path, session_options=options)
-        #: The model card the file records; the gallery checks it on every open.
-        self.card = self.embedder.card
-        self.height, self.width = self.card.input_height, self.card.input_width
+        fed = resolve_preprocessing(explicit, self.embedder.card, model=f"ONNX file '{path}'")
+        #: The model card the file records, with the preprocessing it is fed; the gallery
+        #: checks it on every open.
+        self.card = self.embedder.card.with_preprocessing(fed.values())
+        self.height, self.width = fed.input_size
         self.dim = self.card.embedding_dim
         # The evaluation pipeline itself, so a query embeds exactly as 'gallery add' and
-        # 'evaluate' embed; files without a card (TAO's) get the statistics TAO uses.
-        self._transform = eval_transform(
-            (self.height, self.width),
-            self.card.pixel_mean or (0.485, 0.456, 0.406),
-            self.card.pixel_std or (0.226, 0.226, 0.226),
-        )
+        # 'evaluate' embed.
+        self._transform = build_eval_transform(fed)
         self.batcher = MicroBatcher(
             self._embed_batch, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=on_batch
         )

@@ -34,9 +34,17 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     # Distance at or below which a hit is a match; None: the gallery model card's calibrated one.
     match_threshold: float | None = None
+    # Normalisation the spec sets itself (dataset.pixel_mean / pixel_std); None: the model's.
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
     # onnxruntime intra-op threads; 0 lets onnxruntime use every core.
     threads: int = 0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    def explicit_preprocessing(self) -> dict[str, tuple[str, tuple[float, ...]]]:
+        """The normalisation set in the spec, as the preprocessing rule takes it."""
+        given = {"pixel_mean": self.pixel_mean, "pixel_std": self.pixel_std}
+        return {name: (f"dataset.{name}", tuple(v)) for name, v in given.items() if v is not None}
 
     def to_json(self) -> str:
         """Serialised for uvicorn worker processes, which rebuild the app from the environment."""
