@@ -108,7 +108,7 @@ def test_an_unusable_cache_only_costs_time(
     verify_images(_records(images), cache=VerifiedImages(db_file))
     assert len(decodes) == 2 * len(images)
     images[5].write_bytes(b"")
-    with pytest.raises(DatasetError, match="empty file"):
+    with pytest.raises(DatasetError, match="is empty"):
         verify_images(_records(images), cache=VerifiedImages(db_file))
 
 
