@@ -154,7 +154,7 @@ def _describe(exc: ValidationError) -> str:
     location = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
     if error["type"] == "extra_forbidden":
         return f"unknown key '{location}'{did_you_mean(location, all_keys())}"
-    given = error.get("input")
+    given = redact_record(error.get("input"), location)  # a secret field is quoted as ***
     allowed = _allowed(error)
     message = error["msg"].removeprefix("Value error, ")
     label = f"key '{location}'" if location else "spec"
