@@ -43,6 +43,10 @@ class TrainingDivergedError(ReidkitError):
     """Training produced a non-finite or exploding value; the checkpoints on disk predate it."""
 
 
+class OutOfMemory(ReidkitError):
+    """A run needs more memory than the machine has; the message says which settings to lower."""
+
+
 class ExportError(ReidkitError):
     """An export cannot be written or does not match the PyTorch model."""
 
