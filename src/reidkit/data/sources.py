@@ -10,7 +10,10 @@ if the archive is a bomb: too many members, an unpacked size above the cap or ab
 space, or a compression ratio no image archive has. Only what the dataset needs is planned:
 image files (other members are skipped). The second pass writes the planned members with our
 own code (never ``extractall``), checking that the archive still matches the plan and counting
-the bytes really written. Extraction goes to a hidden temporary folder renamed into place only
+the bytes really written. A truncated archive is refused naming the member where it breaks:
+Python's tar reader takes a stream that simply stops (a cut download, a full disk at packing
+time) for the end of the archive, so the scan insists on tar's end-of-archive marker, and a
+member shorter than it declares is refused when written (tar and zip). Extraction goes to a hidden temporary folder renamed into place only
 when complete, so a refused or interrupted run leaves no cache entry that a later run could
 mistake for a finished one; the finished folder is reused as a cache.
 """
@@ -302,7 +305,7 @@ def _damaged_archive(archive: Path, kind: str) -> Iterator[None]:
 
 
 def _write_member(source: BinaryIO, target: Path, member: _Member, plan: _Plan) -> None:
-    """Copy one member, refusing it if it yields more bytes than it declared."""
+    """Copy one member, refusing it if it yields more or fewer bytes than it declares."""
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(target, "xb") as out:
@@ -315,6 +318,12 @@ def _write_member(source: BinaryIO, target: Path, member: _Member, plan: _Plan) 
                     "re-download or rebuild it",
                 )
             out.write(chunk)
+    if written < member.size:
+        raise plan.refuse(
+            member.name,
+            f"holds a member shorter than it declares ({written} of {member.size} bytes)",
+            "re-download or rebuild it",
+        )
 
 
 def _tar_kind(archive: Path, member: tarfile.TarInfo) -> bool:
@@ -326,16 +335,60 @@ def _tar_kind(archive: Path, member: tarfile.TarInfo) -> bool:
     return member.isdir()
 
 
+class _HeaderBlocks(tarfile.TarInfo):
+    """Tar headers that remember the last block read as one: the one that ended the archive.
+
+    A subclass is made per scan (:func:`_scan_tar`), so scans never share the record.
+    """
+
+    last_block: bytes = b""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        cls.last_block = buf
+        return super().frombuf(buf, encoding, errors)
+
+
 def _scan_tar(archive: Path, plan: _Plan) -> _Plan:
-    """Read the member list; decompresses the stream but writes nothing."""
-    with _damaged_archive(archive, "a tar archive"), tarfile.open(archive, "r|*") as tar:
-        for member in tar:
-            is_dir = _tar_kind(archive, member)
-            size = 0 if is_dir else member.size
-            plan.add(
-                member.name, is_dir=is_dir, size=size, unpacked_so_far=member.offset_data + size
-            )
+    """Read the member list; decompresses the stream but writes nothing.
+
+    The reader stops at the first block that is not a header, whatever it is; only a block of
+    zeros (tar's end-of-archive marker) ends a complete archive. A short or missing block is a
+    truncated archive, another block a damaged one; either is refused at the last member read,
+    as is a stream that ends inside a member's data.
+    """
+    blocks = type("_ScanBlocks", (_HeaderBlocks,), {})
+    with (
+        _damaged_archive(archive, "a tar archive"),
+        tarfile.open(archive, "r|*", tarinfo=blocks) as tar,
+    ):
+        try:
+            for member in tar:
+                is_dir = _tar_kind(archive, member)
+                size = 0 if is_dir else member.size
+                plan.add(
+                    member.name,
+                    is_dir=is_dir,
+                    size=size,
+                    unpacked_so_far=member.offset_data + size,
+                )
+        except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError):
+            if not plan.members:
+                raise  # not a tar archive at all: the damaged-archive line
+            raise _cut_short(plan) from None
+    if blocks.last_block != bytes(tarfile.BLOCKSIZE):
+        raise _cut_short(plan)
     return plan
+
+
+def _cut_short(plan: _Plan) -> DatasetError:
+    last = plan.members[-1].name if plan.members else "its first header"
+    return plan.refuse(
+        last,
+        "is truncated or damaged: it stops without tar's end-of-archive marker, so this "
+        "member or the ones after it are missing or cut short",
+        "re-download or rebuild it",
+    )
 
 
 def _write_tar(archive: Path, root: Path, plan: _Plan) -> None:
@@ -395,7 +448,10 @@ def _write_zip(archive: Path, root: Path, plan: _Plan) -> None:
             if member.is_dir:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            with zipped.open(member.name) as stream:
+            with (
+                _damaged_archive(archive, f"a zip archive at member '{member.name}'"),
+                zipped.open(member.name) as stream,
+            ):
                 _write_member(stream, target, member, plan)
 
 

@@ -96,7 +96,16 @@ def read_manifest(path: Path) -> list[CropMeta]:
     if not path.is_file():
         raise GalleryError(f"manifest '{path}' does not exist; check the path")
     metas = []
-    with path.open(newline="") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark (Excel's UTF-8 CSV) is fine
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise GalleryError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the manifest "
+            "as UTF-8"
+        ) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in MANIFEST_COLUMNS if c not in header]
