@@ -74,27 +74,34 @@ def test_truncated_tar_is_refused_by_member(tmp_path: Path, where: str) -> None:
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
-def test_truncated_tar_gz_query_set_stops_evaluation(
+def test_truncated_query_archive_stops_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The defect as a user met it: a cut download of the query set, handed to a real action."""
+    """The defect as a user met it: evaluation ran on 3 of the 5 queries of a cut archive."""
     model = make_checkpoint(tmp_path / "model", "model.backbone=resnet_18")
-    data, _ = _query_tar(tmp_path / "query.tar.gz")
-    archive = tmp_path / "cut" / "query.tar.gz"
+    data, members = _query_tar(tmp_path / "query.tar")
+    archive = tmp_path / "cut" / "query.tar"
     archive.parent.mkdir()
-    archive.write_bytes(data[: len(data) * 2 // 3])
+    archive.write_bytes(data[: members[3].offset])  # the last two queries are gone
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for pid in range(1, 6):
+        (gallery / f"{pid:04d}_c2s1_{pid:06d}_00.jpg").write_bytes(_jpeg(10 + pid))
     code = main(
         [
             "evaluate", "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path / 'results'}",
-            f"dataset.query_dataset_dir={archive}", f"dataset.test_dataset_dir={tmp_path / 'cut'}",
+            f"dataset.query_dataset_dir={archive}", f"dataset.test_dataset_dir={gallery}",
             f"evaluate.checkpoint={model.export.checkpoint}", "model.backbone=resnet_18",
             "model.input_height=64", "model.input_width=32", "model.feat_dim=64",
         ]
     )  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert err[-1].startswith(f"reidkit evaluate: error: archive '{archive}' is truncated")
-    assert "(refused at 'query/" in err[-1]
+    assert code == 2, err
+    assert err[-1] == (
+        f"reidkit evaluate: error: archive '{archive}' is truncated or damaged: it stops "
+        "without tar's end-of-archive marker, so this member or the ones after it are missing "
+        f"or cut short (refused at '{NAMES[2]}'); re-download or rebuild it"
+    )
 
 
 def test_complete_tar_still_unpacks_every_member(tmp_path: Path) -> None:
