@@ -20,12 +20,14 @@ mistake for a finished one; the finished folder is reused as a cache.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import lzma
 import os
 import re
 import shutil
+import socket
 import stat
 import tarfile
 import tempfile
@@ -39,6 +41,7 @@ from typing import BinaryIO
 
 from reidkit.data.market import IMAGE_SUFFIXES
 from reidkit.errors import DatasetError
+from reidkit.outputs import process_running
 
 log = logging.getLogger("reidkit")
 
@@ -114,7 +117,9 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
     """Plan, check, then unpack into a temporary sibling of ``target`` renamed when complete.
 
     Several processes (DDP ranks) may unpack the same archive at once: each works in its own
-    temporary folder and the first rename wins; the others discard their copy. An ``OSError``
+    temporary folder and the first rename wins; the others discard their copy. A temporary
+    folder is named after its host and process, so one left by a killed run of this machine
+    is removed here, and never one another process may still be filling. An ``OSError``
     while writing (disk full, read-only folder, a file where the folder should be) becomes one
     line naming the folder.
     """
@@ -122,8 +127,10 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
     plan = scan(archive, _Plan(archive, limits))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{target.name}.partial-{socket.gethostname()}-"
+        _remove_stale_staging(target.parent, prefix)
         plan.check_space(target.parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
     except OSError as exc:
         raise _unwritable(archive, target.parent, exc) from None
     try:
@@ -143,6 +150,15 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
             shutil.rmtree(staging, ignore_errors=True)
     if plan.skipped:
         log.info("archive '%s': skipped %d members that are not images", archive, plan.skipped)
+
+
+def _remove_stale_staging(folder: Path, prefix: str) -> None:
+    """Remove this host's temporary folders ``<prefix><pid>-*`` whose process has died."""
+    for entry in folder.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and 0 < int(pid) < 2**31 and not process_running(int(pid)):
+            log.info("removing '%s', left by an extraction that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _unwritable(archive: Path, folder: Path, exc: OSError) -> DatasetError:
