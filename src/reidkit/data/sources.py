@@ -192,7 +192,7 @@ class _Plan:
         self._dirs: set[tuple[str, ...]] = set()
 
     def refuse(self, name: str, why: str, fix: str) -> DatasetError:
-        return DatasetError(f"archive '{self.archive}' {why} (refused at '{name}'); {fix}")
+        return DatasetError(f"archive '{self.archive}' {why} (refused at '{_shown(name)}'); {fix}")
 
     def add(self, name: str, *, is_dir: bool, size: int, unpacked_so_far: int) -> None:
         """Check one member; ``unpacked_so_far`` is the decompressed offset after it."""
@@ -266,31 +266,37 @@ def _member_parts(archive: Path, name: str, max_depth: int) -> tuple[str, ...]:
     """
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise DatasetError(
-            f"archive '{archive}' holds member '{name}' with an absolute path; "
+            f"archive '{archive}' holds member '{_shown(name)}' with an absolute path; "
             "refusing to unpack it, rebuild the archive with relative paths"
         )
     parts = tuple(p for p in re.split(r"[\\/]", name) if p not in ("", "."))
     if ".." in parts:
         raise DatasetError(
-            f"archive '{archive}' holds member '{name}' that points outside the archive ('..'); "
+            f"archive '{archive}' holds member '{_shown(name)}' that points outside the archive ('..'); "
             "refusing to unpack it, rebuild the archive without '..' in member names"
         )
     if len(parts) > max_depth:
         raise DatasetError(
-            f"archive '{archive}' holds member '{name[:200]}' nested more than {max_depth} "
+            f"archive '{archive}' holds member '{_shown(name[:200])}' nested more than {max_depth} "
             "folders deep; rebuild the archive with a flat layout"
         )
     if any(len(os.fsencode(p)) > _MAX_NAME_BYTES or "\0" in p for p in parts):
         raise DatasetError(
-            f"archive '{archive}' holds member '{name[:200]}' whose name is not a valid file "
+            f"archive '{archive}' holds member '{_shown(name[:200])}' whose name is not a valid file "
             f"name (over {_MAX_NAME_BYTES} bytes or with a NUL); rebuild it with short names"
         )
     return parts
 
 
+def _shown(text: str) -> str:
+    """A member name (or a message quoting one) fit for a one-line message: the archive chose
+    it, so control characters such as a newline are written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _refuse_type(archive: Path, name: str, kind: str) -> DatasetError:
     return DatasetError(
-        f"archive '{archive}' holds {kind} '{name}'; a dataset archive may only hold folders and "
+        f"archive '{archive}' holds {kind} '{_shown(name)}'; a dataset archive may only hold folders and "
         "image files, rebuild it without links or special files"
     )
 
@@ -306,17 +312,18 @@ def _damaged_archive(archive: Path, kind: str) -> Iterator[None]:
         yield
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DatasetError(
-            f"archive '{archive}' cannot be read as {kind} ({exc}); re-download or rebuild it"
+            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or rebuild it"
         ) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted or exotic zip members
         raise DatasetError(
-            f"archive '{archive}' cannot be unpacked ({exc}); rebuild it without encryption"
+            f"archive '{archive}' cannot be unpacked ({_shown(str(exc))}); rebuild it without encryption"
         ) from None
     except OSError as exc:
         if exc.errno is not None:
             raise
         raise DatasetError(
-            f"archive '{archive}' cannot be read as {kind} ({exc}); re-download or rebuild it"
+            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or "
+            "rebuild it"
         ) from None
 
 
@@ -345,7 +352,7 @@ def _write_member(source: BinaryIO, target: Path, member: _Member, plan: _Plan) 
 def _tar_kind(archive: Path, member: tarfile.TarInfo) -> bool:
     """Whether a tar member is a folder; links and special files are refused."""
     if member.issym() or member.islnk():
-        raise _refuse_type(archive, member.name, f"a link (to '{member.linkname}')")
+        raise _refuse_type(archive, member.name, f"a link (to '{_shown(member.linkname)}')")
     if not (member.isdir() or member.isfile()):
         raise _refuse_type(archive, member.name, "a device, fifo or other special file")
     return member.isdir()
@@ -465,7 +472,7 @@ def _write_zip(archive: Path, root: Path, plan: _Plan) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             with (
-                _damaged_archive(archive, f"a zip archive at member '{member.name}'"),
+                _damaged_archive(archive, f"a zip archive at member '{_shown(member.name)}'"),
                 zipped.open(member.name) as stream,
             ):
                 _write_member(stream, target, member, plan)
