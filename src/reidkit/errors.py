@@ -25,11 +25,12 @@ class DatasetError(ReidkitError):
 
 
 class ImageRefused(DatasetError):
-    """An image that cannot be used (:func:`reidkit.data.images.decode_rgb`): ``"<label> <reason>"``.
+    """An image that cannot be used (see :func:`reidkit.data.images.decode_rgb`).
 
-    ``reason`` is the same for the same bytes at every entry point; only the label (a file
-    path, an upload's position) differs. A plain one-argument constructor, so a data-loader
-    worker's copy is re-raised in the main process as this type, not as a RuntimeError.
+    Its message is ``"<label> <reason>"``; ``reason`` is the same for the same bytes at every
+    entry point, only the label (a file path, an upload's position) differs. A plain
+    one-argument constructor, so a data-loader worker's copy is re-raised in the main process as
+    this type, not as a RuntimeError.
     """
 
     reason: str = ""

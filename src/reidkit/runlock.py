@@ -9,8 +9,9 @@ The kernel drops an ``flock`` when its holder dies, however it dies (SIGKILL, OO
 stale lock never needs cleaning: the next run simply gets the lock and overwrites the holder
 information left behind. What a killed holder was writing (a staged checkpoint, as large as a
 real one) is removed by the next run once it holds the lock
-(:func:`reidkit.outputs.remove_stale_staged`). The lock file itself is never deleted: deleting it would let a run
-that opened the old file and one that created a new file both believe they hold the lock.
+(:func:`reidkit.outputs.remove_stale_staged`). The lock file itself is never deleted: deleting
+it would let a run that opened the old file and one that created a new file both believe they
+hold the lock.
 """
 
 from __future__ import annotations

@@ -55,9 +55,10 @@ def _cuts(members: list[tarfile.TarInfo]) -> dict[str, tuple[int, str]]:
     }
 
 
-@pytest.mark.parametrize(
-    "where", ["inside a member's data", "between two members", "inside a header", "before the end marker"]
-)  # fmt: skip
+CUTS = ["inside a member's data", "between two members", "inside a header", "before the end marker"]
+
+
+@pytest.mark.parametrize("where", CUTS)
 def test_truncated_tar_is_refused_by_member(tmp_path: Path, where: str) -> None:
     data, members = _query_tar(tmp_path / "query.tar")
     cut, named = _cuts(members)[where]

@@ -18,12 +18,11 @@ import tarfile
 import textwrap
 from pathlib import Path
 
-
 from reidkit.actions.common import run_action
 from reidkit.config.loading import load_spec
 from reidkit.data.sources import resolve_dataset
 from tests.conftest import REPO
-from tests.serve.conftest import Server, Tokens, model, onnx_model, tokens  # noqa: F401
+from tests.serve.conftest import Server, Tokens
 
 CHECKPOINT_BYTES = 3 * 2**20
 
@@ -129,8 +128,8 @@ def test_next_extraction_removes_a_killed_extractions_folder(tmp_path: Path) -> 
 
 def test_ctrl_c_stops_the_service_like_sigterm(
     tmp_path: Path,
-    onnx_model: Path,  # noqa: F811
-    tokens: Tokens,  # noqa: F811
+    onnx_model: Path,
+    tokens: Tokens,
 ) -> None:
     """Stopping is how a service ends: Ctrl-C exits 0 with status SUCCESS, as SIGTERM does
     (tests/serve/test_cli.py); it gave 130 and FAILURE. Other actions stopped by a signal exit

@@ -35,7 +35,7 @@ from reidkit.gallery.ingest import check_readable, embed_batches, meta_from_name
 from reidkit.gallery.store import GalleryError
 from tests.conftest import empty_spec
 from tests.export.conftest import make_checkpoint
-from tests.serve.conftest import Server, Tokens, model, onnx_model, tokens  # noqa: F401
+from tests.serve.conftest import Server, Tokens
 
 HEIGHT, WIDTH = 64, 32  # the eval size, so resizing is the identity and pixels compare 1:1
 SPEC = load_spec(
@@ -105,6 +105,10 @@ def _pillow_rgb(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def _tiff(pixels: np.ndarray) -> bytes:
+    return _encode(Image.fromarray(pixels), "TIFF")
+
+
 def _grey3(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
 
@@ -122,7 +126,7 @@ def _cases() -> list[Case]:
     composited = np.rint(BLOCKS * (alpha[..., None] / 255)).astype(np.uint8)
     grey = BLOCKS[..., 0]
     la = np.dstack([grey, alpha.astype(np.uint8)])
-    bits = (np.arange(HEIGHT * WIDTH).reshape(HEIGHT, WIDTH) % 3 == 0)
+    bits = np.arange(HEIGHT * WIDTH).reshape(HEIGHT, WIDTH) % 3 == 0
     cmyk = _encode(Image.fromarray(BLOCKS).convert("CMYK"), "JPEG", quality=95)
     sideways = Image.fromarray(BLOCKS).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
@@ -132,30 +136,51 @@ def _cases() -> list[Case]:
     noisy = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     noisy_png, noisy_jpeg = (_encode(Image.fromarray(noisy), f) for f in ("PNG", "JPEG"))
     wide_ints = (RAMP.astype(np.int32) * 1000).astype(np.int32)
-    limit = f"the limit is {MAX_IMAGE_PIXELS} \\(a person crop is far smaller: crop or downscale it\\)"
+    limit = (
+        f"the limit is {MAX_IMAGE_PIXELS} \\(a person crop is far smaller: crop or downscale it\\)"
+    )
     damaged = r"is damaged or truncated \(image file is truncated\)"
+    floats = _encode(Image.fromarray(RAMP.astype(np.float32)), "TIFF")
+    resave = "save it as an 8-bit or 16-bit image"
+    formats = r"is not a readable image \(use BMP, GIF, JPEG, PNG, TIFF or WEBP\)"
+    la_png = _encode(Image.fromarray(la, "LA"), "PNG")
+    see_through_png = _encode(paletted, "PNG", transparency=2)
     return [
         Case("16-bit grey gradient PNG", _encode(Image.fromarray(RAMP), "PNG"), high_byte),
         Case("16-bit colour gradient PNG", _png16(np.dstack([RAMP] * 3)), high_byte),
-        Case("32-bit integer TIFF in 0-65535", _encode(Image.fromarray(RAMP.astype(np.int32)), "TIFF"), high_byte),
+        Case("32-bit integer TIFF in 0-65535", _tiff(RAMP.astype(np.int32)), high_byte),
         Case("RGB JPEG", solid, _pillow_rgb(solid)),
         Case("CMYK JPEG", cmyk, _pillow_rgb(cmyk)),
         Case("YCbCr TIFF", _encode(Image.fromarray(BLOCKS).convert("YCbCr"), "TIFF"), BLOCKS, 2),
         Case("palette PNG", _encode(paletted, "PNG"), palette[indices]),
-        Case("palette PNG with a transparent colour", _encode(paletted, "PNG", transparency=2), see_through),
+        Case("palette PNG with a transparent colour", see_through_png, see_through),
         Case("RGBA PNG", _encode(Image.fromarray(rgba, "RGBA"), "PNG"), composited, 1),
-        Case("LA PNG", _encode(Image.fromarray(la, "LA"), "PNG"), _grey3(np.rint(grey * alpha / 255)), 1),
+        Case("LA PNG", la_png, _grey3(np.rint(grey * alpha / 255)), 1),
         Case("1-bit PNG", _encode(Image.fromarray(bits), "PNG"), _grey3(bits * 255)),
         Case("EXIF-rotated JPEG", rotated, _pillow_rgb(solid), 6),
-        Case("float TIFF", _encode(Image.fromarray(RAMP.astype(np.float32)), "TIFF"), refusal=r"has floating-point pixels \(mode F\); save it as an 8-bit or 16-bit image"),
-        Case("32-bit integer TIFF beyond 16 bits", _encode(Image.fromarray(wide_ints), "TIFF"), refusal="has I pixels outside 0-65535; save it as an 8-bit or 16-bit image"),
-        Case("bomb header over the limit", _png_header_only(12_000, 12_000), refusal=f"is 12000x12000 = 144000000 pixels; {limit}"),
-        Case("bomb header over Pillow's guard", _png_header_only(40_000, 40_000), refusal=f"is 1600000000 pixels; {limit}"),
+        Case("float TIFF", floats, refusal=rf"has floating-point pixels \(mode F\); {resave}"),
+        Case(
+            "32-bit integer TIFF beyond 16 bits",
+            _tiff(wide_ints),
+            refusal=f"has I pixels outside 0-65535; {resave}",
+        ),
+        Case(
+            "bomb header over the limit",
+            _png_header_only(12_000, 12_000),
+            refusal=f"is 12000x12000 = 144000000 pixels; {limit}",
+        ),
+        Case(
+            "bomb header over Pillow's guard",
+            _png_header_only(40_000, 40_000),
+            refusal=f"is 1600000000 pixels; {limit}",
+        ),
         Case("truncated JPEG", noisy_jpeg[: len(noisy_jpeg) // 2], refusal=damaged),
         Case("truncated PNG", noisy_png[: len(noisy_png) // 2], refusal=damaged),
         Case("empty file", b"", refusal="is empty"),
-        Case("PPM (not an allowed format)", _encode(Image.fromarray(BLOCKS), "PPM"), refusal=r"is not a readable image \(use BMP, GIF, JPEG, PNG, TIFF or WEBP\)"),
-    ]  # fmt: skip
+        Case(
+            "PPM (not an allowed format)", _encode(Image.fromarray(BLOCKS), "PPM"), refusal=formats
+        ),
+    ]
 
 
 CASES = _cases()
@@ -164,8 +189,8 @@ CASES = _cases()
 @pytest.fixture(scope="module")
 def service(
     tmp_path_factory: pytest.TempPathFactory,
-    onnx_model: Path,  # noqa: F811
-    tokens: Tokens,  # noqa: F811
+    onnx_model: Path,
+    tokens: Tokens,
 ) -> Iterator[Callable[[bytes], tuple[int, object]]]:
     """``post(bytes)``: the service's answer to one uploaded image, ``(status, embedding or
     detail)``; the server's pixel limit is the decoder's default, as the files have it."""

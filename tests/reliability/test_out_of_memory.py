@@ -57,7 +57,9 @@ def _assert_one_line_failure(done: subprocess.CompletedProcess[str], tmp_path: P
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"reidkit train: error: training ran out of {where} memory; lower "), line
+    assert line.startswith(f"reidkit train: error: training ran out of {where} memory; lower "), (
+        line
+    )
     assert "dataset.batch_size (now 16)" in line
     assert "model.input_height x model.input_width (now 2048x1024)" in line
     status = json.loads((tmp_path / "results" / "train" / "status.json").read_text())
@@ -100,10 +102,14 @@ def test_each_way_memory_runs_out_is_recognised() -> None:
         "killed worker": out_of_memory(killed.value, **SETTINGS),
     }
     assert all(isinstance(line, OutOfMemory) for line in lines.values()), lines
-    assert str(lines["CPU allocator"]) == str(lines["MemoryError"]) == (
-        "training ran out of host memory; lower dataset.batch_size (now 16), "
-        "model.input_height x model.input_width (now 2048x1024) or dataset.num_workers "
-        "(now 0); the checkpoints on disk are from before it; rerun to resume"
+    assert (
+        str(lines["CPU allocator"])
+        == str(lines["MemoryError"])
+        == (
+            "training ran out of host memory; lower dataset.batch_size (now 16), "
+            "model.input_height x model.input_width (now 2048x1024) or dataset.num_workers "
+            "(now 0); the checkpoints on disk are from before it; rerun to resume"
+        )
     )
     assert str(lines["killed worker"]).startswith("a data-loader worker died (DataLoader worker")
     assert "lower dataset.num_workers (now 0) or dataset.batch_size (now 16)" in str(

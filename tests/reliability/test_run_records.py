@@ -134,9 +134,7 @@ def test_a_common_word_key_leaves_words_and_paths_whole(
         "export", "-e", str(empty_spec(tmp_path)), f"results_dir={results}",
         f"encryption_key={key}", f"export.checkpoint={missing}",
     ])  # fmt: skip
-    line = (
-        f"export.checkpoint '{missing}' does not exist; point it at a model or a run folder"
-    )
+    line = f"export.checkpoint '{missing}' does not exist; point it at a model or a run folder"
     assert code == 2
     assert capsys.readouterr().err.strip() == f"reidkit export: error: {line}"
     folder = results / "export"

@@ -88,8 +88,8 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
     )
     if study.direction != wanted:
         raise SpecError(
-            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in {redact_url(url)} "
-            f"{study.direction.name.lower()}s; use another automl.study_name"
+            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in "
+            f"{redact_url(url)} {study.direction.name.lower()}s; use another automl.study_name"
         )
     return study
 

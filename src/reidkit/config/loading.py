@@ -22,7 +22,6 @@ from reidkit.outputs import atomic_open
 from reidkit.redaction import redact_record
 from reidkit.yamlsafe import load_yaml_file, load_yaml_text
 
-
 # A dotted spec key: identifiers joined by dots (what every field name is).
 _DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 

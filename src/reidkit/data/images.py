@@ -30,6 +30,7 @@ What every image gets:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import struct
@@ -133,10 +134,8 @@ def _too_large(size: str, limit: int) -> str:
 
 
 def _make_upright(image: Image.Image) -> None:
-    try:
+    with contextlib.suppress(*_EXIF_ERRORS):  # an unreadable orientation is no orientation
         ImageOps.exif_transpose(image, in_place=True)
-    except _EXIF_ERRORS:
-        pass  # an unreadable orientation is no orientation; the pixels are fine
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -154,7 +153,5 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _high_byte(pixels: np.ndarray, mode: str) -> Image.Image:
     wide = pixels.astype(np.int64)
     if wide.size and (wide.min() < 0 or wide.max() > _UINT16_MAX):
-        raise _Refusal(
-            f"has {mode} pixels outside 0-65535; save it as an 8-bit or 16-bit image"
-        )
+        raise _Refusal(f"has {mode} pixels outside 0-65535; save it as an 8-bit or 16-bit image")
     return Image.fromarray((wide >> 8).astype(np.uint8))

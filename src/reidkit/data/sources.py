@@ -13,9 +13,10 @@ own code (never ``extractall``), checking that the archive still matches the pla
 the bytes really written. A truncated archive is refused naming the member where it breaks:
 Python's tar reader takes a stream that simply stops (a cut download, a full disk at packing
 time) for the end of the archive, so the scan insists on tar's end-of-archive marker, and a
-member shorter than it declares is refused when written (tar and zip). Extraction goes to a hidden temporary folder renamed into place only
-when complete, so a refused or interrupted run leaves no cache entry that a later run could
-mistake for a finished one; the finished folder is reused as a cache.
+member shorter than it declares is refused when written (tar and zip). Extraction goes to a
+hidden temporary folder renamed into place only when complete, so a refused or interrupted run
+leaves no cache entry that a later run could mistake for a finished one; the finished folder is
+reused as a cache.
 """
 
 from __future__ import annotations
@@ -272,18 +273,18 @@ def _member_parts(archive: Path, name: str, max_depth: int) -> tuple[str, ...]:
     parts = tuple(p for p in re.split(r"[\\/]", name) if p not in ("", "."))
     if ".." in parts:
         raise DatasetError(
-            f"archive '{archive}' holds member '{_shown(name)}' that points outside the archive ('..'); "
-            "refusing to unpack it, rebuild the archive without '..' in member names"
+            f"archive '{archive}' holds member '{_shown(name)}' that points outside the archive "
+            "('..'); refusing to unpack it, rebuild the archive without '..' in member names"
         )
     if len(parts) > max_depth:
         raise DatasetError(
-            f"archive '{archive}' holds member '{_shown(name[:200])}' nested more than {max_depth} "
-            "folders deep; rebuild the archive with a flat layout"
+            f"archive '{archive}' holds member '{_shown(name[:200])}' nested more than "
+            f"{max_depth} folders deep; rebuild the archive with a flat layout"
         )
     if any(len(os.fsencode(p)) > _MAX_NAME_BYTES or "\0" in p for p in parts):
         raise DatasetError(
-            f"archive '{archive}' holds member '{_shown(name[:200])}' whose name is not a valid file "
-            f"name (over {_MAX_NAME_BYTES} bytes or with a NUL); rebuild it with short names"
+            f"archive '{archive}' holds member '{_shown(name[:200])}' whose name is not a valid "
+            f"file name (over {_MAX_NAME_BYTES} bytes or with a NUL); rebuild it with short names"
         )
     return parts
 
@@ -296,8 +297,8 @@ def _shown(text: str) -> str:
 
 def _refuse_type(archive: Path, name: str, kind: str) -> DatasetError:
     return DatasetError(
-        f"archive '{archive}' holds {kind} '{_shown(name)}'; a dataset archive may only hold folders and "
-        "image files, rebuild it without links or special files"
+        f"archive '{archive}' holds {kind} '{_shown(name)}'; a dataset archive may only hold "
+        "folders and image files, rebuild it without links or special files"
     )
 
 
@@ -312,11 +313,13 @@ def _damaged_archive(archive: Path, kind: str) -> Iterator[None]:
         yield
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DatasetError(
-            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or rebuild it"
+            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or "
+            "rebuild it"
         ) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted or exotic zip members
         raise DatasetError(
-            f"archive '{archive}' cannot be unpacked ({_shown(str(exc))}); rebuild it without encryption"
+            f"archive '{archive}' cannot be unpacked ({_shown(str(exc))}); rebuild it without "
+            "encryption"
         ) from None
     except OSError as exc:
         if exc.errno is not None:

@@ -4,9 +4,10 @@ PyTorch reports exhausted memory as a ``torch.OutOfMemoryError`` (a ``RuntimeErr
 GPU, as a ``RuntimeError`` from its CPU allocator ("DefaultCPUAllocator: can't allocate
 memory" / "not enough memory") on the host, as Python's ``MemoryError``, or, when the kernel's
 out-of-memory killer ends a data-loader worker, as "DataLoader worker ... is killed by signal:
-Killed" or "... exited unexpectedly" (a worker that crashed names its signal instead). Each is the user's to fix by asking for less, so each becomes
-:class:`~reidkit.errors.OutOfMemory` naming the settings that decide how much is needed, with
-their current values. The checkpoints on disk predate the failure (as for a diverged run).
+Killed" or "... exited unexpectedly" (a worker that crashed names its signal instead). Each is
+the user's to fix by asking for less, so each becomes :class:`~reidkit.errors.OutOfMemory`
+naming the settings that decide how much is needed, with their current values. The checkpoints
+on disk predate the failure (as for a diverged run).
 """
 
 from __future__ import annotations

@@ -112,7 +112,9 @@ def plot_roc_curve(
 
 def _framed_thumbnail(image_path: str, color: str) -> Image.Image:
     """The crop resized to one cell, inside a ``_FRAME``-pixel frame of ``color``."""
-    image = decode_rgb(Path(image_path), f"image '{image_path}'").resize((_THUMB_WIDTH, _THUMB_HEIGHT), Image.BILINEAR)
+    image = decode_rgb(Path(image_path), f"image '{image_path}'").resize(
+        (_THUMB_WIDTH, _THUMB_HEIGHT), Image.BILINEAR
+    )
     framed = Image.new(
         "RGB", (_THUMB_WIDTH + 2 * _FRAME, _THUMB_HEIGHT + 2 * _FRAME), _rgb_bytes(color)
     )
