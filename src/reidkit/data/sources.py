@@ -389,15 +389,7 @@ def _scan_tar(archive: Path, plan: _Plan) -> _Plan:
         tarfile.open(archive, "r|*", tarinfo=blocks) as tar,
     ):
         try:
-            for member in tar:
-                is_dir = _tar_kind(archive, member)
-                size = 0 if is_dir else member.size
-                plan.add(
-                    member.name,
-                    is_dir=is_dir,
-                    size=size,
-                    unpacked_so_far=member.offset_data + size,
-                )
+            _plan_tar_members(archive, tar, plan)
         except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError):
             if not plan.members:
                 raise  # not a tar archive at all: the damaged-archive line
@@ -405,6 +397,13 @@ def _scan_tar(archive: Path, plan: _Plan) -> _Plan:
     if blocks.last_block != bytes(tarfile.BLOCKSIZE):
         raise _cut_short(plan)
     return plan
+
+
+def _plan_tar_members(archive: Path, tar: tarfile.TarFile, plan: _Plan) -> None:
+    for member in tar:
+        is_dir = _tar_kind(archive, member)
+        size = 0 if is_dir else member.size
+        plan.add(member.name, is_dir=is_dir, size=size, unpacked_so_far=member.offset_data + size)
 
 
 def _cut_short(plan: _Plan) -> DatasetError:
