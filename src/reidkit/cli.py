@@ -21,7 +21,7 @@ from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError, first_line
 from reidkit.interrupts import RunInterrupted, stop_on_signals
 from reidkit.oserrors import describe_os_error
-from reidkit.redaction import RedactingFilter, known_secrets, redact
+from reidkit.redaction import RedactingFilter
 
 if TYPE_CHECKING:
     from reidkit.automl import AutomlResult
@@ -200,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_to_stderr() -> RedactingFilter:
+def _log_to_stderr() -> None:
     """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates).
 
-    Every line passes a filter that masks URL credentials and the spec's secrets.
+    Every line passes a filter that masks URL credentials (a library may log a URL); reidkit's
+    own lines never hold a secret (see :mod:`reidkit.redaction`).
     """
     logger = logging.getLogger("reidkit")
     redactor = RedactingFilter()
@@ -214,16 +215,15 @@ def _log_to_stderr() -> RedactingFilter:
         logger.setLevel(logging.INFO)
     for handler in logger.handlers:
         handler.addFilter(redactor)
-    return redactor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one action; exit 0 on success, 2 on a user error, 128 + signal when interrupted."""
-    redactor = _log_to_stderr()
+    _log_to_stderr()
     args = build_parser().parse_args(argv)
 
     def say(line: str) -> None:
-        print(f"reidkit {args.action}: {redact(line, redactor.secrets)}", file=sys.stderr)
+        print(f"reidkit {args.action}: {line}", file=sys.stderr)
 
     with stop_on_signals():
         try:
@@ -233,7 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.verb = "token" if is_token else None
                     args.overrides = args.overrides[1:] if is_token else args.overrides
                 spec = load_spec(args.experiment_spec, args.overrides)
-                redactor.add(*known_secrets(spec.encryption_key))
                 run = getattr(args, "spec_run", None) or SPEC_ACTIONS[args.action][1]
                 run(spec, args)
             else:

@@ -24,12 +24,28 @@ class DatasetError(ReidkitError):
     """A dataset folder or archive is missing, malformed or inconsistent with the spec."""
 
 
+class ImageRefused(DatasetError):
+    """An image that cannot be used (see :func:`reidkit.data.images.decode_rgb`).
+
+    Its message is ``"<label> <reason>"``; ``reason`` is the same for the same bytes at every
+    entry point, only the label (a file path, an upload's position) differs. A plain
+    one-argument constructor, so a data-loader worker's copy is re-raised in the main process as
+    this type, not as a RuntimeError.
+    """
+
+    reason: str = ""
+
+
 class CheckpointError(ReidkitError):
     """A checkpoint is missing, unreadable, wrongly encrypted or does not fit the spec."""
 
 
 class TrainingDivergedError(ReidkitError):
     """Training produced a non-finite or exploding value; the checkpoints on disk predate it."""
+
+
+class OutOfMemory(ReidkitError):
+    """A run needs more memory than the machine has; the message says which settings to lower."""
 
 
 class ExportError(ReidkitError):

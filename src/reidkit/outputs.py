@@ -4,13 +4,17 @@ TAO's tooling reads ``status.json``; reidkit keeps its shape but reports KPIs in
 two decimals (TAO rounds mAP as a fraction to one decimal, which hides real differences).
 Every file reidkit writes goes through :func:`staged_path` (directly, or via
 :func:`atomic_open`): readers, and a rerun after a crash, see the old file or the complete new
-one, never half a file.
+one, never half a file. A run killed mid-write (SIGKILL, a power cut) leaves its staged file
+behind, a full-size checkpoint among them; the next run in that folder removes it
+(:func:`remove_stale_staged`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +33,7 @@ def staged_path(path: Path) -> Iterator[Path]:
     removed and ``path`` is untouched.
     """
     path = Path(path)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")  # _STAGED
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
@@ -49,6 +53,47 @@ def staged_path(path: Path) -> Iterator[Path]:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+# The names :func:`staged_path` gives: ".<target>.<writer's pid>.<12 hex digits>.tmp".
+_STAGED = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{12}\.tmp")
+
+
+def remove_stale_staged(folder: Path) -> list[Path]:
+    """Remove the staged files a killed writer left in ``folder``; returns what was removed.
+
+    Only what is provably stale goes: a plain file named as :func:`staged_path` names them,
+    written by a process that no longer runs on this machine. Call it only while holding the
+    folder's run lock (:func:`reidkit.runlock.run_lock`): no other run then writes there, so
+    a file of another machine cannot be in flight either.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGED.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match["pid"])
+        if not 0 < pid < 2**31 or process_running(pid):
+            continue  # not a pid staged_path writes, or its writer still runs
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` (> 0) exists on this machine; a pid reused since counts too."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

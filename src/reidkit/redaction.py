@@ -1,15 +1,21 @@
-"""Secrets in specs: where a key may come from, and ``***`` wherever one would be written.
+"""Secrets in specs: where a key may come from, and ``***`` in the fields that hold one.
 
-The encryption key protecting checkpoints was written in clear into ``experiment.yaml`` beside
-them, and AutoML storage passwords appeared in files and error messages. Here:
+Secrets are masked by FIELD, where a value is recorded, never by searching free text for a
+secret's value: with a short or common-word key ("model", "train") a text search put ``***``
+inside file names and words of ``status.json`` and of messages, and where the stars fell gave
+the key away. So:
 
 * :func:`resolve_secret` lets a spec name a key instead of holding it: ``env:NAME`` reads the
   environment variable ``NAME``, ``file:PATH`` the first line of a file (keep it mode 0600);
   any other value is the key itself.
-* :func:`redact_url` replaces the credentials of a URL (``scheme://user:password@host``) with
-  ``***``; :func:`redact` does that for every URL in a text and also replaces known secrets.
-* :class:`RedactingFilter` applies :func:`redact` to every log record passing a handler, so a
-  library message that quotes a URL or key cannot leak it to the console or a log file.
+* :func:`redact_record` masks the secret fields of a spec-like tree (:data:`SECRET_KEYS`) and
+  the user-info of the URLs in its values (``scheme://user:password@host``), for the files
+  reidkit writes; :func:`redact_value` does it for one value (what a validation error quotes).
+* Messages never hold a secret in the first place: the code that builds one quotes a secret
+  field as ``***`` and a URL through :func:`redact_url`. Text from a library that may quote a
+  URL it was given (a database driver's error, a log line) goes through
+  :func:`mask_url_credentials`, which masks the user-info of whatever is shaped like a URL:
+  its place in the URL, not its value, says it is a credential.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -55,16 +60,6 @@ def resolve_secret(value: str | None, key: str) -> str | None:
     return value
 
 
-def known_secrets(encryption_key: str | None) -> tuple[str, ...]:
-    """The secret values behind a spec's ``encryption_key``, to mask wherever text may quote
-    them: the literal key, or what an ``env:``/``file:`` reference resolves to (if it does)."""
-    try:
-        resolved = resolve_secret(encryption_key, "encryption_key")
-    except SpecError:
-        resolved = None
-    return tuple(s for s in {encryption_key, resolved} if s and not is_reference(s))
-
-
 def is_reference(value: str | None) -> bool:
     """Whether a spec value names where a secret is (safe to record) rather than holding it."""
     return bool(value) and value.startswith(("env:", "file:"))
@@ -75,55 +70,49 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return _URL_CREDENTIALS.sub(rf"\1{MASK}@", url)
+        return mask_url_credentials(url)
     if "@" not in parts.netloc:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
 
 
-def redact_record(data: Any, secret_keys: tuple[str, ...] = SECRET_KEYS) -> Any:
-    """A copy of a spec-like structure safe to write: secrets masked, references kept.
+def redact_value(key: str, value: Any) -> Any:
+    """``value`` as it may be written or quoted under the spec key ``key`` (dotted or not).
 
-    A value under a key named in ``secret_keys`` is replaced by ``***`` unless it is an
-    ``env:``/``file:`` reference (which says where the secret is, not what it is); URL
-    credentials are masked in every string.
+    A secret field's value becomes ``***`` unless it is an ``env:``/``file:`` reference (which
+    says where the secret is, not what it is); URLs in a string value lose their user-info.
     """
-    if isinstance(data, dict):
-        return {
-            key: MASK
-            if key in secret_keys and isinstance(value, str) and value and not is_reference(value)
-            else redact_record(value, secret_keys)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [redact_record(item, secret_keys) for item in data]
-    if isinstance(data, str):
-        return redact(data)
-    return data
+    if _is_secret(key) and value not in (None, ""):
+        return value if isinstance(value, str) and is_reference(value) else MASK
+    return mask_url_credentials(value) if isinstance(value, str) else value
 
 
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with URL credentials and every given secret replaced by ``***``."""
-    text = _URL_CREDENTIALS.sub(rf"\1{MASK}@", text)
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+def redact_record(data: Any, key: str = "") -> Any:
+    """A copy of a spec-like tree safe to write: every value through :func:`redact_value`
+    (``key`` is the field ``data`` sits under; a secret field is masked whatever it holds)."""
+    if isinstance(data, dict) and not _is_secret(key):
+        return {name: redact_record(value, str(name)) for name, value in data.items()}
+    if isinstance(data, list) and not _is_secret(key):
+        return [redact_record(item, key) for item in data]
+    return redact_value(key, data)
+
+
+def _is_secret(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in SECRET_KEYS
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` (a library's message) with the user-info of every URL in it replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(rf"\1{MASK}@", text)
 
 
 class RedactingFilter(logging.Filter):
-    """A handler filter that masks URL credentials and the registered secrets in records."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def add(self, *secrets: str | None) -> None:
-        self.secrets.update(s for s in secrets if s)
+    """A handler filter that masks URL credentials in records (a library may log a URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact(message, self.secrets)
+        clean = mask_url_credentials(message)
         if clean != message:
             record.msg, record.args = clean, None
         return True

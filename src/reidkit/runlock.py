@@ -7,8 +7,11 @@ file inside the action folder, so a second run stops at once with one line namin
 
 The kernel drops an ``flock`` when its holder dies, however it dies (SIGKILL, OOM killer), so a
 stale lock never needs cleaning: the next run simply gets the lock and overwrites the holder
-information left behind. The lock file itself is never deleted: deleting it would let a run
-that opened the old file and one that created a new file both believe they hold the lock.
+information left behind. What a killed holder was writing (a staged checkpoint, as large as a
+real one) is removed by the next run once it holds the lock
+(:func:`reidkit.outputs.remove_stale_staged`). The lock file itself is never deleted: deleting
+it would let a run that opened the old file and one that created a new file both believe they
+hold the lock.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -25,6 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reidkit.errors import ReidkitError
+from reidkit.outputs import remove_stale_staged
+
+log = logging.getLogger("reidkit")
 
 LOCK_FILE = ".reidkit.lock"
 
@@ -78,6 +85,8 @@ def run_lock(folder: Path, action: str) -> Iterator[LockHolder]:
                 f"cannot write lock file '{path}' ({exc.strerror or exc}); free space there "
                 "or choose another results_dir"
             ) from None
+        for stale in remove_stale_staged(folder):
+            log.info("removed '%s', left by a run that was killed while writing it", stale)
         try:
             yield holder
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from reidkit.errors import SpecError
+from reidkit.errors import SpecError, first_line
 
 MAX_FILE_BYTES = 4 * 2**20
 # An experiment spec has a few hundred nodes; room for long lists (gpu ids, AutoML choices).
@@ -48,7 +48,10 @@ def load_yaml_file(path: Path, *, what: str = "spec file", max_nodes: int = MAX_
 
 def load_yaml_text(text: str, *, source: str, max_nodes: int = MAX_NODES) -> Any:
     """Parse one YAML document from ``text``; ``source`` names it in error messages."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source} is not valid YAML ({first_line(exc)}); fix it") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -61,8 +64,7 @@ def load_yaml_text(text: str, *, source: str, max_nodes: int = MAX_NODES) -> Any
         problem = exc.problem or exc.context or "invalid YAML"
         raise SpecError(f"{source} is not valid YAML{where} ({problem}); fix the syntax") from None
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpecError(f"{source} is not valid YAML ({first}); fix it") from None
+        raise SpecError(f"{source} is not valid YAML ({first_line(exc)}); fix it") from None
     except RecursionError:
         raise SpecError(f"{source} is nested too deeply to be a spec; fix it") from None
     finally:

@@ -25,13 +25,13 @@ def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every path the integrity check decodes, in order."""
     seen: list[Path] = []
-    real = dataset.read_rgb
+    real = dataset.decode_rgb
 
-    def counting(path: Path, draft: bool = False):
+    def counting(path: Path, label: str, **options):
         seen.append(path)
-        return real(path, draft=draft)
+        return real(path, label, **options)
 
-    monkeypatch.setattr(dataset, "read_rgb", counting)
+    monkeypatch.setattr(dataset, "decode_rgb", counting)
     return seen
 
 
@@ -108,7 +108,7 @@ def test_an_unusable_cache_only_costs_time(
     verify_images(_records(images), cache=VerifiedImages(db_file))
     assert len(decodes) == 2 * len(images)
     images[5].write_bytes(b"")
-    with pytest.raises(DatasetError, match="empty file"):
+    with pytest.raises(DatasetError, match="is empty"):
         verify_images(_records(images), cache=VerifiedImages(db_file))
 
 

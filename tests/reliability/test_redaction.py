@@ -1,4 +1,5 @@
-"""Secrets: referenced keys resolve, URL credentials and keys are masked in text and logs."""
+"""Secrets: referenced keys resolve; secret fields and URL credentials are masked by field,
+never by searching free text for a key's value."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from reidkit.errors import SpecError
-from reidkit.redaction import RedactingFilter, is_reference, redact, redact_url, resolve_secret
+from reidkit.redaction import (
+    RedactingFilter,
+    is_reference,
+    mask_url_credentials,
+    redact_record,
+    redact_url,
+    resolve_secret,
+)
 
 
 def test_secret_from_value_environment_or_file(
@@ -50,36 +58,41 @@ def test_missing_secret_sources_are_one_line(value: str, message: str) -> None:
 )
 def test_url_credentials_are_masked(url: str, expected: str) -> None:
     assert redact_url(url) == expected
-    assert redact(f"cannot open '{url}': refused", ()) == f"cannot open '{expected}': refused"
+    assert mask_url_credentials(f"cannot open '{url}': refused") == (
+        f"cannot open '{expected}': refused"
+    )
 
 
-def test_log_records_are_masked(caplog: pytest.LogCaptureFixture) -> None:
+def test_log_records_lose_url_credentials_and_keep_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A library may log the URL it was given; no word of a log line is ever searched for."""
     logger = logging.getLogger("reidkit.test_redaction")
     redactor = RedactingFilter()
-    redactor.add("tlt_encode", None)
     handler = caplog.handler
     handler.addFilter(redactor)
     try:
         with caplog.at_level(logging.INFO, logger=logger.name):
-            logger.info("key %s at %s", "tlt_encode", "postgresql://u:pw@h/db")
+            logger.info("model %s at %s", "/runs/train/model.pth", "postgresql://u:pw@h/db")
     finally:
         handler.removeFilter(redactor)
-    assert caplog.messages == ["key *** at postgresql://***@h/db"]
+    assert caplog.messages == ["model /runs/train/model.pth at postgresql://***@h/db"]
 
 
 def test_spec_records_mask_literal_keys_and_keep_references() -> None:
-    from reidkit.redaction import redact_record
-
     spec = {
         "encryption_key": "tlt_encode",
         "automl": {"storage": "postgresql://reid:pw@db/optuna", "study_name": "s"},
         "train": {"encryption_key": "env:REID_KEY", "gpu_ids": [0, 1]},
         "model": {"encryption_key": None},
+        "gallery": {"uri": "http://root:Milvus@milvus:19530", "query": ["model", "a://u:p@h"]},
+        "dataset": {"encryption_key": ["a", "list"], "note": "see http://u:pw@h in the docs"},
     }
     assert redact_record(spec) == {
         "encryption_key": "***",
         "automl": {"storage": "postgresql://***@db/optuna", "study_name": "s"},
         "train": {"encryption_key": "env:REID_KEY", "gpu_ids": [0, 1]},
         "model": {"encryption_key": None},
+        "gallery": {"uri": "http://***@milvus:19530", "query": ["model", "a://***@h"]},
+        # A secret field is masked whatever it holds; URL credentials wherever a URL is.
+        "dataset": {"encryption_key": "***", "note": "see http://***@h in the docs"},
     }
     assert spec["encryption_key"] == "tlt_encode"  # the spec itself is untouched

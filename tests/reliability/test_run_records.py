@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from reidkit.actions.common import PENDING, run_action
+from reidkit.cli import main
 from reidkit.config.loading import apply_overrides, load_spec
 from reidkit.errors import ReidkitError
 from reidkit.runlock import FolderLockError
+from tests.conftest import empty_spec
 
 
 @pytest.fixture
@@ -64,19 +66,17 @@ def test_a_held_folder_refuses_a_second_action_run(spec) -> None:
     )
 
 
-def test_secrets_stay_out_of_records_and_messages(spec, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_stay_out_of_records(spec, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = "postgresql://reid:hunter2@db.example/optuna"
     spec = apply_overrides(spec, {"automl.storage": storage})
     with pytest.raises(ReidkitError), run_action(spec, "evaluate"):
-        raise ReidkitError(f"cannot open {storage} with key s3cret-key")
+        raise ReidkitError("gallery folder 'x' is unreadable; fix it")
     folder = spec.action_dir("evaluate")
     text = "".join(_records(folder).values())
     assert "s3cret-key" not in text and "hunter2" not in text
     written = yaml.safe_load((folder / "experiment.yaml").read_text())
     assert written["encryption_key"] == "***"
     assert written["automl"]["storage"] == "postgresql://***@db.example/optuna"
-    status = json.loads((folder / "status.json").read_text())
-    assert status["message"] == "cannot open postgresql://***@db.example/optuna with key ***"
 
     monkeypatch.setenv("REID_TEST_KEY", "s3cret-key")
     referenced = apply_overrides(spec, {"encryption_key": "env:REID_TEST_KEY"})
@@ -120,3 +120,43 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+@pytest.mark.parametrize("key", ["model", "point", "runs"])
+def test_a_common_word_key_leaves_words_and_paths_whole(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Masked by field, not by text: a key that is a common word or part of a path leaves every
+    message and record whole (a text search put '***' inside them, which showed the key)."""
+    results = tmp_path / "runs" / "results"
+    missing = tmp_path / "runs" / "model.pth"
+    code = main([
+        "export", "-e", str(empty_spec(tmp_path)), f"results_dir={results}",
+        f"encryption_key={key}", f"export.checkpoint={missing}",
+    ])  # fmt: skip
+    line = f"export.checkpoint '{missing}' does not exist; point it at a model or a run folder"
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"reidkit export: error: {line}"
+    folder = results / "export"
+    assert json.loads((folder / "status.json").read_text())["message"] == line
+    written = yaml.safe_load((folder / "experiment.yaml").read_text())
+    assert written.pop("encryption_key") == "***"
+    expected = load_spec(empty_spec(tmp_path), [f"results_dir={results}"])
+    expected = apply_overrides(expected, {"export.checkpoint": str(missing)})
+    reference = expected.model_dump(mode="json")
+    reference.pop("encryption_key")
+    assert written == reference  # every other value as given, not a star in it
+
+
+def test_a_key_of_the_wrong_type_is_not_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Validation quotes the value it refuses: for a secret field, '***'."""
+    spec_file = empty_spec(tmp_path)
+    code = main(["export", "-e", str(spec_file), "encryption_key=90210"])
+    err = capsys.readouterr().err
+    assert code == 2 and "90210" not in err
+    assert err.strip() == (
+        f"reidkit export: error: {spec_file}: key 'encryption_key': got '***'; "
+        "Input should be a valid string"
+    )

@@ -357,12 +357,11 @@ def test_limits_413_and_422(tmp_path: Path, start_server, tokens: Tokens, crops)
         response = admin.post("/v1/embed", files=wide)
         assert response.status_code == 422
         assert "400x200 = 80000 pixels; the limit is 40000" in response.json()["detail"]
-        # 144 Mpixel in an 18 KB file: Pillow's own guard refuses it before any decoding.
+        # 144 Mpixel in an 18 KB file: refused from its header, before any decoding.
         bomb = [("images", ("bomb.png", _png(12_000, 12_000), "image/png"))]
         response = admin.post("/v1/embed", files=bomb)
         assert response.status_code == 422
-        assert "decompression-bomb" in response.json()["detail"]
-        assert "144000000 pixels" in response.json()["detail"]
+        assert "12000x12000 = 144000000 pixels; the limit is 40000" in response.json()["detail"]
         small = [("images", (c.path.name, c.path.read_bytes(), "image/jpeg")) for c in crops[:4]]
         response = admin.post("/v1/embed", files=small)
         assert response.status_code == 413 and "limit is 3" in response.json()["detail"]

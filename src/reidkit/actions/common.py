@@ -32,7 +32,6 @@ from reidkit.models.card import ModelCard
 from reidkit.models.digest import file_digest
 from reidkit.oserrors import describe_os_error
 from reidkit.outputs import read_json, write_json, write_status
-from reidkit.redaction import known_secrets, redact
 from reidkit.runlock import run_lock
 
 log = logging.getLogger("reidkit")
@@ -59,7 +58,6 @@ class ActionRun:
     action: str
     folder: Path
     published: bool = True
-    secrets: tuple[str, ...] = ()
     writes: bool = True
     finished: bool = field(default=False, init=False)
 
@@ -95,7 +93,6 @@ class ActionRun:
     def _write(self, status: str, message: str, **extra: Any) -> None:
         if not self.writes:
             return
-        message = redact(message, self.secrets)
         write_status(
             self.folder, self.action, status, message, name=self.record(STATUS).name, **extra
         )
@@ -116,7 +113,7 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
     When the folder holds the records of a run that succeeded, this run's ``experiment.yaml`` and
     ``status.json`` are staged (:data:`PENDING`) until it publishes them, at its first
     checkpoint or on success: a rerun that fails earlier leaves the earlier run's records as
-    they were. Secrets are never recorded (:func:`reidkit.redaction.redact`).
+    they were. Secrets are never recorded (:mod:`reidkit.redaction`).
     """
     folder = spec.action_dir(action)
     primary = is_launch_primary()  # the other ranks of a multi-process run neither lock nor write
@@ -130,7 +127,6 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
                 action,
                 folder,
                 published=not _finished(folder),
-                secrets=known_secrets(spec.encryption_key),
                 writes=primary,
             )
             if primary:

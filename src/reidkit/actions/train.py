@@ -25,6 +25,7 @@ from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resum
 from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.distributed import lost_peer, trainer_devices
 from reidkit.engine.health import NumericalHealth
+from reidkit.engine.memory import out_of_memory
 from reidkit.engine.module import ReidModule
 from reidkit.engine.progress import training_progress_bar
 from reidkit.engine.recorder import RunRecorder
@@ -126,12 +127,15 @@ def run_training(
             trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
         except RunInterrupted as stop:
             raise stop.with_message(_interrupted(stop, trainer, folder, recorder)) from None
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             hint = "run the same command again (on every node) to resume from the last checkpoint"
-            lost = lost_peer(error, trainer.world_size, trainer.global_rank, hint)
-            if lost is None:
+            size = (spec.model.input_height, spec.model.input_width)
+            known = out_of_memory(
+                error, spec.dataset.batch_size, size, spec.dataset.num_workers
+            ) or lost_peer(error, trainer.world_size, trainer.global_rank, hint)
+            if known is None:
                 raise
-            raise lost from None
+            raise known from None
         best = recorder.best_status()
         run.succeed(
             "training finished", kpi=recorder.kpi,

@@ -37,7 +37,7 @@ from reidkit.automl.trial import (
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError, first_line
 from reidkit.interrupts import RunInterrupted
-from reidkit.redaction import redact
+from reidkit.redaction import mask_url_credentials, redact_url
 
 log = logging.getLogger("reidkit")
 
@@ -88,8 +88,8 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
     )
     if study.direction != wanted:
         raise SpecError(
-            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in {redact(url)} "
-            f"{study.direction.name.lower()}s; use another automl.study_name"
+            f"automl.direction: got '{spec.automl.direction}' but study '{name}' in "
+            f"{redact_url(url)} {study.direction.name.lower()}s; use another automl.study_name"
         )
     return study
 
@@ -137,7 +137,8 @@ def _cannot_open(url: str, error: Exception) -> str:
     reason = first_line(error)
     if isinstance(error, ImportError) and url.startswith("postgresql://"):
         reason += "; write postgresql+psycopg:// to use psycopg (pip install 'psycopg[binary]')"
-    return redact(f"automl.storage: cannot open '{url}': {reason}")
+    # The driver's reason may quote the URL it was given: masked here, where it is known.
+    return f"automl.storage: cannot open '{redact_url(url)}': {mask_url_credentials(reason)}"
 
 
 def run_study(

@@ -9,6 +9,7 @@ nearest valid key for a typo.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from reidkit.errors import SpecError, did_you_mean
 from reidkit.outputs import atomic_open
 from reidkit.redaction import redact_record
 from reidkit.yamlsafe import load_yaml_file, load_yaml_text
+
+# A dotted spec key: identifiers joined by dots (what every field name is).
+_DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def load_spec(
@@ -88,8 +92,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise SpecError(f"override '{item}' must look like section.key=value")
+    if not sep:
+        raise SpecError(f"override {item!r} must look like section.key=value")
+    if not _DOTTED_KEY.fullmatch(key.strip()):  # quoted without its value: it may be a secret
+        raise SpecError(f"override key {key.strip()!r} is not a spec key; write section.key=value")
     try:
         value = load_yaml_text(raw, source=f"override '{key}'") if raw.strip() else None
     except SpecError:
@@ -158,7 +164,7 @@ def _describe(exc: ValidationError) -> str:
     location = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
     if error["type"] == "extra_forbidden":
         return f"unknown key '{location}'{did_you_mean(location, all_keys())}"
-    given = error.get("input")
+    given = redact_record(error.get("input"), location)  # a secret field is quoted as ***
     allowed = _allowed(error)
     message = error["msg"].removeprefix("Value error, ")
     label = f"key '{location}'" if location else "spec"

@@ -11,60 +11,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from reidkit.data.images import decode_rgb
 from reidkit.data.market import ImageRecord
 from reidkit.data.verified import VerifiedImages
-from reidkit.errors import DatasetError
+from reidkit.errors import DatasetError, ImageRefused
 
-# What Pillow raises for unreadable, truncated or malformed image data.
-_DECODE_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
 _SHOWN = 3
-
-
-# Integer modes Pillow cannot scale itself: its ``convert("RGB")`` clips them at 255, so a
-# 16-bit PNG came out all white.
-_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_UINT16_MAX = 65535
-
-
-def read_rgb(path: Path, draft: bool = False) -> Image.Image:
-    """Decode a whole image as 8-bit RGB; ``convert`` forces the full decode so truncation shows.
-
-    ``draft`` decodes a JPEG at 1/8 scale (other formats ignore it), for checks that only need
-    to know the file decodes: libjpeg still reads every byte of the compressed stream, so
-    truncation and corruption still show, in about half the time.
-
-    16-bit greyscale is scaled to 8 bits (``round(v * 255 / 65535)``); Pillow already reduces
-    16-bit colour PNGs to 8 bits per channel. Modes that cannot be scaled without guessing
-    (floating point, 32-bit integers beyond the 16-bit range) are refused with a reason.
-    """
-    if path.stat().st_size == 0:
-        raise OSError("empty file")
-    with Image.open(path) as image:
-        if draft:
-            image.draft("RGB", (image.width // 8, image.height // 8))
-        if image.mode in _WIDE_INTEGER_MODES:
-            return _scale_to_8_bits(np.asarray(image), image.mode).convert("RGB")
-        if image.mode == "F":
-            raise ValueError("floating-point pixels (mode F); save it as an 8-bit image")
-        return image.convert("RGB")
-
-
-def _scale_to_8_bits(pixels: np.ndarray, mode: str) -> Image.Image:
-    wide = pixels.astype(np.int64)
-    if wide.size and (wide.min() < 0 or wide.max() > _UINT16_MAX):
-        raise ValueError(f"{mode} pixels outside 0-65535; save it as an 8-bit or 16-bit image")
-    return Image.fromarray(((wide * 255 + _UINT16_MAX // 2) // _UINT16_MAX).astype(np.uint8))
 
 
 class ImageDataset(Dataset[tuple[Tensor, int, int]]):
@@ -87,12 +43,7 @@ class ImageDataset(Dataset[tuple[Tensor, int, int]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         record = self.records[index]
-        try:
-            image = read_rgb(record.path)
-        except _DECODE_ERRORS as exc:
-            raise DatasetError(
-                f"image '{record.path}' cannot be read ({exc}); remove or replace it"
-            ) from None
+        image = decode_rgb(record.path, f"image '{record.path}'")
         label = self.labels[index] if self.labels is not None else record.pid
         return self.transform(image), label, record.camid
 
@@ -106,9 +57,9 @@ def relabel(records: Sequence[ImageRecord]) -> list[int]:
 def _problem(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image, or None if it decodes (JPEGs in draft mode)."""
     try:
-        read_rgb(path, draft=True)
-    except _DECODE_ERRORS as exc:
-        return str(exc) or type(exc).__name__
+        decode_rgb(path, "image", draft=True)
+    except ImageRefused as refused:
+        return refused.reason
     return None
 
 
@@ -130,7 +81,7 @@ def verify_images(
         cache.remember([p for p, why in zip(todo, reasons, strict=True) if why is None])
     problems = [(p, why) for p, why in zip(todo, reasons, strict=True) if why]
     if problems:
-        shown = "; ".join(f"'{p}' ({why})" for p, why in problems[:_SHOWN])
+        shown = "; ".join(f"'{p}' {why}" for p, why in problems[:_SHOWN])
         raise DatasetError(
             f"{len(problems)} images cannot be read: {shown}; remove or replace them"
         )

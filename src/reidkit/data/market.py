@@ -22,8 +22,9 @@ DISTRACTOR_PID = 0
 
 # Id, then camera, then either Market's "sS" sequence, a separator, or the suffix. CUHK03 and
 # DukeMTMC converted to the Market layout use "PPPP_cC_FFFF.jpg"-style names, so the sequence
-# is optional; the lookahead keeps "c1x" or "c12abc" from parsing as a camera.
-_NAME = re.compile(r"^(-1|\d+)_c(\d+)(?=s\d|[_.]|$)")
+# is optional; the lookahead keeps "c1x" or "c12abc" from parsing as a camera. Ids are ASCII
+# digits, at most 9 of them: a 20-digit camera id overflowed the 64-bit arrays downstream.
+_NAME = re.compile(r"^(-1|[0-9]{1,9})_c([0-9]{1,9})(?=s[0-9]|[_.]|$)")
 _SHOWN = 3
 
 

@@ -10,19 +10,25 @@ if the archive is a bomb: too many members, an unpacked size above the cap or ab
 space, or a compression ratio no image archive has. Only what the dataset needs is planned:
 image files (other members are skipped). The second pass writes the planned members with our
 own code (never ``extractall``), checking that the archive still matches the plan and counting
-the bytes really written. Extraction goes to a hidden temporary folder renamed into place only
-when complete, so a refused or interrupted run leaves no cache entry that a later run could
-mistake for a finished one; the finished folder is reused as a cache.
+the bytes really written. A truncated archive is refused naming the member where it breaks:
+Python's tar reader takes a stream that simply stops (a cut download, a full disk at packing
+time) for the end of the archive, so the scan insists on tar's end-of-archive marker, and a
+member shorter than it declares is refused when written (tar and zip). Extraction goes to a
+hidden temporary folder renamed into place only when complete, so a refused or interrupted run
+leaves no cache entry that a later run could mistake for a finished one; the finished folder is
+reused as a cache.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import lzma
 import os
 import re
 import shutil
+import socket
 import stat
 import tarfile
 import tempfile
@@ -36,6 +42,7 @@ from typing import BinaryIO
 
 from reidkit.data.market import IMAGE_SUFFIXES
 from reidkit.errors import DatasetError
+from reidkit.outputs import process_running
 
 log = logging.getLogger("reidkit")
 
@@ -111,7 +118,9 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
     """Plan, check, then unpack into a temporary sibling of ``target`` renamed when complete.
 
     Several processes (DDP ranks) may unpack the same archive at once: each works in its own
-    temporary folder and the first rename wins; the others discard their copy. An ``OSError``
+    temporary folder and the first rename wins; the others discard their copy. A temporary
+    folder is named after its host and process, so one left by a killed run of this machine
+    is removed here, and never one another process may still be filling. An ``OSError``
     while writing (disk full, read-only folder, a file where the folder should be) becomes one
     line naming the folder.
     """
@@ -119,8 +128,10 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
     plan = scan(archive, _Plan(archive, limits))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{target.name}.partial-{socket.gethostname()}-"
+        _remove_stale_staging(target.parent, prefix)
         plan.check_space(target.parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
     except OSError as exc:
         raise _unwritable(archive, target.parent, exc) from None
     try:
@@ -140,6 +151,15 @@ def _extract_atomically(archive: Path, suffix: str, target: Path, limits: Extrac
             shutil.rmtree(staging, ignore_errors=True)
     if plan.skipped:
         log.info("archive '%s': skipped %d members that are not images", archive, plan.skipped)
+
+
+def _remove_stale_staging(folder: Path, prefix: str) -> None:
+    """Remove this host's temporary folders ``<prefix><pid>-*`` whose process has died."""
+    for entry in folder.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and 0 < int(pid) < 2**31 and not process_running(int(pid)):
+            log.info("removing '%s', left by an extraction that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _unwritable(archive: Path, folder: Path, exc: OSError) -> DatasetError:
@@ -173,7 +193,7 @@ class _Plan:
         self._dirs: set[tuple[str, ...]] = set()
 
     def refuse(self, name: str, why: str, fix: str) -> DatasetError:
-        return DatasetError(f"archive '{self.archive}' {why} (refused at '{name}'); {fix}")
+        return DatasetError(f"archive '{self.archive}' {why} (refused at '{_shown(name)}'); {fix}")
 
     def add(self, name: str, *, is_dir: bool, size: int, unpacked_so_far: int) -> None:
         """Check one member; ``unpacked_so_far`` is the decompressed offset after it."""
@@ -247,32 +267,38 @@ def _member_parts(archive: Path, name: str, max_depth: int) -> tuple[str, ...]:
     """
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise DatasetError(
-            f"archive '{archive}' holds member '{name}' with an absolute path; "
+            f"archive '{archive}' holds member '{_shown(name)}' with an absolute path; "
             "refusing to unpack it, rebuild the archive with relative paths"
         )
     parts = tuple(p for p in re.split(r"[\\/]", name) if p not in ("", "."))
     if ".." in parts:
         raise DatasetError(
-            f"archive '{archive}' holds member '{name}' that points outside the archive ('..'); "
-            "refusing to unpack it, rebuild the archive without '..' in member names"
+            f"archive '{archive}' holds member '{_shown(name)}' that points outside the archive "
+            "('..'); refusing to unpack it, rebuild the archive without '..' in member names"
         )
     if len(parts) > max_depth:
         raise DatasetError(
-            f"archive '{archive}' holds member '{name[:200]}' nested more than {max_depth} "
-            "folders deep; rebuild the archive with a flat layout"
+            f"archive '{archive}' holds member '{_shown(name[:200])}' nested more than "
+            f"{max_depth} folders deep; rebuild the archive with a flat layout"
         )
     if any(len(os.fsencode(p)) > _MAX_NAME_BYTES or "\0" in p for p in parts):
         raise DatasetError(
-            f"archive '{archive}' holds member '{name[:200]}' whose name is not a valid file "
-            f"name (over {_MAX_NAME_BYTES} bytes or with a NUL); rebuild it with short names"
+            f"archive '{archive}' holds member '{_shown(name[:200])}' whose name is not a valid "
+            f"file name (over {_MAX_NAME_BYTES} bytes or with a NUL); rebuild it with short names"
         )
     return parts
 
 
+def _shown(text: str) -> str:
+    """A member name (or a message quoting one) fit for a one-line message: the archive chose
+    it, so control characters such as a newline are written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _refuse_type(archive: Path, name: str, kind: str) -> DatasetError:
     return DatasetError(
-        f"archive '{archive}' holds {kind} '{name}'; a dataset archive may only hold folders and "
-        "image files, rebuild it without links or special files"
+        f"archive '{archive}' holds {kind} '{_shown(name)}'; a dataset archive may only hold "
+        "folders and image files, rebuild it without links or special files"
     )
 
 
@@ -287,22 +313,25 @@ def _damaged_archive(archive: Path, kind: str) -> Iterator[None]:
         yield
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DatasetError(
-            f"archive '{archive}' cannot be read as {kind} ({exc}); re-download or rebuild it"
+            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or "
+            "rebuild it"
         ) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted or exotic zip members
         raise DatasetError(
-            f"archive '{archive}' cannot be unpacked ({exc}); rebuild it without encryption"
+            f"archive '{archive}' cannot be unpacked ({_shown(str(exc))}); rebuild it without "
+            "encryption"
         ) from None
     except OSError as exc:
         if exc.errno is not None:
             raise
         raise DatasetError(
-            f"archive '{archive}' cannot be read as {kind} ({exc}); re-download or rebuild it"
+            f"archive '{archive}' cannot be read as {kind} ({_shown(str(exc))}); re-download or "
+            "rebuild it"
         ) from None
 
 
 def _write_member(source: BinaryIO, target: Path, member: _Member, plan: _Plan) -> None:
-    """Copy one member, refusing it if it yields more bytes than it declared."""
+    """Copy one member, refusing it if it yields more or fewer bytes than it declares."""
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(target, "xb") as out:
@@ -315,27 +344,76 @@ def _write_member(source: BinaryIO, target: Path, member: _Member, plan: _Plan) 
                     "re-download or rebuild it",
                 )
             out.write(chunk)
+    if written < member.size:
+        raise plan.refuse(
+            member.name,
+            f"holds a member shorter than it declares ({written} of {member.size} bytes)",
+            "re-download or rebuild it",
+        )
 
 
 def _tar_kind(archive: Path, member: tarfile.TarInfo) -> bool:
     """Whether a tar member is a folder; links and special files are refused."""
     if member.issym() or member.islnk():
-        raise _refuse_type(archive, member.name, f"a link (to '{member.linkname}')")
+        raise _refuse_type(archive, member.name, f"a link (to '{_shown(member.linkname)}')")
     if not (member.isdir() or member.isfile()):
         raise _refuse_type(archive, member.name, "a device, fifo or other special file")
     return member.isdir()
 
 
+class _HeaderBlocks(tarfile.TarInfo):
+    """Tar headers that remember the last block read as one: the one that ended the archive.
+
+    A subclass is made per scan (:func:`_scan_tar`), so scans never share the record.
+    """
+
+    last_block: bytes = b""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        cls.last_block = buf
+        return super().frombuf(buf, encoding, errors)
+
+
 def _scan_tar(archive: Path, plan: _Plan) -> _Plan:
-    """Read the member list; decompresses the stream but writes nothing."""
-    with _damaged_archive(archive, "a tar archive"), tarfile.open(archive, "r|*") as tar:
-        for member in tar:
-            is_dir = _tar_kind(archive, member)
-            size = 0 if is_dir else member.size
-            plan.add(
-                member.name, is_dir=is_dir, size=size, unpacked_so_far=member.offset_data + size
-            )
+    """Read the member list; decompresses the stream but writes nothing.
+
+    The reader stops at the first block that is not a header, whatever it is; only a block of
+    zeros (tar's end-of-archive marker) ends a complete archive. A short or missing block is a
+    truncated archive, another block a damaged one; either is refused at the last member read,
+    as is a stream that ends inside a member's data.
+    """
+    blocks = type("_ScanBlocks", (_HeaderBlocks,), {})
+    with (
+        _damaged_archive(archive, "a tar archive"),
+        tarfile.open(archive, "r|*", tarinfo=blocks) as tar,
+    ):
+        try:
+            _plan_tar_members(archive, tar, plan)
+        except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError):
+            if not plan.members:
+                raise  # not a tar archive at all: the damaged-archive line
+            raise _cut_short(plan) from None
+    if blocks.last_block != bytes(tarfile.BLOCKSIZE):
+        raise _cut_short(plan)
     return plan
+
+
+def _plan_tar_members(archive: Path, tar: tarfile.TarFile, plan: _Plan) -> None:
+    for member in tar:
+        is_dir = _tar_kind(archive, member)
+        size = 0 if is_dir else member.size
+        plan.add(member.name, is_dir=is_dir, size=size, unpacked_so_far=member.offset_data + size)
+
+
+def _cut_short(plan: _Plan) -> DatasetError:
+    last = plan.members[-1].name if plan.members else "its first header"
+    return plan.refuse(
+        last,
+        "is truncated or damaged: it stops without tar's end-of-archive marker, so this "
+        "member or the ones after it are missing or cut short",
+        "re-download or rebuild it",
+    )
 
 
 def _write_tar(archive: Path, root: Path, plan: _Plan) -> None:
@@ -395,7 +473,10 @@ def _write_zip(archive: Path, root: Path, plan: _Plan) -> None:
             if member.is_dir:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            with zipped.open(member.name) as stream:
+            with (
+                _damaged_archive(archive, f"a zip archive at member '{_shown(member.name)}'"),
+                zipped.open(member.name) as stream,
+            ):
                 _write_member(stream, target, member, plan)
 
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont
 from PIL import Image, ImageDraw, ImageFont
 
-from reidkit.data.dataset import read_rgb
+from reidkit.data.images import decode_rgb
 from reidkit.outputs import atomic_open
 
 _QUERY_COLOR = "#1f5fd6"
@@ -112,7 +112,9 @@ def plot_roc_curve(
 
 def _framed_thumbnail(image_path: str, color: str) -> Image.Image:
     """The crop resized to one cell, inside a ``_FRAME``-pixel frame of ``color``."""
-    image = read_rgb(Path(image_path)).resize((_THUMB_WIDTH, _THUMB_HEIGHT), Image.BILINEAR)
+    image = decode_rgb(Path(image_path), f"image '{image_path}'").resize(
+        (_THUMB_WIDTH, _THUMB_HEIGHT), Image.BILINEAR
+    )
     framed = Image.new(
         "RGB", (_THUMB_WIDTH + 2 * _FRAME, _THUMB_HEIGHT + 2 * _FRAME), _rgb_bytes(color)
     )

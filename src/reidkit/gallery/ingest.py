@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm import tqdm
 
+from reidkit.data.images import decode_rgb
 from reidkit.data.market import parse_name
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
+from reidkit.errors import ImageRefused
 from reidkit.gallery.store import CropMeta, GalleryError, GalleryStore
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -97,7 +98,16 @@ def read_manifest(path: Path) -> list[CropMeta]:
     if not path.is_file():
         raise GalleryError(f"manifest '{path}' does not exist; check the path")
     metas = []
-    with path.open(newline="") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark (Excel's UTF-8 CSV) is fine
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise GalleryError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the manifest "
+            "as UTF-8"
+        ) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in MANIFEST_COLUMNS if c not in header]
@@ -137,24 +147,20 @@ def read_manifest(path: Path) -> list[CropMeta]:
 
 
 def check_readable(metas: Sequence[CropMeta]) -> None:
-    """Open every crop's header before anything is added: a missing or non-image file fails the
-    whole add up front, with the gallery unchanged."""
+    """Decode every crop (JPEGs at 1/8 scale) before anything is added: a missing, damaged or
+    refused file fails the whole add up front, with the gallery unchanged."""
     for meta in metas:
         try:
-            with Image.open(meta.path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError):
-            raise GalleryError(
-                f"crop '{meta.path}' is missing or not a readable image; fix or remove it"
-            ) from None
+            decode_rgb(Path(meta.path), f"crop '{meta.path}'", draft=True)
+        except ImageRefused as refused:
+            raise GalleryError(str(refused)) from None
 
 
 def _load(meta: CropMeta, transform: Any, thumbnails: bool) -> tuple[Tensor, bytes | None]:
     try:
-        with Image.open(meta.path) as image:
-            rgb = image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
-        raise GalleryError(f"crop '{meta.path}' cannot be decoded; fix or remove it") from None
+        rgb = decode_rgb(Path(meta.path), f"crop '{meta.path}'")
+    except ImageRefused as refused:
+        raise GalleryError(str(refused)) from None
     thumb = None
     if thumbnails:
         small = rgb.copy()

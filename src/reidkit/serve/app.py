@@ -39,6 +39,8 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from reidkit import __version__
+from reidkit.data.images import decode_rgb
+from reidkit.errors import ImageRefused
 from reidkit.serve.embedding import ServedModel
 from reidkit.serve.gallery_access import (
     GalleryService,
@@ -47,7 +49,6 @@ from reidkit.serve.gallery_access import (
     make_thumbnail,
     upload_key,
 )
-from reidkit.serve.images import ImageRejected, decode_image
 from reidkit.serve.limits import BodyLimit
 from reidkit.serve.metrics import CONTENT_TYPE, ServerMetrics
 from reidkit.serve.schemas import (
@@ -132,7 +133,7 @@ async def _embed_uploads(
 
     def prepare() -> tuple[np.ndarray, list[bytes]]:
         decoded = [
-            decode_image(data, f"image {i + 1}", services.settings.max_image_pixels)
+            decode_rgb(data, f"image {i + 1}", max_pixels=services.settings.max_image_pixels)
             for i, data in enumerate(payloads)
         ]
         small = [make_thumbnail(image) for image in decoded] if thumbnails else []
@@ -140,7 +141,7 @@ async def _embed_uploads(
 
     try:
         batch, small = await run_in_threadpool(prepare)
-    except ImageRejected as exc:
+    except ImageRefused as exc:
         raise HTTPException(422, str(exc)) from None
     return await services.model.embed(batch), payloads, small
 

@@ -45,20 +45,23 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a service manager's stop) ends the server like Ctrl-C.
+def _signals_stop_serving() -> Iterator[None]:
+    """SIGTERM (a service manager's stop) and Ctrl-C end the server as a normal stop.
 
     uvicorn shuts down gracefully on either, then re-raises the signal it caught; with the
-    default SIGTERM action that would kill the process before the caller records the stop.
+    default SIGTERM action that would kill the process before the caller records the stop, and
+    the CLI's own Ctrl-C handler would record a failed run (exit 130).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _stop)
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, _stop) for signum in stops}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_server(settings: ServeSettings, *, log_level: str = "info") -> None:
@@ -68,7 +71,7 @@ def run_server(settings: ServeSettings, *, log_level: str = "info") -> None:
     with several workers each process then builds its own from the same settings.
     """
     _check_address(settings.host, settings.port)
-    with contextlib.suppress(KeyboardInterrupt), _sigterm_interrupts():
+    with contextlib.suppress(KeyboardInterrupt), _signals_stop_serving():
         _run(settings, log_level)
 
 
