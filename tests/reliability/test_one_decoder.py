@@ -324,7 +324,16 @@ def test_refusal_crosses_a_loader_worker_as_one_line(tmp_path: Path) -> None:
         [f"model.input_height={HEIGHT}", f"model.input_width={WIDTH}", "dataset.num_workers=1"],
     )
     with pytest.raises(DatasetError) as refused:
-        next(iter(eval_loader(spec, [ImageRecord(path, 1, 1)], 1, training_preprocessing(spec.model, spec.dataset))))
+        next(
+            iter(
+                eval_loader(
+                    spec,
+                    [ImageRecord(path, 1, 1)],
+                    1,
+                    training_preprocessing(spec.model, spec.dataset),
+                )
+            )
+        )
     assert first_line(refused.value).startswith(f"image '{path}' is 12000x12000 = ")
 
 
