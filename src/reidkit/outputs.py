@@ -109,7 +109,7 @@ def write_status(
     """Record an action's state (``RUNNING``/``SUCCESS``/``FAILURE``) and its KPIs in percent.
 
     ``name`` is the file written; a rerun stages its records under another name until it has
-    something to show (see :func:`reidkit.actions.common.run_action`).
+    something to show (see :func:`reidkit.actions.lifecycle.run_action`).
     """
     write_json(
         Path(folder) / name,

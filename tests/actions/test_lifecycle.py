@@ -18,7 +18,7 @@ from reidkit.actions import automl as automl_action
 from reidkit.actions import evaluate as evaluate_action
 from reidkit.actions import export as export_action
 from reidkit.actions import infer as infer_action
-from reidkit.actions.train import run_training
+from reidkit.actions.fit import run_training
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError, ReidkitError

@@ -1,13 +1,13 @@
 """``reidkit automl``: tune the train action's hyper-parameters with an optuna study.
 
 The study machinery (:mod:`reidkit.automl`) is a library: it is handed the function that
-trains one trial, which is this layer's :func:`~reidkit.actions.train.run_training`.
+trains one trial, which is this layer's :func:`~reidkit.actions.fit.run_training`.
 """
 
 from __future__ import annotations
 
-from reidkit.actions.common import run_action
-from reidkit.actions.train import run_training
+from reidkit.actions.fit import run_training
+from reidkit.actions.lifecycle import run_action
 from reidkit.automl.space import check_automl_spec
 from reidkit.automl.study import AutomlResult, run_study
 from reidkit.config.spec import ExperimentSpec

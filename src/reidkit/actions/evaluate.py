@@ -9,13 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.common import (
-    ActionRun,
-    EmbeddedSplits,
-    embed_splits,
-    record_calibration,
-    run_action,
-)
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
+from reidkit.actions.lifecycle import ActionRun, run_action
+from reidkit.actions.models import record_calibration
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance

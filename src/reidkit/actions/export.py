@@ -14,12 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reidkit.actions.common import (
-    calibrated_card,
-    card_expectations,
-    resolve_checkpoint,
-    run_action,
-)
+from reidkit.actions.lifecycle import run_action
+from reidkit.actions.models import calibrated_card, card_expectations, resolve_checkpoint
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageDataset, build_eval_transform, prepare_splits
 from reidkit.errors import ExportError

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.common import load_checked_embedder, run_action, select_device
+from reidkit.actions.embedding import select_device
+from reidkit.actions.lifecycle import run_action
+from reidkit.actions.models import load_checked_embedder
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder

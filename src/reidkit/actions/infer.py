@@ -21,7 +21,8 @@ from typing import IO
 import numpy as np
 import torch
 
-from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
+from reidkit.actions.lifecycle import ActionRun, run_action
 from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import pairwise_distance
 from reidkit.outputs import atomic_open, path_text, write_json

@@ -26,7 +26,7 @@ def token_file(spec: ExperimentSpec) -> Path:
 
 def serve_settings(spec: ExperimentSpec) -> ServeSettings:
     """The ``serve:`` section as the server's plain settings (model resolved, limits in bytes)."""
-    from reidkit.actions.common import resolve_checkpoint
+    from reidkit.actions.models import resolve_checkpoint
 
     section = spec.serve
     # One spec can drive both 'reidkit gallery add' and 'reidkit serve'.
@@ -70,7 +70,7 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
 
 def serve(spec: ExperimentSpec) -> None:
     """Serve the API and the operator page until interrupted."""
-    from reidkit.actions.common import run_action
+    from reidkit.actions.lifecycle import run_action
     from reidkit.serve.runner import run_server
 
     with run_action(spec, "serve") as run:
