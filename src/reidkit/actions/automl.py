@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from reidkit.actions.fit import run_training
 from reidkit.actions.lifecycle import run_action
+from reidkit.actions.run_record import AutomlOutcome
 from reidkit.automl.space import check_automl_spec
 from reidkit.automl.study import AutomlResult, run_study
 from reidkit.config.spec import ExperimentSpec
@@ -20,10 +21,9 @@ def automl(spec: ExperimentSpec) -> AutomlResult:
     space = check_automl_spec(spec)
     with run_action(spec, "automl", exclusive=False) as run:
         result = run_study(spec, space, run.folder, run_training)
-        run.succeed(
-            f"best trial {result.best_trial}",
-            kpi={spec.automl.metric: round(result.best_value, 2)},
-            best_trial=result.best_trial,
-            best_trial_dir=str(result.best_trial_dir),
+        outcome = AutomlOutcome(
+            best_trial=result.best_trial, best_trial_dir=str(result.best_trial_dir)
         )
+        kpi = {spec.automl.metric: round(result.best_value, 2)}
+        run.succeed(f"best trial {result.best_trial}", kpi, outcome)
         return result

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from reidkit.actions.lifecycle import run_action
 from reidkit.actions.models import resolve_checkpoint, training_expectations
+from reidkit.actions.run_record import TrainOutcome
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec, TrainSpec
 from reidkit.data import prepare_splits
@@ -60,8 +61,15 @@ def run_training(
         start = _resume_checkpoint(spec, folder)
         lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
         module = ReidModule(spec, splits.num_train_ids)
+        max_epoch = spec.train.num_epochs
+
+        def report(epoch: int) -> None:  # the first report publishes a rerun's staged records
+            run.publish()
+            outcome = _outcome(recorder, epoch, max_epoch)
+            run.update(f"epoch {epoch} of {max_epoch} done", outcome, recorder.kpi)
+
         recorder = RunRecorder(
-            folder, spec.train.checkpoint_interval, spec.train.validation_interval, run.publish
+            folder, spec.train.checkpoint_interval, spec.train.validation_interval, report
         )
         # Health first: Lightning runs callbacks in order, and its epoch-end check must come
         # before the recorder's checkpoint.
@@ -70,7 +78,7 @@ def run_training(
         bar = training_progress_bar(on_gpu=devices["accelerator"] == "gpu")
         trainer = Trainer(
             **devices,
-            max_epochs=spec.train.num_epochs,
+            max_epochs=max_epoch,
             callbacks=[health, recorder, bar, *weight_averaging(spec.train), *(callbacks or [])],
             plugins=[ReidCheckpointIO(spec.encryption_key)],
             logger=False,
@@ -85,7 +93,7 @@ def run_training(
         )
         if start is not None:
             log.info("resuming from %s", start)
-        run.update("training started", epoch=0, max_epoch=spec.train.num_epochs)
+        run.update("training started", TrainOutcome(epoch=0, max_epoch=max_epoch))
         try:
             trainer.fit(module, datamodule=ReidDataModule(spec, splits), ckpt_path=start)
         except RunInterrupted as stop:
@@ -96,18 +104,26 @@ def run_training(
             if lost is None:
                 raise
             raise lost from None
-        best = recorder.best_status()
-        run.succeed(
-            "training finished", kpi=recorder.kpi,
-            epoch=trainer.current_epoch, max_epoch=spec.train.num_epochs, **best,
-        )  # fmt: skip
+        outcome = _outcome(recorder, trainer.current_epoch, max_epoch)
+        run.succeed("training finished", recorder.kpi, outcome)
+        best = recorder.best_checkpoint
         return TrainResult(
             folder,
             folder / LATEST_NAME,
             dict(recorder.kpi),
             trainer.current_epoch,
-            folder / best["best_checkpoint"] if best else None,
+            folder / best if best else None,
         )
+
+
+def _outcome(recorder: RunRecorder, epoch: int, max_epoch: int) -> TrainOutcome:
+    """The train run's record after ``epoch`` epochs: its progress and best checkpoint."""
+    return TrainOutcome(
+        epoch=epoch,
+        max_epoch=max_epoch,
+        best_checkpoint=recorder.best_checkpoint,
+        best_metric=recorder.best_metric,
+    )
 
 
 def weight_averaging(train: TrainSpec) -> list[Callback]:

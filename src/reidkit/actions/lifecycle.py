@@ -14,22 +14,26 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from reidkit.actions.run_record import (
+    FAILURE,
+    OUTCOMES,
+    RUNNING,
+    SUCCESS,
+    Outcome,
+    RunRecord,
+    read_run_record,
+)
 from reidkit.config.loading import save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.engine.ranks import is_launch_primary
 from reidkit.errors import ReidkitError, first_line
 from reidkit.interrupts import RunInterrupted
 from reidkit.oserrors import describe_os_error
-from reidkit.outputs import read_json, write_status
 from reidkit.redaction import known_secrets, redact
 from reidkit.runlock import run_lock
 
 log = logging.getLogger("reidkit")
-
-RUNNING, SUCCESS, FAILURE = "RUNNING", "SUCCESS", "FAILURE"
-
 
 EXPERIMENT, STATUS = "experiment.yaml", "status.json"
 #: Where a rerun keeps its records until it has something to show (see :func:`run_action`).
@@ -56,9 +60,11 @@ class ActionRun:
         """Where this run writes the record ``name`` (``experiment.yaml``, ``status.json``)."""
         return self.folder / (name if self.published else PENDING[name])
 
-    def update(self, message: str, **extra: Any) -> None:
+    def update(
+        self, message: str, outcome: Outcome | None = None, kpi: dict[str, float] | None = None
+    ) -> None:
         """A progress note while the action runs (``status.json`` stays ``RUNNING``)."""
-        self._write(RUNNING, message, **extra)
+        self._write(RUNNING, message, kpi, outcome)
 
     def publish(self) -> None:
         """Replace the previous run's records with this run's (at its first checkpoint)."""
@@ -68,10 +74,12 @@ class ActionRun:
             os.replace(self.folder / pending, self.folder / name)
         self.published = True
 
-    def succeed(self, message: str, kpi: dict[str, float] | None = None, **extra: Any) -> None:
-        """Record success with the action's KPIs (percent) and whatever else it reports."""
+    def succeed(
+        self, message: str, kpi: dict[str, float] | None = None, outcome: Outcome | None = None
+    ) -> None:
+        """Record success with the action's KPIs (percent) and its own fields."""
         self.publish()
-        self._write(SUCCESS, message, kpi=kpi, **extra)
+        self._write(SUCCESS, message, kpi, outcome)
         self.finished = True
 
     def fail(self, message: str) -> None:
@@ -81,13 +89,20 @@ class ActionRun:
         except OSError as exc:
             log.warning("%s: could not record the failure (%s)", self.folder, exc.strerror or exc)
 
-    def _write(self, status: str, message: str, **extra: Any) -> None:
+    def _write(
+        self,
+        status: str,
+        message: str,
+        kpi: dict[str, float] | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        expected = OUTCOMES.get(self.action)
+        if outcome is not None and not isinstance(outcome, expected or ()):
+            raise TypeError(f"the {self.action} action cannot record a {type(outcome).__name__}")
         if not self.writes:
             return
-        message = redact(message, self.secrets)
-        write_status(
-            self.folder, self.action, status, message, name=self.record(STATUS).name, **extra
-        )
+        record = RunRecord(self.action, status, redact(message, self.secrets), kpi or {}, outcome)
+        record.write(self.record(STATUS))
 
 
 @contextmanager
@@ -148,8 +163,8 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
 
 def _finished(folder: Path) -> bool:
     """Whether ``folder`` holds the records of a run that succeeded (worth keeping)."""
-    status = read_json(folder / STATUS)
-    return isinstance(status, dict) and status.get("status") == SUCCESS
+    record = read_run_record(folder / STATUS)
+    return record is not None and record.status == SUCCESS
 
 
 def failure_line(error: BaseException) -> str:

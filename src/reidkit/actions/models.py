@@ -15,6 +15,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from reidkit.actions.lifecycle import STATUS
+from reidkit.actions.run_record import (
+    AutomlOutcome,
+    ExportOutcome,
+    Outcome,
+    TrainOutcome,
+    read_run_record,
+)
 from reidkit.config.spec import ExperimentSpec
 from reidkit.engine.checkpoints import LATEST_NAME, find_resume_checkpoint
 from reidkit.errors import CheckpointError
@@ -72,24 +80,25 @@ def resolve_checkpoint(path: str | Path, key: str) -> Path:
 
 
 def _model_in_folder(folder: Path, key: str, depth: int = 0) -> tuple[Path, str]:
-    status = read_json(folder / "status.json")
-    action = status.get("action") if isinstance(status, dict) else None
+    record = read_run_record(folder / STATUS)
+    action = record.action if record else None
+    outcome = record.outcome if record else None
     if action == "train" or (action is None and (folder / LATEST_NAME).is_file()):
-        best = status.get("best_checkpoint") if isinstance(status, dict) else None
-        if best and (folder / best).is_file():
-            return folder / best, f"best {status.get('best_metric', '')} of {folder}".strip()
+        best = _best_checkpoint(folder, outcome)
+        if best is not None:
+            return best
         latest = find_resume_checkpoint(folder)
         if latest is not None:
             return latest, f"latest of {folder}; it recorded no validated best"
-    if action == "export" and isinstance(status, dict) and status.get("onnx_file"):
-        onnx_file = Path(status["onnx_file"])
+    if isinstance(outcome, ExportOutcome) and outcome.onnx_file:
+        onnx_file = Path(outcome.onnx_file)
         if onnx_file.is_file():
             return onnx_file, f"exported by {folder}"
-    if action == "automl" and isinstance(status, dict) and status.get("best_trial_dir"):
-        trial = Path(status["best_trial_dir"]) / "train"
+    if isinstance(outcome, AutomlOutcome) and outcome.best_trial_dir:
+        trial = Path(outcome.best_trial_dir) / "train"
         if depth == 0 and trial.is_dir():
             found, _ = _model_in_folder(trial, key, depth + 1)
-            return found, f"best AutoML trial {status.get('best_trial')} of {folder}"
+            return found, f"best AutoML trial {outcome.best_trial} of {folder}"
     if depth == 0:
         for sub in ("train", "export"):
             if (folder / sub).is_dir():
@@ -101,6 +110,16 @@ def _model_in_folder(folder: Path, key: str, depth: int = 0) -> tuple[Path, str]
         f"{key} '{folder}' is a folder without a model from a train, export or AutoML run; "
         "point it at a checkpoint, an .onnx file or such a run's folder"
     )
+
+
+def _best_checkpoint(folder: Path, outcome: Outcome | None) -> tuple[Path, str] | None:
+    """The best checkpoint a train run recorded, if it is a file of that run's folder."""
+    if not isinstance(outcome, TrainOutcome) or not outcome.best_checkpoint:
+        return None
+    name = outcome.best_checkpoint
+    if Path(name).name != name or not (folder / name).is_file():
+        return None  # a record naming a file elsewhere is not trusted
+    return folder / name, " ".join(filter(None, ["best", outcome.best_metric, f"of {folder}"]))
 
 
 def load_checked_embedder(

@@ -71,12 +71,13 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
 def serve(spec: ExperimentSpec) -> None:
     """Serve the API and the operator page until interrupted."""
     from reidkit.actions.lifecycle import run_action
+    from reidkit.actions.run_record import ServeOutcome
     from reidkit.serve.runner import run_server
 
     with run_action(spec, "serve") as run:
         settings = serve_settings(spec)
         url = f"http://{settings.host}:{settings.port}"
-        run.update(f"serving {settings.gallery} at {url}", url=url)
+        run.update(f"serving {settings.gallery} at {url}", ServeOutcome(url=url))
         run_server(settings, log_level=spec.serve.log_level)
         run.succeed(f"stopped serving {settings.gallery}")
 
