@@ -39,7 +39,7 @@ def main() -> None:
     host = machine()
 
     import reidkit
-    from reidkit.actions.common import embed_splits
+    from reidkit.actions.embedding import embed_splits
     from reidkit.evaluation.metrics import pairwise_distance
     from reidkit.evaluation.roc import roc_from_distances
 

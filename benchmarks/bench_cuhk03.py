@@ -14,7 +14,7 @@ its own process (never in parallel), and both see ``epochs x (7,239 // batch)`` 
 * reidkit: ``--recipe``, by default ``examples/cuhk03_mobilenet_short.yaml`` (the
   short-budget recipe of ``docs/recipes.md``; ``examples/cuhk03_mobilenet_12ep.yaml`` for
   12 epochs), with the data paths, input size, epochs and seed set here, through
-  ``reidkit.load_spec`` / ``reidkit.actions.train.run_training`` / ``reidkit.evaluate``.
+  ``reidkit.load_spec`` / ``reidkit.actions.fit.run_training`` / ``reidkit.evaluate``.
 * torchreid: ``benchmarks/torchreid_cuhk03.py`` (the anchor recipe, see its docstring).
 
 Both sides use PyTorch's default threads (one per core; record in each JSON's
@@ -106,7 +106,7 @@ def run_reidkit(
 
     import reidkit
     from cuhk03_scoring import Clock, embed, norm_flip, reranked
-    from reidkit.actions.train import run_training
+    from reidkit.actions.fit import run_training
     from reidkit.data import prepare_splits, training_preprocessing
     from reidkit.engine.datamodule import eval_loader
 

@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from common import append_rows, machine
-from reidkit.actions.train import device_settings
+from reidkit.actions.fit import device_settings
 from reidkit.config.loading import load_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits, synthesize

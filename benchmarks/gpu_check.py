@@ -189,7 +189,7 @@ def train_overrides(data: Path, ids: int, results: Path, sizes: Sizes) -> list[s
 
 def part_train(args: argparse.Namespace, sizes: Sizes, figures: Figures) -> None:
     from bench_data_path import StepClock
-    from reidkit.actions.train import run_training
+    from reidkit.actions.fit import run_training
     from reidkit.config.loading import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PYTHON=${PYTHON:-python3}
+# The project's .venv where it exists (`make install`): the system python3 there lacks reidkit's
+# dependencies. Else (the bare device machine) python3, whose gaps the wheels below fill.
+if [[ -z ${PYTHON:-} ]]; then
+  PYTHON=python3
+  [[ -x $ROOT/.venv/bin/python ]] && PYTHON=$ROOT/.venv/bin/python
+fi
 GPU_DATA=${GPU_DATA:-$ROOT/.gpu_data}
 ARCHIVE=$GPU_DATA/cuhk03_128x64.tar.gz
 WEIGHTS=$GPU_DATA/mobilenet_v2_imagenet_features.pth

@@ -20,7 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 import gpu_check
 from bench_data_path import StepClock
-from reidkit.actions.train import run_training
+from reidkit.actions.fit import run_training
 from reidkit.config.loading import load_spec
 
 

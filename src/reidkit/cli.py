@@ -24,13 +24,14 @@ from reidkit.oserrors import describe_os_error
 from reidkit.redaction import RedactingFilter
 
 if TYPE_CHECKING:
-    from reidkit.automl import AutomlResult
+    from reidkit.actions.automl import AutomlResult
 
 EXIT_USER_ERROR = 2
 
 
 def _train(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.actions.train import TrainResult, train
+    from reidkit.actions.fit import TrainResult
+    from reidkit.actions.train import train
 
     result = train(spec, args.automl_policy)
     if not isinstance(result, TrainResult):

@@ -1,7 +1,5 @@
 """Result files every action leaves behind, written atomically: the one place that does so.
 
-TAO's tooling reads ``status.json``; reidkit keeps its shape but reports KPIs in percent with
-two decimals (TAO rounds mAP as a fraction to one decimal, which hides real differences).
 Every file reidkit writes goes through :func:`staged_path` (directly, or via
 :func:`atomic_open`): readers, and a rerun after a crash, see the old file or the complete new
 one, never half a file. A run killed mid-write (SIGKILL, a power cut) leaves its staged file
@@ -15,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,32 +136,3 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def write_status(
-    folder: Path,
-    action: str,
-    status: str,
-    message: str,
-    kpi: dict[str, float] | None = None,
-    *,
-    name: str = "status.json",
-    **extra: Any,
-) -> None:
-    """Record an action's state (``RUNNING``/``SUCCESS``/``FAILURE``) and its KPIs in percent.
-
-    ``name`` is the file written; a rerun stages its records under another name until it has
-    something to show (see :func:`reidkit.actions.common.run_action`).
-    """
-    write_json(
-        Path(folder) / name,
-        {
-            "date": time.strftime("%Y-%m-%d"),
-            "time": time.strftime("%H:%M:%S"),
-            "action": action,
-            "status": status,
-            "message": message,
-            "kpi": kpi or {},
-            **extra,
-        },
-    )

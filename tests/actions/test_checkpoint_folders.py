@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reidkit.actions.common import resolve_checkpoint
 from reidkit.actions.evaluate import evaluate
 from reidkit.actions.export import export
+from reidkit.actions.models import resolve_checkpoint
 from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError

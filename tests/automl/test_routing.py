@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reidkit.actions.automl import AutomlResult
-from reidkit.actions.train import TrainResult
+from reidkit.actions.fit import TrainResult
 from reidkit.actions.train import train as route_train
 from reidkit.config import schema
 from reidkit.config.loading import load_spec

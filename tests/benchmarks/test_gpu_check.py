@@ -88,3 +88,42 @@ def test_a_failing_part_leaves_the_others_their_figures(tmp_path: Path) -> None:
     assert "no figures from part 'train'" in output
     assert figures(tmp_path, "eval")[0]["value"] > 0
     assert not (tmp_path / "out" / "env.json").exists()  # not asked for
+
+
+@pytest.mark.parametrize("with_venv", [True, False], ids=["venv", "no-venv"])
+def test_the_projects_venv_is_preferred_to_the_system_python3(
+    tmp_path: Path, with_venv: bool
+) -> None:
+    """Without $PYTHON the script takes .venv/bin/python where it exists, else python3.
+
+    A copy of the checkout (the script, the check, the sources) where ``python3`` on the PATH
+    is one that lacks reidkit's dependencies, as the system one does.
+    """
+    checkout = tmp_path / "checkout"
+    (checkout / "benchmarks").mkdir(parents=True)
+    for name in ("gpu_check.sh", "gpu_check.py"):
+        (checkout / "benchmarks" / name).symlink_to(ROOT / "benchmarks" / name)
+    (checkout / "src").symlink_to(ROOT / "src")
+    if with_venv:  # the environment running these tests, as the checkout's .venv
+        (checkout / ".venv").symlink_to(Path(sys.executable).parents[1])
+    system = tmp_path / "system"
+    system.mkdir()
+    bare = system / "python3"
+    bare.write_text("#!/bin/sh\necho 'system python3: No module named torch' >&2\nexit 1\n")
+    bare.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env |= {"PATH": f"{system}:{env['PATH']}", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env |= {"GPU_DATA": str(tmp_path / "gpu_data")}
+    done = subprocess.run(
+        ["bash", str(checkout / "benchmarks" / "gpu_check.sh"), "--dry-run", "--parts", "env",
+         "--out", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    if with_venv:  # (the summary still fails: the other parts were not asked for)
+        assert "system python3" not in output
+        assert "== env done" in output and "(exit 0) ==" in output, output[-3000:]
+        assert {row["figure"] for row in figures(tmp_path, "env")} >= {"torch", "lightning"}
+    else:
+        assert "system python3: No module named torch" in output
+        assert not (tmp_path / "out" / "env.json").exists()

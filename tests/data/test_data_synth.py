@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from reidkit.data.market import load_split, parse_name
-from reidkit.data.synth import synthesize
+from reidkit.data.synth import FPS, _FrameClock, synthesize
 from reidkit.errors import DatasetError
 
 
@@ -54,6 +54,30 @@ def test_default_dataset_is_fast_and_follows_the_market_protocol(tmp_path: Path)
     assert all(parse_name(n) is not None for n in names)
     with Image.open(train[0].path) as image:
         assert image.size == (64, 128) and image.mode == "RGB"
+
+
+def test_names_carry_a_site_clock_of_hours(tmp_path: Path) -> None:
+    """A gallery of the crops spans hours; one person's cameras are seconds apart, not days."""
+    synthesize(tmp_path, ids=20, cameras=4, images_per_id=6, height=32, width=16)
+    sightings: dict[str, list[int]] = {}
+    for path in tmp_path.rglob("*.jpg"):
+        pid, _, frame, _ = path.name.split("_")
+        sightings.setdefault(pid, []).append(int(frame))
+    frames = sorted(f for pid_frames in sightings.values() for f in pid_frames)
+    assert len(set(frames)) == len(frames)  # one clock: no two crops share a frame
+    assert 0.5 < (frames[-1] - frames[0]) / FPS / 3600 < 999_999 / FPS / 3600
+    for pid, own in sightings.items():
+        if pid in ("0000", "-1"):
+            continue  # nobody's sightings: each one its own arrival
+        gaps = np.diff(sorted(own)) / FPS
+        assert len(gaps) == 5 and (gaps >= 3 - 1 / FPS).all() and (gaps <= 40 + 1 / FPS).all()
+
+
+def test_a_large_sites_clock_still_fits_six_digits() -> None:
+    clock = _FrameClock(arrivals=2_000, transits=20_000, seed=0)
+    frames = [clock.tick(arrival=i % 11 == 0) for i in range(22_000)]
+    assert (np.diff(frames) > 0).all()
+    assert frames[-1] <= 999_999
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from reidkit.actions.train import run_training
+from reidkit.actions.fit import run_training
 from reidkit.config.loading import load_spec
 from reidkit.errors import ReidkitError, first_line
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from reidkit.actions.train import run_training as train
+from reidkit.actions.fit import run_training as train
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageDataset, prepare_splits

@@ -15,8 +15,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from reidkit.actions.common import load_checked_embedder
-from reidkit.actions.train import run_training, train
+from reidkit.actions.fit import run_training
+from reidkit.actions.models import load_checked_embedder
+from reidkit.actions.train import train
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.engine.module import ReidModule, build_model

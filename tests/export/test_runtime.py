@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from reidkit.actions.common import load_checked_embedder
+from reidkit.actions.models import load_checked_embedder
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError

@@ -18,7 +18,7 @@ import tarfile
 import textwrap
 from pathlib import Path
 
-from reidkit.actions.common import run_action
+from reidkit.actions.lifecycle import run_action
 from reidkit.config.loading import load_spec
 from reidkit.data.sources import resolve_dataset
 from tests.conftest import REPO

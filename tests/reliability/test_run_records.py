@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reidkit.actions.common import PENDING, run_action
+from reidkit.actions.lifecycle import PENDING, run_action
 from reidkit.cli import main
 from reidkit.config.loading import apply_overrides, load_spec
 from reidkit.errors import ReidkitError

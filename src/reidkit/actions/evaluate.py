@@ -9,13 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.common import (
-    ActionRun,
-    EmbeddedSplits,
-    embed_splits,
-    record_calibration,
-    run_action,
-)
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
+from reidkit.actions.lifecycle import ActionRun, run_action
+from reidkit.actions.models import record_calibration
+from reidkit.actions.run_record import EvaluateOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.metrics import evaluate_distances, evaluate_features, pairwise_distance
@@ -111,7 +108,7 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
         f"{verification['true_match_rate_at_target']}%), recorded in {folder / 'model_card.json'} "
         "(export, gallery and serve on this results_dir take it for this model)"
     )
-    run.succeed("evaluation finished", kpi=metrics, match_threshold=threshold)
+    run.succeed("evaluation finished", metrics, EvaluateOutcome(match_threshold=threshold))
     return EvaluationResult(metrics, cmc, folder, plots)
 
 

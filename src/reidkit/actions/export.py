@@ -14,12 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reidkit.actions.common import (
-    calibrated_card,
-    card_expectations,
-    resolve_checkpoint,
-    run_action,
-)
+from reidkit.actions.lifecycle import run_action
+from reidkit.actions.models import calibrated_card, card_expectations, resolve_checkpoint
+from reidkit.actions.run_record import ExportOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import (
     ImageDataset,
@@ -85,14 +82,14 @@ def export(spec: ExperimentSpec) -> ExportResult:
             target, result.max_abs_diff, result.tolerance, result.min_cosine, result.inputs,
             ", ".join(result.providers),
         )  # fmt: skip
-        run.succeed(
-            f"exported {target}",
+        outcome = ExportOutcome(
             onnx_file=str(target), fp16_file=str(fp16_target) if fp16_target else None,
             checkpoint=str(checkpoint),
             max_abs_diff=result.max_abs_diff, min_cosine=result.min_cosine,
             fp16_max_abs_diff=result.fp16_max_abs_diff, fp16_min_cosine=result.fp16_min_cosine,
             providers=result.providers, check_inputs=result.inputs,
         )  # fmt: skip
+        run.succeed(f"exported {target}", outcome=outcome)
         return result
 
 

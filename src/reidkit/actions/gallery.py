@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.common import load_checked_embedder, run_action, select_device
+from reidkit.actions.embedding import select_device
+from reidkit.actions.lifecycle import run_action
+from reidkit.actions.models import load_checked_embedder
+from reidkit.actions.run_record import GalleryOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder
@@ -107,7 +110,8 @@ def gallery_add(spec: ExperimentSpec) -> AddResult:
             if hasattr(store, "build_index"):
                 store.build_index()
             stats = store.stats()
-        run.succeed(f"added {added} crops ({skipped} already stored)", size=stats.size)
+        outcome = GalleryOutcome(size=stats.size)
+        run.succeed(f"added {added} crops ({skipped} already stored)", outcome=outcome)
     return AddResult(added, skipped, stats)
 
 
@@ -161,7 +165,8 @@ def gallery_search(spec: ExperimentSpec) -> SearchResult:
             ],
         )
         print(hits_table(names, hits))
-        run.succeed(f"searched {len(names)} queries", output_file=str(output))
+        outcome = GalleryOutcome(output_file=str(output))
+        run.succeed(f"searched {len(names)} queries", outcome=outcome)
     return SearchResult(names, hits, output)
 
 
@@ -220,7 +225,7 @@ def gallery_forget(spec: ExperimentSpec) -> int:
             )
             size = store.stats().size
         print(f"forgot {removed} crops; {size} remain")
-        run.succeed(f"forgot {removed} crops", removed=removed, size=size)
+        run.succeed(f"forgot {removed} crops", outcome=GalleryOutcome(size=size, removed=removed))
     return removed
 
 
@@ -247,5 +252,6 @@ def gallery_stats(spec: ExperimentSpec) -> GalleryStats:
         with open_gallery(_uri(spec), operator=spec.gallery.operator) as store:
             stats = store.stats()
         print(stats_line(stats))
-        run.succeed("gallery stats", **stats.to_dict())
+        outcome = GalleryOutcome(size=stats.size, stats=stats.to_dict())
+        run.succeed("gallery stats", outcome=outcome)
     return stats

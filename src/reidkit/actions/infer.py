@@ -21,7 +21,9 @@ from typing import IO
 import numpy as np
 import torch
 
-from reidkit.actions.common import ActionRun, EmbeddedSplits, embed_splits, run_action
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
+from reidkit.actions.lifecycle import ActionRun, run_action
+from reidkit.actions.run_record import InferenceOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.evaluation.metrics import pairwise_distance
 from reidkit.outputs import atomic_open, path_text, write_json
@@ -61,7 +63,7 @@ def _infer(spec: ExperimentSpec, run: ActionRun) -> InferenceResult:
     index = stem.with_name(stem.name + "_index.csv")
     with atomic_open(index) as handle:
         _write_index_csv(handle, data)
-    run.succeed(f"embedded {len(paths)} images", num_images=len(paths))
+    run.succeed(f"embedded {len(paths)} images", outcome=InferenceOutcome(num_images=len(paths)))
     return InferenceResult(output, matches, embeddings, index, len(paths))
 
 

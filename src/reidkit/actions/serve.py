@@ -26,7 +26,7 @@ def token_file(spec: ExperimentSpec) -> Path:
 
 def serve_settings(spec: ExperimentSpec) -> ServeSettings:
     """The ``serve:`` section as the server's plain settings (model resolved, limits in bytes)."""
-    from reidkit.actions.common import resolve_checkpoint
+    from reidkit.actions.models import resolve_checkpoint
     from reidkit.data.preprocessing import spec_settings
 
     section = spec.serve
@@ -76,13 +76,14 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
 
 def serve(spec: ExperimentSpec) -> None:
     """Serve the API and the operator page until interrupted."""
-    from reidkit.actions.common import run_action
+    from reidkit.actions.lifecycle import run_action
+    from reidkit.actions.run_record import ServeOutcome
     from reidkit.serve.runner import run_server
 
     with run_action(spec, "serve") as run:
         settings = serve_settings(spec)
         url = f"http://{settings.host}:{settings.port}"
-        run.update(f"serving {settings.gallery} at {url}", url=url)
+        run.update(f"serving {settings.gallery} at {url}", ServeOutcome(url=url))
         run_server(settings, log_level=spec.serve.log_level)
         run.succeed(f"stopped serving {settings.gallery}")
 

@@ -8,7 +8,9 @@ and the facing direction and may add an occluder. So a model must learn appearan
 survives camera changes (the re-id task) but cannot match by background or pixel identity.
 
 The output follows Market-1501 exactly, including its warts: gallery junk (``-1``) and
-distractor (``0000``) images, so loaders are exercised on them too. Rendering is numpy masks on
+distractor (``0000``) images, so loaders are exercised on them too. The frame numbers in the
+names are a site's clock (:class:`_FrameClock`), so a gallery filled with the crops spans hours
+of a day as a real one does. Rendering is numpy masks on
 a small canvas plus Pillow for blur and JPEG; it is fully determined by ``seed``.
 """
 
@@ -26,6 +28,10 @@ SPLIT_FOLDERS = {"train": "bounding_box_train", "gallery": "bounding_box_test", 
 PATTERNS = ("plain", "hstripes", "vstripes", "checks", "diagonal", "split")
 
 _JPEG_QUALITY = 92
+#: Frames per second of the frame numbers in the names (Market-1501's; ``gallery.fps``'s default).
+FPS = 25
+#: The largest frame number Market's six digits hold: 11 hours at :data:`FPS`.
+_LAST_FRAME = 999_999
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,33 @@ class _Camera:
     blur: float
     noise: float
     scale: float
+
+
+class _FrameClock:
+    """Frame numbers of a site's day: people arrive seconds to two minutes apart and walk
+    between cameras in seconds to under a minute, one after another.
+
+    Strictly increasing, so the names sort as before within an identity and camera; squeezed
+    when a large dataset's day would not fit six digits. Its own random stream leaves every
+    image as the seed renders it.
+    """
+
+    ARRIVAL_S = (5.0, 120.0)
+    TRANSIT_S = (3.0, 40.0)
+
+    def __init__(self, arrivals: int, transits: int, seed: int) -> None:
+        longest = arrivals * self.ARRIVAL_S[1] + transits * self.TRANSIT_S[1]
+        self.scale = min(1.0, _LAST_FRAME / FPS / longest)
+        self.rng = np.random.default_rng([seed, 1])
+        self.seconds = 0.0
+        self.frame = 0
+
+    def tick(self, arrival: bool) -> int:
+        """The frame of the next image: a new person's first sighting, or their next camera."""
+        low, high = self.ARRIVAL_S if arrival else self.TRANSIT_S
+        self.seconds += float(self.rng.uniform(low, high)) * self.scale
+        self.frame = max(self.frame + 1, round(self.seconds * FPS))
+        return self.frame
 
 
 def _colour(rng: np.random.Generator, lo: float = 0.0, hi: float = 255.0) -> np.ndarray:
@@ -263,12 +296,12 @@ def synthesize(
     rigs = [_random_camera(rng) for _ in range(cameras)]
     looks = [_random_look(rng) for _ in range(ids)]
     num_train = (ids + 1) // 2
-    frame = 0
+    extras = max(2, ids // 10)
+    clock = _FrameClock(ids + 2 * extras, ids * (images_per_id - 1), seed)
     counts = {split: {"ids": 0, "images": 0} for split in SPLIT_FOLDERS}
 
-    def save(split: str, pid: int, cam: int, image: Image.Image) -> None:
-        nonlocal frame
-        frame += 1
+    def save(split: str, pid: int, cam: int, image: Image.Image, arrival: bool = True) -> None:
+        frame = clock.tick(arrival)
         tag = f"{pid:04d}" if pid >= 0 else str(pid)
         image.save(folders[split] / f"{tag}_c{cam}s1_{frame:06d}_00.jpg", quality=_JPEG_QUALITY)
 
@@ -282,7 +315,7 @@ def synthesize(
         query_cams = (
             set() if is_train else set(rng.choice(seen, size=n_query, replace=False).tolist())
         )
-        for cam in cams:
+        for sighting, cam in enumerate(cams):
             image = _render((height, width), look, rigs[cam - 1], rng)
             if is_train:
                 split = "train"
@@ -291,12 +324,11 @@ def synthesize(
                 query_cams.discard(cam)
             else:
                 split = "gallery"
-            save(split, pid, cam, image)
+            save(split, pid, cam, image, arrival=sighting == 0)
             counts[split]["images"] += 1
         for split in ("train",) if is_train else ("query", "gallery"):
             counts[split]["ids"] += 1
 
-    extras = max(2, ids // 10)
     for _ in range(extras):  # distractors: people who are nobody's match
         cam = int(rng.integers(cameras)) + 1
         save("gallery", 0, cam, _render((height, width), _random_look(rng), rigs[cam - 1], rng))

@@ -49,21 +49,6 @@ LOST_CHILD_GRACE_S = 60
 _LOST_PEER = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timeout")
 
 
-# Set in the processes a launcher starts: torchrun (RANK, LOCAL_RANK, GROUP_RANK), SLURM's srun
-# (SLURM_PROCID), Lightning's own extra processes and a node started by hand (LOCAL_RANK,
-# NODE_RANK).
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
-
-
-def is_launch_primary() -> bool:
-    """Whether this process is rank 0 of its run (or its only process).
-
-    Known from the launcher's environment before Lightning starts, so that only rank 0 locks
-    the results folder and writes its records while the other ranks train beside it.
-    """
-    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
-
-
 class DistributedError(ReidkitError):
     """A process of a multi-process run stopped, so the others cannot go on."""
 

@@ -1,6 +1,7 @@
-"""What a training run leaves after every epoch: a CSV row, ``status.json`` and checkpoints.
+"""What a training run leaves after every epoch: a CSV row, a progress report and checkpoints.
 
-One callback does all three, in that order, so the checkpoint written at the end of an epoch
+One callback does all three, in that order (the report is the train action's to record in
+``status.json``), so the checkpoint written at the end of an epoch
 already contains that epoch's CSV rows in its callback state. A run killed later and resumed from
 that checkpoint rewrites the CSV from the checkpoint: no epoch is lost and none is counted twice.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from reidkit.engine.checkpoints import LATEST_NAME, periodic_name
-from reidkit.outputs import atomic_open, write_status
+from reidkit.outputs import atomic_open
 
 VALIDATION_KEYS = ("cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP", "num_valid_queries")
 #: The metric that makes a checkpoint the run's best (TAO's monitored metric).
@@ -26,19 +27,19 @@ _REDUNDANT = ("loss_step", "loss_epoch")
 
 
 class RunRecorder(Callback):
-    """Writes ``metrics.csv``, ``status.json`` and the TAO-named checkpoints each epoch."""
+    """Writes ``metrics.csv`` and the TAO-named checkpoints each epoch, and reports progress."""
 
     def __init__(
         self,
         folder: Path,
         checkpoint_interval: int,
         validation_interval: int,
-        publish: Callable[[], None] | None = None,
+        report: Callable[[int], None] | None = None,
     ) -> None:
-        """``publish`` is called once, before the first epoch's records are written: a rerun
-        stages its records until then so that, failing earlier, it leaves the previous run's."""
+        """``report(epoch)`` is called on rank 0 once an epoch's CSV row is written, before its
+        checkpoint: the caller records the progress (:attr:`kpi`, :attr:`best_checkpoint`)."""
         self.folder = folder
-        self.publish = publish
+        self.report = report
         self.checkpoint_interval = checkpoint_interval
         self.validation_interval = validation_interval
         self.rows: list[dict[str, Any]] = []
@@ -59,14 +60,15 @@ class RunRecorder(Callback):
         self.best = dict(state_dict.get("best", {}))
         self.saved_epoch = self.rows[-1]["epoch"] if self.rows else None
 
-    def best_status(self) -> dict[str, Any]:
-        """``status.json`` entries naming the best checkpoint (empty before one exists)."""
-        if not self.best:
-            return {}
-        return {
-            "best_checkpoint": self.best["checkpoint"],
-            "best_metric": f"{MONITOR} {self.best['value']:.2f}",
-        }
+    @property
+    def best_checkpoint(self) -> str | None:
+        """The file name of the best checkpoint so far (None before one is validated)."""
+        return self.best.get("checkpoint")
+
+    @property
+    def best_metric(self) -> str | None:
+        """What made it the best: ``cmc_rank_1 87.50`` (None before one is validated)."""
+        return f"{MONITOR} {self.best['value']:.2f}" if self.best else None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_started = time.perf_counter()
@@ -92,14 +94,9 @@ class RunRecorder(Callback):
         if periodic and validated and metrics[MONITOR] > self.best.get("value", float("-inf")):
             self.best = {"checkpoint": name, "value": round(metrics[MONITOR], 2)}
         if trainer.is_global_zero:
-            if self.publish is not None:
-                self.publish()
-                self.publish = None
             self._write_csv()
-            write_status(
-                self.folder, "train", "RUNNING", f"epoch {epoch} of {trainer.max_epochs} done",
-                kpi=self.kpi, epoch=epoch, max_epoch=trainer.max_epochs, **self.best_status(),
-            )  # fmt: skip
+            if self.report is not None:
+                self.report(epoch)
         if periodic:
             trainer.save_checkpoint(self.folder / name, weights_only=False)
         trainer.save_checkpoint(self.folder / LATEST_NAME, weights_only=False)
