@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from reidkit.data.market import parse_name
 from reidkit.data.transforms import eval_transform
-from reidkit.gallery.store import CropMeta, GalleryError, GalleryStore
+from reidkit.gallery.front import Gallery
+from reidkit.gallery.store import CropMeta, GalleryError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")
@@ -134,17 +135,27 @@ def read_manifest(path: Path) -> list[CropMeta]:
     return metas
 
 
-def check_readable(metas: Sequence[CropMeta]) -> None:
-    """Open every crop's header before anything is added: a missing or non-image file fails the
-    whole add up front, with the gallery unchanged."""
+def unreadable(metas: Sequence[CropMeta]) -> list[CropMeta]:
+    """The crops whose file is missing or not an image (only the header is read), such as the
+    ``upload:<hash>`` keys of crops uploaded over HTTP, which have no file."""
+    bad = []
     for meta in metas:
         try:
             with Image.open(meta.path) as image:
                 image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError):
-            raise GalleryError(
-                f"crop '{meta.path}' is missing or not a readable image; fix or remove it"
-            ) from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            bad.append(meta)
+    return bad
+
+
+def check_readable(metas: Sequence[CropMeta]) -> None:
+    """Open every crop's header before anything is added: a missing or non-image file fails the
+    whole add up front, with the gallery unchanged."""
+    bad = unreadable(metas)
+    if bad:
+        raise GalleryError(
+            f"crop '{bad[0].path}' is missing or not a readable image; fix or remove it"
+        )
 
 
 def _load(meta: CropMeta, transform: Any, thumbnails: bool) -> tuple[Tensor, bytes | None]:
@@ -190,7 +201,7 @@ def embed_batches(
 
 
 def add_crops(
-    store: GalleryStore,
+    gallery: Gallery,
     embedder: Embedder,
     card: dict[str, Any],
     metas: Sequence[CropMeta],
@@ -198,18 +209,20 @@ def add_crops(
     batch_size: int = 64,
     thumbnails: bool = True,
     progress: bool = True,
+    operator: str | None = None,
 ) -> tuple[int, int]:
     """Embed and store the crops the gallery does not hold yet; returns (added, already there).
 
     Resumable: after a kill, a rerun skips every crop already stored (without embedding it)
-    and adds the rest, so each crop ends up stored exactly once.
+    and adds the rest, so each crop ends up stored exactly once. Each batch is audited as
+    ``operator``.
     """
-    stored = store.contains([m.path for m in metas])
+    stored = gallery.contains([m.path for m in metas])
     todo = [m for m, present in zip(metas, stored, strict=True) if not present]
     check_readable(todo)
     added = 0
     for vectors, batch, thumbs in embed_batches(
         embedder, card, todo, batch_size=batch_size, thumbnails=thumbnails, progress=progress
     ):
-        added += store.add(vectors, batch, thumbs if thumbnails else None)
+        added += gallery.add(vectors, batch, thumbs if thumbnails else None, operator=operator)
     return added, len(metas) - len(todo)
