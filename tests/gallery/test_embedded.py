@@ -224,3 +224,24 @@ def test_a_gallery_written_before_the_front_keeps_working(tmp_path):
     assert json.loads((folder / "gallery.json").read_text())["format_version"] == 1
     with pytest.raises(GalleryError, match="backbone: gallery 'resnet_18', this model 'osnet'"):
         open_gallery(folder, {**card, "backbone": "osnet"})
+
+
+def test_damaged_metadata_or_missing_version_folder_refused_in_one_line(tmp_path):
+    vectors, metas = site(20)
+    folder = tmp_path / "g"
+    with open_gallery(folder, CARD, create=True) as gallery:
+        gallery.add(vectors, metas)
+    (folder / "meta.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(GalleryError, match="missing or unreadable; restore") as err:
+        open_gallery(folder, CARD)
+    assert "\n" not in str(err.value)
+    (folder / "gallery.json").write_text(
+        json.dumps({"format": "reidkit-gallery", "format_version": 2, "data": "v7"})
+    )
+    with pytest.raises(GalleryError, match=r"v7' is missing or unreadable"):
+        open_gallery(folder, CARD)
+    (folder / "gallery.json").write_text(
+        json.dumps({"format": "reidkit-gallery", "format_version": 2, "data": "../elsewhere"})
+    )
+    with pytest.raises(GalleryError, match="not a reidkit gallery manifest"):
+        open_gallery(folder, CARD)

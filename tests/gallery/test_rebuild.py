@@ -78,7 +78,7 @@ def snapshot(gallery: Gallery) -> dict[str, tuple[CropMeta, bytes | None]]:
 def test_rebuild_moves_the_gallery_to_the_new_model(backend_uri, crops):
     metas = site_crops(crops)
     fill(backend_uri, metas)
-    with open_gallery(backend_uri) as gallery:
+    with open_gallery(backend_uri) as gallery, open_gallery(backend_uri) as reader:
         before = snapshot(gallery)
         audit_before = gallery.audit_log()
         old_vectors = gallery.backend.vectors(gallery.backend.crop_ids().tolist())
@@ -86,6 +86,9 @@ def test_rebuild_moves_the_gallery_to_the_new_model(backend_uri, crops):
         assert (result.crops, result.embedded, result.dropped) == (len(metas), len(metas), [])
         assert snapshot(gallery) == before  # metadata and thumbnails carried over as stored
         log = gallery.audit_log()
+        # A handle opened before the switch serves the new version.
+        assert reader.card == NEW
+        assert reader.search(embedding(NEW, metas[2].path), k=1)[0][0].meta == metas[2]
     assert log[: len(audit_before)] == audit_before
     assert (log[-1]["action"], log[-1]["operator"], log[-1]["crops"]) == (
         "rebuild",
@@ -199,13 +202,15 @@ def test_forgets_and_adds_during_a_rebuild_reach_the_new_version(backend_uri, cr
 
 
 def test_open_handles_follow_the_switch(tmp_path, crops):
-    """A handle opened before the switch serves the new version after it (and refuses the
-    old model's queries); a kill between the switch and the cleanup is finished on open."""
+    """A handle opened before a switch serves the new version after it (and refuses the old
+    model's queries), through two rebuilds; a kill between the switch and the cleanup is
+    finished on open."""
     folder = tmp_path / "g"
     metas = site_crops(crops)
-    fill(folder, metas[:-1])
+    fill(folder, metas[:-2])
     leftovers = tmp_path / "leftovers"
     shutil.copytree(folder, leftovers)
+    third = tiny_card(seed=2, dim=8)
     with open_gallery(folder) as reader, open_gallery(folder, OLD) as old_model:
         with open_gallery(folder) as gallery:
             rebuild(gallery, embed_with(NEW), NEW)
@@ -213,12 +218,20 @@ def test_open_handles_follow_the_switch(tmp_path, crops):
         assert reader.search(embedding(NEW, metas[0].path), k=1)[0][0].meta == metas[0]
         with pytest.raises(GalleryError, match="weights_digest"):
             old_model.search(embedding(OLD, metas[0].path), k=1)
-        reader.add(embedding(NEW, metas[-1].path), metas[-1:])  # lands in the new version
+        reader.add(embedding(NEW, metas[-2].path), metas[-2:-1])  # lands in the new version
+        with open_gallery(folder) as gallery:  # v1 -> v2: the folder reader uses is removed
+            rebuild(gallery, embed_with(third), third)
+        assert not (folder / "v1").exists()
+        reader.add(embedding(third, metas[-1].path), metas[-1:])
+        assert reader.stats().size == len(metas) and reader.card == third
     for name in ("meta.sqlite", "vectors.0.f32", "ids.0.i8"):  # as a kill would leave them
         shutil.copy(leftovers / name, folder / name)
-    with open_gallery(folder, NEW) as gallery:
+    (folder / "v1").mkdir()
+    shutil.copy(leftovers / "meta.sqlite", folder / "v1" / "meta.sqlite")
+    with open_gallery(folder, third) as gallery:
         assert gallery.stats().size == len(metas)
-    assert not (folder / "meta.sqlite").exists() and not list(folder.glob("vectors.*"))
+        assert gallery.search(embedding(third, metas[0].path), k=1)[0][0].meta == metas[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["audit.jsonl", "gallery.json", "v2"]
 
 
 _REBUILD_WORKER = """

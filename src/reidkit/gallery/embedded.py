@@ -192,20 +192,15 @@ class EmbeddedBackend(Backend):
             self.data = self.folder / f"v{self._version}" if self._version else self.folder
             if self._staged_version is not None:
                 self.data.mkdir(exist_ok=True)
-            elif not self.data.is_dir():
+            try:
+                self._connect()
+            except (sqlite3.DatabaseError, FileNotFoundError):
+                if version is None and self._read_manifest()[1] != self._version:
+                    continue  # another process switched versions while we opened this one
                 raise GalleryError(
-                    f"gallery folder '{self.data}' named by gallery.json is missing; restore the "
-                    "gallery from a backup"
-                )
-            self._db = sqlite3.connect(
-                self.data / "meta.sqlite", check_same_thread=False, isolation_level=None
-            )
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA synchronous=FULL")
-            # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
-            self._db.execute("PRAGMA cache_size=-65536")
-            self._init_schema()
-            self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
+                    f"gallery data '{self.data}' is missing or unreadable; restore the gallery "
+                    "from a backup"
+                ) from None
             with self._file_lock():
                 superseded = self._setting("superseded", False)
                 if not superseded:
@@ -219,6 +214,23 @@ class EmbeddedBackend(Backend):
         self._ann_token: str | None = None
         self._settings = Settings(None, None, self._format_version)
         self._load()
+
+    def _connect(self) -> None:
+        if not self.data.is_dir():
+            raise FileNotFoundError(self.data)
+        self._db = sqlite3.connect(
+            self.data / "meta.sqlite", check_same_thread=False, isolation_level=None
+        )
+        try:
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
+            self._db.execute("PRAGMA cache_size=-65536")
+            self._init_schema()
+            self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
+        except BaseException:
+            self._db.close()
+            raise
 
     def _reattach(self) -> None:
         """Follow the gallery to the version another process switched it to."""

@@ -12,6 +12,7 @@ query, a third of what the front may add to a FAISS search (see ``benchmarks/ben
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import getpass
 import math
@@ -317,16 +318,8 @@ class Gallery:
         return stored[0].thumbnail if stored else None
 
     def stats(self) -> GalleryStats:
-        summary = self._backend.summary()
-        return GalleryStats(
-            size=summary.size,
-            cameras=summary.cameras,
-            start=summary.start,
-            end=summary.end,
-            index_kind=summary.index_kind,
-            backend=self._backend.kind,
-            card=self.card,
-        )
+        summary = dataclasses.asdict(self._backend.summary())
+        return GalleryStats(**summary, backend=self._backend.kind, card=self.card)
 
     def audit_log(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first. Forget records written before reidkit named an
