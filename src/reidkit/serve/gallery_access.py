@@ -25,7 +25,7 @@ from reidkit.errors import ReidkitError
 from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
-from reidkit.gallery.store import CropFilter, CropMeta, Selection
+from reidkit.gallery.store import CropFilter, CropMeta, GalleryStats, Hit, Selection
 from reidkit.serve import schemas
 
 T = TypeVar("T")
@@ -78,7 +78,9 @@ class GalleryService:
         self._executor = executor
         self._gallery = gallery
         self._uri = uri
-        self._size = gallery.stats().size
+        self._size = 0
+        self._threshold: float | None = None
+        self._stats()
 
     @classmethod
     def open(
@@ -114,11 +116,24 @@ class GalleryService:
 
     @property
     def match_threshold(self) -> float | None:
-        """The configured threshold, else the calibrated one of the gallery's model card."""
-        return self._gallery.match_threshold
+        """The configured threshold, else the calibrated one of the gallery's model card (as
+        of the last call: read on the gallery's thread, never on the event loop)."""
+        return self._threshold
+
+    def _search(self, query: np.ndarray, k: int, where: CropFilter, who: str) -> list[Hit]:
+        """On the gallery's thread: one query's hits, and the threshold that decided them."""
+        (hits,) = self._gallery.search(query, k, where=where, operator=who)
+        self._threshold = self._gallery.match_threshold
+        return hits
+
+    def _stats(self) -> GalleryStats:
+        """On the gallery's thread: its stats, refreshing what the event loop reads cached."""
+        stats = self._gallery.stats()
+        self._size, self._threshold = stats.size, self._gallery.match_threshold
+        return stats
 
     async def size(self) -> int:
-        self._size = (await self._call(self._gallery.stats)).size
+        await self._call(self._stats)
         return self._size
 
     async def add(
@@ -164,7 +179,7 @@ class GalleryService:
             start=_seconds(since),
             end=_seconds(until),
         )
-        (hits,) = await self._call(self._gallery.search, query, k, where=where, operator=who)
+        hits = await self._call(self._search, query, k, where, who)
         return [
             schemas.Hit(
                 crop_id=hit.crop_id,
@@ -200,8 +215,7 @@ class GalleryService:
         return count
 
     async def stats(self) -> schemas.GalleryStats:
-        stats = await self._call(self._gallery.stats)
-        self._size = stats.size
+        stats = await self._call(self._stats)
         return schemas.GalleryStats(
             size=stats.size,
             cameras=sorted(stats.cameras),
