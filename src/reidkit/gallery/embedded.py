@@ -76,6 +76,8 @@ _VERSION_FOLDER = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 # Gallery rows per exact-search block: [queries, block] distances stay a few tens of MB.
 _EXACT_BLOCK = 1 << 16
+# SQLite maps at most 2 GB of a database file (its default SQLITE_MAX_MMAP_SIZE).
+_MMAP_BYTES = 1 << 31
 # SQLite allows 32766 host parameters per statement.
 _SQL_CHUNK = 30_000
 # (suffix, dtype, per-row width) of each memory-mapped column file.
@@ -226,6 +228,9 @@ class EmbeddedBackend(Backend):
             self._db.execute("PRAGMA synchronous=FULL")
             # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
             self._db.execute("PRAGMA cache_size=-65536")
+            # Reads through a memory map (writes still go through write(2), so durability and
+            # secure_delete are unchanged): a search's metadata lookups then cost no syscall.
+            self._db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             self._init_schema()
             self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
         except BaseException:

@@ -36,6 +36,8 @@ from reidkit.gallery.store import (
 )
 from reidkit.models.card import IDENTITY_FIELDS
 
+#: How an unfiltered search reads in the audit log.
+_NO_FILTER = CropFilter().to_dict()
 #: Characters of a weights digest shown in a refusal (enough to tell two models apart).
 _DIGEST_SHOWN = 12
 
@@ -267,14 +269,14 @@ class Gallery:
             ]
             for row in found
         ]
-        shown = (where or CropFilter()).to_dict()
+        shown = _NO_FILTER if where is None else where.to_dict()
         self.audit(
             "search",
             operator,
             queries=len(queries),
             k=k,
             **shown,
-            hits=sum(len(row) for row in hits),
+            hits=sum(map(len, hits)),
         )
         return hits
 
