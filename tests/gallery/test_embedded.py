@@ -245,3 +245,30 @@ def test_damaged_metadata_or_missing_version_folder_refused_in_one_line(tmp_path
     )
     with pytest.raises(GalleryError, match="not a reidkit gallery manifest"):
         open_gallery(folder, CARD)
+
+
+def test_hit_metadata_from_the_text_column_its_fallback_and_its_rebuild(tmp_path):
+    """Hits read their metadata from a memory-mapped column; a row too long for its slot (or
+    holding the separators) is read from SQLite; a missing or short column is rebuilt."""
+    vectors, metas = site(30)
+    metas[0] = CropMeta("crops/" + "very-long-folder-name/" * 12 + "a.jpg", 0, 1.0, "t0")
+    metas[1] = CropMeta("crops/b.jpg", 1, 2.0, "track\x1fwith-separator", "Zürich-Süd", None)
+    metas[2] = CropMeta("crops/ç.jpg", 2, 3.0, None, None, "zone\x1e")
+    folder = tmp_path / "g"
+
+    def all_hits(gallery):
+        return {h.meta.path: h.meta for row in gallery.search(vectors, k=30) for h in row}
+
+    with open_gallery(folder, CARD, create=True) as gallery:
+        gallery.add(vectors, metas)
+        assert all_hits(gallery) == {m.path: m for m in metas}
+    (text,) = folder.glob("text.*")
+    text.unlink()
+    with open_gallery(folder, CARD) as gallery:
+        assert all_hits(gallery) == {m.path: m for m in metas}
+    with open(text, "r+b") as handle:  # as an older reidkit that added a row leaves it
+        handle.truncate(text.stat().st_size - 160)
+    with open_gallery(folder, CARD) as gallery:
+        assert all_hits(gallery) == {m.path: m for m in metas}
+        assert gallery.forget(Selection(paths=(metas[1].path,))) == 1
+    assert not any("Zürich".encode() in p.read_bytes() for p in folder.iterdir() if p.is_file())

@@ -13,6 +13,8 @@ Layout of a gallery folder (``gallery.json`` records the format version)::
       ids.<gen>.i8           crop id of each row           } columns memory-mapped beside the
       cameras.<gen>.i4       camera of each row            } vectors, so that camera/time
       times.<gen>.f8         unix timestamp of each row    } filters never touch SQLite
+      text.<gen>.t160        path, track, site, zone of each row, so that a search's hits
+                             never touch SQLite either (a longer row says "in SQLite")
       ann.<token>.faiss      optional IVF-Flat index (inner product, ids = crop ids)
       .lock                  writers (insert, delete, index builds, a switch) take it
     v<N+1>/                  the next version while ``gallery rebuild`` fills it
@@ -20,9 +22,11 @@ Layout of a gallery folder (``gallery.json`` records the format version)::
 Crash safety: SQLite is the commit point. An insert appends to the column files, fsyncs them,
 then commits the rows and the new row count in one transaction; on open, column files are
 cut back to the committed row count, so a kill at any instant leaves each crop either stored
-once or not at all, and a rerun (which skips stored paths) completes it. A delete writes the
-surviving rows to the next generation's files, commits the deletion and the new generation
-together, then zeroes the removed rows in the old files and deletes them; SQLite runs with
+once or not at all, and a rerun (which skips stored paths) completes it. (A text column that is
+missing, as in folders written before it existed, or shorter, is rebuilt from SQLite.) A delete
+writes the surviving rows to the next generation's files, commits the deletion and the new
+generation together, then zeroes the removed rows in the old vector and text files and deletes
+them; SQLite runs with
 ``secure_delete`` and is vacuumed, so no forgotten byte stays in any file of the folder.
 Switching to a rebuilt version replaces ``gallery.json`` atomically (the commit point), marks
 the old version superseded (other processes follow to the new one at their next call) and
@@ -80,8 +84,22 @@ _EXACT_BLOCK = 1 << 16
 _MMAP_BYTES = 1 << 31
 # SQLite allows 32766 host parameters per statement.
 _SQL_CHUNK = 30_000
-# (suffix, dtype, per-row width) of each memory-mapped column file.
-_COLUMNS = {"ids": np.int64, "cameras": np.int32, "times": np.float64}
+# Bytes per row of the text column: a little-endian uint16 length, then the UTF-8 of path,
+# track, site and zone joined by _SEP (_NONE for a missing one), zero-padded.
+_TEXT_WIDTH = 160
+_IN_SQLITE = 0xFFFF  # the length of a row whose text did not fit: read it from SQLite
+_SEP, _NONE = "\x1f", "\x1e"
+# (file suffix, dtype of one row) of each memory-mapped column beside the vectors.
+_COLUMNS = {
+    "ids": ("i8", np.dtype(np.int64)),
+    "cameras": ("i4", np.dtype(np.int32)),
+    "times": ("f8", np.dtype(np.float64)),
+    "text": (f"t{_TEXT_WIDTH}", np.dtype((np.uint8, _TEXT_WIDTH))),
+}
+# A filter that accepts every crop.
+_ANY = CropFilter()
+# Columns that hold a person's data: their removed rows are zeroed before the file goes.
+_WIPED = ("vectors", "text")
 _META_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
 # Where an SQLite database file keeps its change counter, which every commit (here or in
 # another process) increments in rollback-journal mode (sqlite.org/fileformat.html, 1.3.8).
@@ -89,7 +107,9 @@ _META_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
 # as ``PRAGMA data_version`` does; the reload itself reads through SQLite.
 _CHANGE_COUNTER_OFFSET = 24
 # Files of one version's data (what a switch removes, and an open after a killed switch).
-_DATA_FILES = ("meta.sqlite*", "vectors.*", "ids.*", "cameras.*", "times.*", "ann.*", ".lock")
+_DATA_FILES = (
+    "meta.sqlite*", "vectors.*", "ids.*", "cameras.*", "times.*", "text.*", "ann.*", ".lock"
+)  # fmt: skip
 
 
 def _fsync_file(path: Path) -> None:
@@ -113,6 +133,31 @@ def _remove_data(folder: Path, version: int) -> None:
     for pattern in _DATA_FILES:
         for stale in folder.glob(pattern):
             stale.unlink(missing_ok=True)
+
+
+def _encode_text(meta: CropMeta) -> bytes:
+    """One row of the text column (see ``_TEXT_WIDTH``)."""
+    fields = (meta.path, meta.track_id, meta.site, meta.zone)
+    payload = b""
+    if not any(f is not None and (_SEP in f or _NONE in f) for f in fields):
+        try:
+            payload = _SEP.join(_NONE if f is None else f for f in fields).encode()
+        except UnicodeEncodeError:
+            payload = b""
+    if not payload or len(payload) > _TEXT_WIDTH - 2:
+        return _IN_SQLITE.to_bytes(2, "little") + bytes(_TEXT_WIDTH - 2)
+    return len(payload).to_bytes(2, "little") + payload.ljust(_TEXT_WIDTH - 2, b"\0")
+
+
+def _zero_and_unlink(path: Path) -> None:
+    """Overwrite a file of personal data with zeros before deleting it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        for start in range(0, size, 1 << 20):
+            handle.write(bytes(min(1 << 20, size - start)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    path.unlink()
 
 
 class EmbeddedBackend(Backend):
@@ -276,7 +321,7 @@ class EmbeddedBackend(Backend):
         self._db.execute("COMMIT")
 
     def _path(self, column: str, generation: int) -> Path:
-        suffix = "f32" if column == "vectors" else np.dtype(_COLUMNS[column]).str[1:]
+        suffix = "f32" if column == "vectors" else _COLUMNS[column][0]
         return self.data / f"{column}.{generation}.{suffix}"
 
     @contextmanager
@@ -307,30 +352,59 @@ class EmbeddedBackend(Backend):
                 self._reattach()
 
     def _repair(self) -> None:
-        """Undo what a killed writer left: uncommitted rows, files of other generations."""
+        """Undo what a killed writer left: uncommitted rows, files of other generations; and
+        write the text column if this folder predates it (or an older reidkit added rows)."""
         generation, rows = self._setting("generation", 0), self._setting("rows", 0)
         dim = self._setting("dim")
         keep = {self._path(c, generation).name for c in ("vectors", *_COLUMNS)}
         token = self._setting("ann_token")
         if token:
             keep.add(f"ann.{token}.faiss")
-        for pattern in ("vectors.*", "ids.*", "cameras.*", "times.*", "ann.*", ".*.tmp"):
+        for pattern in (*(f"{c}.*" for c in ("vectors", *_COLUMNS)), "ann.*", ".*.tmp"):
             for stale in self.data.glob(pattern):
-                if stale.name not in keep:
+                if stale.name in keep:
+                    continue
+                if stale.name.split(".")[0] in _WIPED:
+                    _zero_and_unlink(stale)
+                else:
                     stale.unlink()
         for column in ("vectors", *_COLUMNS):
-            width = (dim or 0) * 4 if column == "vectors" else np.dtype(_COLUMNS[column]).itemsize
+            width = (dim or 0) * 4 if column == "vectors" else _COLUMNS[column][1].itemsize
             path = self._path(column, generation)
             if dim is None:  # nothing committed yet: a killed first insert left these
                 path.unlink(missing_ok=True)
                 continue
-            if not path.exists() or path.stat().st_size < rows * width:
+            size = path.stat().st_size if path.exists() else -1
+            if column == "text" and size < rows * width:
+                self._write_text(path, rows)
+            elif size < rows * width:
                 raise GalleryError(
                     f"gallery file '{path}' is missing or shorter than the {rows} committed "
                     "crops; restore the folder from a backup"
                 )
-            if path.stat().st_size > rows * width:
+            elif size > rows * width:
                 os.truncate(path, rows * width)
+
+    def _write_text(self, path: Path, rows: int) -> None:
+        """(Re)write the text column from SQLite, in crop-id order like the other columns."""
+        staged = path.with_name(f".{path.name}.tmp")
+        ids = []
+        with open(staged, "wb") as handle:
+            query = "SELECT id, path, camera, timestamp, track_id, site, zone FROM entries"
+            for crop_id, *fields in self._db.execute(query + " ORDER BY id"):
+                ids.append(crop_id)
+                handle.write(_encode_text(CropMeta(*fields)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        stored = np.fromfile(self._path("ids", self._setting("generation", 0)), np.int64)
+        if len(ids) != rows or not np.array_equal(stored[:rows], ids):
+            staged.unlink()
+            raise GalleryError(
+                f"gallery '{self.data}' has {len(ids)} crops in meta.sqlite and {rows} in its "
+                "columns; restore the folder from a backup"
+            )
+        os.replace(staged, path)
+        _fsync_dir(self.data)
 
     def _remove_older_versions(self) -> None:
         """Finish a switch a kill interrupted: delete the data of every older version."""
@@ -353,7 +427,7 @@ class EmbeddedBackend(Backend):
         if card != self._settings.card or self._dim != self._settings.dim:
             self._settings = Settings(card, self._dim, self._format_version)
         self._vectors = torch.empty(0, self._dim or 0)
-        self._columns = {c: np.empty(0, dtype=t) for c, t in _COLUMNS.items()}
+        self._columns = {c: np.empty(0, dtype=t) for c, (_, t) in _COLUMNS.items()}
         self._camera_counts: dict[int, int] | None = None
         self._time_order: tuple[np.ndarray, np.ndarray] | None = None
         if self._rows:
@@ -362,7 +436,7 @@ class EmbeddedBackend(Backend):
                 shape = (self._rows, self._dim)
                 mapped = np.memmap(self._path("vectors", generation), np.float32, "r", shape=shape)
                 self._vectors = torch.from_numpy(mapped)
-            for column, dtype in _COLUMNS.items():
+            for column, (_, dtype) in _COLUMNS.items():
                 self._columns[column] = np.memmap(
                     self._path(column, generation), dtype, "r", shape=(self._rows,)
                 )
@@ -449,11 +523,18 @@ class EmbeddedBackend(Backend):
             generation = self._setting("generation", 0)
             cameras = np.array([metas[i].camera for i in new], dtype=np.int32)
             times = np.array([metas[i].timestamp for i in new], dtype=np.float64)
-            blocks = {"vectors": vectors[new], "ids": ids, "cameras": cameras, "times": times}
+            text = b"".join(_encode_text(metas[i]) for i in new)
+            blocks = {
+                "vectors": vectors[new].tobytes(),
+                "ids": ids.tobytes(),
+                "cameras": cameras.tobytes(),
+                "times": times.tobytes(),
+                "text": text,
+            }
             for column, block in blocks.items():
                 path = self._path(column, generation)
                 with open(path, "ab") as handle:
-                    handle.write(np.ascontiguousarray(block).tobytes())
+                    handle.write(block)
                     handle.flush()
                     os.fsync(handle.fileno())
             rows = []
@@ -580,20 +661,44 @@ class EmbeddedBackend(Backend):
     ) -> list[list[Neighbour]]:
         with self._lock:
             self._refresh()
-            if where is not None and where != CropFilter():
+            if where is not None and where != _ANY:
                 dist, rows = self._exact(queries, k, self._filtered_rows(where))
-                ids = self._columns["ids"][rows]
             elif self._ann is not None and not exact:
-                dist, ids = self._approximate(queries, k)
+                dist, rows = self._approximate(queries, k)
             else:
                 dist, rows = self._exact(queries, k, None)
-                ids = self._columns["ids"][rows]
-            id_rows = ids.tolist()
-            metas = self._metas(sorted({i for row in id_rows for i in row if i >= 0}))
+            row_lists = rows.tolist()
+            found = self._crops_at(sorted({r for row in row_lists for r in row if r >= 0}))
         return [
-            [(i, d, metas[i]) for i, d in zip(id_row, d_row, strict=True) if i >= 0]
-            for id_row, d_row in zip(id_rows, dist.tolist(), strict=True)
+            [(found[r][0], d, found[r][1]) for r, d in zip(row, d_row, strict=True) if r >= 0]
+            for row, d_row in zip(row_lists, dist.tolist(), strict=True)
         ]
+
+    def _crops_at(self, rows: list[int]) -> dict[int, tuple[int, CropMeta]]:
+        """(crop id, metadata) of these rows, from the memory-mapped columns (SQLite only for
+        a row whose text did not fit its slot)."""
+        if not rows:
+            return {}
+        at = np.asarray(rows)
+        text = self._columns["text"][at].tobytes()
+        ids = self._columns["ids"][at].tolist()
+        cameras = self._columns["cameras"][at].tolist()
+        times = self._columns["times"][at].tolist()
+        found: dict[int, tuple[int, CropMeta]] = {}
+        elsewhere = {}
+        for n, row in enumerate(rows):
+            slot = text[n * _TEXT_WIDTH : (n + 1) * _TEXT_WIDTH]
+            size = slot[0] | slot[1] << 8
+            if size == _IN_SQLITE:
+                elsewhere[ids[n]] = row
+                continue
+            path, track, site, zone = (
+                None if f == _NONE else f for f in slot[2 : 2 + size].decode().split(_SEP)
+            )
+            found[row] = (ids[n], CropMeta(path, cameras[n], times[n], track, site, zone))
+        for crop_id, meta in self._metas(list(elsewhere)).items():
+            found[elsewhere[crop_id]] = (crop_id, meta)
+        return found
 
     def _filtered_rows(self, where: CropFilter) -> np.ndarray:
         """Ascending row numbers the filter accepts.
@@ -651,17 +756,25 @@ class EmbeddedBackend(Backend):
         return torch.gather(best_d, 1, order).numpy(), torch.gather(best_r, 1, order).numpy()
 
     def _approximate(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """IVF neighbours merged with the exact tail: distances and crop ids (-1: none)."""
+        """IVF neighbours merged with the exact tail: distances and row numbers (-1: none)."""
         similarity, ids = self._ann.search(queries, k)
-        dist = 2.0 - 2.0 * similarity
+        rows = np.searchsorted(self._columns["ids"], ids).clip(max=max(self._rows - 1, 0))
+        hit = ids >= 0
+        if not np.array_equal(self._columns["ids"][rows][hit], ids[hit]):
+            raise GalleryError(
+                f"gallery index in '{self.data}' names crops the gallery does not hold; delete "
+                "its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
+            )
+        dist = np.where(hit, 2.0 - 2.0 * similarity, np.inf)
+        rows = np.where(hit, rows, -1)
         if self._indexed < self._rows:
             tail_d, tail_r = self._exact(queries, k, np.arange(self._indexed, self._rows))
-            dist = np.concatenate([np.where(ids >= 0, dist, np.inf), tail_d], axis=1)
-            ids = np.concatenate([ids, self._columns["ids"][tail_r]], axis=1)
+            dist = np.concatenate([dist, tail_d], axis=1)
+            rows = np.concatenate([rows, tail_r], axis=1)
             pick = np.argsort(dist, axis=1, kind="stable")[:, :k]
             dist = np.take_along_axis(dist, pick, 1)
-            ids = np.take_along_axis(ids, pick, 1)
-        return dist, ids
+            rows = np.take_along_axis(rows, pick, 1)
+        return dist, rows
 
     def _metas(self, crop_ids: Sequence[int]) -> dict[int, CropMeta]:
         metas: dict[int, CropMeta] = {}
@@ -676,7 +789,7 @@ class EmbeddedBackend(Backend):
     def count(self, where: CropFilter | None = None) -> int:
         with self._lock:
             self._refresh()
-            if where is None or where == CropFilter():
+            if where is None or where == _ANY:
                 return self._rows
             if where.start is None and where.end is None and where.cameras is not None:
                 counts = self._cameras()
@@ -783,7 +896,8 @@ class EmbeddedBackend(Backend):
             raise
         if new_ann:
             self._ann_token = new_ann  # the index in memory is the one just committed
-        self._wipe_rows(old_gen, np.flatnonzero(drop))
+        for column in _WIPED:
+            self._wipe_rows(column, old_gen, np.flatnonzero(drop))
         for column in ("vectors", *_COLUMNS):
             self._path(column, old_gen).unlink()
         if old_token:
@@ -792,13 +906,12 @@ class EmbeddedBackend(Backend):
         _fsync_dir(self.data)
         self._load()
 
-    def _wipe_rows(self, generation: int, rows: np.ndarray) -> None:
-        """Overwrite the removed rows of the old generation's vector file before unlinking it,
-        so their bytes do not outlive the call on the disk blocks either."""
-        width = self._dim * 4
-        path = self._path("vectors", generation)
+    def _wipe_rows(self, column: str, generation: int, rows: np.ndarray) -> None:
+        """Overwrite the removed rows of an old generation's file before unlinking it, so
+        their bytes do not outlive the call on the disk blocks either."""
+        width = self._dim * 4 if column == "vectors" else _COLUMNS[column][1].itemsize
         zeros = bytes(width)
-        with open(path, "r+b") as handle:
+        with open(self._path(column, generation), "r+b") as handle:
             for row in rows.tolist():
                 handle.seek(row * width)
                 handle.write(zeros)
