@@ -43,14 +43,6 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 #: The verbs stand on every library floor; only the CLI stands on them.
 MAY_IMPORT["actions"] = set(MAY_IMPORT) - {"cli", "__main__"}
-#: gallery/store.py's open_gallery imports the backends, which import store.py: the circle that
-#: helper "gallery-front" removes (gallery/factory.py above the backends). Delete these edges and
-#: the xfail below when that lands.
-KNOWN_CIRCLE = {
-    ("reidkit.gallery.store", "reidkit.gallery.embedded"),
-    ("reidkit.gallery.store", "reidkit.gallery.milvus"),
-}
-
 Graph = dict[str, set[str]]
 
 
@@ -185,13 +177,6 @@ def test_the_floor_table_itself_has_no_circle() -> None:
 
 
 def test_no_module_imports_itself_back(graph: Graph) -> None:
-    known = {module: targets - {t for s, t in KNOWN_CIRCLE if s == module}
-             for module, targets in graph.items()}  # fmt: skip
-    assert circles(known) == []
-
-
-@pytest.mark.xfail(strict=True, reason="gallery-front removes the gallery/store.py circle")
-def test_the_known_gallery_circle_is_gone(graph: Graph) -> None:
     assert circles(graph) == []
 
 

@@ -113,6 +113,8 @@ def _gallery(spec: ExperimentSpec, args: argparse.Namespace) -> None:
         print(f"hits written to {result.output_file}")
     elif args.verb == "forget":
         gallery.gallery_forget(spec)
+    elif args.verb == "rebuild":
+        gallery.gallery_rebuild(spec)
     else:
         gallery.gallery_stats(spec)
 
@@ -122,6 +124,7 @@ GALLERY_VERBS = {
     "search": "find query crops in the gallery, filtered by camera and time",
     "forget": "remove tracks, crops or everything older than the retention, from disk",
     "stats": "size, cameras, time span, index and model of the gallery",
+    "rebuild": "re-embed the gallery's crops with a new model (gallery.checkpoint), then switch",
 }
 
 
@@ -166,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--name", help="token: who holds it (shown in the audit log)")
             sub.add_argument("--scopes", help="token: comma-separated search,write,admin")
 
-    gallery = actions.add_parser("gallery", help="a site's crops: add, search, forget, stats")
+    gallery = actions.add_parser(
+        "gallery", help="a site's crops: add, search, forget, stats, rebuild"
+    )
     verbs = gallery.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, help_text in GALLERY_VERBS.items():
         sub = verbs.add_parser(verb, help=help_text)

@@ -52,7 +52,7 @@ class ExportError(ReidkitError):
     """An export cannot be written or does not match the PyTorch model."""
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
+def first_line(error: BaseException, limit: int = 500) -> str:
     """The one line of an exception worth showing a user (its type name when it has no text).
 
     A reidkit error raised inside a data-loader worker arrives wrapped as "Caught X in

@@ -1,8 +1,9 @@
-"""``reidkit gallery add|search|forget|stats`` and evaluate's threshold, through the CLI."""
+"""``reidkit gallery add|search|forget|stats|rebuild`` and evaluate's threshold, through the CLI."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from reidkit.cli import main
 from reidkit.config.loading import apply_overrides
 from reidkit.data import synthesize
 from reidkit.export.runtime import load_embedder
-from reidkit.gallery.store import open_gallery
+from reidkit.gallery.factory import open_gallery
 from reidkit.models.checkpoint_file import read_checkpoint_object, save_checkpoint
 from tests.conftest import empty_spec
 from tests.export.conftest import make_checkpoint
@@ -59,9 +60,9 @@ def test_add_search_forget_stats(site, tmp_path, capsys):
     origin = "gallery.time_origin=2026-03-01T06:00:00Z"
     assert _run(site, tmp_path, "add", crops, origin, "gallery.batch_size=16") == 0
     assert "already stored" in capsys.readouterr().out
-    with open_gallery(tmp_path / "gallery") as store:
-        size = store.stats().size
-        cameras = store.stats().cameras
+    with open_gallery(tmp_path / "gallery") as gallery:
+        size = gallery.stats().size
+        cameras = gallery.stats().cameras
     assert size == len(list(site["crops"].glob("*.jpg")))
     # A rerun stores nothing twice.
     assert _run(site, tmp_path, "add", crops, origin) == 0
@@ -216,5 +217,35 @@ def test_the_calibrated_threshold_travels_into_export_and_gallery(site, tmp_path
     cli = ["-e", str(empty_spec(tmp_path)), *args, *common, f"gallery.crops={site['crops']}"]
     assert main(["gallery", "add", *cli]) == 0
     capsys.readouterr()
-    with open_gallery(gallery) as store:
-        assert store.card["match_threshold"] == pytest.approx(threshold)
+    with open_gallery(gallery) as opened:
+        assert opened.card["match_threshold"] == pytest.approx(threshold)
+
+
+def test_rebuild_moves_the_gallery_to_another_model(site, tmp_path, capsys):
+    crops = tmp_path / "crops"
+    shutil.copytree(site["crops"], crops)
+    assert _run(site, tmp_path, "add", f"gallery.crops={crops}") == 0
+    size = len(list(crops.glob("*.jpg")))
+    vanished = sorted(crops.glob("*.jpg"))[0]
+    vanished.unlink()
+    other = [f"gallery.checkpoint={site['other']}", "model.feat_dim=32", "gallery.operator=dpo"]
+    capsys.readouterr()
+    assert _run(site, tmp_path, "rebuild", *other) == 2
+    err = capsys.readouterr().err.strip()
+    listed = tmp_path / "results" / "gallery" / "missing_crops.txt"
+    assert len(err.splitlines()) == 1 and "rebuild_drop_missing: true" in err and str(listed) in err
+    assert listed.read_text().splitlines() == [str(vanished.resolve())]
+    # Nothing changed: the first model still searches the gallery.
+    query = f"gallery.query=[{site['query']}]"
+    assert _run(site, tmp_path, "search", query) == 0
+    capsys.readouterr()
+    assert _run(site, tmp_path, "rebuild", *other, "gallery.rebuild_drop_missing=true") == 0
+    assert f"rebuilt the gallery with {size - 1} crops" in capsys.readouterr().out
+    assert _run(site, tmp_path, "search", query) == 2
+    err = capsys.readouterr().err
+    assert "filled by another model" in err and "reidkit gallery rebuild" in err
+    assert _run(site, tmp_path, "search", query, *other) == 0
+    with open_gallery(tmp_path / "gallery") as gallery:
+        assert gallery.stats().size == size - 1 and gallery.card["embedding_dim"] == 32
+        assert gallery.audit_log()[-1]["action"] == "search"
+        assert [r["operator"] for r in gallery.audit_log() if r["action"] == "rebuild"] == ["dpo"]

@@ -6,12 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from reidkit.data import synthesize
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
+from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.ingest import (
     add_crops,
     crops_in_folder,
@@ -19,37 +18,11 @@ from reidkit.gallery.ingest import (
     parse_timestamp,
     read_manifest,
 )
-from reidkit.gallery.store import GalleryError, open_gallery
+from reidkit.gallery.store import GalleryError
+from tests.gallery.conftest import TinyEmbedder, tiny_card
 
 ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-CARD = {
-    "backbone": "tiny",
-    "input_height": 32,
-    "input_width": 16,
-    "embedding_dim": 24,
-    "pixel_mean": [0.485, 0.456, 0.406],
-    "pixel_std": [0.229, 0.224, 0.225],
-}
-
-
-class TinyEmbedder(torch.nn.Module):
-    """A fixed random convolutional embedder: deterministic, image-dependent, 24-d."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 24, 5, stride=2)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        assert images.shape[1:] == (3, 32, 16)
-        return torch.relu(self.conv(images)).mean(dim=(2, 3)) + 0.01
-
-
-@pytest.fixture(scope="module")
-def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("site")
-    synthesize(root, ids=6, cameras=3, images_per_id=4, height=64, width=32, seed=5)
-    return root / "bounding_box_test"
+CARD = tiny_card()
 
 
 def test_market_name_metadata():
@@ -104,24 +77,24 @@ def test_manifest_rows_and_bad_rows(tmp_path):
 def test_add_crops_embeds_resumes_and_finds_each_crop(crops, tmp_path):
     metas = crops_in_folder(crops, ORIGIN)
     embedder = TinyEmbedder().eval()
-    with open_gallery(tmp_path / "g", CARD, create=True) as store:
-        assert add_crops(store, embedder, CARD, metas[:10], batch_size=4, progress=False) == (
+    with open_gallery(tmp_path / "g", CARD, create=True) as gallery:
+        assert add_crops(gallery, embedder, CARD, metas[:10], batch_size=4, progress=False) == (
             10,
             0,
         )
-        added, skipped = add_crops(store, embedder, CARD, metas, batch_size=8, progress=False)
+        added, skipped = add_crops(gallery, embedder, CARD, metas, batch_size=8, progress=False)
         assert (added, skipped) == (len(metas) - 10, 10)
-        assert store.contains([metas[0].path, "/nowhere.jpg"]) == [True, False]
+        assert gallery.contains([metas[0].path, "/nowhere.jpg"]) == [True, False]
         # A crop searched with its own embedding comes back first, with its thumbnail.
         probe = metas[5]
         transform = build_eval_transform(resolve_preprocessing(card=CARD))
         with Image.open(probe.path) as image:
             vector = embedder(transform(image.convert("RGB"))[None])
-        hit = store.search(vector.detach(), k=1)[0][0]
+        hit = gallery.search(vector.detach(), k=1)[0][0]
         assert hit.meta == probe and hit.distance < 1e-5
-        thumb = store.thumbnail(hit.entry_id)
+        thumb = gallery.thumbnail(hit.crop_id)
         assert thumb[:2] == b"\xff\xd8"  # a JPEG
-        assert store.stats().cameras == (1, 2, 3)
+        assert gallery.stats().cameras == (1, 2, 3)
 
 
 def test_unreadable_crop_refused_gallery_unchanged(crops, tmp_path):
@@ -129,13 +102,13 @@ def test_unreadable_crop_refused_gallery_unchanged(crops, tmp_path):
     broken = tmp_path / "0001_c1s1_000001_00.jpg"
     broken.write_bytes(b"not a jpeg")
     folder = tmp_path / "g"
-    with open_gallery(folder, CARD, create=True) as store:
-        add_crops(store, TinyEmbedder(), CARD, metas[:3], progress=False)
+    with open_gallery(folder, CARD, create=True) as gallery:
+        add_crops(gallery, TinyEmbedder(), CARD, metas[:3], progress=False)
         before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
         bad = [*metas[3:6], meta_from_name(broken, ORIGIN)]
         with pytest.raises(GalleryError, match="not a readable image") as err:
-            add_crops(store, TinyEmbedder(), CARD, bad, progress=False)
+            add_crops(gallery, TinyEmbedder(), CARD, bad, progress=False)
         assert "\n" not in str(err.value)
-        assert store.stats().size == 3
+        assert gallery.stats().size == 3
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     assert after == before

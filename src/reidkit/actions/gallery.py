@@ -1,15 +1,18 @@
-"""``reidkit gallery add|search|forget|stats``: a site's crops, searchable by camera and time.
+"""``reidkit gallery add|search|forget|stats|rebuild``: a site's crops, searchable by camera and
+time, and movable to a new model.
 
 The spec's ``gallery`` section is translated here into the plain arguments of
 :mod:`reidkit.gallery`; each verb runs inside :func:`run_action` (results in
-``<results_dir>/gallery``: ``status.json``, the resolved spec, and ``search.json`` for a search).
-The model that embeds crops is checked against the spec like evaluate's, and the gallery refuses
-a model other than the one that filled it.
+``<results_dir>/gallery``: ``status.json``, the resolved spec, ``search.json`` for a search,
+``missing_crops.txt`` for a rebuild that found crops without a file). The model that embeds
+crops is checked against the spec like evaluate's, and the gallery refuses a model other than
+the one that filled it; ``rebuild`` moves it to ``gallery.checkpoint``'s model.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder
 from reidkit.evaluation.rerank import re_rank
+from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import (
     IMAGE_SUFFIXES,
     add_crops,
@@ -33,8 +38,16 @@ from reidkit.gallery.ingest import (
     parse_timestamp,
     read_manifest,
 )
-from reidkit.gallery.store import CropMeta, GalleryStats, GalleryStore, Hit, open_gallery
-from reidkit.outputs import write_json
+from reidkit.gallery.rebuild import MissingCrops, RebuildResult, rebuild
+from reidkit.gallery.store import (
+    CropFilter,
+    CropMeta,
+    GalleryError,
+    GalleryStats,
+    Hit,
+    Selection,
+)
+from reidkit.outputs import atomic_open, path_text, write_json
 
 DAY = 86_400.0
 
@@ -98,18 +111,18 @@ def gallery_add(spec: ExperimentSpec) -> AddResult:
             origin = _time(settings.time_origin, "time_origin") or 0.0
             metas = crops_in_folder(Path(settings.crops or ""), origin, settings.fps)
         embedder, card = _model(spec)
-        with open_gallery(_uri(spec), card, create=True, operator=settings.operator) as store:
+        with open_gallery(_uri(spec), card, create=True) as gallery:
             added, skipped = add_crops(
-                store,
+                gallery,
                 embedder,
                 card,
                 metas,
                 batch_size=settings.batch_size,
                 thumbnails=settings.thumbnails,
+                operator=settings.operator,
             )
-            if hasattr(store, "build_index"):
-                store.build_index()
-            stats = store.stats()
+            gallery.optimise()
+            stats = gallery.stats()
         outcome = GalleryOutcome(size=stats.size)
         run.succeed(f"added {added} crops ({skipped} already stored)", outcome=outcome)
     return AddResult(added, skipped, stats)
@@ -142,18 +155,24 @@ def gallery_search(spec: ExperimentSpec) -> SearchResult:
         ]  # fmt: skip
         if settings.query_as_track:
             vectors = vectors.mean(dim=0, keepdim=True)
-        with open_gallery(_uri(spec), card, operator=settings.operator) as store:
+        where = CropFilter(
+            cameras=None if settings.cameras is None else tuple(settings.cameras),
+            start=_time(settings.start, "start"),
+            end=_time(settings.end, "end"),
+        )
+        with open_gallery(_uri(spec), card) as gallery:
             pool = settings.rerank_pool if settings.re_ranking else settings.top_k
-            hits = store.search(
+            hits = gallery.search(
                 vectors,
                 pool,
-                cameras=settings.cameras,
-                start=_time(settings.start, "start"),
-                end=_time(settings.end, "end"),
+                where=where,
                 threshold=settings.match_threshold,
+                operator=settings.operator,
             )
             if settings.re_ranking:
-                hits = [_rerank(spec, store, v, row) for v, row in zip(vectors, hits, strict=True)]
+                hits = [
+                    _rerank(spec, gallery, v, row) for v, row in zip(vectors, hits, strict=True)
+                ]
             hits = [row[: settings.top_k] for row in hits]
         names = ["track"] if settings.query_as_track else [q.path for q in queries]
         output = Path(settings.output_file or run.folder / "search.json")
@@ -171,7 +190,7 @@ def gallery_search(spec: ExperimentSpec) -> SearchResult:
 
 
 def _rerank(
-    spec: ExperimentSpec, store: GalleryStore, query: torch.Tensor, row: list[Hit]
+    spec: ExperimentSpec, gallery: Gallery, query: torch.Tensor, row: list[Hit]
 ) -> list[Hit]:
     """Reorder one query's hits by k-reciprocal re-ranking among themselves (a small set).
 
@@ -180,10 +199,10 @@ def _rerank(
     if len(row) < 3:
         return row
     ranking = spec.re_ranking
-    gallery = torch.from_numpy(store.vectors([h.entry_id for h in row]))
+    stored = torch.from_numpy(gallery.vectors([h.crop_id for h in row]))
     k1 = min(ranking.k1, len(row) - 1)
     k2 = min(ranking.k2, k1)
-    reranked = re_rank(query[None], gallery, k1, k2, ranking.lambda_value)
+    reranked = re_rank(query[None], stored, k1, k2, ranking.lambda_value)
     order = np.argsort(np.asarray(reranked)[0], kind="stable")
     return [row[i] for i in order]
 
@@ -215,15 +234,17 @@ def gallery_forget(spec: ExperimentSpec) -> int:
                 "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
                 "gallery.retention_days"
             )
-        older_than = None
-        if settings.retention_days is not None:
-            older_than = time.time() - settings.retention_days * DAY
-        crops = [str(Path(p).resolve()) for p in settings.forget_crops]
-        with open_gallery(_uri(spec), operator=settings.operator) as store:
-            removed = store.forget(
-                track_ids=settings.forget_tracks, paths=crops, older_than=older_than
-            )
-            size = store.stats().size
+        before = None
+        if settings.retention_days is not None:  # an age: crops taken before now - age go
+            before = time.time() - settings.retention_days * DAY
+        selection = Selection(
+            paths=tuple(str(Path(p).resolve()) for p in settings.forget_crops),
+            track_ids=tuple(settings.forget_tracks),
+            before=before,
+        )
+        with open_gallery(_uri(spec)) as gallery:
+            removed = gallery.forget(selection, operator=settings.operator)
+            size = gallery.stats().size
         print(f"forgot {removed} crops; {size} remain")
         run.succeed(f"forgot {removed} crops", outcome=GalleryOutcome(size=size, removed=removed))
     return removed
@@ -249,9 +270,56 @@ def stats_line(stats: GalleryStats) -> str:
 def gallery_stats(spec: ExperimentSpec) -> GalleryStats:
     """Size, cameras, time span, index kind and model card of the gallery."""
     with run_action(spec, "gallery") as run:
-        with open_gallery(_uri(spec), operator=spec.gallery.operator) as store:
-            stats = store.stats()
+        with open_gallery(_uri(spec)) as gallery:
+            stats = gallery.stats()
         print(stats_line(stats))
         outcome = GalleryOutcome(size=stats.size, stats=stats.to_dict())
         run.succeed("gallery stats", outcome=outcome)
     return stats
+
+
+def gallery_rebuild(spec: ExperimentSpec) -> RebuildResult:
+    """Re-embed every crop of the gallery with ``gallery.checkpoint`` (the NEW model) and switch
+    the gallery to it; the old version answers searches until the switch. Crops whose file is
+    gone are listed in ``missing_crops.txt`` and refused unless ``gallery.rebuild_drop_missing``.
+    """
+    settings = spec.gallery
+    with run_action(spec, "gallery") as run:
+        embedder, card = _model(spec)
+
+        def embed(metas: Sequence[CropMeta]) -> Iterator[tuple[torch.Tensor, list[CropMeta]]]:
+            batches = embed_batches(
+                embedder, card, metas, batch_size=settings.batch_size, thumbnails=False
+            )
+            return ((vectors, batch) for vectors, batch, _ in batches)
+
+        listed = run.folder / "missing_crops.txt"
+        with open_gallery(_uri(spec)) as gallery:
+            try:
+                result = rebuild(
+                    gallery,
+                    embed,
+                    card,
+                    drop_missing=settings.rebuild_drop_missing,
+                    operator=settings.operator,
+                )
+            except MissingCrops as missing:
+                _list_paths(listed, missing.paths)
+                raise GalleryError(
+                    f"{len(missing.paths)} crops of the gallery have no file to re-embed (listed "
+                    f"in {listed}); {missing.FIX}"
+                ) from None
+        if result.dropped:
+            _list_paths(listed, result.dropped)
+        message = (
+            f"rebuilt the gallery with {result.crops} crops ({result.embedded} embedded now, "
+            f"{len(result.dropped)} dropped)"
+        )
+        print(message)
+        run.succeed(message, outcome=GalleryOutcome(size=result.crops, dropped=len(result.dropped)))
+    return result
+
+
+def _list_paths(path: Path, paths: list[str]) -> None:
+    with atomic_open(path) as handle:
+        handle.writelines(path_text(p) + "\n" for p in paths)

@@ -82,6 +82,8 @@ class ServeOutcome:
 class GalleryOutcome:
     size: int | None = None
     removed: int | None = None
+    #: ``reidkit gallery rebuild``: crops dropped because their file is gone.
+    dropped: int | None = None
     output_file: str | None = None
     #: ``reidkit gallery stats``'s report.
     stats: dict[str, Any] | None = None

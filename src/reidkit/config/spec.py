@@ -399,7 +399,9 @@ class GallerySpec(_Section):
         description="Gallery: a folder (embedded), http://host:19530 or a *.db file (Milvus).",
     )
     checkpoint: str | None = Field(
-        None, description="Model that embeds crops: .pth, .onnx or a train/export results folder."
+        None,
+        description="Model that embeds crops: .pth, .onnx or a train/export results folder "
+        "(rebuild: the NEW model).",
     )
     crops: str | None = Field(
         None, description="add: folder of Market-style crops (PPPP_cCsS_FFFFFF_NN.jpg)."
@@ -442,6 +444,11 @@ class GallerySpec(_Section):
     forget_crops: list[str] = Field(default_factory=list, description="forget: these crop paths.")
     retention_days: float | None = Field(
         None, gt=0.0, description="forget: also every crop older than this many days."
+    )
+    rebuild_drop_missing: bool = Field(
+        False,
+        description="rebuild: leave out crops whose file is gone (uploads have none) instead of "
+        "refusing.",
     )
     operator: str | None = Field(
         None, description="Who acts, for the audit log; null = the login name."

@@ -1,77 +1,115 @@
-"""The default gallery: one local folder, no server.
+"""The default gallery backend: one local folder, no server.
 
-Layout (format version :data:`FORMAT_VERSION`, recorded in ``gallery.json``)::
+Layout of a gallery folder (``gallery.json`` records the format version)::
 
-    gallery.json             format name and version; a newer version is refused
-    meta.sqlite              one row per crop (path, camera, time, track, site, zone, thumbnail)
+    gallery.json             format name and version, and which folder holds the data; a newer
+                             version is refused
+    audit.jsonl              one line per add/search/forget/rebuild: operator, time, request
+    <data>/                  the folder itself (format 1), or ``v<N>`` after N rebuilds
+                             (format 2, ``"data": "v<N>"``):
+      meta.sqlite            one row per crop (path, camera, time, track, site, zone, thumbnail)
                              and the settings: model card, dimension, generation, ANN state
-    vectors.<gen>.f32        [rows, dim] float32, L2-normalised, in entry-id order
-    ids.<gen>.i8             entry id of each row          } columns memory-mapped beside the
-    cameras.<gen>.i4         camera of each row            } vectors, so that camera/time
-    times.<gen>.f8           unix timestamp of each row    } filters never touch SQLite
-    ann.<token>.faiss        optional IVF-Flat index (inner product, ids = entry ids)
-    audit.jsonl              one line per add/search/forget: operator, time, request
-    .lock                    writers (add, forget, index builds) take it exclusively
+      vectors.<gen>.f32      [rows, dim] float32, L2-normalised, in crop-id order
+      ids.<gen>.i8           crop id of each row           } columns memory-mapped beside the
+      cameras.<gen>.i4       camera of each row            } vectors, so that camera/time
+      times.<gen>.f8         unix timestamp of each row    } filters never touch SQLite
+      text.<gen>.t160        path, track, site, zone of each row, so that a search's hits
+                             never touch SQLite either (a longer row says "in SQLite")
+      ann.<token>.faiss      optional IVF-Flat index (inner product, ids = crop ids)
+      .lock                  writers (insert, delete, index builds, a switch) take it
+    v<N+1>/                  the next version while ``gallery rebuild`` fills it
 
-Crash safety: SQLite is the commit point. ``add`` appends to the column files, fsyncs them,
-then commits the entries and the new row count in one transaction; on open, column files are
+Crash safety: SQLite is the commit point. An insert appends to the column files, fsyncs them,
+then commits the rows and the new row count in one transaction; on open, column files are
 cut back to the committed row count, so a kill at any instant leaves each crop either stored
-once or not at all, and a rerun (which skips stored paths) completes it. ``forget`` writes the
-surviving rows to the next generation's files, commits the deletion and the new generation
-together, then zeroes the removed rows in the old files and deletes them; SQLite runs with
+once or not at all, and a rerun (which skips stored paths) completes it. (A text column that is
+missing, as in folders written before it existed, or shorter, is rebuilt from SQLite.) A delete
+writes the surviving rows to the next generation's files, commits the deletion and the new
+generation together, then zeroes the removed rows in the old vector and text files and deletes
+them; SQLite runs with
 ``secure_delete`` and is vacuumed, so no forgotten byte stays in any file of the folder.
+Switching to a rebuilt version replaces ``gallery.json`` atomically (the commit point), marks
+the old version superseded (other processes follow to the new one at their next call) and
+deletes its files; a kill in between is finished by the next open.
 
 Search: exact by default, a torch matmul over the memory-mapped matrix in gallery chunks; once
-the gallery reaches ``ann_min_size`` entries an IVF-Flat index answers unfiltered queries,
-with the not-yet-indexed tail searched exactly and the hits' distances recomputed exactly.
-Camera/time filters select rows from the memory-mapped columns first and search only those,
-exactly, so a filtered result is the exact filtered result.
+the gallery reaches ``ann_min_size`` crops an IVF-Flat index answers unfiltered queries, with
+the not-yet-indexed tail searched exactly and merged. Camera/time filters select rows from
+the memory-mapped columns first and search only those, exactly, so a filtered result is the
+exact filtered result.
 """
 
 from __future__ import annotations
 
 import fcntl
-import getpass
 import json
 import math
 import os
+import re
+import shutil
 import sqlite3
 import threading
-import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from reidkit.evaluation.metrics import _normalized_distance
 from reidkit.gallery.store import (
+    Backend,
+    CropFilter,
     CropMeta,
     GalleryError,
-    GalleryStats,
-    Hit,
-    check_card_fits,
-    decide,
-    rows_to_add,
-    unit_rows,
+    Neighbour,
+    Selection,
+    Settings,
+    StoredCrop,
+    Summary,
 )
 from reidkit.outputs import write_json
 
 FORMAT_NAME = "reidkit-gallery"
-FORMAT_VERSION = 1
+#: Format 1: the data in the gallery folder itself; format 2: in the ``v<N>`` it names.
+FORMAT_VERSION = 2
+_VERSION_FOLDER = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 # Gallery rows per exact-search block: [queries, block] distances stay a few tens of MB.
 _EXACT_BLOCK = 1 << 16
+# SQLite maps at most 2 GB of a database file (its default SQLITE_MAX_MMAP_SIZE).
+_MMAP_BYTES = 1 << 31
 # SQLite allows 32766 host parameters per statement.
 _SQL_CHUNK = 30_000
-# (suffix, dtype, per-row width) of each memory-mapped column file.
-_COLUMNS = {"ids": np.int64, "cameras": np.int32, "times": np.float64}
-_ENTRY_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
+# Bytes per row of the text column: a little-endian uint16 length, then the UTF-8 of path,
+# track, site and zone joined by _SEP (_NONE for a missing one), zero-padded.
+_TEXT_WIDTH = 160
+_IN_SQLITE = 0xFFFF  # the length of a row whose text did not fit: read it from SQLite
+_SEP, _NONE = "\x1f", "\x1e"
+# (file suffix, dtype of one row) of each memory-mapped column beside the vectors.
+_COLUMNS = {
+    "ids": ("i8", np.dtype(np.int64)),
+    "cameras": ("i4", np.dtype(np.int32)),
+    "times": ("f8", np.dtype(np.float64)),
+    "text": (f"t{_TEXT_WIDTH}", np.dtype((np.uint8, _TEXT_WIDTH))),
+}
+# A filter that accepts every crop.
+_ANY = CropFilter()
+# Columns that hold a person's data: their removed rows are zeroed before the file goes.
+_WIPED = ("vectors", "text")
+_META_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
+# Where an SQLite database file keeps its change counter, which every commit (here or in
+# another process) increments in rollback-journal mode (sqlite.org/fileformat.html, 1.3.8).
+# Reading these 4 bytes tells whether to reload in a microsecond, without taking SQLite's lock
+# as ``PRAGMA data_version`` does; the reload itself reads through SQLite.
+_CHANGE_COUNTER_OFFSET = 24
+# Files of one version's data (what a switch removes, and an open after a killed switch).
+_DATA_FILES = (
+    "meta.sqlite*", "vectors.*", "ids.*", "cameras.*", "times.*", "text.*", "ann.*", ".lock"
+)  # fmt: skip
 
 
 def _fsync_file(path: Path) -> None:
@@ -87,33 +125,69 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-class EmbeddedGallery:
+def _remove_data(folder: Path, version: int) -> None:
+    """Delete one version's data: a ``v<N>`` folder, or the data files of a format-1 folder."""
+    if version:
+        shutil.rmtree(folder / f"v{version}", ignore_errors=True)
+        return
+    for pattern in _DATA_FILES:
+        for stale in folder.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
+def _encode_text(meta: CropMeta) -> bytes:
+    """One row of the text column (see ``_TEXT_WIDTH``)."""
+    fields = (meta.path, meta.track_id, meta.site, meta.zone)
+    payload = b""
+    if not any(f is not None and (_SEP in f or _NONE in f) for f in fields):
+        try:
+            payload = _SEP.join(_NONE if f is None else f for f in fields).encode()
+        except UnicodeEncodeError:
+            payload = b""
+    if not payload or len(payload) > _TEXT_WIDTH - 2:
+        return _IN_SQLITE.to_bytes(2, "little") + bytes(_TEXT_WIDTH - 2)
+    return len(payload).to_bytes(2, "little") + payload.ljust(_TEXT_WIDTH - 2, b"\0")
+
+
+def _zero_and_unlink(path: Path) -> None:
+    """Overwrite a file of personal data with zeros before deleting it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        for start in range(0, size, 1 << 20):
+            handle.write(bytes(min(1 << 20, size - start)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    path.unlink()
+
+
+class EmbeddedBackend(Backend):
     """A gallery in a local folder (see the module docstring for the layout and guarantees).
 
-    ``ann_min_size``: entries from which an ANN index is built and used for unfiltered queries
-    (``None`` never). ``nprobe``: IVF lists visited per query (default: 1/64 of them, at least 16).
+    ``ann_min_size``: crops from which an ANN index is built and used for unfiltered queries
+    (``None`` never). ``nprobe``: IVF lists visited per query (default: 1/64 of them, at least
+    16). ``staged_version`` opens the next version a rebuild fills (see :meth:`staging`).
     """
 
-    backend = "embedded"
+    kind = "embedded"
 
     def __init__(
         self,
         folder: Path,
-        card: dict[str, Any] | None = None,
         *,
         create: bool = False,
-        operator: str | None = None,
         ann_min_size: int | None = 200_000,
         nprobe: int | None = None,
+        staged_version: int | None = None,
     ) -> None:
         self.folder = Path(folder)
-        self.operator = operator or getpass.getuser()
+        self.location = str(self.folder)
         self.ann_min_size = ann_min_size
         self._nprobe = nprobe
-        self._given_card = card
+        self._staged_version = staged_version
         self._lock = threading.RLock()
+        self._audit_fd: int | None = None
         manifest = self.folder / "gallery.json"
-        if not manifest.is_file():
+        if staged_version is None and not manifest.is_file():
             if not create:
                 raise GalleryError(
                     f"'{self.folder}' is not a gallery (no gallery.json); check gallery.uri or "
@@ -125,42 +199,100 @@ class EmbeddedGallery:
                     "for gallery.uri"
                 )
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._attach(version=0)
+            write_json(manifest, {"format": FORMAT_NAME, "format_version": 1})
         else:
-            self._check_format(manifest)
-        self._db = sqlite3.connect(
-            self.folder / "meta.sqlite", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA synchronous=FULL")
-        # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
-        self._db.execute("PRAGMA cache_size=-65536")
-        self._init_schema()
-        if not manifest.is_file():
-            write_json(manifest, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
-        check_card_fits(self.card, card, str(self.folder))
-        self._ann: Any = None
-        self._ann_token: str | None = None
-        self._data_version = -1
-        with self._writer():
-            self._repair()
-        self._load()
+            self._attach()
 
     # ----------------------------------------------------------------- opening and state
-    def _check_format(self, manifest: Path) -> None:
+    def _read_manifest(self) -> tuple[int, int]:
+        """(format version, data version) of ``gallery.json``; one line if it is not ours."""
+        manifest = self.folder / "gallery.json"
+        fix = f"'{manifest}' is not a reidkit gallery manifest; check gallery.uri"
         try:
             info = json.loads(manifest.read_text())
-            version = int(info["format_version"])
-            if info.get("format") != FORMAT_NAME:
-                raise ValueError(info.get("format"))
-        except (ValueError, KeyError, TypeError):
+            format_version = int(info["format_version"])
+            data = info.get("data")
+        except (OSError, ValueError, KeyError, TypeError):
+            raise GalleryError(fix) from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME or format_version < 1:
+            raise GalleryError(fix)
+        if format_version > FORMAT_VERSION:
             raise GalleryError(
-                f"'{manifest}' is not a reidkit gallery manifest; check gallery.uri"
-            ) from None
-        if version > FORMAT_VERSION:
-            raise GalleryError(
-                f"gallery '{self.folder}' has format version {version}, this reidkit reads up to "
-                f"{FORMAT_VERSION}; upgrade reidkit"
+                f"gallery '{self.folder}' has format version {format_version}, this reidkit "
+                f"reads up to {FORMAT_VERSION}; upgrade reidkit"
             )
+        match = _VERSION_FOLDER.match(data) if isinstance(data, str) else None
+        if (data is None) != (format_version == 1) or (data is not None and not match):
+            raise GalleryError(fix)
+        return format_version, int(match.group(1)) if match else 0
+
+    def _attach(self, version: int | None = None) -> None:
+        """Connect to the current version's data, finish what a killed writer left, map it."""
+        while True:
+            if self._staged_version is not None:
+                self._format_version, self._version = FORMAT_VERSION, self._staged_version
+            elif version is not None:
+                self._format_version, self._version = 1, version
+            else:
+                self._format_version, self._version = self._read_manifest()
+            self.data = self.folder / f"v{self._version}" if self._version else self.folder
+            if self._staged_version is not None:
+                self.data.mkdir(exist_ok=True)
+            try:
+                self._connect()
+            except (sqlite3.DatabaseError, FileNotFoundError):
+                if version is None and self._read_manifest()[1] != self._version:
+                    continue  # another process switched versions while we opened this one
+                raise GalleryError(
+                    f"gallery data '{self.data}' is missing or unreadable; restore the gallery "
+                    "from a backup"
+                ) from None
+            with self._file_lock():
+                superseded = self._setting("superseded", False)
+                if not superseded:
+                    self._repair()
+                    if self._staged_version is None:
+                        self._remove_older_versions()
+            if not superseded:
+                break
+            self._disconnect()  # switched to a newer version while we opened this one
+        self._ann: Any = None
+        self._ann_token: str | None = None
+        self._settings = Settings(None, None, self._format_version)
+        self._load()
+
+    def _connect(self) -> None:
+        if not self.data.is_dir():
+            raise FileNotFoundError(self.data)
+        self._db = sqlite3.connect(
+            self.data / "meta.sqlite", check_same_thread=False, isolation_level=None
+        )
+        try:
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Inserting into the path index of a large gallery touches many pages: keep 64 MB.
+            self._db.execute("PRAGMA cache_size=-65536")
+            # Reads through a memory map (writes still go through write(2), so durability and
+            # secure_delete are unchanged): a search's metadata lookups then cost no syscall.
+            self._db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            self._init_schema()
+            self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _reattach(self) -> None:
+        """Follow the gallery to the version another process switched it to."""
+        self._disconnect()
+        self._attach()
+
+    def _disconnect(self) -> None:
+        self._db.close()
+        os.close(self._db_fd)
+
+    def _change_counter(self) -> bytes:
+        return os.pread(self._db_fd, 4, _CHANGE_COUNTER_OFFSET)
 
     def _init_schema(self) -> None:
         self._db.executescript(
@@ -183,59 +315,120 @@ class EmbeddedGallery:
             [(k, json.dumps(v)) for k, v in values.items()],
         )
 
-    @property
-    def card(self) -> dict[str, Any] | None:
-        return self._setting("card")
+    def _commit_settings(self, values: dict[str, Any]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._set(values)
+        self._db.execute("COMMIT")
 
     def _path(self, column: str, generation: int) -> Path:
-        suffix = "f32" if column == "vectors" else np.dtype(_COLUMNS[column]).str[1:]
-        return self.folder / f"{column}.{generation}.{suffix}"
+        suffix = "f32" if column == "vectors" else _COLUMNS[column][0]
+        return self.data / f"{column}.{generation}.{suffix}"
 
     @contextmanager
-    def _writer(self) -> Iterator[None]:
-        """One writer at a time across threads and processes."""
-        with self._lock, open(self.folder / ".lock", "a") as handle:
+    def _file_lock(self) -> Iterator[None]:
+        """This version's writer lock, across threads and processes."""
+        with self._lock, open(self.data / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """One writer at a time, on the current version (following a switch made meanwhile)."""
+        with self._lock:
+            while True:
+                with ExitStack() as stack:
+                    try:
+                        stack.enter_context(self._file_lock())
+                    except FileNotFoundError:  # a switch removed this version's folder
+                        self._reattach()
+                        continue
+                    if not self._setting("superseded", False):
+                        self._refresh()
+                        yield
+                        return
+                self._reattach()
+
     def _repair(self) -> None:
-        """Undo what a killed writer left: uncommitted rows, files of other generations."""
+        """Undo what a killed writer left: uncommitted rows, files of other generations; and
+        write the text column if this folder predates it (or an older reidkit added rows)."""
         generation, rows = self._setting("generation", 0), self._setting("rows", 0)
         dim = self._setting("dim")
         keep = {self._path(c, generation).name for c in ("vectors", *_COLUMNS)}
         token = self._setting("ann_token")
         if token:
             keep.add(f"ann.{token}.faiss")
-        for pattern in ("vectors.*", "ids.*", "cameras.*", "times.*", "ann.*", ".*.tmp"):
-            for stale in self.folder.glob(pattern):
-                if stale.name not in keep:
+        for pattern in (*(f"{c}.*" for c in ("vectors", *_COLUMNS)), "ann.*", ".*.tmp"):
+            for stale in self.data.glob(pattern):
+                if stale.name in keep:
+                    continue
+                if stale.name.split(".")[0] in _WIPED:
+                    _zero_and_unlink(stale)
+                else:
                     stale.unlink()
         for column in ("vectors", *_COLUMNS):
-            width = (dim or 0) * 4 if column == "vectors" else np.dtype(_COLUMNS[column]).itemsize
+            width = (dim or 0) * 4 if column == "vectors" else _COLUMNS[column][1].itemsize
             path = self._path(column, generation)
-            if dim is None:  # nothing committed yet: a killed first add left these
+            if dim is None:  # nothing committed yet: a killed first insert left these
                 path.unlink(missing_ok=True)
                 continue
-            if not path.exists() or path.stat().st_size < rows * width:
+            size = path.stat().st_size if path.exists() else -1
+            if column == "text" and size < rows * width:
+                self._write_text(path, rows)
+            elif size < rows * width:
                 raise GalleryError(
                     f"gallery file '{path}' is missing or shorter than the {rows} committed "
-                    "entries; restore the folder from a backup"
+                    "crops; restore the folder from a backup"
                 )
-            if path.stat().st_size > rows * width:
+            elif size > rows * width:
                 os.truncate(path, rows * width)
+
+    def _write_text(self, path: Path, rows: int) -> None:
+        """(Re)write the text column from SQLite, in crop-id order like the other columns."""
+        staged = path.with_name(f".{path.name}.tmp")
+        ids = []
+        with open(staged, "wb") as handle:
+            query = "SELECT id, path, camera, timestamp, track_id, site, zone FROM entries"
+            for crop_id, *fields in self._db.execute(query + " ORDER BY id"):
+                ids.append(crop_id)
+                handle.write(_encode_text(CropMeta(*fields)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        stored = np.fromfile(self._path("ids", self._setting("generation", 0)), np.int64)
+        if len(ids) != rows or not np.array_equal(stored[:rows], ids):
+            staged.unlink()
+            raise GalleryError(
+                f"gallery '{self.data}' has {len(ids)} crops in meta.sqlite and {rows} in its "
+                "columns; restore the folder from a backup"
+            )
+        os.replace(staged, path)
+        _fsync_dir(self.data)
+
+    def _remove_older_versions(self) -> None:
+        """Finish a switch a kill interrupted: delete the data of every older version."""
+        if self._version:
+            _remove_data(self.folder, 0)
+        for folder in self.folder.glob("v*"):
+            match = _VERSION_FOLDER.match(folder.name)
+            if match and int(match.group(1)) < self._version:
+                _remove_data(self.folder, int(match.group(1)))
 
     def _load(self) -> None:
         """Map the committed rows and open the ANN index (after any commit, here or elsewhere)."""
-        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._setting("superseded", False):
+            self._reattach()
+            return
+        self._data_version = self._change_counter()
         generation, self._rows = self._setting("generation", 0), self._setting("rows", 0)
         self._dim = self._setting("dim")
-        self._threshold = (self.card or {}).get("match_threshold")
+        card = self._setting("card")
+        if card != self._settings.card or self._dim != self._settings.dim:
+            self._settings = Settings(card, self._dim, self._format_version)
         self._vectors = torch.empty(0, self._dim or 0)
-        self._columns = {c: np.empty(0, dtype=t) for c, t in _COLUMNS.items()}
-        self._camera_set: set[int] | None = None
+        self._columns = {c: np.empty(0, dtype=t) for c, (_, t) in _COLUMNS.items()}
+        self._camera_counts: dict[int, int] | None = None
         self._time_order: tuple[np.ndarray, np.ndarray] | None = None
         if self._rows:
             with warnings.catch_warnings():
@@ -243,18 +436,19 @@ class EmbeddedGallery:
                 shape = (self._rows, self._dim)
                 mapped = np.memmap(self._path("vectors", generation), np.float32, "r", shape=shape)
                 self._vectors = torch.from_numpy(mapped)
-            for column, dtype in _COLUMNS.items():
+            for column, (_, dtype) in _COLUMNS.items():
                 self._columns[column] = np.memmap(
                     self._path(column, generation), dtype, "r", shape=(self._rows,)
                 )
         token = self._setting("ann_token")
-        self._ann_upto = self._setting("ann_upto", -1)
+        ann_upto = self._setting("ann_upto", -1)
+        self._indexed = int(np.searchsorted(self._columns["ids"], ann_upto, side="right"))
         if token == self._ann_token and self._ann is not None:
             return  # the index in memory is the committed one: no need to read it again
         self._ann, self._ann_token = None, token
-        if token and (self.folder / f"ann.{token}.faiss").exists():
+        if token and (self.data / f"ann.{token}.faiss").exists():
             # A deleted index file means "rebuild it": exact search until the next add does.
-            self._ann = self._read_index(self.folder / f"ann.{token}.faiss")
+            self._ann = self._read_index(self.data / f"ann.{token}.faiss")
 
     def _read_index(self, path: Path) -> Any:
         import faiss
@@ -274,81 +468,91 @@ class EmbeddedGallery:
         index.nprobe = min(index.nlist, self._nprobe or max(16, index.nlist // 64))
 
     def _refresh(self) -> None:
-        """Another process may have added or forgotten since we mapped the files."""
-        if self._db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+        """Another process may have stored or deleted crops since we mapped the files."""
+        if self._change_counter() != self._data_version:
             self._load()
 
-    def _audit(self, action: str, **what: Any) -> None:
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "operator": self.operator,
-            "action": action,
-            **what,
-        }
-        with open(self.folder / "audit.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            if action != "search":
-                handle.flush()
-                os.fsync(handle.fileno())
-
-    # ----------------------------------------------------------------------------- add
-    def add(
-        self,
-        vectors: np.ndarray | Tensor,
-        metas: Sequence[CropMeta],
-        thumbnails: Sequence[bytes | None] | None = None,
-    ) -> int:
-        matrix = rows_to_add(vectors, metas, thumbnails)
-        for meta in metas:
-            if not math.isfinite(meta.timestamp):
-                raise GalleryError(f"crop '{meta.path}' has timestamp {meta.timestamp}; fix it")
-        with self._writer():
+    # -------------------------------------------------------------------- settings
+    def settings(self) -> Settings:
+        with self._lock:
             self._refresh()
-            dim = self._dim or (self._given_card or {}).get("embedding_dim") or matrix.shape[1]
-            if matrix.shape[1] != dim:
-                raise GalleryError(
-                    f"embeddings have {matrix.shape[1]} dimensions, gallery '{self.folder}' holds "
-                    f"{dim}; use the model that filled it"
-                )
-            check_card_fits(self.card, self._given_card, str(self.folder))
+            return self._settings
+
+    def record_card(self, card: dict[str, Any]) -> None:
+        with self._writer():
+            if self._setting("card") is None:
+                self._commit_settings({"card": card})
+                self._load()
+
+    # ----------------------------------------------------------------------- audit
+    def append_audit(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record) + "\n").encode()
+        with self._lock:
+            if self._audit_fd is None:
+                # Kept open (opening costs more than the write): with O_APPEND each line is one
+                # write(2) at the end of the file, whichever process writes it.
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                self._audit_fd = os.open(self.folder / "audit.jsonl", flags, 0o666)
+            os.write(self._audit_fd, line)
+            if record.get("action") != "search":
+                os.fsync(self._audit_fd)
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        path = self.folder / "audit.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # the last line of a process killed while writing it
+        return records
+
+    # ------------------------------------------------------------------------- insert
+    def insert(
+        self, vectors: np.ndarray, metas: Sequence[CropMeta], thumbnails: Sequence[bytes | None]
+    ) -> int:
+        with self._writer():
             new = self._new_positions(metas)
             if not new:
                 return 0
+            dim = self._dim or vectors.shape[1]
             first_id = self._setting("next_id", 0)
             ids = np.arange(first_id, first_id + len(new), dtype=np.int64)
             generation = self._setting("generation", 0)
             cameras = np.array([metas[i].camera for i in new], dtype=np.int32)
             times = np.array([metas[i].timestamp for i in new], dtype=np.float64)
-            vecs = matrix[new].numpy()
-            blocks = {"vectors": vecs, "ids": ids, "cameras": cameras, "times": times}
+            text = b"".join(_encode_text(metas[i]) for i in new)
+            blocks = {
+                "vectors": vectors[new].tobytes(),
+                "ids": ids.tobytes(),
+                "cameras": cameras.tobytes(),
+                "times": times.tobytes(),
+                "text": text,
+            }
             for column, block in blocks.items():
                 path = self._path(column, generation)
                 with open(path, "ab") as handle:
-                    handle.write(np.ascontiguousarray(block).tobytes())
+                    handle.write(block)
                     handle.flush()
                     os.fsync(handle.fileno())
             rows = []
-            for entry_id, i in zip(ids.tolist(), new, strict=True):
-                m, thumb = metas[i], None if thumbnails is None else thumbnails[i]
-                row = (entry_id, m.path, int(m.camera), float(m.timestamp), m.track_id)
-                rows.append((*row, m.site, m.zone, thumb))
+            for crop_id, i in zip(ids.tolist(), new, strict=True):
+                m = metas[i]
+                row = (crop_id, m.path, int(m.camera), float(m.timestamp), m.track_id)
+                rows.append((*row, m.site, m.zone, thumbnails[i]))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(f"INSERT INTO entries VALUES ({', '.join('?' * 8)})", rows)
-                settings: dict[str, Any] = {
-                    "rows": self._rows + len(new),
-                    "next_id": first_id + len(new),
-                    "dim": int(dim),
-                }
-                if self.card is None and self._given_card is not None:
-                    settings["card"] = self._given_card
-                self._set(settings)
+                self._set(
+                    {"rows": self._rows + len(new), "next_id": first_id + len(new), "dim": dim}
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._load()
-            self._audit("add", added=len(new), skipped=len(metas) - len(new))
             if self._index_due():
                 self._build_index()
         return len(new)
@@ -384,18 +588,19 @@ class EmbeddedGallery:
             return False
         if self._ann is None:
             return True
-        # Extend when the exact tail is as large as the indexed part: each entry is added to
+        # Extend when the exact tail is as large as the indexed part: each crop is added to
         # the index once and the index file is rewritten O(log N) times while a gallery grows.
-        return self._rows - self._indexed_rows() >= max(self.ann_min_size, self._ann.ntotal)
+        return self._rows - self._indexed >= max(self.ann_min_size, self._ann.ntotal)
 
-    def _indexed_rows(self) -> int:
-        return int(np.searchsorted(self._columns["ids"], self._ann_upto, side="right"))
+    @property
+    def ann_index(self) -> Any:
+        """The FAISS index answering unfiltered queries (``None``: exact search)."""
+        return self._ann
 
-    def build_index(self) -> None:
-        """Index every entry now (at ``ann_min_size`` entries or more), e.g. after a bulk add,
+    def optimise(self) -> None:
+        """Index every crop now (at ``ann_min_size`` crops or more), e.g. after a bulk add,
         so unfiltered queries need no exact pass over a tail."""
         with self._writer():
-            self._refresh()
             if self.ann_min_size is not None and self._rows >= self.ann_min_size:
                 self._build_index()
 
@@ -417,7 +622,7 @@ class EmbeddedGallery:
             )
             index.train(sample)
         else:
-            start = self._indexed_rows()
+            start = self._indexed
         try:
             for block in range(start, self._rows, _EXACT_BLOCK * 4):
                 stop = min(block + _EXACT_BLOCK * 4, self._rows)
@@ -437,106 +642,101 @@ class EmbeddedGallery:
         import faiss
 
         token = uuid.uuid4().hex
-        path = self.folder / f"ann.{token}.faiss"
+        path = self.data / f"ann.{token}.faiss"
         faiss.write_index(index, str(path))
         _fsync_file(path)
         old = self._setting("ann_token")
-        self._db.execute("BEGIN IMMEDIATE")
-        self._set({"ann_token": token, "ann_upto": upto, "ann_bytes": path.stat().st_size})
-        self._db.execute("COMMIT")
+        self._commit_settings(
+            {"ann_token": token, "ann_upto": upto, "ann_bytes": path.stat().st_size}
+        )
         if old:
-            (self.folder / f"ann.{old}.faiss").unlink(missing_ok=True)
+            (self.data / f"ann.{old}.faiss").unlink(missing_ok=True)
         self._set_nprobe(index)
         self._ann, self._ann_token = index, token
         self._load()
 
     # --------------------------------------------------------------------------- search
-    def search(
-        self,
-        vectors: np.ndarray | Tensor,
-        k: int = 10,
-        *,
-        cameras: Sequence[int] | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        threshold: float | None = None,
-        exact: bool = False,
-    ) -> list[list[Hit]]:
-        """See :meth:`GalleryStore.search`; ``exact`` skips the ANN index."""
-        queries = unit_rows(vectors, "query embeddings")
-        if k < 1:
-            raise GalleryError(f"top-k must be at least 1, got {k}")
+    def nearest(
+        self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
+    ) -> list[list[Neighbour]]:
         with self._lock:
             self._refresh()
-            if self._rows and queries.shape[1] != self._dim:
-                raise GalleryError(
-                    f"query embeddings have {queries.shape[1]} dimensions, gallery "
-                    f"'{self.folder}' holds {self._dim}; use the model that filled it"
-                )
-            filtered = cameras is not None or start is not None or end is not None
-            if filtered:
-                known = self._known_cameras()
-                unknown = sorted(set(cameras or ()) - known)
-                if unknown:
-                    raise GalleryError(
-                        f"camera {unknown[0]} is not in gallery '{self.folder}' (cameras: "
-                        f"{sorted(known)}); check the camera filter"
-                    )
-                rows = self._filtered_rows(cameras, start, end)
-                dist, found = self._exact(queries, k, rows)
+            if where is not None and where != _ANY:
+                dist, rows = self._exact(queries, k, self._filtered_rows(where))
             elif self._ann is not None and not exact:
-                dist, found = self._approximate(queries, k)
+                dist, rows = self._approximate(queries, k)
             else:
-                dist, found = self._exact(queries, k, None)
-            hits = self._hits(dist, found, self._threshold if threshold is None else threshold)
-            self._audit(
-                "search",
-                queries=len(queries),
-                k=k,
-                cameras=None if cameras is None else sorted(int(c) for c in cameras),
-                start=start,
-                end=end,
-                hits=sum(len(h) for h in hits),
+                dist, rows = self._exact(queries, k, None)
+            row_lists = rows.tolist()
+            found = self._crops_at(sorted({r for row in row_lists for r in row if r >= 0}))
+        return [
+            [(found[r][0], d, found[r][1]) for r, d in zip(row, d_row, strict=True) if r >= 0]
+            for row, d_row in zip(row_lists, dist.tolist(), strict=True)
+        ]
+
+    def _crops_at(self, rows: list[int]) -> dict[int, tuple[int, CropMeta]]:
+        """(crop id, metadata) of these rows, from the memory-mapped columns (SQLite only for
+        a row whose text did not fit its slot)."""
+        if not rows:
+            return {}
+        at = np.asarray(rows)
+        text = self._columns["text"][at].tobytes()
+        ids = self._columns["ids"][at].tolist()
+        cameras = self._columns["cameras"][at].tolist()
+        times = self._columns["times"][at].tolist()
+        found: dict[int, tuple[int, CropMeta]] = {}
+        elsewhere = {}
+        for n, row in enumerate(rows):
+            slot = text[n * _TEXT_WIDTH : (n + 1) * _TEXT_WIDTH]
+            size = slot[0] | slot[1] << 8
+            if size == _IN_SQLITE:
+                elsewhere[ids[n]] = row
+                continue
+            path, track, site, zone = (
+                None if f == _NONE else f for f in slot[2 : 2 + size].decode().split(_SEP)
             )
-        return hits
+            found[row] = (ids[n], CropMeta(path, cameras[n], times[n], track, site, zone))
+        for crop_id, meta in self._metas(list(elsewhere)).items():
+            found[elsewhere[crop_id]] = (crop_id, meta)
+        return found
 
-    def _known_cameras(self) -> set[int]:
-        if self._camera_set is None:
-            self._camera_set = set(np.unique(self._columns["cameras"]).tolist())
-        return self._camera_set
-
-    def _filtered_rows(
-        self, cameras: Sequence[int] | None, start: float | None, end: float | None
-    ) -> np.ndarray:
-        """Ascending row numbers inside the time window and on the cameras.
+    def _filtered_rows(self, where: CropFilter) -> np.ndarray:
+        """Ascending row numbers the filter accepts.
 
         The window is cut from a time-sorted permutation of the rows (built on the first
         filtered search after a change), so a one-day window of a month reads 1/30 of the
         columns instead of all of them.
         """
-        if start is None and end is None:
+        if where.start is None and where.end is None:
             rows = np.arange(self._rows)
         else:
             if self._time_order is None:
                 order = np.argsort(self._columns["times"], kind="stable")
                 self._time_order = (order, self._columns["times"][order])
             order, sorted_times = self._time_order
-            lo = 0 if start is None else np.searchsorted(sorted_times, start, side="left")
-            hi = len(order) if end is None else np.searchsorted(sorted_times, end, side="right")
+            lo = 0 if where.start is None else np.searchsorted(sorted_times, where.start, "left")
+            hi = (
+                len(order)
+                if where.end is None
+                else np.searchsorted(sorted_times, where.end, "right")
+            )
             rows = np.sort(order[lo:hi])
-        if cameras is not None:
-            wanted = np.asarray(list(cameras), dtype=np.int32)
+        if where.cameras is not None:
+            wanted = np.asarray(where.cameras, dtype=np.int32)
             rows = rows[np.isin(self._columns["cameras"][rows], wanted)]
         return rows
 
-    def _exact(self, queries: Tensor, k: int, rows: np.ndarray | None) -> tuple[Tensor, Tensor]:
+    def _exact(
+        self, queries: np.ndarray, k: int, rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over ``rows`` (all when None): distances and row numbers, ascending."""
         total = self._rows if rows is None else len(rows)
         k = min(k, total)
         best_d = torch.empty(len(queries), 0)
         best_r = torch.empty(len(queries), 0, dtype=torch.int64)
         if k == 0:
-            return best_d, best_r
+            return best_d.numpy(), best_r.numpy()
+        query = torch.from_numpy(queries)
         row_index = None if rows is None else torch.from_numpy(rows)
         for block in range(0, total, _EXACT_BLOCK):
             stop = min(block + _EXACT_BLOCK, total)
@@ -545,7 +745,7 @@ class EmbeddedGallery:
             else:
                 numbers = row_index[block:stop]
                 gallery = self._vectors[numbers]
-            dist = _normalized_distance(queries, gallery)
+            dist = _normalized_distance(query, gallery)
             top_d, top_i = torch.topk(dist, min(k, stop - block), dim=1, largest=False)
             best_d = torch.cat([best_d, top_d], 1)
             best_r = torch.cat([best_r, numbers[top_i]], 1)
@@ -553,80 +753,100 @@ class EmbeddedGallery:
                 best_d, keep = torch.topk(best_d, k, dim=1, largest=False, sorted=False)
                 best_r = torch.gather(best_r, 1, keep)
         order = torch.argsort(best_d, dim=1, stable=True)
-        return torch.gather(best_d, 1, order), torch.gather(best_r, 1, order)
+        return torch.gather(best_d, 1, order).numpy(), torch.gather(best_r, 1, order).numpy()
 
-    def _approximate(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """IVF candidates plus the exact tail, re-scored exactly and merged."""
-        _, ids = self._ann.search(queries.numpy(), k)
-        candidates = torch.from_numpy(
-            np.searchsorted(self._columns["ids"], np.where(ids < 0, 0, ids))
-        )
-        valid = torch.from_numpy(ids >= 0)
-        tail = self._indexed_rows()
-        if tail < self._rows:
-            _, tail_rows = self._exact(queries, k, np.arange(tail, self._rows))
-            candidates = torch.cat([candidates, tail_rows], 1)
-            valid = torch.cat([valid, torch.ones_like(tail_rows, dtype=torch.bool)], 1)
-        gathered = self._vectors[candidates.reshape(-1)].reshape(*candidates.shape, -1)
-        dist = 2.0 - 2.0 * torch.einsum("qd,qcd->qc", queries, gathered)
-        dist = torch.where(valid, dist, torch.inf)
-        top_d, pick = torch.topk(dist, min(k, int(valid.sum(1).max())), dim=1, largest=False)
-        top_r = torch.gather(candidates, 1, pick)
-        return top_d, torch.where(torch.isinf(top_d), -1, top_r)
-
-    def _hits(self, dist: Tensor, rows: Tensor, threshold: float | None) -> list[list[Hit]]:
-        ids = self._columns["ids"]
-        wanted = sorted({int(ids[r]) for r in rows.reshape(-1).tolist() if r >= 0})
-        metas = self._metas(wanted)
-        out = []
-        # 2 - 2 q.g of a crop with itself can come out a hair below 0 in float32.
-        for d_row, r_row in zip(dist.clamp(min=0.0).tolist(), rows.tolist(), strict=True):
-            out.append(
-                [
-                    Hit(int(ids[r]), float(d), metas[int(ids[r])], decide(float(d), threshold))
-                    for d, r in zip(d_row, r_row, strict=True)
-                    if r >= 0
-                ]
+    def _approximate(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """IVF neighbours merged with the exact tail: distances and row numbers (-1: none)."""
+        similarity, ids = self._ann.search(queries, k)
+        rows = np.searchsorted(self._columns["ids"], ids).clip(max=max(self._rows - 1, 0))
+        hit = ids >= 0
+        if not np.array_equal(self._columns["ids"][rows][hit], ids[hit]):
+            raise GalleryError(
+                f"gallery index in '{self.data}' names crops the gallery does not hold; delete "
+                "its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
             )
-        return out
+        dist = np.where(hit, 2.0 - 2.0 * similarity, np.inf)
+        rows = np.where(hit, rows, -1)
+        if self._indexed < self._rows:
+            tail_d, tail_r = self._exact(queries, k, np.arange(self._indexed, self._rows))
+            dist = np.concatenate([dist, tail_d], axis=1)
+            rows = np.concatenate([rows, tail_r], axis=1)
+            pick = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            dist = np.take_along_axis(dist, pick, 1)
+            rows = np.take_along_axis(rows, pick, 1)
+        return dist, rows
 
-    def _metas(self, entry_ids: Sequence[int]) -> dict[int, CropMeta]:
+    def _metas(self, crop_ids: Sequence[int]) -> dict[int, CropMeta]:
         metas: dict[int, CropMeta] = {}
-        for start in range(0, len(entry_ids), _SQL_CHUNK):
-            chunk = list(entry_ids[start : start + _SQL_CHUNK])
+        for start in range(0, len(crop_ids), _SQL_CHUNK):
+            chunk = list(crop_ids[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_ENTRY_FIELDS} FROM entries WHERE id IN ({marks})"
-            for entry_id, *fields in self._db.execute(query, chunk):
-                metas[entry_id] = CropMeta(*fields)
+            query = f"SELECT {_META_FIELDS} FROM entries WHERE id IN ({marks})"
+            for crop_id, *fields in self._db.execute(query, chunk):
+                metas[crop_id] = CropMeta(*fields)
         return metas
 
-    # --------------------------------------------------------------------------- forget
-    def forget(
-        self,
-        *,
-        track_ids: Sequence[str] = (),
-        paths: Sequence[str] = (),
-        older_than: float | None = None,
-    ) -> int:
-        with self._writer():
+    def count(self, where: CropFilter | None = None) -> int:
+        with self._lock:
             self._refresh()
-            doomed = self._select_ids("track_id", list(track_ids))
-            doomed |= self._select_ids("path", list(paths))
-            if older_than is not None:
-                old = self._columns["ids"][self._columns["times"] < older_than]
+            if where is None or where == _ANY:
+                return self._rows
+            if where.start is None and where.end is None and where.cameras is not None:
+                counts = self._cameras()
+                return sum(counts.get(int(c), 0) for c in set(where.cameras))
+            return len(self._filtered_rows(where))
+
+    def _cameras(self) -> dict[int, int]:
+        """Crops per camera (counted once per change of the gallery)."""
+        if self._camera_counts is None:
+            cameras, counts = np.unique(self._columns["cameras"], return_counts=True)
+            self._camera_counts = dict(zip(cameras.tolist(), counts.tolist(), strict=True))
+        return self._camera_counts
+
+    # ---------------------------------------------------------------------------- fetch
+    def crop_ids(self) -> np.ndarray:
+        with self._lock:
+            self._refresh()
+            return np.array(self._columns["ids"])
+
+    def fetch(self, crop_ids: Sequence[int], *, thumbnails: bool = False) -> list[StoredCrop]:
+        fields = _META_FIELDS + (", thumbnail" if thumbnails else "")
+        found: dict[int, StoredCrop] = {}
+        with self._lock:
+            wanted = [int(i) for i in crop_ids]
+            for start in range(0, len(wanted), _SQL_CHUNK):
+                chunk = wanted[start : start + _SQL_CHUNK]
+                query = f"SELECT {fields} FROM entries WHERE id IN ({','.join('?' * len(chunk))})"
+                for row in self._db.execute(query, chunk):
+                    thumb = row[7] if thumbnails else None
+                    found[row[0]] = StoredCrop(row[0], CropMeta(*row[1:7]), thumb)
+        return [found[i] for i in wanted if i in found]
+
+    def vectors(self, crop_ids: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            self._refresh()
+            wanted = np.asarray(crop_ids, dtype=np.int64)
+            rows = np.searchsorted(self._columns["ids"], wanted).clip(max=max(self._rows - 1, 0))
+            if self._rows == 0 or not np.array_equal(self._columns["ids"][rows], wanted):
+                raise GalleryError(
+                    f"gallery '{self.location}' has no crop among some of {list(crop_ids)}"
+                )
+            return self._vectors[torch.from_numpy(rows)].numpy()
+
+    # --------------------------------------------------------------------------- delete
+    def delete(self, selection: Selection) -> int:
+        with self._writer():
+            doomed = self._select_ids("id", [int(i) for i in selection.crop_ids])
+            doomed |= self._select_ids("track_id", list(selection.track_ids))
+            doomed |= self._select_ids("path", list(selection.paths))
+            if selection.before is not None:
+                old = self._columns["ids"][self._columns["times"] < selection.before]
                 doomed.update(old.tolist())
             if doomed:
                 self._remove(np.array(sorted(doomed), dtype=np.int64))
-            self._audit(
-                "forget",
-                track_ids=list(track_ids),
-                paths=list(paths),
-                older_than=older_than,
-                removed=len(doomed),
-            )
         return len(doomed)
 
-    def _select_ids(self, column: str, values: list[str]) -> set[int]:
+    def _select_ids(self, column: str, values: list[Any]) -> set[int]:
         found: set[int] = set()
         for start in range(0, len(values), _SQL_CHUNK):
             chunk = values[start : start + _SQL_CHUNK]
@@ -657,7 +877,7 @@ class EmbeddedGallery:
 
             self._ann.remove_ids(faiss.IDSelectorBatch(doomed))
             new_ann = uuid.uuid4().hex
-            ann_path = self.folder / f"ann.{new_ann}.faiss"
+            ann_path = self.data / f"ann.{new_ann}.faiss"
             faiss.write_index(self._ann, str(ann_path))
             _fsync_file(ann_path)
             settings.update(ann_token=new_ann, ann_bytes=ann_path.stat().st_size)
@@ -676,74 +896,102 @@ class EmbeddedGallery:
             raise
         if new_ann:
             self._ann_token = new_ann  # the index in memory is the one just committed
-        self._wipe_rows(old_gen, np.flatnonzero(drop))
+        for column in _WIPED:
+            self._wipe_rows(column, old_gen, np.flatnonzero(drop))
         for column in ("vectors", *_COLUMNS):
             self._path(column, old_gen).unlink()
         if old_token:
-            (self.folder / f"ann.{old_token}.faiss").unlink()
+            (self.data / f"ann.{old_token}.faiss").unlink()
         self._db.execute("VACUUM")
-        _fsync_dir(self.folder)
+        _fsync_dir(self.data)
         self._load()
 
-    def _wipe_rows(self, generation: int, rows: np.ndarray) -> None:
-        """Overwrite the removed rows of the old generation's vector file before unlinking it,
-        so their bytes do not outlive the call on the disk blocks either."""
-        width = self._dim * 4
-        path = self._path("vectors", generation)
+    def _wipe_rows(self, column: str, generation: int, rows: np.ndarray) -> None:
+        """Overwrite the removed rows of an old generation's file before unlinking it, so
+        their bytes do not outlive the call on the disk blocks either."""
+        width = self._dim * 4 if column == "vectors" else _COLUMNS[column][1].itemsize
         zeros = bytes(width)
-        with open(path, "r+b") as handle:
+        with open(self._path(column, generation), "r+b") as handle:
             for row in rows.tolist():
                 handle.seek(row * width)
                 handle.write(zeros)
             handle.flush()
             os.fsync(handle.fileno())
 
+    # ------------------------------------------------------------------------ versions
+    def staging(self, create: bool) -> EmbeddedBackend | None:
+        if self._staged_version is not None:
+            raise GalleryError(f"'{self.data}' is already the next version of a gallery")
+        with self._lock:
+            self._refresh()
+            version = self._version + 1
+        if not create and not (self.folder / f"v{version}").is_dir():
+            return None
+        return EmbeddedBackend(
+            self.folder,
+            ann_min_size=self.ann_min_size,
+            nprobe=self._nprobe,
+            staged_version=version,
+        )
+
+    def discard_staging(self) -> None:
+        with self._writer():
+            _remove_data(self.folder, self._version + 1)
+
+    def state(self) -> Hashable:
+        with self._lock:
+            self._refresh()
+            return (self._version, self._setting("generation", 0), self._setting("next_id", 0))
+
+    def promote(self, staged: Backend, expected_state: Hashable) -> bool:
+        if not (
+            isinstance(staged, EmbeddedBackend)
+            and staged.folder == self.folder
+            and staged._staged_version is not None
+        ):
+            raise GalleryError(f"only a next version of '{self.folder}' can replace it")
+        with self._writer():
+            if self.state() != expected_state or staged._staged_version != self._version + 1:
+                return False
+            old = self._version
+            # The commit point: from here on every open reads the new version.
+            write_json(
+                self.folder / "gallery.json",
+                {"format": FORMAT_NAME, "format_version": 2, "data": f"v{old + 1}"},
+            )
+            _fsync_dir(self.folder)
+            # Processes that have this version open follow at their next call.
+            self._commit_settings({"superseded": True})
+        self._disconnect()
+        _remove_data(self.folder, old)
+        _fsync_dir(self.folder)
+        self._attach()
+        return True
+
     # ---------------------------------------------------------------------------- misc
-    def stats(self) -> GalleryStats:
+    def summary(self) -> Summary:
         with self._lock:
             self._refresh()
             times = self._columns["times"]
             if self._ann is None:
                 kind = "exact (torch)"
             else:
-                tail = self._rows - self._indexed_rows()
+                tail = self._rows - self._indexed
                 kind = f"IVF{self._ann.nlist},Flat nprobe={self._ann.nprobe} + exact tail {tail}"
-            return GalleryStats(
+            return Summary(
                 size=self._rows,
-                cameras=tuple(sorted(self._known_cameras())),
+                cameras=tuple(sorted(self._cameras())),
                 start=float(times.min()) if self._rows else None,
                 end=float(times.max()) if self._rows else None,
                 index_kind=kind,
-                backend=self.backend,
-                card=self.card,
             )
-
-    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
-        with self._lock:
-            self._refresh()
-            wanted = np.asarray(entry_ids, dtype=np.int64)
-            rows = np.searchsorted(self._columns["ids"], wanted).clip(max=max(self._rows - 1, 0))
-            if self._rows == 0 or not np.array_equal(self._columns["ids"][rows], wanted):
-                raise GalleryError(
-                    f"gallery '{self.folder}' has no entry among some of {entry_ids}"
-                )
-            return self._vectors[torch.from_numpy(rows)].numpy()
-
-    def thumbnail(self, entry_id: int) -> bytes | None:
-        with self._lock:
-            query = "SELECT thumbnail FROM entries WHERE id = ?"
-            row = self._db.execute(query, (int(entry_id),)).fetchone()
-        return None if row is None else row[0]
 
     def close(self) -> None:
         with self._lock:
             self._vectors = torch.empty(0)
             self._columns = {}
             self._ann = None
-            self._db.close()
-
-    def __enter__(self) -> EmbeddedGallery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            self._disconnect()
+            if self._audit_fd is not None:
+                os.close(self._audit_fd)
+                self._audit_fd = None

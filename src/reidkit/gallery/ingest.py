@@ -34,7 +34,8 @@ from reidkit.data.market import parse_name
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
 from reidkit.errors import ImageRefused
-from reidkit.gallery.store import CropMeta, GalleryError, GalleryStore
+from reidkit.gallery.front import Gallery
+from reidkit.gallery.store import CropMeta, GalleryError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")
@@ -146,14 +147,27 @@ def read_manifest(path: Path) -> list[CropMeta]:
     return metas
 
 
+def _refusal(meta: CropMeta) -> str | None:
+    """Why the crop's file cannot be embedded (None when it decodes; JPEGs at 1/8 scale)."""
+    try:
+        decode_rgb(Path(meta.path), f"crop '{meta.path}'", draft=True)
+    except ImageRefused as refused:
+        return str(refused)
+    return None
+
+
+def unreadable(metas: Sequence[CropMeta]) -> list[CropMeta]:
+    """The crops whose file is missing, damaged or refused, such as the ``upload:<hash>`` keys
+    of crops uploaded over HTTP, which have no file."""
+    return [meta for meta in metas if _refusal(meta) is not None]
+
+
 def check_readable(metas: Sequence[CropMeta]) -> None:
-    """Decode every crop (JPEGs at 1/8 scale) before anything is added: a missing, damaged or
-    refused file fails the whole add up front, with the gallery unchanged."""
+    """Decode every crop before anything is added: a missing, damaged or refused file fails the
+    whole add up front, with the gallery unchanged."""
     for meta in metas:
-        try:
-            decode_rgb(Path(meta.path), f"crop '{meta.path}'", draft=True)
-        except ImageRefused as refused:
-            raise GalleryError(str(refused)) from None
+        if (why := _refusal(meta)) is not None:
+            raise GalleryError(why)
 
 
 def _load(meta: CropMeta, transform: Any, thumbnails: bool) -> tuple[Tensor, bytes | None]:
@@ -194,7 +208,7 @@ def embed_batches(
 
 
 def add_crops(
-    store: GalleryStore,
+    gallery: Gallery,
     embedder: Embedder,
     card: dict[str, Any],
     metas: Sequence[CropMeta],
@@ -202,18 +216,20 @@ def add_crops(
     batch_size: int = 64,
     thumbnails: bool = True,
     progress: bool = True,
+    operator: str | None = None,
 ) -> tuple[int, int]:
     """Embed and store the crops the gallery does not hold yet; returns (added, already there).
 
     Resumable: after a kill, a rerun skips every crop already stored (without embedding it)
-    and adds the rest, so each crop ends up stored exactly once.
+    and adds the rest, so each crop ends up stored exactly once. Each batch is audited as
+    ``operator``.
     """
-    stored = store.contains([m.path for m in metas])
+    stored = gallery.contains([m.path for m in metas])
     todo = [m for m, present in zip(metas, stored, strict=True) if not present]
     check_readable(todo)
     added = 0
     for vectors, batch, thumbs in embed_batches(
         embedder, card, todo, batch_size=batch_size, thumbnails=thumbnails, progress=progress
     ):
-        added += store.add(vectors, batch, thumbs if thumbnails else None)
+        added += gallery.add(vectors, batch, thumbs if thumbnails else None, operator=operator)
     return added, len(metas) - len(todo)

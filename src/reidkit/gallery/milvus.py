@@ -1,55 +1,58 @@
 """The gallery on Milvus, for a fleet of cameras that outgrows one machine.
 
 ``gallery.uri`` is a Milvus server (``http://host:19530``) or a Milvus Lite file (``*.db``, the
-test double of a cluster: exact but slow). A gallery is three collections named after
+test double of a cluster: exact but slow). A gallery is two collections named after
 ``collection``: the crops (vector + metadata, primary key = a 64-bit hash of the crop path, so
-adding a stored path again is a no-op), and ``<collection>_log`` holding the settings row (model
-card, format version) and the audit records.
+adding a stored path again is a no-op), and ``<collection>_log`` holding the settings row (id
+0: model card, width, format version, and which collection holds the crops), the next
+version's settings row while ``gallery rebuild`` fills it (id -1), and the audit records.
 
 Vectors are stored L2-normalised with the inner-product metric and reported as ``2 - 2 ip``,
 the distance of the embedded store. A server gets an IVF_FLAT index (as in NVIDIA's
-multi-camera reference design), Milvus Lite a FLAT one. ``forget`` deletes the rows; Milvus
-drops their bytes when it compacts the segments, which ``forget`` requests.
+multi-camera reference design), Milvus Lite a FLAT one. ``delete`` removes the rows; Milvus
+drops their bytes when it compacts the segments, which ``delete`` requests. A rebuilt version
+lives in ``<collection>_v<N>``; the switch is one upsert of the settings row, after which the
+old crops collection is dropped.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import getpass
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from reidkit.gallery.store import (
+    Backend,
+    CropFilter,
     CropMeta,
     GalleryError,
-    GalleryStats,
-    Hit,
-    check_card_fits,
-    decide,
-    rows_to_add,
-    squared_distance,
-    unit_rows,
+    Neighbour,
+    Selection,
+    Settings,
+    StoredCrop,
+    Summary,
 )
 
-# Version of the collections' layout; a gallery written by a newer reidkit is refused.
-FORMAT_VERSION = 1
+#: Format 1: the crops in ``<collection>``; format 2: in the collection the settings name.
+FORMAT_VERSION = 2
 
 _TEXT_FIELDS = ("path", "track_id", "site", "zone")
-_OUTPUT_FIELDS = ["path", "camera", "timestamp", "track_id", "site", "zone"]
+_META_FIELDS = ["path", "camera", "timestamp", "track_id", "site", "zone"]
 _MAX_TEXT = 4096
 _MAX_THUMBNAIL = 65_535
 # Rows per insert/query request (Milvus caps a request at 64 MB and a query at 16384 rows).
 _BATCH = 4096
+# Settings rows of the log collection: this version's, and the next one's during a rebuild.
+_CURRENT, _NEXT = 0, -1
 
 
-def entry_id_of(path: str) -> int:
+def crop_id_of(path: str) -> int:
     """Signed 64-bit primary key of a crop path: the same path always maps to the same row."""
     return int.from_bytes(
         hashlib.blake2b(path.encode(), digest_size=8).digest(), "big", signed=True
@@ -60,30 +63,60 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-class MilvusGallery:
-    """A gallery in a Milvus collection (see the module docstring)."""
+def _meta(entity: dict[str, Any]) -> CropMeta:
+    return CropMeta(
+        path=entity["path"],
+        camera=int(entity["camera"]),
+        timestamp=float(entity["timestamp"]),
+        track_id=entity["track_id"] or None,
+        site=entity["site"] or None,
+        zone=entity["zone"] or None,
+    )
 
-    backend = "milvus"
+
+def _expression(where: CropFilter | None) -> str:
+    """Milvus boolean expression of a filter ("" accepts every crop)."""
+    if where is None:
+        return ""
+    clauses = []
+    if where.cameras is not None:
+        clauses.append(f"camera in {[int(c) for c in where.cameras]}")
+    if where.start is not None:
+        clauses.append(f"timestamp >= {float(where.start)!r}")
+    if where.end is not None:
+        clauses.append(f"timestamp <= {float(where.end)!r}")
+    return " and ".join(clauses)
+
+
+class MilvusBackend(Backend):
+    """A gallery in Milvus collections (see the module docstring).
+
+    ``staged`` opens the next version a rebuild fills (see :meth:`staging`) instead of the
+    gallery's current one, through ``client`` (the current version's connection).
+    """
+
+    kind = "milvus"
 
     def __init__(
         self,
         uri: str,
-        card: dict[str, Any] | None = None,
         *,
         create: bool = False,
-        operator: str | None = None,
         collection: str = "reidkit_gallery",
+        staged: bool = False,
+        client: Any = None,
     ) -> None:
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
-        self.uri = uri
-        self.operator = operator or getpass.getuser()
+        self.location = uri
         self.name = collection
         self.log_name = f"{collection}_log"
-        self._given_card = card
+        self._row = _NEXT if staged else _CURRENT
+        self._settings = Settings(None, None, FORMAT_VERSION)
+        self._owns_client = client is None
         try:
-            self._client = MilvusClient(uri)
+            self._client = client or MilvusClient(uri)
         except MilvusException as exc:
             raise GalleryError(
                 f"cannot reach Milvus at '{uri}' ({exc.message}); check gallery.uri"
@@ -95,16 +128,7 @@ class MilvusGallery:
                     "'reidkit gallery add' to create it"
                 )
             self._create_log()
-        settings = self._settings()
-        version = int(settings.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise GalleryError(
-                f"gallery '{uri}' has format version {version}, this reidkit reads up to "
-                f"{FORMAT_VERSION}; upgrade reidkit"
-            )
-        self._card = settings.get("card")
-        self._dim = settings.get("dim")
-        check_card_fits(self._card, card, uri)
+        self._read_settings()
 
     # ------------------------------------------------------------------------- plumbing
     def _create_log(self) -> None:
@@ -117,17 +141,41 @@ class MilvusGallery:
         index = self._client.prepare_index_params()
         index.add_index("unused", index_type="FLAT", metric_type="L2")
         self._client.create_collection(self.log_name, schema=schema, index_params=index)
-        self._write_settings({"format_version": FORMAT_VERSION, "card": None, "dim": None})
+        self._write_row(_CURRENT, {"format_version": 1, "card": None, "dim": None})
 
-    def _settings(self) -> dict[str, Any]:
+    def _row_record(self, row_id: int) -> dict[str, Any] | None:
         rows = self._client.query(
-            self.log_name, filter="id == 0", output_fields=["record"], consistency_level="Strong"
+            self.log_name,
+            filter=f"id == {row_id}",
+            output_fields=["record"],
+            consistency_level="Strong",
         )
-        return json.loads(rows[0]["record"]) if rows else {}
+        return json.loads(rows[0]["record"]) if rows else None
 
-    def _write_settings(self, settings: dict[str, Any]) -> None:
-        row = {"id": 0, "unused": [0.0, 0.0], "record": json.dumps(settings)}
+    def _write_row(self, row_id: int, record: dict[str, Any]) -> None:
+        row = {"id": row_id, "unused": [0.0, 0.0], "record": json.dumps(record)}
         self._client.upsert(self.log_name, [row])
+
+    def _read_settings(self) -> dict[str, Any]:
+        """This version's settings row; the crops collection and settings follow a switch."""
+        record = self._row_record(self._row)
+        if record is None:
+            raise GalleryError(f"gallery '{self.location}' has no next version; rerun the rebuild")
+        version = int(record.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise GalleryError(
+                f"gallery '{self.location}' has format version {version}, this reidkit reads up "
+                f"to {FORMAT_VERSION}; upgrade reidkit"
+            )
+        self._record = record
+        self.crops = record.get("crops", self.name)
+        card, dim = record.get("card"), record.get("dim")
+        if card != self._settings.card or dim != self._settings.dim:
+            self._settings = Settings(card, dim, version)
+        return record
+
+    def _has_crops(self) -> bool:
+        return self._client.has_collection(self.crops)
 
     def _create_crops(self, dim: int) -> None:
         from pymilvus import DataType, MilvusClient
@@ -141,67 +189,81 @@ class MilvusGallery:
             schema.add_field(field, DataType.VARCHAR, max_length=_MAX_TEXT)
         schema.add_field("thumbnail", DataType.VARCHAR, max_length=_MAX_THUMBNAIL)
         index = self._client.prepare_index_params()
-        if self.uri.endswith(".db"):
+        if self.location.endswith(".db"):
             index.add_index("vector", index_type="FLAT", metric_type="IP")
         else:
             index.add_index(
                 "vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 1024}
             )
-        self._client.create_collection(self.name, schema=schema, index_params=index)
+        self._client.create_collection(self.crops, schema=schema, index_params=index)
 
-    def _audit(self, action: str, **what: Any) -> None:
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "operator": self.operator,
-            "action": action,
-            **what,
-        }
+    def _query(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
+        if not self._has_crops():
+            return []
+        return self._client.query(
+            self.crops, filter=expression, output_fields=fields, consistency_level="Strong"
+        )
+
+    def _iterate(self, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Every crop row, in batches (a plain query stops at 16384 rows)."""
+        if not self._has_crops():
+            return
+        iterator = self._client.query_iterator(
+            self.crops, batch_size=_BATCH * 4, output_fields=fields
+        )
+        try:
+            while batch := iterator.next():
+                yield batch
+        finally:
+            iterator.close()
+
+    # ------------------------------------------------------------------------ settings
+    def settings(self) -> Settings:
+        self._read_settings()
+        return self._settings
+
+    def record_card(self, card: dict[str, Any]) -> None:
+        record = self._read_settings()
+        if record.get("card") is None:
+            self._write_row(self._row, {**record, "card": card})
+            self._read_settings()
+
+    # --------------------------------------------------------------------------- audit
+    def append_audit(self, record: dict[str, Any]) -> None:
         row = {"id": time.time_ns(), "unused": [0.0, 0.0], "record": json.dumps(record)}
         self._client.insert(self.log_name, [row])
 
-    def audit_log(self) -> list[dict[str, Any]]:
-        """Every audit record, oldest first."""
-        rows = self._client.query(
-            self.log_name, filter="id > 0", output_fields=["record"], consistency_level="Strong"
+    def audit_records(self) -> list[dict[str, Any]]:
+        iterator = self._client.query_iterator(
+            self.log_name, batch_size=_BATCH * 4, filter="id > 0", output_fields=["record"]
         )
+        rows: list[dict[str, Any]] = []
+        try:
+            while batch := iterator.next():
+                rows += batch
+        finally:
+            iterator.close()
         return [json.loads(r["record"]) for r in sorted(rows, key=lambda r: r["id"])]
 
-    @property
-    def card(self) -> dict[str, Any] | None:
-        return self._card
-
-    def _has_crops(self) -> bool:
-        return self._client.has_collection(self.name)
-
-    # ------------------------------------------------------------------------------ add
-    def add(
-        self,
-        vectors: np.ndarray | Tensor,
-        metas: Sequence[CropMeta],
-        thumbnails: Sequence[bytes | None] | None = None,
+    # -------------------------------------------------------------------------- insert
+    def insert(
+        self, vectors: np.ndarray, metas: Sequence[CropMeta], thumbnails: Sequence[bytes | None]
     ) -> int:
-        matrix = rows_to_add(vectors, metas, thumbnails)
-        dim = self._dim or (self._given_card or {}).get("embedding_dim") or matrix.shape[1]
-        if matrix.shape[1] != dim:
-            raise GalleryError(
-                f"embeddings have {matrix.shape[1]} dimensions, gallery '{self.uri}' holds "
-                f"{dim}; use the model that filled it"
-            )
+        record = self._read_settings()
+        dim = record.get("dim") or vectors.shape[1]
         if not self._has_crops():
             self._create_crops(dim)
-        ids = [entry_id_of(m.path) for m in metas]
-        stored = self._existing(ids)
-        rows, seen = [], set(stored)
-        for i, (entry_id, meta) in enumerate(zip(ids, metas, strict=True)):
-            if entry_id in seen:
+        ids = [crop_id_of(m.path) for m in metas]
+        rows, seen = [], self._existing(ids)
+        for i, (crop_id, meta) in enumerate(zip(ids, metas, strict=True)):
+            if crop_id in seen:
                 continue
-            seen.add(entry_id)
-            thumb = None if thumbnails is None else thumbnails[i]
-            encoded = base64.b64encode(thumb).decode() if thumb else ""
+            seen.add(crop_id)
+            encoded = base64.b64encode(thumbnails[i]).decode() if thumbnails[i] else ""
             rows.append(
                 {
-                    "id": entry_id,
-                    "vector": matrix[i].tolist(),
+                    "id": crop_id,
+                    "vector": vectors[i].tolist(),
                     "camera": int(meta.camera),
                     "timestamp": float(meta.timestamp),
                     **{f: getattr(meta, f) or "" for f in _TEXT_FIELDS},
@@ -209,20 +271,14 @@ class MilvusGallery:
                 }
             )
         for start in range(0, len(rows), _BATCH):
-            self._client.insert(self.name, rows[start : start + _BATCH])
-        if rows and (self._card is None or self._dim is None):
-            self._card = self._card or self._given_card
-            self._dim = int(dim)
-            self._write_settings(
-                {"format_version": FORMAT_VERSION, "card": self._card, "dim": self._dim}
-            )
-        self._audit("add", added=len(rows), skipped=len(metas) - len(rows))
+            self._client.insert(self.crops, rows[start : start + _BATCH])
+        if rows and record.get("dim") is None:
+            self._write_row(self._row, {**record, "dim": int(dim)})
+            self._read_settings()
         return len(rows)
 
     def contains(self, paths: Sequence[str]) -> list[bool]:
-        if not self._has_crops():
-            return [False] * len(paths)
-        ids = [entry_id_of(p) for p in paths]
+        ids = [crop_id_of(p) for p in paths]
         stored = self._existing(ids)
         return [i in stored for i in ids]
 
@@ -230,188 +286,151 @@ class MilvusGallery:
         found: set[int] = set()
         for start in range(0, len(ids), _BATCH):
             chunk = list(ids[start : start + _BATCH])
-            rows = self._client.query(
-                self.name,
-                filter=f"id in {chunk}",
-                output_fields=["id"],
-                consistency_level="Strong",
-            )
-            found.update(r["id"] for r in rows)
+            found.update(r["id"] for r in self._query(f"id in {chunk}", ["id"]))
         return found
 
-    # --------------------------------------------------------------------------- search
-    def search(
-        self,
-        vectors: np.ndarray | Tensor,
-        k: int = 10,
-        *,
-        cameras: Sequence[int] | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        threshold: float | None = None,
-    ) -> list[list[Hit]]:
-        queries = unit_rows(vectors, "query embeddings")
-        if k < 1:
-            raise GalleryError(f"top-k must be at least 1, got {k}")
+    # -------------------------------------------------------------------------- search
+    def nearest(
+        self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
+    ) -> list[list[Neighbour]]:
         if not self._has_crops():
             return [[] for _ in range(len(queries))]
-        if queries.shape[1] != self._dim:
-            raise GalleryError(
-                f"query embeddings have {queries.shape[1]} dimensions, gallery '{self.uri}' "
-                f"holds {self._dim}; use the model that filled it"
-            )
-        clauses = []
-        if cameras is not None:
-            for camera in cameras:
-                if not self._count(f"camera == {int(camera)}"):
-                    raise GalleryError(
-                        f"camera {camera} is not in gallery '{self.uri}'; check the camera filter"
-                    )
-            clauses.append(f"camera in {[int(c) for c in cameras]}")
-        if start is not None:
-            clauses.append(f"timestamp >= {float(start)!r}")
-        if end is not None:
-            clauses.append(f"timestamp <= {float(end)!r}")
         results = self._client.search(
-            self.name,
+            self.crops,
             data=queries.tolist(),
             limit=k,
-            filter=" and ".join(clauses),
-            output_fields=_OUTPUT_FIELDS,
-            search_params={"metric_type": "IP", "params": {"nprobe": 64}},
+            filter=_expression(where),
+            output_fields=_META_FIELDS,
+            search_params={"metric_type": "IP", "params": {"nprobe": 1024 if exact else 64}},
             consistency_level="Strong",
         )
-        limit = self._threshold(threshold)
-        hits = []
-        for found in results:
-            row_hits = []
-            for item in found:
-                entity = item["entity"]
-                distance = squared_distance(float(item["distance"]))
-                row_hits.append(
-                    Hit(int(item["id"]), distance, _meta(entity), decide(distance, limit))
-                )
-            hits.append(sorted(row_hits, key=lambda h: h.distance))
-        self._audit(
-            "search",
-            queries=len(queries),
-            k=k,
-            cameras=None if cameras is None else sorted(int(c) for c in cameras),
-            start=start,
-            end=end,
-            hits=sum(len(h) for h in hits),
-        )
-        return hits
+        return [
+            sorted(
+                (
+                    (int(item["id"]), 2.0 - 2.0 * float(item["distance"]), _meta(item["entity"]))
+                    for item in found
+                ),
+                key=lambda neighbour: neighbour[1],
+            )
+            for found in results
+        ]
 
-    def _threshold(self, given: float | None) -> float | None:
-        return given if given is not None else (self._card or {}).get("match_threshold")
+    def count(self, where: CropFilter | None = None) -> int:
+        return self._count(_expression(where))
 
     def _count(self, expression: str) -> int:
-        rows = self._client.query(
-            self.name, filter=expression, output_fields=["count(*)"], consistency_level="Strong"
-        )
-        return int(rows[0]["count(*)"])
+        rows = self._query(expression, ["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
 
-    # --------------------------------------------------------------------------- forget
-    def forget(
-        self,
-        *,
-        track_ids: Sequence[str] = (),
-        paths: Sequence[str] = (),
-        older_than: float | None = None,
-    ) -> int:
+    # --------------------------------------------------------------------------- fetch
+    def crop_ids(self) -> np.ndarray:
+        ids = [int(r["id"]) for batch in self._iterate(["id"]) for r in batch]
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def fetch(self, crop_ids: Sequence[int], *, thumbnails: bool = False) -> list[StoredCrop]:
+        wanted = [int(i) for i in crop_ids]
+        fields = [*_META_FIELDS, "thumbnail"] if thumbnails else _META_FIELDS
+        found: dict[int, StoredCrop] = {}
+        for start in range(0, len(wanted), _BATCH):
+            for row in self._query(f"id in {wanted[start : start + _BATCH]}", fields):
+                thumb = base64.b64decode(row["thumbnail"]) if row.get("thumbnail") else None
+                found[int(row["id"])] = StoredCrop(int(row["id"]), _meta(row), thumb)
+        return [found[i] for i in wanted if i in found]
+
+    def vectors(self, crop_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in crop_ids]
+        found = {int(r["id"]): r["vector"] for r in self._query(f"id in {ids}", ["vector"])}
+        if len(found) != len(set(ids)):
+            raise GalleryError(f"gallery '{self.location}' has no crop among some of {ids}")
+        return np.array([found[i] for i in ids], dtype=np.float32)
+
+    # -------------------------------------------------------------------------- delete
+    def delete(self, selection: Selection) -> int:
         clauses = []
-        if track_ids:
-            clauses.append(f"track_id in [{', '.join(_quote(t) for t in track_ids)}]")
-        if paths:
-            clauses.append(f"id in {[entry_id_of(p) for p in paths]}")
-        if older_than is not None:
-            clauses.append(f"timestamp < {float(older_than)!r}")
-        removed = 0
-        if clauses and self._has_crops():
-            expression = " or ".join(f"({c})" for c in clauses)
-            removed = self._count(expression)
-            if removed:
-                self._client.delete(self.name, filter=expression)
-                self._compact()
-        self._audit(
-            "forget",
-            track_ids=list(track_ids),
-            paths=list(paths),
-            older_than=older_than,
-            removed=removed,
-        )
+        if selection.crop_ids:
+            clauses.append(f"id in {[int(i) for i in selection.crop_ids]}")
+        if selection.track_ids:
+            clauses.append(f"track_id in [{', '.join(_quote(t) for t in selection.track_ids)}]")
+        if selection.paths:
+            clauses.append(f"id in {[crop_id_of(p) for p in selection.paths]}")
+        if selection.before is not None:
+            clauses.append(f"timestamp < {float(selection.before)!r}")
+        if not clauses or not self._has_crops():
+            return 0
+        expression = " or ".join(f"({c})" for c in clauses)
+        removed = self._count(expression)
+        if removed:
+            self._client.delete(self.crops, filter=expression)
+            self._compact(self.crops)
         return removed
 
-    def _compact(self) -> None:
+    def _compact(self, collection: str) -> None:
         """Ask the server to rewrite segments without the deleted rows (Lite has no compaction)."""
         from pymilvus.exceptions import MilvusException
 
         with contextlib.suppress(MilvusException, NotImplementedError):
-            self._client.compact(self.name)
+            self._client.compact(collection)
 
-    # ----------------------------------------------------------------------------- misc
-    def stats(self) -> GalleryStats:
+    # ------------------------------------------------------------------------ versions
+    def staging(self, create: bool) -> MilvusBackend | None:
+        if self._row == _NEXT:
+            raise GalleryError(f"'{self.crops}' is already the next version of a gallery")
+        current = self._read_settings()
+        if self._row_record(_NEXT) is None:
+            if not create:
+                return None
+            version = int(current.get("version", 0)) + 1
+            self._write_row(
+                _NEXT,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "card": None,
+                    "dim": None,
+                    "crops": f"{self.name}_v{version}",
+                    "version": version,
+                },
+            )
+        return MilvusBackend(self.location, collection=self.name, staged=True, client=self._client)
+
+    def discard_staging(self) -> None:
+        staged = self._row_record(_NEXT)
+        if staged is None:
+            return
+        if self._client.has_collection(staged["crops"]):
+            self._client.drop_collection(staged["crops"])
+        self._client.delete(self.log_name, filter=f"id == {_NEXT}")
+
+    def state(self) -> Hashable:
+        record = self._read_settings()
+        return (record.get("crops", self.name), self.count())
+
+    def promote(self, staged: Backend, expected_state: Hashable) -> bool:
+        if not (isinstance(staged, MilvusBackend) and staged._row == _NEXT):
+            raise GalleryError(f"only a next version of '{self.location}' can replace it")
+        if self.state() != expected_state:
+            return False
+        old = self.crops
+        # The commit point: one upsert of the settings row names the new crops collection.
+        self._write_row(_CURRENT, {**staged._read_settings(), "format_version": FORMAT_VERSION})
+        self._client.delete(self.log_name, filter=f"id == {_NEXT}")
+        if self._client.has_collection(old):
+            self._client.drop_collection(old)
+        self._read_settings()
+        return True
+
+    # ---------------------------------------------------------------------------- misc
+    def summary(self) -> Summary:
         cameras: set[int] = set()
         first, last, size = None, None, 0
-        if self._has_crops():
-            iterator = self._client.query_iterator(
-                self.name, batch_size=_BATCH * 4, output_fields=["camera", "timestamp"]
-            )
-            while batch := iterator.next():
-                size += len(batch)
-                cameras.update(int(r["camera"]) for r in batch)
-                times = [float(r["timestamp"]) for r in batch]
-                first = min(times) if first is None else min(first, *times)
-                last = max(times) if last is None else max(last, *times)
-            iterator.close()
-        kind = "FLAT (Milvus Lite)" if self.uri.endswith(".db") else "IVF_FLAT nlist=1024"
-        return GalleryStats(size, tuple(sorted(cameras)), first, last, kind, "milvus", self._card)
-
-    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(i) for i in entry_ids]
-        rows = (
-            self._client.query(
-                self.name,
-                filter=f"id in {ids}",
-                output_fields=["vector"],
-                consistency_level="Strong",
-            )
-            if self._has_crops()
-            else []
-        )
-        found = {int(r["id"]): r["vector"] for r in rows}
-        if len(found) != len(set(ids)):
-            raise GalleryError(f"gallery '{self.uri}' has no entry among some of {ids}")
-        return np.array([found[i] for i in ids], dtype=np.float32)
-
-    def thumbnail(self, entry_id: int) -> bytes | None:
-        if not self._has_crops():
-            return None
-        rows = self._client.query(
-            self.name,
-            filter=f"id == {int(entry_id)}",
-            output_fields=["thumbnail"],
-            consistency_level="Strong",
-        )
-        return base64.b64decode(rows[0]["thumbnail"]) if rows and rows[0]["thumbnail"] else None
+        for batch in self._iterate(["camera", "timestamp"]):
+            size += len(batch)
+            cameras.update(int(r["camera"]) for r in batch)
+            times = [float(r["timestamp"]) for r in batch]
+            first = min(times) if first is None else min(first, *times)
+            last = max(times) if last is None else max(last, *times)
+        kind = "FLAT (Milvus Lite)" if self.location.endswith(".db") else "IVF_FLAT nlist=1024"
+        return Summary(size, tuple(sorted(cameras)), first, last, kind)
 
     def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> MilvusGallery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _meta(entity: dict[str, Any]) -> CropMeta:
-    return CropMeta(
-        path=entity["path"],
-        camera=int(entity["camera"]),
-        timestamp=float(entity["timestamp"]),
-        track_id=entity["track_id"] or None,
-        site=entity["site"] or None,
-        zone=entity["zone"] or None,
-    )
+        if self._owns_client:
+            self._client.close()

@@ -1,48 +1,42 @@
-"""The one small interface every gallery backend implements, and :func:`open_gallery`.
+"""The gallery's contract: its records, and the narrow :class:`Backend` every storage implements.
 
 A gallery is a site's crops, each stored as one L2-normalised embedding plus its metadata
 (crop path, camera, time, track, optional site/zone and a JPEG thumbnail). Everything above the
-storage (the ``gallery`` actions, the HTTP service) talks to a :class:`GalleryStore` and never to
-a backend, so a site can move from the embedded folder to a Milvus fleet by changing one URI.
+storage (the ``gallery`` actions, the HTTP service) talks to the :class:`~reidkit.gallery.front.
+Gallery` front, which validates, normalises, checks the model's identity, decides match or
+unknown and writes the audit log once for every backend; a backend only stores rows and finds
+neighbours (in the spirit of faiss, where ``IndexIDMap`` wraps a thin index). A site moves from
+the embedded folder to a Milvus fleet by changing one URI (:mod:`reidkit.gallery.factory`).
+
+This module imports no backend, and no backend imports the factory: the floors are
+``store`` <- backends <- ``factory``, and ``store`` <- ``front`` <- ``factory``.
 
 Distances are the squared Euclidean distance between L2-normalised embeddings (``2 - 2 cos``,
 in ``[0, 4]``), the same figure :func:`reidkit.evaluation.metrics.pairwise_distance` gives to
 evaluation, so a threshold calibrated by ``evaluate`` applies to a gallery unchanged.
-
-A gallery records the model card of the model that filled it: embeddings of two different
-models are not comparable, so opening a gallery with another model's card is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from reidkit.errors import ReidkitError
-from reidkit.evaluation.metrics import normalize_features
 
 Decision = Literal["match", "unknown"]
-
-# Card keys that may differ between two users of one gallery: recalibrating the threshold or
-# upgrading reidkit does not change the embeddings.
-_CARD_KEYS_NOT_COMPARED = frozenset(
-    {"match_threshold", "match_false_match_rate", "reidkit_version"}
-)
 
 
 class GalleryError(ReidkitError):
     """A gallery is unreadable, from a newer reidkit, filled by another model, or misused."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CropMeta:
-    """What a gallery keeps about one crop besides its embedding.
+    """What a gallery keeps about one crop besides its embedding (not frozen: a frozen
+    dataclass costs three times as much to build, and a search builds one per hit).
 
     ``path`` identifies the crop: adding a path that is already stored is a no-op, which is
     what makes an interrupted ``add`` safe to rerun. ``timestamp`` is unix seconds (UTC).
@@ -59,23 +53,23 @@ class CropMeta:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
-    """One search result: the stored entry, its distance to the query, and the decision.
+    """One search result: the stored crop, its distance to the query, and the decision.
 
     ``decision`` is ``"match"`` when ``distance <= threshold`` (the calibrated
     ``match_threshold`` of the gallery's model card, or the one passed to ``search``),
     ``"unknown"`` above it, and ``None`` when no threshold is known.
     """
 
-    entry_id: int
+    crop_id: int
     distance: float
     meta: CropMeta
     decision: Decision | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "entry_id": self.entry_id,
+            "crop_id": self.crop_id,
             "distance": self.distance,
             "decision": self.decision,
             **self.meta.to_dict(),
@@ -98,161 +92,189 @@ class GalleryStats:
         return asdict(self)
 
 
-class GalleryStore(Protocol):
-    """A gallery backend. Vectors are ``[N, D]`` float arrays or tensors, normalised on the way in.
+@dataclass(frozen=True, slots=True)
+class CropFilter:
+    """Which stored crops a search looks at: every condition given holds (``None``: any).
 
-    Every ``search`` and ``forget`` is appended to the gallery's audit log (operator, time,
-    what was asked; never an embedding).
+    ``cameras``: the crop's camera is one of these; ``start`` / ``end``: its timestamp (unix
+    seconds) is in ``[start, end]``. A new condition (e.g. a global identity) is a new field
+    here and a clause in each backend's ``nearest`` and ``count``.
     """
 
-    @property
-    def card(self) -> dict[str, Any] | None:
-        """The model card of the model whose embeddings fill the gallery (None: still empty)."""
+    cameras: tuple[int, ...] | None = None
+    start: float | None = None
+    end: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cameras": None if self.cameras is None else sorted(self.cameras),
+            "start": self.start,
+            "end": self.end,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Crops to delete: every crop that matches ANY of the fields.
+
+    ``before`` is an absolute cutoff (unix seconds: crops taken earlier go); an age such as
+    "30 days" is turned into it by the caller.
+    """
+
+    crop_ids: tuple[int, ...] = ()
+    paths: tuple[str, ...] = ()
+    track_ids: tuple[str, ...] = ()
+    before: float | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.crop_ids or self.paths or self.track_ids) and self.before is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "track_ids": list(self.track_ids),
+            "paths": list(self.paths),
+            "crop_ids": list(self.crop_ids),
+            "before": self.before,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a gallery records about itself: the card of the model whose embeddings fill it
+    (``None`` until the first add), their width, and the layout version of its storage."""
+
+    card: dict[str, Any] | None
+    dim: int | None
+    format_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A backend's part of :class:`GalleryStats`."""
+
+    size: int
+    cameras: tuple[int, ...]
+    start: float | None
+    end: float | None
+    index_kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCrop:
+    """One stored row as :meth:`Backend.fetch` returns it."""
+
+    crop_id: int
+    meta: CropMeta
+    thumbnail: bytes | None = None
+
+
+#: One neighbour of a query: crop id, squared distance ``2 - 2 cos`` (unclamped), metadata.
+Neighbour = tuple[int, float, CropMeta]
+
+
+class Backend(Protocol):
+    """Where a gallery's rows live. The :class:`~reidkit.gallery.front.Gallery` front hands it
+    only valid input: float32 ``[N, D]`` rows that are L2-normalised and finite, of the
+    gallery's width, with one :class:`CropMeta` (finite timestamp) per row and ``k >= 1``.
+
+    A backend implements every method without a body below; ``optimise`` and the four
+    version methods (for ``reidkit gallery rebuild``) have defaults a backend may keep.
+    """
+
+    #: Short name for stats and messages (``embedded``, ``milvus``).
+    kind: str
+    #: Where the gallery is (its URI), for messages.
+    location: str
+
+    def settings(self) -> Settings:
+        """The recorded settings, as committed now (another process may have changed them)."""
         ...
 
-    def add(
-        self,
-        vectors: np.ndarray | Tensor,
-        metas: Sequence[CropMeta],
-        thumbnails: Sequence[bytes | None] | None = None,
-    ) -> int:
-        """Store the crops whose path is not stored yet; returns how many were added.
+    def record_card(self, card: dict[str, Any]) -> None:
+        """Record the model card of the gallery's embeddings (once, before the first insert)."""
+        ...
 
-        All-or-nothing per call: after a crash the gallery holds either none or all of them.
-        """
+    def insert(
+        self, vectors: np.ndarray, metas: Sequence[CropMeta], thumbnails: Sequence[bytes | None]
+    ) -> int:
+        """Store the crops whose path is not stored yet (the first of repeated paths); returns
+        how many were stored. The first insert fixes the gallery's width (``settings().dim``).
+        All-or-nothing where the storage allows it."""
         ...
 
     def contains(self, paths: Sequence[str]) -> list[bool]:
-        """Whether each crop path is stored (a resumed ``add`` embeds only the others)."""
+        """Whether each crop path is stored."""
         ...
 
-    def search(
-        self,
-        vectors: np.ndarray | Tensor,
-        k: int = 10,
-        *,
-        cameras: Sequence[int] | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        threshold: float | None = None,
-    ) -> list[list[Hit]]:
-        """The ``k`` nearest stored crops per query, nearest first, among the crops whose camera
-        is in ``cameras`` and whose timestamp is in ``[start, end]`` (``None``: no bound)."""
+    def nearest(
+        self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
+    ) -> list[list[Neighbour]]:
+        """Per query, the (up to) ``k`` stored crops nearest to it among those ``where``
+        accepts, nearest first. ``exact`` asks for an exhaustive search (no ANN index)."""
         ...
 
-    def vectors(self, entry_ids: Sequence[int]) -> np.ndarray:
-        """The stored (L2-normalised) embeddings of these entries, ``[len, D]`` float32, in
-        order (for re-ranking a small result set)."""
+    def count(self, where: CropFilter | None = None) -> int:
+        """How many stored crops ``where`` accepts (all of them for ``None``)."""
         ...
 
-    def forget(
-        self,
-        *,
-        track_ids: Sequence[str] = (),
-        paths: Sequence[str] = (),
-        older_than: float | None = None,
-    ) -> int:
-        """Remove crops by track, by path, or taken before ``older_than`` (unix seconds), from
-        every file of the gallery (not only hidden); returns how many were removed."""
+    def crop_ids(self) -> np.ndarray:
+        """Every stored crop id (int64)."""
         ...
 
-    def stats(self) -> GalleryStats: ...
+    def fetch(self, crop_ids: Sequence[int], *, thumbnails: bool = False) -> list[StoredCrop]:
+        """The stored rows among ``crop_ids`` (unknown ids are left out), with their JPEG
+        thumbnails if asked."""
+        ...
 
-    def thumbnail(self, entry_id: int) -> bytes | None:
-        """The JPEG thumbnail stored with an entry, or None."""
+    def vectors(self, crop_ids: Sequence[int]) -> np.ndarray:
+        """The stored embeddings of these crops, ``[len, D]`` float32, in order; an unknown id
+        is a :class:`GalleryError`."""
+        ...
+
+    def delete(self, selection: Selection) -> int:
+        """Remove the selected crops from every file the backend keeps (not only hide them);
+        returns how many were removed."""
+        ...
+
+    def summary(self) -> Summary: ...
+
+    def append_audit(self, record: dict[str, Any]) -> None:
+        """Append one JSON-ready record to the gallery's audit log (durably unless it is a
+        search)."""
+        ...
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record, oldest first."""
         ...
 
     def close(self) -> None: ...
 
-
-def check_card_fits(
-    stored: dict[str, Any] | None, given: dict[str, Any] | None, where: str
-) -> None:
-    """Refuse embeddings of a model other than the one that filled the gallery at ``where``."""
-    if stored is None or given is None:
-        return
-    differing = sorted(
-        key
-        for key in (set(stored) | set(given)) - _CARD_KEYS_NOT_COMPARED
-        if stored.get(key) != given.get(key)
-    )
-    if differing:
-        key = differing[0]
-        raise GalleryError(
-            f"gallery '{where}' was filled by another model ({key}: gallery has "
-            f"{stored.get(key)!r}, this model {given.get(key)!r}); use the same model or a new "
-            "gallery.uri"
-        )
-
-
-def unit_rows(vectors: np.ndarray | Tensor, what: str) -> Tensor:
-    """Float32 ``[N, D]`` tensor of L2-normalised rows; one line on a wrong shape or NaN."""
-    matrix = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, Tensor) else vectors)
-    if matrix.ndim != 2:
-        raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    unit = normalize_features(matrix.detach().to("cpu", torch.float32)).contiguous()
-    # A NaN or infinite input makes its normalised row NaN, so one sum per row finds it.
-    if not torch.isfinite(unit.sum(dim=1)).all():
-        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
-    return unit
-
-
-def rows_to_add(
-    vectors: np.ndarray | Tensor,
-    metas: Sequence[CropMeta],
-    thumbnails: Sequence[bytes | None] | None,
-) -> Tensor:
-    """What every backend's ``add`` checks first: unit rows, one per crop (and thumbnail)."""
-    matrix = unit_rows(vectors, "embeddings")
-    if len(matrix) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
-        raise GalleryError(
-            f"add got {len(matrix)} embeddings for {len(metas)} crops"
-            + ("" if thumbnails is None else f" and {len(thumbnails)} thumbnails")
-            + "; pass one of each per crop"
-        )
-    return matrix
-
-
-def squared_distance(similarity: float) -> float:
-    """Squared Euclidean distance of unit vectors from their inner product, never below 0.
-
-    In float32 a crop's similarity to itself can come out a hair above 1, which would show as a
-    distance of -0.000.
-    """
-    return max(2.0 - 2.0 * similarity, 0.0)
-
-
-def decide(distance: float, threshold: float | None) -> Decision | None:
-    """``match`` at or below the calibrated distance threshold, ``unknown`` above it."""
-    if threshold is None:
+    # ------------------------------------------------------------- optional steps
+    def optimise(self) -> None:
+        """Bring the search structures up to date after a bulk add (e.g. build an ANN index).
+        Default: nothing to do."""
         return None
-    return "match" if distance <= threshold else "unknown"
 
+    def staging(self, create: bool) -> Backend | None:
+        """The gallery's next version (what ``gallery rebuild`` fills while this one serves):
+        the one left by an interrupted rebuild, a new empty one if ``create``, else ``None``."""
+        if create:
+            raise GalleryError(
+                f"the {self.kind} gallery backend cannot hold two versions; rebuild into a new "
+                "gallery.uri instead"
+            )
+        return None
 
-def is_milvus_uri(uri: str) -> bool:
-    """``http(s)://host:port`` (a Milvus server) or a ``*.db`` file (Milvus Lite)."""
-    return uri.startswith(("http://", "https://", "tcp://")) or uri.endswith(".db")
+    def discard_staging(self) -> None:
+        """Remove the next version and everything in it."""
+        return None
 
+    def state(self) -> Hashable:
+        """A token that changes whenever a crop is stored or deleted (by any process)."""
+        return None
 
-def open_gallery(
-    uri: str | Path,
-    card: dict[str, Any] | None = None,
-    *,
-    create: bool = False,
-    operator: str | None = None,
-) -> GalleryStore:
-    """Open the gallery at ``uri``: a folder (embedded store) or a Milvus URI.
-
-    ``card`` is the model card of the model about to add or search; it is recorded by the first
-    ``add`` and compared on every later open. ``create`` allows a new, empty gallery; without it
-    a missing gallery is an error (a typo in the URI should not silently start an empty one).
-    ``operator`` names who acts, for the audit log (default: the login name).
-    """
-    uri = str(uri)
-    if is_milvus_uri(uri):
-        from reidkit.gallery.milvus import MilvusGallery
-
-        return MilvusGallery(uri, card, create=create, operator=operator)
-    from reidkit.gallery.embedded import EmbeddedGallery
-
-    return EmbeddedGallery(Path(uri), card, create=create, operator=operator)
+    def promote(self, staged: Backend, expected_state: Hashable) -> bool:
+        """Make ``staged`` the gallery, atomically, if ``state()`` still equals
+        ``expected_state`` (else change nothing and return ``False``); then remove this
+        version's files."""
+        raise GalleryError(f"the {self.kind} gallery backend cannot switch versions")

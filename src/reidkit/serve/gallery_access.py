@@ -1,10 +1,11 @@
-"""The server's side of a :class:`~reidkit.gallery.store.GalleryStore`: one thread, HTTP types.
+"""The server's side of a :class:`~reidkit.gallery.front.Gallery`: one thread, HTTP types.
 
-A store is not written for concurrent callers (the embedded one holds a SQLite connection,
+A gallery is not written for concurrent callers (the embedded one holds a SQLite connection,
 which belongs to the thread that opened it), so every call runs on one dedicated thread, in
 arrival order; the event loop never blocks on it. This module also converts between the
-store's units (unix seconds, integer cameras) and the API's (ISO 8601 times), and names the
-operator of each audited call.
+gallery's names and units (``crop_id``, ``start``/``end`` and ``before`` in unix seconds) and
+the API's (ISO 8601 times, ``since``/``until``, ``older_than`` as an age), and passes the
+caller's name as the operator of each audited call.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import numpy as np
 from PIL import Image
 
 from reidkit.errors import ReidkitError
+from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
-from reidkit.gallery.store import CropMeta, GalleryStore, open_gallery
+from reidkit.gallery.store import CropFilter, CropMeta, GalleryStats, Hit, Selection
 from reidkit.serve import schemas
 
 T = TypeVar("T")
 
 
 class RequestRefused(ValueError):
-    """The store refused a request (e.g. an unknown camera in a filter): the client's to fix."""
+    """The gallery refused a request (e.g. an unknown camera in a filter): the client's to fix."""
 
 
 def _utc(seconds: float | None) -> datetime | None:
@@ -52,7 +55,7 @@ def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
     """The stored ``path`` of an uploaded crop that names none: its bytes and metadata.
 
     A client that retries an add after a timeout then adds nothing twice, which is what the
-    store's path de-duplication gives file-based ingest.
+    gallery's path de-duplication gives file-based ingest.
     """
     digest = hashlib.sha256(data)
     digest.update(f"|{meta.camera}|{_seconds(meta.timestamp)}|{meta.track_id}".encode())
@@ -69,20 +72,15 @@ def make_thumbnail(image: Image.Image) -> bytes:
 
 
 class GalleryService:
-    """A store behind one worker thread, with the size cached for ``/metrics`` and health."""
+    """A gallery behind one worker thread, with the size cached for ``/metrics`` and health."""
 
-    def __init__(
-        self,
-        executor: ThreadPoolExecutor,
-        store: GalleryStore,
-        uri: str,
-        match_threshold: float | None = None,
-    ) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, gallery: Gallery, uri: str) -> None:
         self._executor = executor
-        self._store = store
+        self._gallery = gallery
         self._uri = uri
-        self._threshold = match_threshold
-        self._size = store.stats().size
+        self._size = 0
+        self._threshold: float | None = None
+        self._stats()
 
     @classmethod
     def open(
@@ -94,14 +92,16 @@ class GalleryService:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-gallery")
         try:
-            store = executor.submit(open_gallery, uri, card, create=True).result()
-            return executor.submit(cls, executor, store, uri, match_threshold).result()
+            gallery = executor.submit(
+                open_gallery, uri, card, create=True, match_threshold=match_threshold
+            ).result()
+            return executor.submit(cls, executor, gallery, uri).result()
         except BaseException:
             executor.shutdown(wait=False)
             raise
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store call on the store's thread; its one-line refusals become
+        """Run a gallery call on the gallery's thread; its one-line refusals become
         :class:`RequestRefused`, with the server's gallery location left out."""
         loop = asyncio.get_running_loop()
         try:
@@ -116,13 +116,24 @@ class GalleryService:
 
     @property
     def match_threshold(self) -> float | None:
-        """The configured threshold, else the calibrated one of the gallery's model card."""
-        if self._threshold is not None:
-            return self._threshold
-        return (self._store.card or {}).get("match_threshold")
+        """The configured threshold, else the calibrated one of the gallery's model card (as
+        of the last call: read on the gallery's thread, never on the event loop)."""
+        return self._threshold
+
+    def _search(self, query: np.ndarray, k: int, where: CropFilter, who: str) -> list[Hit]:
+        """On the gallery's thread: one query's hits, and the threshold that decided them."""
+        (hits,) = self._gallery.search(query, k, where=where, operator=who)
+        self._threshold = self._gallery.match_threshold
+        return hits
+
+    def _stats(self) -> GalleryStats:
+        """On the gallery's thread: its stats, refreshing what the event loop reads cached."""
+        stats = self._gallery.stats()
+        self._size, self._threshold = stats.size, self._gallery.match_threshold
+        return stats
 
     async def size(self) -> int:
-        self._size = (await self._call(self._store.stats)).size
+        await self._call(self._stats)
         return self._size
 
     async def add(
@@ -133,7 +144,7 @@ class GalleryService:
         keys: Sequence[str],
         who: str,
     ) -> int:
-        """Store the crops whose key is new, all or none of them (the store's guarantee);
+        """Store the crops whose key is new, all or none of them (the gallery's guarantee);
         the add is audited as ``who``."""
         records = [
             CropMeta(
@@ -147,7 +158,7 @@ class GalleryService:
             for key, meta in zip(keys, metas, strict=True)
         ]
         added = await self._call(
-            self._audited(who, self._store.add), vectors, records, list(thumbnails)
+            self._gallery.add, vectors, records, list(thumbnails), operator=who
         )
         await self.size()
         return added
@@ -163,18 +174,15 @@ class GalleryService:
         who: str,
     ) -> list[schemas.Hit]:
         """The k nearest crops to one query vector ``[1, D]``, audited as ``who``."""
-        (hits,) = await self._call(
-            self._audited(who, self._store.search),
-            query,
-            k,
-            cameras=cameras,
+        where = CropFilter(
+            cameras=None if cameras is None else tuple(cameras),
             start=_seconds(since),
             end=_seconds(until),
-            threshold=self._threshold,
         )
+        hits = await self._call(self._search, query, k, where, who)
         return [
             schemas.Hit(
-                crop_id=hit.entry_id,
+                crop_id=hit.crop_id,
                 path=hit.meta.path,
                 distance=hit.distance,
                 camera=hit.meta.camera,
@@ -194,21 +202,20 @@ class GalleryService:
         who: str,
     ) -> int:
         """Remove a track, a crop or everything older than an age, audited as ``who``."""
-        cutoff = None
-        if older_than is not None:
-            cutoff = (datetime.now(timezone.utc) - older_than).timestamp()
-        count = await self._call(
-            self._audited(who, self._store.forget),
-            track_ids=[track_id] if track_id is not None else [],
-            paths=[path] if path is not None else [],
-            older_than=cutoff,
+        before = None
+        if older_than is not None:  # the API's age becomes the gallery's absolute cutoff
+            before = (datetime.now(timezone.utc) - older_than).timestamp()
+        selection = Selection(
+            track_ids=() if track_id is None else (track_id,),
+            paths=() if path is None else (path,),
+            before=before,
         )
+        count = await self._call(self._gallery.forget, selection, operator=who)
         await self.size()
         return count
 
     async def stats(self) -> schemas.GalleryStats:
-        stats = await self._call(self._store.stats)
-        self._size = stats.size
+        stats = await self._call(self._stats)
         return schemas.GalleryStats(
             size=stats.size,
             cameras=sorted(stats.cameras),
@@ -221,19 +228,9 @@ class GalleryService:
         )
 
     async def thumbnail(self, crop_id: int) -> bytes | None:
-        return await self._call(self._store.thumbnail, crop_id)
+        return await self._call(self._gallery.thumbnail, crop_id)
 
     def close(self) -> None:
-        """Close the store on its own thread, then stop the thread."""
-        self._executor.submit(self._store.close).result()
+        """Close the gallery on its own thread, then stop the thread."""
+        self._executor.submit(self._gallery.close).result()
         self._executor.shutdown(wait=True)
-
-    def _audited(self, who: str, method: Callable[..., T]) -> Callable[..., T]:
-        """``method`` run with the store's audit operator set to ``who`` (on the store thread,
-        where calls never overlap, so one request's name cannot leak into another's entry)."""
-
-        def call(*args: Any, **kwargs: Any) -> T:
-            self._store.operator = who
-            return method(*args, **kwargs)
-
-        return call

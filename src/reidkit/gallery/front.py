@@ -1,0 +1,346 @@
+"""The :class:`Gallery` front: what every gallery does, whatever stores its rows.
+
+In the spirit of faiss's wrappers (``IndexIDMap`` around a thin index), the front does once,
+for every :class:`~reidkit.gallery.store.Backend`: input validation (shapes, NaN/inf, ``k``,
+dimension, cameras of a filter), L2 normalisation, the model identity check, the match/unknown
+decision against the threshold, and the audit record of each add/search/forget with the
+operator passed to that very call. A backend stores rows and finds neighbours, nothing else.
+
+The per-query path works in NumPy float32: a torch round trip costs about 50 microseconds per
+query, a third of what the front may add to a FAISS search (see ``benchmarks/bench_gallery.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import getpass
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidkit.gallery.store import (
+    Backend,
+    CropFilter,
+    CropMeta,
+    Decision,
+    GalleryError,
+    GalleryStats,
+    Hit,
+    Selection,
+    Settings,
+)
+from reidkit.models.card import IDENTITY_FIELDS
+
+#: How an unfiltered search reads in the audit log.
+_NO_FILTER = CropFilter().to_dict()
+#: Characters of a weights digest shown in a refusal (enough to tell two models apart).
+_DIGEST_SHOWN = 12
+
+
+def unit_rows(vectors: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    """C-contiguous float32 ``[N, D]`` rows of unit length; one line on a wrong shape or NaN."""
+    if isinstance(vectors, torch.Tensor):
+        vectors = vectors.detach().to("cpu", torch.float32).numpy()
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():
+        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+    # The same rule as torch's F.normalize (reidkit.evaluation.metrics.normalize_features).
+    return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12))
+
+
+def rows_to_add(
+    vectors: np.ndarray | torch.Tensor,
+    metas: Sequence[CropMeta],
+    thumbnails: Sequence[bytes | None] | None,
+    dim: int | None,
+    where: str,
+) -> np.ndarray:
+    """What every add checks first: unit rows of width ``dim`` (any for ``None``), one per
+    crop (and thumbnail), finite timestamps."""
+    rows = unit_rows(vectors, "embeddings")
+    if len(rows) != len(metas) or (thumbnails is not None and len(thumbnails) != len(metas)):
+        raise GalleryError(
+            f"add got {len(rows)} embeddings for {len(metas)} crops"
+            + ("" if thumbnails is None else f" and {len(thumbnails)} thumbnails")
+            + "; pass one of each per crop"
+        )
+    if dim is not None and rows.shape[1] != dim:
+        raise GalleryError(
+            f"embeddings have {rows.shape[1]} dimensions, gallery '{where}' holds {dim}; use "
+            "the model that filled it"
+        )
+    for meta in metas:
+        if not math.isfinite(meta.timestamp):
+            raise GalleryError(f"crop '{meta.path}' has timestamp {meta.timestamp}; fix it")
+    return rows
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "weights_digest" and isinstance(value, str):
+        return repr(value[:_DIGEST_SHOWN])
+    return repr(value)
+
+
+def check_identity(stored: dict[str, Any] | None, given: dict[str, Any] | None, where: str) -> None:
+    """Refuse a model whose embeddings live in another space than the gallery's.
+
+    Compares :data:`~reidkit.models.card.IDENTITY_FIELDS` (weights digest, backbone, input
+    size, width, normalisation, neck side); a recalibrated threshold or a newer reidkit is the
+    same model. A field the stored card does not record (a gallery filled before reidkit
+    recorded weight digests) is not compared.
+    """
+    if stored is None or given is None:
+        return
+    differing = [
+        key
+        for key in IDENTITY_FIELDS
+        if stored.get(key) is not None and _comparable(given.get(key)) != stored.get(key)
+    ]
+    if differing:
+        what = "; ".join(
+            f"{key}: gallery {_shown(key, stored.get(key))}, this model "
+            f"{_shown(key, given.get(key))}"
+            for key in differing[:2]  # the message stays one line a terminal shows whole
+        ) + (f"; {len(differing) - 2} more" if len(differing) > 2 else "")
+        raise GalleryError(
+            f"gallery '{where}' was filled by another model ({what}); use the model that filled "
+            "it, or move the gallery to this model with 'reidkit gallery rebuild'"
+        )
+
+
+def _comparable(value: Any) -> Any:
+    """A card value as JSON stores it (tuples read back as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def decide(distance: float, threshold: float | None) -> Decision | None:
+    """``match`` at or below the calibrated distance threshold, ``unknown`` above it."""
+    if threshold is None:
+        return None
+    return "match" if distance <= threshold else "unknown"
+
+
+@functools.cache
+def _login() -> str:
+    """The default operator (looked up once: it costs a fifth of a FAISS search)."""
+    return getpass.getuser()
+
+
+class Gallery:
+    """A gallery: one backend behind the checks every gallery needs (see the module docstring).
+
+    ``card`` is the model card (``ModelCard.to_dict()``) of the model about to add or search:
+    the first add records it, and every add and search compares its identity with the
+    recorded one. ``match_threshold`` overrides the recorded card's calibrated threshold.
+    Every audited call takes ``operator`` (who acts; default: the login name).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        card: dict[str, Any] | None = None,
+        *,
+        match_threshold: float | None = None,
+    ) -> None:
+        self._backend = backend
+        self._card = card
+        self._threshold = match_threshold
+        self._verified: dict[str, Any] | None = None
+        self._settings()  # another model's gallery is refused at open, before any work
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def location(self) -> str:
+        return self._backend.location
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card recorded by the first add (``None``: still empty)."""
+        return self._backend.settings().card
+
+    @property
+    def match_threshold(self) -> float | None:
+        """The threshold given at open, else the calibrated one of the recorded card."""
+        if self._threshold is not None:
+            return self._threshold
+        return (self.card or {}).get("match_threshold")
+
+    def _settings(self) -> Settings:
+        """The backend's settings, the recorded card checked against ours once per change."""
+        settings = self._backend.settings()
+        if settings.card is not None and settings.card is not self._verified:
+            check_identity(settings.card, self._card, self._backend.location)
+            self._verified = settings.card
+        return settings
+
+    def audit(self, action: str, operator: str | None, **what: Any) -> None:
+        """Append one audit record: who (default: the login name), when (UTC), what was
+        asked; never an embedding. The front writes add/search/forget records itself."""
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "operator": operator or _login(),
+            "action": action,
+            **what,
+        }
+        self._backend.append_audit(record)
+
+    # --------------------------------------------------------------------------- add
+    def add(
+        self,
+        vectors: np.ndarray | torch.Tensor,
+        metas: Sequence[CropMeta],
+        thumbnails: Sequence[bytes | None] | None = None,
+        *,
+        operator: str | None = None,
+    ) -> int:
+        """Store the crops whose path is not stored yet; returns how many were added.
+
+        All-or-nothing per call where the backend allows it (the embedded one does: after a
+        crash the gallery holds either none or all of them).
+        """
+        settings = self._settings()
+        rows = rows_to_add(
+            vectors,
+            metas,
+            thumbnails,
+            settings.dim or (self._card or {}).get("embedding_dim"),
+            self.location,
+        )
+        if settings.card is None and self._card is not None:
+            self._backend.record_card(self._card)
+            self._settings()  # another process may have recorded its card first
+        added = self._backend.insert(rows, metas, thumbnails or [None] * len(metas))
+        self.audit("add", operator, added=added, skipped=len(metas) - added)
+        return added
+
+    def contains(self, paths: Sequence[str]) -> list[bool]:
+        """Whether each crop path is stored (a resumed ``add`` embeds only the others)."""
+        return self._backend.contains(paths)
+
+    # ------------------------------------------------------------------------ search
+    def search(
+        self,
+        vectors: np.ndarray | torch.Tensor,
+        k: int = 10,
+        *,
+        where: CropFilter | None = None,
+        threshold: float | None = None,
+        exact: bool = False,
+        operator: str | None = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` nearest stored crops per query, nearest first, among those ``where``
+        accepts; ``threshold`` overrides the gallery's for the decisions, ``exact`` skips an
+        ANN index."""
+        queries = unit_rows(vectors, "query embeddings")
+        if k < 1:
+            raise GalleryError(f"top-k must be at least 1, got {k}")
+        settings = self._settings()
+        if settings.dim is None:  # nothing stored yet
+            found: list[list[Any]] = [[] for _ in range(len(queries))]
+        else:
+            if queries.shape[1] != settings.dim:
+                raise GalleryError(
+                    f"query embeddings have {queries.shape[1]} dimensions, gallery "
+                    f"'{self.location}' holds {settings.dim}; use the model that filled it"
+                )
+            if where is not None:
+                self._check_filter(where)
+            found = self._backend.nearest(queries, k, where, exact)
+        if threshold is None:
+            threshold = self._threshold
+        if threshold is None and settings.card is not None:
+            threshold = settings.card.get("match_threshold")
+        hits = [
+            [
+                # 2 - 2 q.g of a crop with itself can come out a hair below 0 in float32.
+                Hit(crop_id, dist if dist > 0.0 else 0.0, meta, decide(dist, threshold))
+                for crop_id, dist, meta in row
+            ]
+            for row in found
+        ]
+        shown = _NO_FILTER if where is None else where.to_dict()
+        self.audit(
+            "search",
+            operator,
+            queries=len(queries),
+            k=k,
+            **shown,
+            hits=sum(map(len, hits)),
+        )
+        return hits
+
+    def _check_filter(self, where: CropFilter) -> None:
+        """A camera the gallery never saw is a typo, not an empty answer."""
+        if where.start is not None and where.end is not None and where.start > where.end:
+            raise GalleryError(
+                f"the time window starts ({where.start}) after it ends ({where.end}); swap them"
+            )
+        for camera in where.cameras or ():
+            if not self._backend.count(CropFilter(cameras=(camera,))):
+                raise GalleryError(
+                    f"camera {camera} is not in gallery '{self.location}'; check the camera filter"
+                )
+
+    # ------------------------------------------------------------------------ forget
+    def forget(self, selection: Selection, *, operator: str | None = None) -> int:
+        """Remove the selected crops from every file of the gallery, and from its next version
+        if a rebuild is under way; returns how many were removed from the gallery."""
+        if selection.is_empty():
+            raise GalleryError("nothing to forget: name tracks, crops or a cutoff time")
+        removed = self._backend.delete(selection)
+        staged = self._backend.staging(create=False)
+        if staged is not None:  # forgotten data must not come back with a rebuilt gallery
+            try:
+                staged.delete(selection)
+            finally:
+                staged.close()
+        self.audit("forget", operator, **selection.to_dict(), removed=removed)
+        return removed
+
+    # -------------------------------------------------------------------------- rest
+    def vectors(self, crop_ids: Sequence[int]) -> np.ndarray:
+        """The stored (L2-normalised) embeddings of these crops, ``[len, D]`` float32, in
+        order (for re-ranking a small result set)."""
+        return self._backend.vectors(crop_ids)
+
+    def thumbnail(self, crop_id: int) -> bytes | None:
+        """The JPEG thumbnail stored with a crop, or None."""
+        stored = self._backend.fetch([crop_id], thumbnails=True)
+        return stored[0].thumbnail if stored else None
+
+    def stats(self) -> GalleryStats:
+        summary = dataclasses.asdict(self._backend.summary())
+        return GalleryStats(**summary, backend=self._backend.kind, card=self.card)
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """Every audit record, oldest first. Forget records written before reidkit named an
+        absolute cutoff ``before`` carry it as ``older_than``; they are read under the new name."""
+        records = self._backend.audit_records()
+        for record in records:
+            if record.get("action") == "forget" and "older_than" in record:
+                record["before"] = record.pop("older_than")
+        return records
+
+    def optimise(self) -> None:
+        """Bring the backend's search structures up to date (after a bulk add)."""
+        self._backend.optimise()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
