@@ -89,6 +89,13 @@ def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     print(token)
 
 
+def _associate(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions.associate import associate
+
+    result = associate(spec)
+    print(f"global ids, MOT files and timeline written to {result.results_dir}")
+
+
 # Action name -> (help, function of the resolved spec). New actions register here.
 SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace], None]]] = {
     "train": ("train a model (resumes from the latest checkpoint in results_dir)", _train),
@@ -97,6 +104,7 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
     "serve": ("search service and operator page; 'serve token' creates a token", _serve),
+    "associate": ("per-camera tracks in, one global identity per person out", _associate),
 }
 
 
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export", "gallery", "serve"],
+        choices=["train", "evaluate", "inference", "export", "gallery", "serve", "associate"],
     )
     validate.set_defaults(run=_validate)
 
