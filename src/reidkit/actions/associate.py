@@ -81,7 +81,7 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
         open_set=settings.open_set,
         match_threshold=settings.match_threshold,
         card_threshold=card_threshold,
-        false_match_rate=settings.false_match_rate,
+        strangers_per_track=settings.strangers_per_track,
         centre_cameras=settings.camera_centring,
         ground_gate=site.ground_gate,
     )
@@ -91,7 +91,9 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     write_global_ids(folder / "global_ids.csv", tracks, global_ids, crops)
     write_mot(folder / "mot", tracks, global_ids)
     plot_timeline(folder / "timeline.png", tracks, global_ids, site.names)
-    write_json(folder / "transit.json", _transit(site, learn_transit(track_set, result.labels, site.names)))
+    write_json(
+        folder / "transit.json", _transit(site, learn_transit(track_set, result.labels, site.names))
+    )
     write_json(folder / "calibration.json", _calibration_record(calibration, site))
     if metrics:
         write_json(folder / "metrics.json", metrics)
@@ -152,7 +154,9 @@ def _embed(
     return embeddings, crops, card.match_threshold
 
 
-def _score(truth: list[Track], tracks: list[Track], global_ids: list[int], site: Site) -> dict[str, Any]:
+def _score(
+    truth: list[Track], tracks: list[Track], global_ids: list[int], site: Site
+) -> dict[str, Any]:
     """Multi-camera identity scores (motmetrics, cross-checked by an independent count) + HOTA."""
     true = detections(truth, [t.track_id for t in truth], site)
     predicted = detections(tracks, global_ids, site)

@@ -106,7 +106,9 @@ def _reassign(
                 members = np.flatnonzero(
                     (labels == cluster) & outside & (tracks.cameras != tracks.cameras[track])
                 )
-                distances = [shared_distance(tracks.ground[track], tracks.ground[m]) for m in members]
+                distances = [
+                    shared_distance(tracks.ground[track], tracks.ground[m]) for m in members
+                ]
                 known = [d for d in distances if d is not None]
                 if known:
                     trajectory[r, k] = min(1.0, float(np.median(known)) / ground_gate)

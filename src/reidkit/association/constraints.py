@@ -151,7 +151,10 @@ def learn_ground_gate(tracks: TrackSet) -> float | None:
     """The gate from data (see the module docstring), or None with too few same-camera pairs."""
     i, j = nearby_pairs(tracks, 0.0)
     same = tracks.cameras[i] == tracks.cameras[j]
-    distances = [shared_distance(tracks.ground[a], tracks.ground[b]) for a, b in zip(i[same], j[same])]
+    distances = [
+        shared_distance(tracks.ground[a], tracks.ground[b])
+        for a, b in zip(i[same], j[same], strict=True)
+    ]
     known = np.array([d for d in distances if d is not None])
     if len(known) < MIN_LEARNING_PAIRS:
         return None
@@ -177,7 +180,9 @@ def pair_evidence(tracks: TrackSet, rules: Rules) -> PairEvidence:
     """Every cannot-link and same-place pair (see the module docstring)."""
     i, j = nearby_pairs(tracks, rules.horizon)
     ci, cj = tracks.cameras[i], tracks.cameras[j]
-    overlap = np.minimum(tracks.end[i], tracks.end[j]) - np.maximum(tracks.start[i], tracks.start[j])
+    overlap = np.minimum(tracks.end[i], tracks.end[j]) - np.maximum(
+        tracks.start[i], tracks.start[j]
+    )
     together = overlap >= 0
     same_camera = ci == cj
     proven = same_camera & together

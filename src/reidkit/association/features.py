@@ -188,9 +188,8 @@ def _load_crop(job: _CropJob, transform: Callable[[Image.Image], Tensor]) -> Ten
             rgb = image.convert("RGB")
             if job.box is not None:
                 x, y, w, h = job.box
-                left, top = max(0, int(round(x))), max(0, int(round(y)))
-                right = min(rgb.width, int(round(x + w)))
-                bottom = min(rgb.height, int(round(y + h)))
+                left, top = max(0, round(x)), max(0, round(y))
+                right, bottom = min(rgb.width, round(x + w)), min(rgb.height, round(y + h))
                 if right - left < 2 or bottom - top < 2:
                     raise SiteError(
                         f"box {job.box} lies outside frame image '{job.path}' "

@@ -55,7 +55,10 @@ def detections(tracks: Sequence[Track], identities: Sequence[object], site: Site
         frame=np.concatenate([t.frames - site.cameras[t.camera].frame_base for t in tracks]),
         boxes=np.concatenate([t.boxes for t in tracks]).astype(np.float64),
         identity=np.concatenate(
-            [np.full(len(t), codes[i], dtype=np.int64) for t, i in zip(tracks, identities, strict=True)]
+            [
+                np.full(len(t), codes[i], dtype=np.int64)
+                for t, i in zip(tracks, identities, strict=True)
+            ]
         ),
     )
 
@@ -91,7 +94,11 @@ def _matched_pairs(truth: Detections, predicted: Detections) -> tuple[np.ndarray
     hi = np.searchsorted(p_sorted, t_sorted, side="right")
     counts = hi - lo
     t_rows = np.repeat(t_order, counts)
-    p_rows = p_order[np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)]
+    p_rows = p_order[
+        np.repeat(lo, counts)
+        + np.arange(counts.sum())
+        - np.repeat(np.cumsum(counts) - counts, counts)
+    ]
     keep = _iou(truth.boxes[t_rows], predicted.boxes[p_rows]) >= IOU_MATCH
     return truth.identity[t_rows[keep]], predicted.identity[p_rows[keep]]
 

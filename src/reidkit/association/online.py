@@ -172,7 +172,9 @@ def _relations(
     return cannot, place
 
 
-def _near_in_time(tracks: list[ClosedTrack], start: float, end: float, horizon: float) -> list[ClosedTrack]:
+def _near_in_time(
+    tracks: list[ClosedTrack], start: float, end: float, horizon: float
+) -> list[ClosedTrack]:
     return [t for t in tracks if t.start <= end + horizon and t.end >= start - horizon]
 
 

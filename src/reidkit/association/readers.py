@@ -137,12 +137,14 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8", errors="strict") as handle:
         number = 0
         try:
-            for number, line in enumerate(handle, 1):  # noqa: B007 (number names the bad line)
+            for number, line in enumerate(handle, 1):  # number names an undecodable line
                 text = line.strip()
                 if text and not text.startswith("#"):
                     yield number, text
         except UnicodeDecodeError:
-            raise SiteError(f"{path}:{number + 1}: not UTF-8 text; is this a tracks file?") from None
+            raise SiteError(
+                f"{path}:{number + 1}: not UTF-8 text; is this a tracks file?"
+            ) from None
 
 
 def _numbers(text: str, where: str, needed: int, layout: str) -> list[float]:
@@ -202,13 +204,13 @@ def _box(
 ) -> tuple[float, float, float, float]:
     if w <= 0 or h <= 0:
         raise SiteError(f"{where}: box width and height must be > 0, got {w:g} x {h:g}")
-    if camera.width is not None and camera.height is not None:
-        if x >= camera.width or y >= camera.height or x + w <= 0 or y + h <= 0:
-            raise SiteError(
-                f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) lies outside camera "
-                f"{camera.name}'s {camera.width}x{camera.height} frame; fix the box or the "
-                "camera's width/height in the site file"
-            )
+    known = camera.width is not None and camera.height is not None
+    if known and (x >= camera.width or y >= camera.height or x + w <= 0 or y + h <= 0):
+        raise SiteError(
+            f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) lies outside camera "
+            f"{camera.name}'s {camera.width}x{camera.height} frame; fix the box or the "
+            "camera's width/height in the site file"
+        )
     return (x, y, w, h)
 
 
@@ -308,10 +310,14 @@ def _deepstream_object(
         try:
             left, top, right, bottom = (float(v) for v in parts[1:5])
         except (ValueError, IndexError):
-            raise SiteError(f"{where}: object '{item[:60]}' is not id|left|top|right|bottom") from None
+            raise SiteError(
+                f"{where}: object '{item[:60]}' is not id|left|top|right|bottom"
+            ) from None
         return parts[0].strip(), (left, top, right - left, bottom - top), 1.0, None
     if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("bbox"), dict):
-        raise SiteError(f"{where}: an object needs 'id' and 'bbox' {{leftX, topY, rightX, bottomY}}")
+        raise SiteError(
+            f"{where}: an object needs 'id' and 'bbox' {{leftX, topY, rightX, bottomY}}"
+        )
     bbox = item["bbox"]
     try:
         left, top, right, bottom = (float(bbox[k]) for k in ("leftX", "topY", "rightX", "bottomY"))
@@ -329,7 +335,9 @@ def _deepstream_object(
         try:
             embedding = np.asarray(vector, dtype=np.float32)
         except (TypeError, ValueError):
-            raise SiteError(f"{where}: object {item['id']!r}'s embedding holds a non-number") from None
+            raise SiteError(
+                f"{where}: object {item['id']!r}'s embedding holds a non-number"
+            ) from None
         if not np.all(np.isfinite(embedding)) or not np.any(embedding):
             raise SiteError(f"{where}: object {item['id']!r}'s embedding is zero or not finite")
     return str(item["id"]), (left, top, right - left, bottom - top), confidence, embedding
@@ -338,7 +346,9 @@ def _deepstream_object(
 TRACK_FORMATS = ("mot", "aicity", "deepstream")
 
 
-def read_tracks(site: Site, tracks: str | Path | None = None, tracks_format: str = "auto") -> list[Track]:
+def read_tracks(
+    site: Site, tracks: str | Path | None = None, tracks_format: str = "auto"
+) -> list[Track]:
     """Every track of the site: each camera's MOTChallenge file, plus ``tracks`` (a multi-camera
     AI City or DeepStream file; ``tracks_format`` ``auto`` tells them apart by content)."""
     builder = _TrackBuilder()

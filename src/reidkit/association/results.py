@@ -135,7 +135,7 @@ def plot_timeline(
         y = top + row * row_height + 1 + lane_of[track.camera] * lane_height
         x0, x1 = x_of(track.start), max(x_of(track.end), x_of(track.start) + 2)
         draw.rectangle((x0, y, x1, y + lane_height - 1), fill=colour[track.camera])
-    for row, gid in enumerate(shown[:: max(1, len(shown) // 40)]):
+    for gid in shown[:: max(1, len(shown) // 40)]:
         y = top + row_of[gid] * row_height + row_height / 2
         draw.text((left - 6, y), f"{gid}", fill="black", font=_font(9), anchor="rm")
     axis_y = top + row_height * max(len(shown), 1) + 4
@@ -144,7 +144,9 @@ def plot_timeline(
         seconds = start + (end - start) * k / 5
         x = x_of(seconds)
         draw.line((x, axis_y, x, axis_y + 4), fill="black")
-        draw.text((x, axis_y + 6), iso_time(seconds)[11:19], fill="black", font=_font(10), anchor="mt")
+        draw.text(
+            (x, axis_y + 6), iso_time(seconds)[11:19], fill="black", font=_font(10), anchor="mt"
+        )
     legend_x = left
     for name in camera_names:
         draw.rectangle((legend_x, height - 20, legend_x + 10, height - 10), fill=colour[name])

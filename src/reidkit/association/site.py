@@ -279,7 +279,9 @@ def _camera(
     try:
         origin = parse_time(entry.clock_origin)
     except ValueError as exc:
-        raise SiteError(f"{where('clock_origin')}: {exc}; write e.g. 2024-05-01T08:00:00Z") from None
+        raise SiteError(
+            f"{where('clock_origin')}: {exc}; write e.g. 2024-05-01T08:00:00Z"
+        ) from None
     paths = {}
     for key in ("tracks", "frames", "crops", "ground_truth"):
         value = getattr(entry, key)

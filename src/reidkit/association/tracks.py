@@ -11,6 +11,7 @@ downstream knows which file format they came from.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,6 @@ def split_at_gaps(tracks: list[Track], max_gap_s: float) -> list[Track]:
             out.append(track)
             continue
         bounds = [0, *cuts.tolist(), len(track)]
-        for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        for part, (lo, hi) in enumerate(pairwise(bounds)):
             out.append(replace(track.select(slice(lo, hi)), part=part))
     return out

@@ -501,8 +501,11 @@ class AssociateSpec(_Section):
     match_threshold: float | None = Field(
         None, gt=0.0, le=4.0, description="Explicit model distance threshold (overrides open_set)."
     )
-    false_match_rate: float = Field(
-        0.01, gt=0.0, le=0.5, description="Share of proven-different pairs the site threshold admits."
+    strangers_per_track: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="Site threshold: strangers expected within it per track (lower is stricter).",
     )
     camera_centring: bool = Field(
         True, description="Remove each camera's mean embedding (its light and background)."
