@@ -151,7 +151,8 @@ def _synth(args: argparse.Namespace) -> None:
 
     summary = synth(
         args.out, ids=args.ids, cameras=args.cameras, images_per_id=args.images_per_id,
-        height=args.height, width=args.width, seed=args.seed,
+        height=args.height, width=args.width, seed=args.seed, site=args.site,
+        tracks=args.tracks, hours=args.hours, dim=args.dim,
     )  # fmt: skip
     print(f"wrote synthetic dataset to {args.out}: {summary}")
 
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=128)
     synth.add_argument("--width", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--site", action="store_true", help="a multi-camera site of tracks instead")
+    synth.add_argument("--tracks", type=int, default=10_000, help="--site: tracks in all")
+    synth.add_argument("--hours", type=float, default=24.0, help="--site: hours they span")
+    synth.add_argument("--dim", type=int, default=128, help="--site: embedding width")
     synth.set_defaults(run=_synth)
     return parser
 

@@ -22,7 +22,7 @@ import torch
 from reidkit.actions.common import ActionRun, load_checked_embedder, run_action, select_device
 from reidkit.association.cluster import Calibration, associate_site, learn_transit
 from reidkit.association.constraints import TrackSet
-from reidkit.association.features import crop_transform, track_embeddings
+from reidkit.association.features import crop_transform, plan_crops, track_embeddings
 from reidkit.association.metrics import (
     detections,
     hota_scores,
@@ -130,10 +130,13 @@ def _embed(
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(unit embedding per track, crops used per track, the card's match_threshold)."""
     settings = spec.associate
-    if all(t.embeddings is not None for t in tracks):
+    # every crop is found before a model is loaded (a card must fit model.input_height anyway)
+    jobs = plan_crops(tracks, site, settings.crops_per_track, spec.model.input_height)
+    if not jobs:
         embeddings, crops = track_embeddings(
-            tracks, site, embedder=None, transform=None, full_height=spec.model.input_height
-        )
+            tracks, site, embedder=None, transform=None, full_height=spec.model.input_height,
+            jobs=jobs,
+        )  # fmt: skip
         return embeddings, crops, None
     if not settings.checkpoint:
         raise SpecError(
@@ -149,7 +152,7 @@ def _embed(
     embeddings, crops = track_embeddings(
         tracks, site, embedder=embedder, transform=transform, full_height=card.input_height,
         per_track=settings.crops_per_track, batch_size=settings.batch_size,
-        flip=spec.model.with_flip_feature, device=device,
+        flip=spec.model.with_flip_feature, device=device, jobs=jobs,
     )  # fmt: skip
     return embeddings, crops, card.match_threshold
 

@@ -63,7 +63,9 @@ def metropolis_style(tracks: TrackSet, ground_gate: float | None) -> np.ndarray:
     total = len(tracks)
     if total < 2:
         return np.zeros(total, dtype=np.int64)
-    found = HDBSCAN(min_cluster_size=2, metric="euclidean").fit_predict(tracks.embeddings)
+    found = HDBSCAN(min_cluster_size=2, metric="euclidean", copy=True).fit_predict(
+        tracks.embeddings
+    )
     labels = found.copy()
     noise = labels < 0
     labels[noise] = labels.max() + 1 + np.arange(noise.sum())

@@ -107,7 +107,7 @@ class _FrameIndex:
 
 
 @dataclass(frozen=True)
-class _CropJob:
+class CropJob:
     """One crop to embed: the image file, the box to cut (None: the file is the crop)."""
 
     track: int
@@ -118,7 +118,7 @@ class _CropJob:
 
 def plan_crops(
     tracks: Sequence[Track], site: Site, per_track: int, full_height: int
-) -> list[_CropJob]:
+) -> list[CropJob]:
     """Which crops to embed for the tracks that brought no embeddings.
 
     A track whose camera has a frames folder needs the image of each chosen frame; a missing
@@ -126,7 +126,7 @@ def plan_crops(
     with the row's file:line.
     """
     index = _FrameIndex()
-    jobs: list[_CropJob] = []
+    jobs: list[CropJob] = []
     for number, track in enumerate(tracks):
         if track.embeddings is not None:
             continue
@@ -161,7 +161,7 @@ def plan_crops(
             )
         for row in rows:
             box = tuple(float(v) for v in track.boxes[row]) if boxed else None
-            jobs.append(_CropJob(number, paths[row], box, float(weights[row])))
+            jobs.append(CropJob(number, paths[row], box, float(weights[row])))
     return jobs
 
 
@@ -182,7 +182,7 @@ def _check_frames(track: Track, camera: Camera, files: dict[int, Path]) -> None:
     )
 
 
-def _load_crop(job: _CropJob, transform: Callable[[Image.Image], Tensor]) -> Tensor:
+def _load_crop(job: CropJob, transform: Callable[[Image.Image], Tensor]) -> Tensor:
     try:
         with Image.open(job.path) as image:
             rgb = image.convert("RGB")
@@ -201,7 +201,7 @@ def _load_crop(job: _CropJob, transform: Callable[[Image.Image], Tensor]) -> Ten
     return transform(rgb)
 
 
-def _batches(jobs: Sequence[_CropJob], size: int) -> Iterator[Sequence[_CropJob]]:
+def _batches(jobs: Sequence[CropJob], size: int) -> Iterator[Sequence[CropJob]]:
     for start in range(0, len(jobs), size):
         yield jobs[start : start + size]
 
@@ -218,13 +218,15 @@ def track_embeddings(
     batch_size: int = 64,
     flip: bool = False,
     device: torch.device | None = None,
+    jobs: list[CropJob] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(embeddings [T, D], crops used [T])`` for every track, L2-normalised.
 
     Tracks that brought embeddings are pooled as they are; the others are embedded from their
-    crops with ``embedder`` (required then) after ``transform``.
+    crops with ``embedder`` (required then) after ``transform``. ``jobs`` is
+    :func:`plan_crops`' plan when the caller checked the crops before loading a model.
     """
-    jobs = plan_crops(tracks, site, per_track, full_height)
+    jobs = plan_crops(tracks, site, per_track, full_height) if jobs is None else jobs
     pooled: list[np.ndarray | None] = [None] * len(tracks)
     counts = np.zeros(len(tracks), dtype=np.int64)
     for number, track in enumerate(tracks):

@@ -6,7 +6,9 @@
   matches a true box at IoU >= 0.5. :func:`motmetrics_identity` runs ``motmetrics`` on that
   concatenation; :func:`identity_scores` is an independent count (pairs per identity pair,
   then one Hungarian matching) that must agree with it.
-* **HOTA / AssA / DetA** with ``reid-hota`` and global id alignment (one camera per video).
+* **HOTA / AssA / DetA** with ``reid-hota`` and global id alignment (one camera per video):
+  true and predicted ids are matched once for the whole site, and a box is a hit only under
+  the predicted id aligned to its true id, so here DetA, too, charges identity mistakes.
 * **Pairwise precision / recall** over tracks, for crop-only sets without boxes or time:
   of the track pairs put together, how many are one person; of the pairs that are one person,
   how many were put together.

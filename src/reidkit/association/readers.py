@@ -88,28 +88,32 @@ class _TrackBuilder:
         rows.embeddings.append(embedding)
 
     def tracks(self, site: Site) -> list[Track]:
-        out = []
-        for (camera_name, track_id), rows in self.rows.items():
-            camera = site.cameras[camera_name]
-            boxes = np.asarray(rows.boxes, dtype=np.float32)
-            ground = np.asarray(rows.ground, dtype=np.float64)
-            if np.isnan(ground).all():
-                ground = camera.to_ground(boxes.astype(np.float64))
-            out.append(
-                Track(
-                    camera=camera_name,
-                    track_id=track_id,
-                    frames=np.asarray(rows.frames, dtype=np.int64),
-                    times=np.asarray(rows.times, dtype=np.float64),
-                    boxes=boxes,
-                    confidence=np.asarray(rows.confidence, dtype=np.float32),
-                    ground=ground,
-                    embeddings=_embedding_rows(rows.embeddings, rows.first_line),
-                    source=rows.first_line,
-                )
-            )
+        out = [self._track(site.cameras[name], track_id) for name, track_id in self.rows]
         out.sort(key=lambda t: (site.names.index(t.camera), t.start, t.track_id))
         return out
+
+    def tracks_of(self, camera: Camera) -> list[Track]:
+        """The tracks of a builder that read one camera only."""
+        out = [self._track(camera, track_id) for _, track_id in self.rows]
+        return sorted(out, key=lambda t: (t.start, t.track_id))
+
+    def _track(self, camera: Camera, track_id: str) -> Track:
+        rows = self.rows[(camera.name, track_id)]
+        boxes = np.asarray(rows.boxes, dtype=np.float32)
+        ground = np.asarray(rows.ground, dtype=np.float64)
+        if np.isnan(ground).all():
+            ground = camera.to_ground(boxes.astype(np.float64))
+        return Track(
+            camera=camera.name,
+            track_id=track_id,
+            frames=np.asarray(rows.frames, dtype=np.int64),
+            times=np.asarray(rows.times, dtype=np.float64),
+            boxes=boxes,
+            confidence=np.asarray(rows.confidence, dtype=np.float32),
+            ground=ground,
+            embeddings=_embedding_rows(rows.embeddings, rows.first_line),
+            source=rows.first_line,
+        )
 
 
 def _embedding_rows(rows: list[np.ndarray | None], where: str) -> np.ndarray | None:
@@ -341,6 +345,38 @@ def _deepstream_object(
         if not np.all(np.isfinite(embedding)) or not np.any(embedding):
             raise SiteError(f"{where}: object {item['id']!r}'s embedding is zero or not finite")
     return str(item["id"]), (left, top, right - left, bottom - top), confidence, embedding
+
+
+def read_epfl(path: str | Path, camera: Camera) -> list[Track]:
+    """One track per person of an EPFL multi-camera ground-truth file (``gt.txt``: ``id xmin
+    ymin xmax ymax frame lost occluded generated "label"``), visible rows only (``lost`` 0).
+
+    EPFL's terrace and laboratory sequences are real multi-camera trajectories with global ids;
+    this is how tests and benchmarks turn them into tracks (split them at gaps to get what a
+    tracker would hand over).
+    """
+    path = Path(path)
+    builder = _TrackBuilder()
+    layout = "id xmin ymin xmax ymax frame lost occluded generated label (EPFL)"
+    rows = []
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        values = _numbers(text.rsplit(None, 1)[0], where, 9, layout)
+        if values[6] == 0:
+            rows.append((values[5], values[0], values[1:5], where))
+    rows.sort(key=lambda row: (row[1], row[0]))
+    for frame_value, person, (x1, y1, x2, y2), where in rows:
+        frame = _frame(frame_value, camera, where)
+        builder.add(
+            where,
+            camera,
+            _track_id(person, where),
+            frame,
+            float(camera.frame_time(np.array([frame]))[0]),
+            _box(x1, y1, x2 - x1 + 1, y2 - y1 + 1, camera, where),
+            1.0,
+        )
+    return builder.tracks_of(camera)
 
 
 TRACK_FORMATS = ("mot", "aicity", "deepstream")
