@@ -19,10 +19,11 @@ from reidkit.association.cluster import (
     learn_threshold,
 )
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
+from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
-from tests.association.conftest import EpflSite, simulated_embeddings
+from tests.association.conftest import simulated_embeddings
 
 
 def unit(*angles: float) -> np.ndarray:

@@ -6,11 +6,12 @@ import numpy as np
 
 from reidkit.association.cluster import associate_site, centre_by_camera, holds_constraints
 from reidkit.association.constraints import Rules, TrackSet
+from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
-from tests.association.conftest import EpflSite, simulated_embeddings
+from tests.association.conftest import simulated_embeddings
 
 
 def closed(key: int, camera: int, start: float, end: float, angle: float) -> ClosedTrack:

@@ -5,16 +5,19 @@ replayed through it and the same tracks associated offline should mostly agree (
 measures how much):
 
 * a closing track joins the identity it shares a place with at one moment in another camera
-  (the ground gate), unless their looks differ beyond the veto;
+  (the ground gate), unless their looks differ beyond the veto; identities with tracks near
+  in time are looked at as well as the nearest in look, since only they can be at its place
+  or be cannot-linked to it;
 * else the identity with the nearest average-linkage distance (``2 - 2 <e, S> / n``, the
   offline linkage between one track and a group) under the threshold;
 * never an identity one of whose tracks it cannot be (the same cannot-links as offline,
   computed by the same code: :func:`reidkit.association.constraints.pair_evidence`);
 * else a new identity.
 
-When a track joins an identity, any other identity within the threshold of that one (and with
-no cannot-link between them) is merged into it: the later id is absorbed into the earlier and
-a :class:`Correction` says so, so a live consumer can relabel what it showed.
+When a track joins an identity, any other identity it stands at one place with, or that is now
+within the threshold of that one (and with no cannot-link between them), is merged into it:
+the later id is absorbed into the earlier and a :class:`Correction` says so, so a live
+consumer can relabel what it showed.
 
 Where identities live is an :class:`IdentityStore`: :class:`MemoryIdentityStore` holds them in
 this process; a store over the gallery backend lets several service processes assign against
@@ -23,6 +26,7 @@ one shared state (the live endpoint's job).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +36,10 @@ from reidkit.association.constraints import Rules, TrackSet, pair_evidence
 
 #: Identities looked at per closing track (nearest centroids first).
 CANDIDATES = 16
+#: Share of the ground gate within which a live decision trusts a shared place. Offline
+#: weighs every same-place pair against all the others (closest first, cannot-links
+#: refusing the rest); a track deciding alone acts only on a place that is clearly shared.
+CLEAR_PLACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,11 +83,19 @@ class IdentityStore(Protocol):
         """Up to ``count`` (identity, average-linkage distance) pairs, nearest first."""
         ...
 
+    def distance(self, embedding: np.ndarray, identity: int) -> float:
+        """Average-linkage distance of one track's embedding to an identity."""
+        ...
+
     def linkage(self, a: int, b: int) -> float:
         """Average-linkage distance between two identities."""
         ...
 
     def members(self, identity: int) -> list[ClosedTrack]: ...
+
+    def overlapping(self, start: float, end: float) -> list[tuple[int, ClosedTrack]]:
+        """(identity, track) of every stored track whose span meets ``[start, end]``."""
+        ...
 
     def create(self, track: ClosedTrack) -> int:
         """A new identity holding ``track``; returns its id."""
@@ -94,7 +110,8 @@ class IdentityStore(Protocol):
 
 @dataclass
 class MemoryIdentityStore:
-    """Identities in this process: a growing matrix of embedding sums, member lists."""
+    """Identities in this process: a growing matrix of embedding sums, member lists, and the
+    tracks ordered by their end (tracks close roughly in that order) for time look-ups."""
 
     dim: int
     sums: np.ndarray = field(init=False)
@@ -102,6 +119,10 @@ class MemoryIdentityStore:
     alive: np.ndarray = field(init=False)
     tracks: dict[int, list[ClosedTrack]] = field(init=False, default_factory=dict)
     size: int = field(init=False, default=0)
+    _ends: list[float] = field(init=False, default_factory=list)
+    _by_end: list[ClosedTrack] = field(init=False, default_factory=list)
+    _owner: dict[int, int] = field(init=False, default_factory=dict)  # id(track) -> identity
+    _longest: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.sums = np.zeros((1024, self.dim), dtype=np.float32)
@@ -120,12 +141,23 @@ class MemoryIdentityStore:
         top = top[np.argsort(distances[top], kind="stable")]
         return [(int(live[k]) + 1, float(distances[k])) for k in top]
 
+    def distance(self, embedding: np.ndarray, identity: int) -> float:
+        row = identity - 1
+        return float(2.0 - 2.0 * (self.sums[row] @ embedding) / self.counts[row])
+
     def linkage(self, a: int, b: int) -> float:
         sa, sb = self.sums[a - 1], self.sums[b - 1]
         return float(2.0 - 2.0 * (sa @ sb) / (self.counts[a - 1] * self.counts[b - 1]))
 
     def members(self, identity: int) -> list[ClosedTrack]:
         return self.tracks[identity]
+
+    def overlapping(self, start: float, end: float) -> list[tuple[int, ClosedTrack]]:
+        # a track meets [start, end] when it ends after start and starts before end; no
+        # stored track is longer than _longest, so only ends up to end + _longest qualify
+        low = bisect_left(self._ends, start)
+        high = bisect_right(self._ends, end + self._longest)
+        return [(self._owner[id(t)], t) for t in self._by_end[low:high] if t.start <= end]
 
     def create(self, track: ClosedTrack) -> int:
         if self.size == len(self.counts):
@@ -143,12 +175,20 @@ class MemoryIdentityStore:
         self.sums[identity - 1] += track.embedding
         self.counts[identity - 1] += 1
         self.tracks[identity].append(track)
+        self._owner[id(track)] = identity
+        place = bisect_right(self._ends, track.end)
+        self._ends.insert(place, track.end)
+        self._by_end.insert(place, track)
+        self._longest = max(self._longest, track.end - track.start)
 
     def merge(self, kept: int, absorbed: int) -> None:
         self.sums[kept - 1] += self.sums[absorbed - 1]
         self.counts[kept - 1] += self.counts[absorbed - 1]
         self.alive[absorbed - 1] = False
-        self.tracks[kept].extend(self.tracks.pop(absorbed))
+        moved = self.tracks.pop(absorbed)
+        for track in moved:
+            self._owner[id(track)] = kept
+        self.tracks[kept].extend(moved)
 
 
 def _relations(
@@ -172,10 +212,12 @@ def _relations(
     return cannot, place
 
 
-def _near_in_time(
-    tracks: list[ClosedTrack], start: float, end: float, horizon: float
-) -> list[ClosedTrack]:
-    return [t for t in tracks if t.start <= end + horizon and t.end >= start - horizon]
+@dataclass
+class _Candidate:
+    identity: int
+    distance: float
+    cannot: bool = False
+    place: float = np.inf
 
 
 class OnlineAssigner:
@@ -196,45 +238,60 @@ class OnlineAssigner:
         self.store = store
         self.candidates = candidates
 
+    def _candidates(self, track: ClosedTrack) -> list[_Candidate]:
+        """Identities near in look, and identities with tracks near in time (which alone can
+        be cannot-linked to this track, or stand at its place), with what they prove."""
+        horizon = self.rules.horizon
+        found = {
+            i: _Candidate(i, d) for i, d in self.store.nearest(track.embedding, self.candidates)
+        }
+        nearby: dict[int, list[ClosedTrack]] = {}
+        for identity, other in self.store.overlapping(track.start - horizon, track.end + horizon):
+            nearby.setdefault(identity, []).append(other)
+        for identity, others in nearby.items():
+            if identity not in found:
+                found[identity] = _Candidate(
+                    identity, self.store.distance(track.embedding, identity)
+                )
+            cannot, place = _relations(track, others, self.rules)
+            found[identity].cannot = bool(np.any(cannot))
+            closest = float(np.min(place))
+            gate = self.rules.ground_gate
+            found[identity].place = closest if gate and closest <= CLEAR_PLACE * gate else np.inf
+        return sorted(found.values(), key=lambda c: c.distance)
+
+    def _vetoed(self, distance: float) -> bool:
+        return self.veto is not None and distance > self.veto
+
     def assign(self, track: ClosedTrack) -> Assignment:
         """The global id of ``track`` (now stored under it) and the corrections it caused."""
-        nearest = self.store.nearest(track.embedding, self.candidates)
-        horizon = self.rules.horizon
-        best_place: tuple[float, int, float] | None = None
-        best_look: tuple[float, int] | None = None
-        for identity, distance in nearest:
-            members = _near_in_time(self.store.members(identity), track.start, track.end, horizon)
-            cannot, place = _relations(track, members, self.rules) if members else ([], [])
-            if np.any(cannot):
-                continue
-            closest = float(np.min(place)) if len(place) else np.inf
-            if np.isfinite(closest) and (self.veto is None or distance <= self.veto):
-                if best_place is None or closest < best_place[0]:
-                    best_place = (closest, identity, distance)
-            elif distance < self.threshold and best_look is None:
-                best_look = (distance, identity)
-        if best_place is not None:
-            _, identity, distance = best_place
-            reason = "place"
-        elif best_look is not None:
-            distance, identity = best_look
-            reason = "appearance"
+        candidates = [c for c in self._candidates(track) if not c.cannot]
+        at_place = [c for c in candidates if np.isfinite(c.place) and not self._vetoed(c.distance)]
+        if at_place:
+            chosen, reason = min(at_place, key=lambda c: c.place), "place"
+        elif candidates and candidates[0].distance < self.threshold:
+            chosen, reason = candidates[0], "appearance"
         else:
-            return Assignment(self.store.create(track), "new", nearest[0][1] if nearest else None)
-        self.store.attach(identity, track)
-        identity, corrections = self._merge_into(identity, [i for i, _ in nearest if i != identity])
-        return Assignment(identity, reason, distance, tuple(corrections))
+            nearest = candidates[0].distance if candidates else None
+            return Assignment(self.store.create(track), "new", nearest)
+        self.store.attach(chosen.identity, track)
+        others = [c for c in candidates if c.identity != chosen.identity]
+        identity, corrections = self._merge_into(chosen.identity, others)
+        return Assignment(identity, reason, chosen.distance, tuple(corrections))
 
-    def _merge_into(self, identity: int, others: list[int]) -> tuple[int, list[Correction]]:
-        """Merge every other candidate identity now within the threshold of ``identity``;
-        returns the surviving id (the earliest) and the corrections."""
+    def _merge_into(self, identity: int, others: list[_Candidate]) -> tuple[int, list[Correction]]:
+        """Merge into ``identity`` every other candidate the new track proves to be the same
+        person: one standing at its place (offline's first step), or one now within the
+        threshold of it. Returns the surviving id (the earliest) and the corrections."""
         corrections: list[Correction] = []
         for other in others:
-            if self.store.linkage(identity, other) >= self.threshold:
+            linkage = self.store.linkage(identity, other.identity)
+            same_place = np.isfinite(other.place) and not self._vetoed(linkage)
+            if not same_place and linkage >= self.threshold:
                 continue
-            if self._conflict(identity, other):
+            if self._conflict(identity, other.identity):
                 continue
-            kept, absorbed = min(identity, other), max(identity, other)
+            kept, absorbed = min(identity, other.identity), max(identity, other.identity)
             self.store.merge(kept, absorbed)
             corrections.append(Correction(absorbed, kept))
             identity = kept
@@ -243,9 +300,15 @@ class OnlineAssigner:
     def _conflict(self, a: int, b: int) -> bool:
         """Whether any track of identity ``a`` cannot be the person of any track of ``b``."""
         horizon = self.rules.horizon
-        theirs = self.store.members(b)
-        for track in self.store.members(a):
-            near = _near_in_time(theirs, track.start, track.end, horizon)
+        small, large = sorted((a, b), key=lambda i: len(self.store.members(i)))
+        for track in self.store.members(small):
+            near = [
+                other
+                for identity, other in self.store.overlapping(
+                    track.start - horizon, track.end + horizon
+                )
+                if identity == large
+            ]
             if near and np.any(_relations(track, near, self.rules)[0]):
                 return True
         return False
