@@ -573,17 +573,11 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: Figures averaged over seeds, in the printed table's column order.
 SUMMARY_KEYS = (
-    "IDF1",
-    "IDP",
-    "IDR",
-    "HOTA",
-    "AssA",
-    "pair_precision",
-    "pair_recall",
-    "identities",
+    "IDF1", "IDP", "IDR", "HOTA", "AssA", "pair_precision", "pair_recall", "identities",
     "agreement_with_offline_pair_F1",
-)
+)  # fmt: skip
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -639,20 +633,7 @@ def main() -> int:
             if model is not None:
                 extra["scale"]["model_crops_per_second"] = round(model_rate(model), 1)
     summary = summarise(rows)
-    columns = [
-        "set",
-        "method",
-        "seeds",
-        "IDF1",
-        "IDP",
-        "IDR",
-        "HOTA",
-        "AssA",
-        "pair_precision",
-        "pair_recall",
-        "identities",
-        "agreement_with_offline_pair_F1",
-    ]
+    columns = ["set", "method", "seeds", *SUMMARY_KEYS]
     print(table(summary, columns))
     if "scale" in extra:
         print(json.dumps(extra["scale"], indent=2))

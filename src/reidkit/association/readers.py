@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reidkit.association.site import Camera, Site, SiteError, parse_time
+from reidkit.association.site import Camera, Site, SiteError
 from reidkit.association.tracks import Track
+from reidkit.config.times import parse_time
 
 #: Largest tracks file read (bytes): a day of a busy camera is a few hundred MB of text.
 MAX_TRACKS_BYTES = 8 * 2**30
@@ -65,12 +66,16 @@ class _TrackBuilder:
         camera: Camera,
         track_id: str,
         frame: int,
-        time: float,
         box: tuple[float, float, float, float],
         confidence: float,
+        *,
         ground: tuple[float, float] | None = None,
         embedding: np.ndarray | None = None,
+        time: float | None = None,
     ) -> None:
+        """One detection; its time is the camera clock's for ``frame`` unless given."""
+        if time is None:
+            time = float(camera.frame_time(np.array([frame]))[0])
         rows = self.rows[(camera.name, track_id)]
         if rows.frames and frame <= rows.frames[-1]:
             raise SiteError(
@@ -231,15 +236,8 @@ def read_mot(
             continue  # MOTChallenge ground truth: 0 in column 7 marks an entry to ignore
         frame = _frame(values[0], camera, where)
         confidence = values[6] if len(values) >= 7 and values[6] >= 0 else 1.0
-        builder.add(
-            where,
-            camera,
-            _track_id(values[1], where),
-            frame,
-            float(camera.frame_time(np.array([frame]))[0]),
-            _box(*values[2:6], camera, where),
-            confidence,
-        )
+        box = _box(*values[2:6], camera, where)
+        builder.add(where, camera, _track_id(values[1], where), frame, box, confidence)
 
 
 def read_aicity(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None:
@@ -255,16 +253,8 @@ def read_aicity(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None
         ground = None
         if len(values) >= 9 and not (values[7] == -1 and values[8] == -1):
             ground = (values[7], values[8])
-        builder.add(
-            where,
-            camera,
-            _track_id(values[1], where),
-            frame,
-            float(camera.frame_time(np.array([frame]))[0]),
-            _box(*values[3:7], camera, where),
-            1.0,
-            ground,
-        )
+        box = _box(*values[3:7], camera, where)
+        builder.add(where, camera, _track_id(values[1], where), frame, box, 1.0, ground=ground)
 
 
 def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None:
@@ -299,10 +289,10 @@ def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> 
             raise SiteError(f"{where}: 'objects' must be a list")
         for item in objects:
             track_id, box, confidence, embedding = _deepstream_object(item, where)
+            box = _box(*box, camera, where)
             builder.add(
-                where, camera, track_id, frame, time, _box(*box, camera, where), confidence,
-                embedding=embedding,
-            )  # fmt: skip
+                where, camera, track_id, frame, box, confidence, embedding=embedding, time=time
+            )
 
 
 def _deepstream_object(
@@ -366,16 +356,9 @@ def read_epfl(path: str | Path, camera: Camera) -> list[Track]:
             rows.append((values[5], values[0], values[1:5], where))
     rows.sort(key=lambda row: (row[1], row[0]))
     for frame_value, person, (x1, y1, x2, y2), where in rows:
+        box = _box(x1, y1, x2 - x1 + 1, y2 - y1 + 1, camera, where)
         frame = _frame(frame_value, camera, where)
-        builder.add(
-            where,
-            camera,
-            _track_id(person, where),
-            frame,
-            float(camera.frame_time(np.array([frame]))[0]),
-            _box(x1, y1, x2 - x1 + 1, y2 - y1 + 1, camera, where),
-            1.0,
-        )
+        builder.add(where, camera, _track_id(person, where), frame, box, 1.0)
     return builder.tracks_of(camera)
 
 

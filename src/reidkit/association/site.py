@@ -29,9 +29,7 @@ A problem is one :class:`SiteError` line naming ``site.yaml:line`` and the fix.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +37,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reidkit.config.times import parse_time, time_as_text
 from reidkit.errors import ReidkitError
 from reidkit.yamlsafe import load_yaml_file
 
@@ -81,13 +80,7 @@ class CameraEntry(_Strict):
     @field_validator("clock_origin", mode="before")
     @classmethod
     def _time_as_text(cls, value: object) -> object:
-        """YAML reads an unquoted ISO-8601 time as a datetime and 1714550400 as a number."""
-        if isinstance(value, datetime):
-            aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return aware.isoformat()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return repr(value)
-        return value
+        return time_as_text(value)
 
 
 class TransitEntry(_Strict):
@@ -188,24 +181,6 @@ class Site:
         for (a, b), (low, _) in self.transit.items():
             matrix[index[a], index[b]] = low
         return matrix
-
-
-def parse_time(text: str) -> float:
-    """Unix seconds from ``"1714550400.5"`` or ISO-8601 (a time without a zone is UTC)."""
-    text = str(text).strip()
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"time {text!r} is neither unix seconds nor ISO-8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if not math.isfinite(value):
-        raise ValueError(f"time {text!r} is not a finite number")
-    return value
 
 
 def load_site(path: str | Path) -> Site:

@@ -13,13 +13,13 @@ error with a suggestion, not a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reidkit.config.times import time_as_text
 from reidkit.errors import did_you_mean
 
 BackboneName = Literal[
@@ -454,13 +454,7 @@ class GallerySpec(_Section):
     @field_validator("time_origin", "start", "end", mode="before")
     @classmethod
     def _times_as_text(cls, value: object) -> object:
-        """YAML reads an unquoted ISO-8601 time as a datetime and 1767225600 as a number."""
-        if isinstance(value, datetime):
-            aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return aware.isoformat()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return repr(value)
-        return value
+        return time_as_text(value)
 
 
 class AssociateSpec(_Section):
