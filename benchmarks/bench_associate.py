@@ -20,9 +20,11 @@ labelled in its ``set`` column:
      norms per track (no model).
 2. **Real crops without time**: MARS-mini test tracklets, CUHK03 test (one tracklet per
    identity and camera), PKU val (same); pairwise precision / recall and crop-weighted IDF1.
-3. **Synthetic site, scale only** (``reidkit dataset synth --site``: 10,000 tracks, 100
-   cameras, one day, DeepStream JSON lines with embeddings): offline association seconds and
-   peak memory in a fresh process, the live assigner's per-track latency, never accuracy.
+3. **Synthetic site, scale only** (``reidkit dataset synth --site``: 10,000 tracks from 100
+   cameras over one day, then 40,000 from 400, DeepStream JSON lines with embeddings): offline
+   association seconds and peak memory in a fresh 2-thread process, the live assigner's
+   per-track latency and the baseline's seconds (first size), the model's crops per second;
+   never accuracy.
 
 Methods, all on the same track embeddings: **ours** (``associate_site``: site threshold or
 stability cut, camera centring, cannot-links, ground-plane evidence), its ablations (no
@@ -481,8 +483,9 @@ print(json.dumps({"seconds": seconds, "identities": result.identities, "source":
 """
 
 
-def scale_part(work: Path, tracks_count: int, cameras: int) -> dict:
-    """Offline seconds and peak memory (fresh 2-thread process), live latency, model rate."""
+def scale_part(work: Path, tracks_count: int, cameras: int, full: bool) -> dict:
+    """Offline seconds and peak memory (fresh 2-thread process); with ``full`` also the live
+    assigner's per-track latency and the Metropolis-style baseline's seconds."""
     np = _np()
     from reidkit.association.cluster import associate_site
     from reidkit.association.constraints import TrackSet
@@ -492,7 +495,7 @@ def scale_part(work: Path, tracks_count: int, cameras: int) -> dict:
     from reidkit.association.tracks import split_at_gaps
     from reidkit.data.synth import synthesize_site
 
-    folder = work / "synthetic_site"
+    folder = work / f"synthetic_site_{tracks_count}"
     began = time.perf_counter()
     summary = synthesize_site(folder, cameras=cameras, tracks=tracks_count, hours=24.0)
     site = load_site(folder / "site.yaml")
@@ -519,14 +522,7 @@ def scale_part(work: Path, tracks_count: int, cameras: int) -> dict:
         check=True,
     )
     offline = json.loads(child.stdout.strip().splitlines()[-1])
-    _, calibration, _ = associate_site(track_set, site.min_transit_matrix())
-    _, seconds = replay_online(track_set, site.min_transit_matrix(), calibration)
-    from reidkit.association.baselines import metropolis_style
-
-    hdbscan_began = time.perf_counter()
-    metropolis_style(track_set, None)
-    hdbscan_seconds = time.perf_counter() - hdbscan_began
-    return {
+    figures = {
         "set": "synthetic site (scale only, never accuracy)",
         "tracks": len(tracks),
         "cameras": cameras,
@@ -537,6 +533,17 @@ def scale_part(work: Path, tracks_count: int, cameras: int) -> dict:
         "offline_peak_rss_mb": round(offline["peak_rss_mb"]),
         "offline_rss_before_mb": round(offline["rss_before_mb"]),
         "open_set": offline["source"],
+    }
+    if not full:
+        return figures
+    _, calibration, _ = associate_site(track_set, site.min_transit_matrix())
+    _, seconds = replay_online(track_set, site.min_transit_matrix(), calibration)
+    from reidkit.association.baselines import metropolis_style
+
+    hdbscan_began = time.perf_counter()
+    metropolis_style(track_set, None)
+    hdbscan_seconds = time.perf_counter() - hdbscan_began
+    return figures | {
         "metropolis_style_seconds": round(hdbscan_seconds, 2),
         "live_p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 2),
         "live_p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 2),
@@ -603,8 +610,13 @@ def main() -> int:
     parser.add_argument("--model-seed", type=int, default=1, help="seed of the cached source model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="identity draws")
     parser.add_argument("--parts", nargs="+", default=["epfl", "crops", "scale"])
-    parser.add_argument("--scale-tracks", type=int, default=10_000)
-    parser.add_argument("--scale-cameras", type=int, default=100)
+    parser.add_argument(
+        "--scale-tracks",
+        type=int,
+        nargs="+",
+        default=[10_000, 40_000],
+        help="synthetic site sizes (100 tracks per camera); the first also gets live latency",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "associate.json")
     args = parser.parse_args()
     import torch
@@ -629,14 +641,18 @@ def main() -> int:
                 rows += crops_part(name, tracklets, model)
                 print(f"done {name}", flush=True)
         if "scale" in args.parts:
-            extra["scale"] = scale_part(work, args.scale_tracks, args.scale_cameras)
+            extra["scale"] = [
+                scale_part(work, size, max(2, size // 100), full=k == 0)
+                for k, size in enumerate(args.scale_tracks)
+            ]
             if model is not None:
-                extra["scale"]["model_crops_per_second"] = round(model_rate(model), 1)
+                extra["model_crops_per_second"] = round(model_rate(model), 1)
     summary = summarise(rows)
     columns = ["set", "method", "seeds", *SUMMARY_KEYS]
     print(table(summary, columns))
-    if "scale" in extra:
-        print(json.dumps(extra["scale"], indent=2))
+    for key in ("scale", "model_crops_per_second"):
+        if key in extra:
+            print(json.dumps(extra[key], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({**extra, "summary": summary, "rows": rows}, indent=1, default=float)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -69,7 +69,6 @@ class Association:
     merges_by_place: int = 0
     merges_by_appearance: int = 0
     refused_by_constraints: int = 0
-    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def identities(self) -> int:

@@ -71,15 +71,6 @@ class TrackSet:
             ground=[ground_samples(t.times, t.ground) for t in tracks],
         )
 
-    def subset(self, rows: np.ndarray) -> TrackSet:
-        return TrackSet(
-            self.cameras[rows],
-            self.start[rows],
-            self.end[rows],
-            self.embeddings[rows],
-            [self.ground[i] for i in rows],
-        )
-
 
 def ground_samples(times: np.ndarray, ground: np.ndarray | None) -> np.ndarray | None:
     """Up to :data:`GROUND_SAMPLES` evenly spaced finite (time, x, y) rows, or None."""

@@ -362,9 +362,6 @@ def read_epfl(path: str | Path, camera: Camera) -> list[Track]:
     return builder.tracks_of(camera)
 
 
-TRACK_FORMATS = ("mot", "aicity", "deepstream")
-
-
 def read_tracks(
     site: Site, tracks: str | Path | None = None, tracks_format: str = "auto"
 ) -> list[Track]:

@@ -150,7 +150,6 @@ class Site:
     #: (from camera, to camera) -> (min_s, max_s or None)
     transit: dict[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
     ground_gate: float | None = None
-    lines: dict[tuple[str, ...], int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -165,14 +164,6 @@ class Site:
                 f"{', '.join(self.cameras)}); add it under cameras: or fix the camera id"
             )
         return found
-
-    def line_of(self, *keys: str) -> str:
-        """``site.yaml:line`` of a key path (the nearest known parent's line)."""
-        for depth in range(len(keys), 0, -1):
-            line = self.lines.get(tuple(keys[:depth]))
-            if line is not None:
-                return f"{self.source}:{line}"
-        return self.source
 
     def min_transit_matrix(self) -> np.ndarray:
         """``[from, to]`` shortest transit seconds over camera indices (0 where none given)."""
@@ -242,7 +233,7 @@ def site_from_dict(
         pairs = [(a, b), (b, a)] if entry.both_ways else [(a, b)]
         for pair in pairs:
             transit[pair] = (entry.min_s, entry.max_s)
-    return Site(cameras, source, transit, parsed.ground_gate, lines)
+    return Site(cameras, source, transit, parsed.ground_gate)
 
 
 def _camera(

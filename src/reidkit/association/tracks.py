@@ -48,11 +48,6 @@ class Track:
     def end(self) -> float:
         return float(self.times[-1])
 
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """(camera, tracker id, part): unique within one association run."""
-        return (self.camera, self.track_id, self.part)
-
     def select(self, rows: np.ndarray | slice) -> Track:
         """The detections ``rows`` of this track (same camera, id and part)."""
         return replace(
