@@ -27,7 +27,7 @@ from reidkit.outputs import atomic_open, path_text
 
 GLOBAL_IDS_COLUMNS = ("camera", "track_id", "global_id", "first_seen", "last_seen", "n_crops")
 #: Identities drawn in the timeline (the earliest first); the rest are counted in its title.
-TIMELINE_ROWS = 400
+TIMELINE_ROWS = 300
 _PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
@@ -109,7 +109,8 @@ def plot_timeline(
     row_of = {g: r for r, g in enumerate(shown)}
     start = min(t.start for t in tracks)
     end = max(max(t.end for t in tracks), start + 1e-3)
-    row_height, left, right, top, bottom = 12, 70, 20, 40, 60
+    lanes = min(len(camera_names), 4)  # cameras seeing one person at once each get a lane
+    row_height, left, right, top, bottom = 6 + 3 * lanes, 70, 20, 40, 60
     width = 1200
     height = top + bottom + row_height * max(len(shown), 1)
     canvas = Image.new("RGB", (width, height), "white")
@@ -124,8 +125,6 @@ def plot_timeline(
     heading += f" ({hidden} later identities not drawn)" if hidden else ""
     draw.text((width / 2, 10), heading, fill="black", font=_font(14), anchor="mt")
     colour = {name: _PALETTE[k % len(_PALETTE)] for k, name in enumerate(camera_names)}
-    # Cameras that see one person at once would hide each other: each gets a lane of the row.
-    lanes = min(len(camera_names), 4)
     lane_of = {name: k % lanes for k, name in enumerate(camera_names)}
     lane_height = (row_height - 2) / lanes
     for track, gid in zip(tracks, ids.tolist(), strict=True):
