@@ -148,3 +148,20 @@ def test_ground_truth_counted_from_the_same_frame_base(tmp_path: Path) -> None:
     (tmp_path / "gt.txt").write_text("0,3,10,20,30,60,1,1,1\n")
     with pytest.raises(SiteError, match=r"gt.txt:1: frame 0 is before camera c0's frame_base 1"):
         read_ground_truth(load_site(tmp_path / "site.yaml"))
+
+
+def test_a_track_id_cannot_reach_outside_the_crops_folder(tmp_path: Path) -> None:
+    from reidkit.association.features import plan_crops
+
+    (tmp_path / "crops").mkdir()
+    site = site_from_dict(
+        {"cameras": {"c": {"fps": 5, "frame_base": 0, "crops": "crops"}}}, tmp_path
+    )
+    path = tmp_path / "frames.jsonl"
+    path.write_text(
+        '{"sensorId": "c", "timestamp": 1, "objects": ["../../etc|1|1|20|40|Person"]}\n'
+    )
+    with pytest.raises(
+        SiteError, match=r"frames.jsonl:1: track id '../../etc' cannot name a folder"
+    ):
+        plan_crops(read_tracks(site, path), site, per_track=4, full_height=128)

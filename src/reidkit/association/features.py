@@ -137,6 +137,11 @@ def plan_crops(
             usable = np.array([path is not None for path in paths])
             boxed = False
         elif camera.crops is not None:
+            if Path(track.track_id).name != track.track_id or track.track_id in ("", ".", ".."):
+                raise SiteError(
+                    f"{track.source}: track id {track.track_id!r} cannot name a folder of "
+                    f"{camera.crops}; crops folders need plain track ids"
+                )
             files = index.numbered(camera.crops / track.track_id)
             usable = np.array([int(f) in files for f in track.frames])
             paths = [files.get(int(f)) for f in track.frames]
