@@ -25,6 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import HDBSCAN
 
+from reidkit.association.cluster import BLOCK_ELEMENTS
 from reidkit.association.constraints import TrackSet, nearby_pairs, shared_distance
 
 TRAJECTORY_WEIGHT = 0.15
@@ -46,8 +47,9 @@ def threshold_links(tracks: TrackSet, threshold: float) -> np.ndarray:
     """Connected components of the pairs closer than ``threshold`` (blocked, no constraints)."""
     total = len(tracks)
     rows, cols = [], []
-    for start in range(0, total, 2048):
-        block = 2.0 - 2.0 * tracks.embeddings[start : start + 2048] @ tracks.embeddings.T
+    step = max(1, BLOCK_ELEMENTS // max(total, 1))
+    for start in range(0, total, step):
+        block = 2.0 - 2.0 * tracks.embeddings[start : start + step] @ tracks.embeddings.T
         i, j = np.nonzero(block < threshold)
         rows.append(i + start)
         cols.append(j)

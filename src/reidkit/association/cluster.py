@@ -26,8 +26,8 @@ threshold admits a fixed expected number of strangers per track. Sets where noth
 two tracks different (crops without time) are cut where the tree is most stable instead
 (:func:`stability_cut`). Nothing here is tuned to a data set.
 
-Candidate merges come from each track's nearest neighbours (a blocked matrix product, so
-memory stays ``O(block x tracks)``), which keeps 10,000 tracks within seconds.
+Candidate merges come from each track's nearest neighbours (a blocked matrix product whose
+block holds a fixed number of similarities), which keeps 10,000 tracks within seconds.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ from reidkit.association.constraints import (
 
 #: Nearest neighbours per track proposed as merge candidates.
 NEIGHBOURS = 24
-#: Rows per block of the neighbour search (memory: block x tracks floats).
-BLOCK = 2048
+#: Similarities held at once by the neighbour search (a block of rows x all tracks): 64 MB
+#: of float32 plus the selection's int64 indices, whatever the number of tracks.
+BLOCK_ELEMENTS = 1 << 24
 #: Tracks a camera needs before its mean is taken as the camera's bias.
 MIN_CAMERA_TRACKS = 8
 #: Smallest identity the stability cut keeps (one person seen twice).
@@ -106,12 +107,13 @@ def nearest_neighbours(embeddings: np.ndarray, count: int) -> np.ndarray:
     if count <= 0:
         return np.empty((total, 0), dtype=np.int64)
     out = np.empty((total, count), dtype=np.int64)
-    for start in range(0, total, BLOCK):
-        block = embeddings[start : start + BLOCK] @ embeddings.T
+    rows_per_block = max(1, BLOCK_ELEMENTS // total)
+    for start in range(0, total, rows_per_block):
+        block = embeddings[start : start + rows_per_block] @ embeddings.T
         rows = np.arange(len(block))
         block[rows, start + rows] = -np.inf
         top = np.argpartition(-block, count - 1, axis=1)[:, :count]
-        out[start : start + BLOCK] = top
+        out[start : start + rows_per_block] = top
     return out
 
 
