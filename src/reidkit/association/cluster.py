@@ -65,7 +65,7 @@ class Association:
     """Identity labels ``0..K-1`` per track (in order of first appearance) and what decided them."""
 
     labels: np.ndarray
-    threshold: float
+    threshold: float | None  # None: the stability cut decided
     veto: float | None
     merges_by_place: int = 0
     merges_by_appearance: int = 0
