@@ -34,7 +34,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engine": {"config", "data", "models", "losses", "evaluation"},
     "export": {"config", "data", "models"},
     "gallery": {"data", "models", "evaluation"},
-    "association": {"data", "models", "evaluation", "export", "gallery"},
+    "association": {"config", "data", "models", "evaluation", "export", "gallery"},
     "adaptation": {"data", "models", "losses", "engine", "evaluation", "export", "gallery"},
     "automl": {"config"},
     "serve": {"data", "models", "evaluation", "export", "gallery"},

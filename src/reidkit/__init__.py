@@ -27,6 +27,7 @@ _ACTIONS = {
     "infer": "reidkit.actions.infer:infer",
     "export": "reidkit.actions.export:export",
     "automl": "reidkit.actions.automl:automl",
+    "associate": "reidkit.actions.associate:associate",
 }
 
 __all__ = ["__version__", *_ACTIONS]

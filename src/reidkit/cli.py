@@ -90,6 +90,13 @@ def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     print(token)
 
 
+def _associate(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions.associate import associate
+
+    result = associate(spec)
+    print(f"global ids, MOT files and timeline written to {result.results_dir}")
+
+
 # Action name -> (help, function of the resolved spec). New actions register here.
 SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace], None]]] = {
     "train": ("train a model (resumes from the latest checkpoint in results_dir)", _train),
@@ -98,6 +105,7 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
     "serve": ("search service and operator page; 'serve token' creates a token", _serve),
+    "associate": ("per-camera tracks in, one global identity per person out", _associate),
 }
 
 
@@ -147,7 +155,8 @@ def _synth(args: argparse.Namespace) -> None:
 
     summary = synth(
         args.out, ids=args.ids, cameras=args.cameras, images_per_id=args.images_per_id,
-        height=args.height, width=args.width, seed=args.seed,
+        height=args.height, width=args.width, seed=args.seed, site=args.site,
+        tracks=args.tracks, hours=args.hours, dim=args.dim,
     )  # fmt: skip
     print(f"wrote synthetic dataset to {args.out}: {summary}")
 
@@ -188,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export", "gallery", "serve"],
+        choices=["train", "evaluate", "inference", "export", "gallery", "serve", "associate"],
     )
     validate.set_defaults(run=_validate)
 
@@ -202,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=128)
     synth.add_argument("--width", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--site", action="store_true", help="a multi-camera site of tracks instead")
+    synth.add_argument("--tracks", type=int, default=10_000, help="--site: tracks in all")
+    synth.add_argument("--hours", type=float, default=24.0, help="--site: hours they span")
+    synth.add_argument("--dim", type=int, default=128, help="--site: embedding width")
     synth.set_defaults(run=_synth)
     return parser
 

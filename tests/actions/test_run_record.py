@@ -121,7 +121,7 @@ def test_an_action_cannot_record_another_actions_fields(tmp_path: Path) -> None:
                 outcome=ExportOutcome(onnx_file="m.onnx", max_abs_diff=2),
             ),
         ),
-        ('{"action": "associate", "status": "SUCCESS"}', RunRecord("associate", "SUCCESS")),
+        ('{"action": "a-later-verb", "status": "SUCCESS"}', RunRecord("a-later-verb", "SUCCESS")),
     ],
     ids=["truncated", "not-an-object", "foreign", "wrong-types", "partly-wrong", "new-action"],
 )

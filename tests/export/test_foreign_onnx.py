@@ -30,7 +30,7 @@ from reidkit.config.loading import load_spec
 from reidkit.data import synthesize
 from reidkit.errors import ReidkitError
 from reidkit.export.onnx import to_onnx
-from reidkit.gallery.store import open_gallery
+from reidkit.gallery.factory import open_gallery
 from reidkit.models import restore_model
 from reidkit.serve.app import create_app
 from reidkit.serve.tokens import create_token

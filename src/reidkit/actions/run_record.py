@@ -89,9 +89,15 @@ class GalleryOutcome:
     stats: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class AssociateOutcome:
+    tracks: int | None = None
+    identities: int | None = None
+
+
 Outcome = (
     TrainOutcome | EvaluateOutcome | InferenceOutcome | ExportOutcome | AutomlOutcome
-    | ServeOutcome | GalleryOutcome
+    | ServeOutcome | GalleryOutcome | AssociateOutcome
 )  # fmt: skip
 #: The fields each action records besides the common ones; a new action adds its class here.
 OUTCOMES: dict[str, type[Outcome]] = {
@@ -102,6 +108,7 @@ OUTCOMES: dict[str, type[Outcome]] = {
     "automl": AutomlOutcome,
     "serve": ServeOutcome,
     "gallery": GalleryOutcome,
+    "associate": AssociateOutcome,
 }
 
 

@@ -13,13 +13,13 @@ error with a suggestion, not a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reidkit.config.times import time_as_text
 from reidkit.errors import did_you_mean
 
 BackboneName = Literal[
@@ -461,13 +461,59 @@ class GallerySpec(_Section):
     @field_validator("time_origin", "start", "end", mode="before")
     @classmethod
     def _times_as_text(cls, value: object) -> object:
-        """YAML reads an unquoted ISO-8601 time as a datetime and 1767225600 as a number."""
-        if isinstance(value, datetime):
-            aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return aware.isoformat()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return repr(value)
-        return value
+        return time_as_text(value)
+
+
+class AssociateSpec(_Section):
+    """``associate``: per-camera tracks in, one global identity per person out (reidkit only)."""
+
+    site: str | None = Field(
+        None, description="site.yaml: cameras (fps, frame_base, clock, homography, files), transit."
+    )
+    tracks: str | None = Field(
+        None,
+        description="Multi-camera tracks: AI City text or DeepStream/Metropolis JSON lines "
+        "(each camera's MOTChallenge file is named in the site file instead).",
+    )
+    tracks_format: Literal["auto", "aicity", "deepstream"] = Field(
+        "auto", description="Format of associate.tracks; 'auto' tells them apart by content."
+    )
+    checkpoint: str | None = Field(
+        None, description="Model that embeds the crops: .pth, .onnx or a train/export run folder."
+    )
+    ground_truth: str | None = Field(
+        None,
+        description="AI City ground truth of the whole site to score against; null = the "
+        "cameras' ground_truth files in the site file, if any.",
+    )
+    crops_per_track: int = Field(
+        8, ge=1, le=256, description="Crops embedded per track (the best of equal time slices)."
+    )
+    max_gap_s: float = Field(
+        2.0, gt=0.0, description="A track unseen for longer than this is split into parts."
+    )
+    open_set: Literal["auto", "site", "stability", "card"] = Field(
+        "auto",
+        description="How 'a new person' is decided: 'site' learns the threshold from tracks "
+        "each camera proves different, 'stability' cuts where identities are most stable, "
+        "'card' uses the model's calibrated match_threshold; 'auto' = site when it can, else "
+        "stability.",
+    )
+    match_threshold: float | None = Field(
+        None, gt=0.0, le=4.0, description="Explicit model distance threshold (overrides open_set)."
+    )
+    strangers_per_track: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="Site threshold: strangers expected within it per track (lower is stricter).",
+    )
+    camera_centring: bool = Field(
+        True, description="Remove each camera's mean embedding (its light and background)."
+    )
+    batch_size: int = Field(64, ge=1, description="Crops per forward pass.")
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    results_dir: str | None = Field(None, description="Output folder of the associate action.")
 
 
 AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]
@@ -539,6 +585,7 @@ class ExperimentSpec(_Section):
     gallery: GallerySpec = Field(default_factory=GallerySpec)
     automl: AutomlSpec = Field(default_factory=AutomlSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    associate: AssociateSpec = Field(default_factory=AssociateSpec)
     automl_policy: Literal["auto", "off"] = Field(
         "auto", description="'auto' routes train through AutoML when automl.automl_enabled."
     )

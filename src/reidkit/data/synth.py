@@ -16,10 +16,12 @@ a small canvas plus Pillow for blur and JPEG; it is fully determined by ``seed``
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageFilter
 
 from reidkit.errors import DatasetError
@@ -337,3 +339,128 @@ def synthesize(
         save("gallery", -1, cam, _render((height, width), None, rigs[cam - 1], rng))
     counts["gallery"] |= {"distractors": extras, "junk": extras}
     return counts
+
+
+@dataclass(frozen=True)
+class _Visit:
+    """One person's pass through one camera's view: one track."""
+
+    person: int
+    camera: int
+    start: float
+    end: float
+
+
+def _camera_links(cameras: int, rng: np.random.Generator) -> dict[tuple[int, int], tuple]:
+    """Each camera linked to 3 others; each link's transit window (min_s, max_s)."""
+    windows = {}
+    for a in range(cameras):
+        for step in (1, 2, cameras // 2):
+            b = (a + step) % cameras
+            if b != a and (min(a, b), max(a, b)) not in windows:
+                low = float(rng.uniform(10.0, 60.0))
+                windows[(min(a, b), max(a, b))] = (round(low, 1), round(low * 3.0, 1))
+    return windows
+
+
+def _walks(
+    cameras: int, tracks: int, day: float, windows: dict, rng: np.random.Generator
+) -> list[_Visit]:
+    """People arriving around a morning and an evening peak, each walking 1-7 linked views."""
+    neighbours: dict[int, list[int]] = {c: [] for c in range(cameras)}
+    for a, b in windows:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    visits: list[_Visit] = []
+    person = 0
+    while len(visits) < tracks:
+        person += 1
+        now = float(np.clip(rng.normal(rng.choice([0.35, 0.7]) * day, day / 12), 0.0, day * 0.95))
+        camera = int(rng.integers(cameras))
+        for _ in range(int(rng.integers(1, 8))):
+            end = now + float(rng.uniform(3.0, 40.0))
+            if end > day or len(visits) >= tracks:
+                break
+            visits.append(_Visit(person, camera, now, end))
+            following = int(rng.choice(neighbours[camera]))
+            low, high = windows[(min(camera, following), max(camera, following))]
+            now, camera = end + float(rng.uniform(low, high)), following
+    return visits
+
+
+def synthesize_site(
+    out: Path,
+    *,
+    cameras: int = 100,
+    tracks: int = 10_000,
+    hours: float = 24.0,
+    dim: int = 128,
+    fps: float = 5.0,
+    seed: int = 0,
+) -> dict:
+    """Write a synthetic multi-camera site under ``out`` for scale and speed tests only.
+
+    People walk a camera graph (each camera linked to 3 others, every link with a transit
+    window) over ``hours``, arriving around a morning and an evening peak; each visit to a
+    camera is one track. Files: ``site.yaml`` (cameras alternate 0- and 1-based frame numbers
+    and started recording at different times, as real recorders do), ``tracks.jsonl``
+    (DeepStream / Metropolis JSON lines, one message per camera per second, an embedding on
+    every fifth message of a track) and ``ground_truth.txt`` (AI City text, person ids). The
+    appearance is a random unit vector per person plus a camera cast and noise: it says nothing
+    about real accuracy.
+    """
+    if cameras < 2 or tracks < 1 or hours <= 0 or dim < 2 or fps <= 0:
+        raise ValueError("synthesize_site needs cameras >= 2, tracks >= 1, hours, dim, fps > 0")
+    out = Path(out)
+    if (out / "site.yaml").exists():
+        raise DatasetError(f"synthetic site folder '{out}' already holds a site; choose a new one")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    epoch = 1.7e9  # the day starts at this unix time
+    windows = _camera_links(cameras, rng)
+    visits = _walks(cameras, tracks, hours * 3600.0, windows, rng)
+    origins = epoch - rng.uniform(0.0, 3600.0, size=cameras).round(3)  # recorders started earlier
+    casts = rng.normal(size=(cameras, dim)) * 0.3 / np.sqrt(dim)
+    looks = rng.normal(size=(visits[-1].person + 1, dim)) / np.sqrt(dim)
+    messages: dict[tuple[float, int, int], list[dict]] = {}
+    truth = []
+    for track_id, visit in enumerate(visits, 1):
+        base = visit.camera % 2
+        for k, moment in enumerate(np.arange(np.ceil(visit.start), visit.end, 1.0)):
+            frame = round((epoch + moment - origins[visit.camera]) * fps) + base
+            left, top = 100.0 + 5 * k, 80.0
+            item: dict = {
+                "id": str(track_id),
+                "bbox": {"leftX": left, "topY": top, "rightX": left + 60, "bottomY": top + 160},
+                "confidence": 0.9,
+            }
+            if k % 5 == 0:
+                noise = rng.normal(size=dim) * 0.6 / np.sqrt(dim)
+                vector = looks[visit.person] + casts[visit.camera] + noise
+                item["embedding"] = {"vector": [round(float(v), 4) for v in vector]}
+            moment_key = (float(origins[visit.camera] + (frame - base) / fps), visit.camera, frame)
+            messages.setdefault(moment_key, []).append(item)
+            truth.append(f"{visit.camera} {visit.person} {frame} {left} {top} 60.0 160.0 -1 -1")
+    with open(out / "tracks.jsonl", "w", encoding="utf-8") as handle:
+        for (stamp, camera, frame), items in sorted(messages.items()):
+            message = {"sensorId": str(camera), "id": str(frame), "timestamp": round(stamp, 3)}
+            handle.write(json.dumps({**message, "objects": items}) + "\n")
+    (out / "ground_truth.txt").write_text("\n".join(truth) + "\n", encoding="utf-8")
+    site = {
+        "cameras": {
+            str(c): {
+                "fps": fps,
+                "frame_base": c % 2,
+                "clock_origin": float(origins[c]),
+                "width": 1920,
+                "height": 1080,
+            }
+            for c in range(cameras)
+        },
+        "transit": [
+            {"cameras": [str(a), str(b)], "min_s": low, "max_s": high}
+            for (a, b), (low, high) in sorted(windows.items())
+        ],
+    }
+    (out / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False), encoding="utf-8")
+    return {"cameras": cameras, "tracks": len(visits), "people": len({v.person for v in visits})}

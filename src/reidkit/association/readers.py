@@ -1,0 +1,414 @@
+"""Tracks from the files single-camera trackers write, checked row by row against the site.
+
+Three formats, all turned into :class:`~reidkit.association.tracks.Track` lists:
+
+* **MOTChallenge** text, one file per camera (``frame,id,x,y,w,h,conf,...``; commas or
+  spaces). As ground truth, rows whose 7th column is 0 ("ignore") are skipped.
+* **AI City** multi-camera text, one file for the site
+  (``CameraId Id FrameId X Y W H Xworld Yworld``); world coordinates, when not -1, are the
+  ground-plane positions.
+* **DeepStream / Metropolis** JSON lines, one frame of one sensor per line, in the shape of
+  Metropolis' ``nv.Frame`` message: ``{"sensorId", "timestamp" (or "@timestamp"), "id"
+  (frame number), "objects": [{"id", "bbox": {"leftX", "topY", "rightX", "bottomY"},
+  "confidence", "embedding": {"vector": [...]}}]}``; DeepStream's minimal schema, where an
+  object is the string ``"id|left|top|right|bottom|label"``, is read too (no embeddings).
+
+Every problem stops the read with one :class:`~reidkit.association.site.SiteError` naming
+``file:line`` and the fix: wrong columns, a frame before the camera's ``frame_base`` (the
+site contradicts the file), a track whose frames go backwards, a box outside the frame, an
+unknown camera. Nothing is written before every input has been read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reidkit.association.site import Camera, Site, SiteError
+from reidkit.association.tracks import Track
+from reidkit.config.times import parse_time
+
+#: Largest tracks file read (bytes): a day of a busy camera is a few hundred MB of text.
+MAX_TRACKS_BYTES = 8 * 2**30
+#: Largest embedding accepted in a JSON line.
+MAX_EMBEDDING_DIM = 8192
+
+
+@dataclass
+class _Rows:
+    """The detections of one track, gathered row by row, with the line each came from."""
+
+    frames: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    ground: list[tuple[float, float]] = field(default_factory=list)
+    embeddings: list[np.ndarray | None] = field(default_factory=list)
+    first_line: str = ""
+    last_line: str = ""
+
+
+class _TrackBuilder:
+    """Collects rows into tracks, refusing a track whose frames do not increase."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], _Rows] = defaultdict(_Rows)
+
+    def add(
+        self,
+        where: str,
+        camera: Camera,
+        track_id: str,
+        frame: int,
+        box: tuple[float, float, float, float],
+        confidence: float,
+        *,
+        ground: tuple[float, float] | None = None,
+        embedding: np.ndarray | None = None,
+        time: float | None = None,
+    ) -> None:
+        """One detection; its time is the camera clock's for ``frame`` unless given."""
+        if time is None:
+            time = float(camera.frame_time(np.array([frame]))[0])
+        rows = self.rows[(camera.name, track_id)]
+        if rows.frames and frame <= rows.frames[-1]:
+            raise SiteError(
+                f"{where}: frame {frame} of track {track_id} does not come after frame "
+                f"{rows.frames[-1]} ({rows.last_line}); a track's frames must increase: sort "
+                "the file by frame or fix the duplicated row"
+            )
+        rows.first_line = rows.first_line or where
+        rows.last_line = where
+        rows.frames.append(frame)
+        rows.times.append(time)
+        rows.boxes.append(box)
+        rows.confidence.append(confidence)
+        rows.ground.append(ground if ground is not None else (math.nan, math.nan))
+        rows.embeddings.append(embedding)
+
+    def tracks(self, site: Site) -> list[Track]:
+        out = [self._track(site.cameras[name], track_id) for name, track_id in self.rows]
+        out.sort(key=lambda t: (site.names.index(t.camera), t.start, t.track_id))
+        return out
+
+    def tracks_of(self, camera: Camera) -> list[Track]:
+        """The tracks of a builder that read one camera only."""
+        out = [self._track(camera, track_id) for _, track_id in self.rows]
+        return sorted(out, key=lambda t: (t.start, t.track_id))
+
+    def _track(self, camera: Camera, track_id: str) -> Track:
+        rows = self.rows[(camera.name, track_id)]
+        boxes = np.asarray(rows.boxes, dtype=np.float32)
+        ground = np.asarray(rows.ground, dtype=np.float64)
+        if np.isnan(ground).all():
+            ground = camera.to_ground(boxes.astype(np.float64))
+        return Track(
+            camera=camera.name,
+            track_id=track_id,
+            frames=np.asarray(rows.frames, dtype=np.int64),
+            times=np.asarray(rows.times, dtype=np.float64),
+            boxes=boxes,
+            confidence=np.asarray(rows.confidence, dtype=np.float32),
+            ground=ground,
+            embeddings=_embedding_rows(rows.embeddings, rows.first_line),
+            source=rows.first_line,
+        )
+
+
+def _embedding_rows(rows: list[np.ndarray | None], where: str) -> np.ndarray | None:
+    present = [r for r in rows if r is not None]
+    if not present:
+        return None
+    width = len(present[0])
+    if any(len(r) != width for r in present):
+        raise SiteError(f"{where}: the track's embeddings differ in length; send one model's")
+    out = np.full((len(rows), width), np.nan, dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = row
+    return out
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-empty lines of a text file (1-based), refusing non-text and huge files."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SiteError(f"cannot read tracks file '{path}' ({exc.strerror or exc})") from None
+    if size > MAX_TRACKS_BYTES:
+        raise SiteError(f"tracks file '{path}' is larger than {MAX_TRACKS_BYTES} bytes; split it")
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        number = 0
+        try:
+            for number, line in enumerate(handle, 1):  # number names an undecodable line
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    yield number, text
+        except UnicodeDecodeError:
+            raise SiteError(
+                f"{path}:{number + 1}: not UTF-8 text; is this a tracks file?"
+            ) from None
+
+
+def _numbers(text: str, where: str, needed: int, layout: str) -> list[float]:
+    fields = text.replace(",", " ").split()
+    if len(fields) < needed:
+        raise SiteError(
+            f"{where}: {len(fields)} columns, expected {layout}; fix the row or choose "
+            "the right associate.tracks_format"
+        )
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        bad = next(v for v in fields if not _is_number(v))
+        raise SiteError(f"{where}: '{bad}' is not a number (expected {layout})") from None
+    if not all(math.isfinite(v) for v in values[:needed]):
+        raise SiteError(f"{where}: a value is not finite (expected {layout})")
+    return values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _frame(value: float, camera: Camera, where: str) -> int:
+    if value != int(value):
+        raise SiteError(f"{where}: frame {value} is not a whole number")
+    frame = int(value)
+    if frame < camera.frame_base:
+        fix = (
+            f"set cameras.{camera.name}.frame_base: 0 in the site file if this camera's files "
+            "count frames from 0"
+            if frame == 0 and camera.frame_base == 1
+            else "frame numbers cannot be negative; fix the row"
+        )
+        raise SiteError(
+            f"{where}: frame {frame} is before camera {camera.name}'s frame_base "
+            f"{camera.frame_base}; {fix}"
+        )
+    return frame
+
+
+def _track_id(value: float, where: str) -> str:
+    if value != int(value) or value < 0:
+        raise SiteError(
+            f"{where}: track id {value:g} is not a tracker id (a whole number >= 0); pass "
+            "tracks, not untracked detections"
+        )
+    return str(int(value))
+
+
+def _box(
+    x: float, y: float, w: float, h: float, camera: Camera, where: str
+) -> tuple[float, float, float, float]:
+    if w <= 0 or h <= 0:
+        raise SiteError(f"{where}: box width and height must be > 0, got {w:g} x {h:g}")
+    known = camera.width is not None and camera.height is not None
+    if known and (x >= camera.width or y >= camera.height or x + w <= 0 or y + h <= 0):
+        raise SiteError(
+            f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) lies outside camera "
+            f"{camera.name}'s {camera.width}x{camera.height} frame; fix the box or the "
+            "camera's width/height in the site file"
+        )
+    return (x, y, w, h)
+
+
+def read_mot(
+    path: str | Path, camera: Camera, *, ground_truth: bool = False, builder: _TrackBuilder
+) -> None:
+    """Add the rows of one camera's MOTChallenge file to ``builder``."""
+    path = Path(path)
+    layout = "frame,id,x,y,w,h[,conf,...] (MOTChallenge)"
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        values = _numbers(text, where, 6, layout)
+        if ground_truth and len(values) >= 7 and values[6] == 0:
+            continue  # MOTChallenge ground truth: 0 in column 7 marks an entry to ignore
+        frame = _frame(values[0], camera, where)
+        confidence = values[6] if len(values) >= 7 and values[6] >= 0 else 1.0
+        box = _box(*values[2:6], camera, where)
+        builder.add(where, camera, _track_id(values[1], where), frame, box, confidence)
+
+
+def read_aicity(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None:
+    """Add the rows of an AI City multi-camera file (camera ids are site camera names)."""
+    path = Path(path)
+    layout = "CameraId Id FrameId X Y W H Xworld Yworld (AI City)"
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        values = _numbers(text, where, 7, layout)
+        name = str(int(values[0])) if values[0] == int(values[0]) else str(values[0])
+        camera = site.camera(name, where)
+        frame = _frame(values[2], camera, where)
+        ground = None
+        if len(values) >= 9 and not (values[7] == -1 and values[8] == -1):
+            ground = (values[7], values[8])
+        box = _box(*values[3:7], camera, where)
+        builder.add(where, camera, _track_id(values[1], where), frame, box, 1.0, ground=ground)
+
+
+def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None:
+    """Add the objects of a DeepStream / Metropolis JSON-lines file (see the module docstring)."""
+    path = Path(path)
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            raise SiteError(f"{where}: not a JSON object ({exc.msg}); one frame per line") from None
+        if not isinstance(message, dict):
+            raise SiteError(f"{where}: not a JSON object; one frame message per line")
+        sensor = message.get("sensorId")
+        if sensor is None:
+            raise SiteError(f"{where}: no 'sensorId'; each message names its camera")
+        camera = site.camera(str(sensor), where)
+        stamp = message.get("timestamp", message.get("@timestamp"))
+        if stamp is None:
+            raise SiteError(f"{where}: no 'timestamp'; each message says when its frame was taken")
+        try:
+            time = parse_time(stamp)
+        except ValueError as exc:
+            raise SiteError(f"{where}: {exc}") from None
+        frame_value = message.get("id")
+        try:
+            frame = _frame(float(frame_value), camera, where)
+        except (TypeError, ValueError):
+            frame = round((time - camera.origin) * camera.fps) + camera.frame_base
+        objects = message.get("objects", [])
+        if not isinstance(objects, list):
+            raise SiteError(f"{where}: 'objects' must be a list")
+        for item in objects:
+            track_id, box, confidence, embedding = _deepstream_object(item, where)
+            box = _box(*box, camera, where)
+            builder.add(
+                where, camera, track_id, frame, box, confidence, embedding=embedding, time=time
+            )
+
+
+def _deepstream_object(
+    item: object, where: str
+) -> tuple[str, tuple[float, float, float, float], float, np.ndarray | None]:
+    """(track id, x y w h, confidence, embedding) of one object of a frame message."""
+    if isinstance(item, str):  # minimal schema: "id|left|top|right|bottom|label"
+        parts = item.split("|")
+        try:
+            left, top, right, bottom = (float(v) for v in parts[1:5])
+        except (ValueError, IndexError):
+            raise SiteError(
+                f"{where}: object '{item[:60]}' is not id|left|top|right|bottom"
+            ) from None
+        return parts[0].strip(), (left, top, right - left, bottom - top), 1.0, None
+    if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("bbox"), dict):
+        raise SiteError(
+            f"{where}: an object needs 'id' and 'bbox' {{leftX, topY, rightX, bottomY}}"
+        )
+    bbox = item["bbox"]
+    try:
+        left, top, right, bottom = (float(bbox[k]) for k in ("leftX", "topY", "rightX", "bottomY"))
+        confidence = float(item.get("confidence", 1.0))
+    except (KeyError, TypeError, ValueError):
+        raise SiteError(f"{where}: object {item.get('id')!r} has a bbox without numeric leftX, "
+                        "topY, rightX, bottomY") from None  # fmt: skip
+    embedding = None
+    vector = item.get("embedding")
+    if isinstance(vector, dict):
+        vector = vector.get("vector")
+    if vector is not None:
+        if not isinstance(vector, list) or not 0 < len(vector) <= MAX_EMBEDDING_DIM:
+            raise SiteError(f"{where}: object {item['id']!r}'s embedding must be a list of numbers")
+        try:
+            embedding = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise SiteError(
+                f"{where}: object {item['id']!r}'s embedding holds a non-number"
+            ) from None
+        if not np.all(np.isfinite(embedding)) or not np.any(embedding):
+            raise SiteError(f"{where}: object {item['id']!r}'s embedding is zero or not finite")
+    return str(item["id"]), (left, top, right - left, bottom - top), confidence, embedding
+
+
+def read_epfl(path: str | Path, camera: Camera) -> list[Track]:
+    """One track per person of an EPFL multi-camera ground-truth file (``gt.txt``: ``id xmin
+    ymin xmax ymax frame lost occluded generated "label"``), visible rows only (``lost`` 0).
+
+    EPFL's terrace and laboratory sequences are real multi-camera trajectories with global ids;
+    this is how tests and benchmarks turn them into tracks (split them at gaps to get what a
+    tracker would hand over).
+    """
+    path = Path(path)
+    builder = _TrackBuilder()
+    layout = "id xmin ymin xmax ymax frame lost occluded generated label (EPFL)"
+    rows = []
+    for number, text in _lines(path):
+        where = f"{path}:{number}"
+        values = _numbers(text.rsplit(None, 1)[0], where, 9, layout)
+        if values[6] == 0:
+            rows.append((values[5], values[0], values[1:5], where))
+    rows.sort(key=lambda row: (row[1], row[0]))
+    for frame_value, person, (x1, y1, x2, y2), where in rows:
+        box = _box(x1, y1, x2 - x1 + 1, y2 - y1 + 1, camera, where)
+        frame = _frame(frame_value, camera, where)
+        builder.add(where, camera, _track_id(person, where), frame, box, 1.0)
+    return builder.tracks_of(camera)
+
+
+def read_tracks(
+    site: Site, tracks: str | Path | None = None, tracks_format: str = "auto"
+) -> list[Track]:
+    """Every track of the site: each camera's MOTChallenge file, plus ``tracks`` (a multi-camera
+    AI City or DeepStream file; ``tracks_format`` ``auto`` tells them apart by content)."""
+    builder = _TrackBuilder()
+    for camera in site.cameras.values():
+        if camera.tracks is not None:
+            read_mot(camera.tracks, camera, builder=builder)
+    if tracks is not None:
+        path = Path(tracks)
+        if not path.is_file():
+            raise SiteError(f"tracks file '{path}' does not exist; fix associate.tracks")
+        kind = _sniff(path) if tracks_format == "auto" else tracks_format
+        if kind == "deepstream":
+            read_deepstream(path, site, builder=builder)
+        elif kind == "aicity":
+            read_aicity(path, site, builder=builder)
+        else:
+            raise SiteError(
+                f"{path}: a MOTChallenge file holds one camera; name it under that camera's "
+                "tracks: in the site file, or give an AI City or DeepStream file here"
+            )
+    if not builder.rows:
+        raise SiteError(
+            f"{site.source}: no tracks; give each camera a tracks: file or set associate.tracks"
+        )
+    return builder.tracks(site)
+
+
+def read_ground_truth(site: Site, truth: str | Path | None = None) -> list[Track]:
+    """Ground-truth tracks (their ids are global ids): each camera's ``ground_truth`` MOT file,
+    or one AI City file for the whole site."""
+    builder = _TrackBuilder()
+    if truth is not None:
+        path = Path(truth)
+        if not path.is_file():
+            raise SiteError(f"ground truth '{path}' does not exist; fix associate.ground_truth")
+        read_aicity(path, site, builder=builder)
+    else:
+        for camera in site.cameras.values():
+            if camera.ground_truth is not None:
+                read_mot(camera.ground_truth, camera, ground_truth=True, builder=builder)
+    return builder.tracks(site)
+
+
+def _sniff(path: Path) -> str:
+    for _, text in _lines(path):
+        return "deepstream" if text.startswith("{") else "aicity"
+    raise SiteError(f"tracks file '{path}' is empty")

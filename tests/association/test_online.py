@@ -1,0 +1,93 @@
+"""The live assigner: one closing track at a time, the offline rules, corrections when proven."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reidkit.association.cluster import associate_site, centre_by_camera, holds_constraints
+from reidkit.association.constraints import Rules, TrackSet
+from reidkit.association.epfl import EpflSite
+from reidkit.association.metrics import detections, identity_scores
+from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
+from reidkit.association.readers import read_ground_truth, read_tracks
+from reidkit.association.site import load_site
+from tests.association.conftest import simulated_embeddings
+
+
+def closed(key: int, camera: int, start: float, end: float, angle: float) -> ClosedTrack:
+    return ClosedTrack(
+        key, camera, start, end, np.array([np.cos(angle), np.sin(angle)], np.float32)
+    )
+
+
+def assigner(threshold: float = 0.8, cameras: int = 2) -> OnlineAssigner:
+    return OnlineAssigner(
+        Rules(np.zeros((cameras, cameras))), threshold, store=MemoryIdentityStore(dim=2)
+    )
+
+
+def test_a_bridging_track_merges_two_identities_and_says_so() -> None:
+    """A (0 deg) and B (60 deg) are 1.0 apart: two people at threshold 0.8. C (30 deg) joins
+    A; then {A, C} is 0.63 from B on average: one person, and B's id is corrected."""
+    live = assigner()
+    a = live.assign(closed(0, 0, 0, 10, 0.0))
+    b = live.assign(closed(1, 1, 20, 30, np.pi / 3))
+    assert (a.reason, b.reason) == ("new", "new") and a.global_id != b.global_id
+    c = live.assign(closed(2, 0, 40, 50, np.pi / 6))
+    assert c.global_id == a.global_id and c.reason == "appearance"
+    assert [(x.absorbed, x.kept) for x in c.corrections] == [(b.global_id, a.global_id)]
+
+
+def test_co_existing_tracks_of_one_camera_never_share_an_id() -> None:
+    live = assigner()
+    first = live.assign(closed(0, 0, 0, 10, 0.0))
+    twin = live.assign(closed(1, 0, 5, 15, 0.0))  # same look, same camera, same moment
+    assert twin.global_id != first.global_id and twin.reason == "new"
+    later = live.assign(closed(2, 0, 20, 30, 0.0))  # same look, later: one of them
+    assert later.global_id in (first.global_id, twin.global_id)
+
+
+def test_the_store_grows_past_its_first_block() -> None:
+    live = assigner(threshold=1e-6)
+    angles = np.linspace(0, np.pi, 1500)
+    ids = [live.assign(closed(k, 0, 10 * k, 10 * k + 5, a)).global_id for k, a in enumerate(angles)]
+    assert len(set(ids)) == 1500 and max(ids) == 1500
+
+
+def test_replaying_epfl_live_agrees_with_offline(terrace: EpflSite) -> None:
+    """Tracks replayed in the order they close, with the offline run's calibration: the same
+    constraints hold and the identities are as good as offline's, within a few points."""
+    site = load_site(terrace.site_file)
+    tracks = read_tracks(site)
+    people = np.array([terrace.people[(t.camera, t.track_id)] for t in tracks])
+    track_set = TrackSet.from_tracks(tracks, simulated_embeddings(people, 1.0, seed=3), site.names)
+    offline, calibration, evidence = associate_site(track_set, site.min_transit_matrix())
+    centred, _ = centre_by_camera(track_set.embeddings, track_set.cameras, calibration.camera_means)
+    live = OnlineAssigner(
+        Rules(site.min_transit_matrix(), calibration.ground_gate),
+        calibration.threshold,
+        veto=calibration.veto,
+        store=MemoryIdentityStore(dim=centred.shape[1]),
+    )
+    given: dict[int, int] = {}
+    renamed: dict[int, int] = {}
+    for i in np.argsort(track_set.end, kind="stable"):
+        answer = live.assign(
+            ClosedTrack(int(i), int(track_set.cameras[i]), float(track_set.start[i]),
+                        float(track_set.end[i]), centred[i], track_set.ground[i])
+        )  # fmt: skip
+        given[int(i)] = answer.global_id
+        renamed |= {c.absorbed: c.kept for c in answer.corrections}
+
+    def final(identity: int) -> int:
+        while identity in renamed:
+            identity = renamed[identity]
+        return identity
+
+    labels = np.array([final(given[i]) for i in range(len(tracks))])
+    assert holds_constraints(labels, evidence)
+    truth = read_ground_truth(site)
+    true = detections(truth, [t.track_id for t in truth], site)
+    online_idf1 = identity_scores(true, detections(tracks, labels.tolist(), site))["IDF1"]
+    offline_idf1 = identity_scores(true, detections(tracks, offline.labels.tolist(), site))["IDF1"]
+    assert online_idf1 >= offline_idf1 - 5.0, (online_idf1, offline_idf1)

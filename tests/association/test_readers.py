@@ -1,0 +1,167 @@
+"""Readers: MOTChallenge, AI City and DeepStream JSON into tracks; every bad row is file:line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reidkit.association.readers import read_ground_truth, read_tracks
+from reidkit.association.site import SiteError, load_site, site_from_dict
+from reidkit.association.tracks import split_at_gaps
+
+SITE = {
+    "cameras": {
+        "c0": {"fps": 10, "frame_base": 1, "width": 640, "height": 480, "tracks": "c0.txt"},
+        "c1": {"fps": 10, "frame_base": 0, "width": 640, "height": 480},
+    }
+}
+
+
+def mot_site(tmp_path: Path, rows: str):
+    (tmp_path / "c0.txt").write_text(rows)
+    return site_from_dict(SITE, tmp_path, source="site.yaml")
+
+
+def test_mot_rows_become_tracks_in_site_time(tmp_path: Path) -> None:
+    site = mot_site(
+        tmp_path,
+        "1,7,10,20,30,60,0.9,-1,-1,-1\n2,7,12,20,30,60,0.8,-1,-1,-1\n"
+        "1,8,300,20,30,60,-1,-1,-1,-1\n11,7,14,20,30,60,0.7,-1,-1,-1\n",
+    )
+    tracks = read_tracks(site)
+    by_id = {t.track_id: t for t in tracks}
+    assert sorted(by_id) == ["7", "8"]
+    seven = by_id["7"]
+    assert seven.frames.tolist() == [1, 2, 11]
+    assert seven.times.tolist() == pytest.approx([0.0, 0.1, 1.0])  # frame_base 1: frame 1 is t0
+    assert seven.boxes[1].tolist() == [12, 20, 30, 60]
+    assert by_id["8"].confidence.tolist() == [1.0]  # -1: no confidence given
+    parts = split_at_gaps(tracks, max_gap_s=0.5)
+    assert sorted((t.track_id, t.part, len(t)) for t in parts) == [
+        ("7", 0, 2),
+        ("7", 1, 1),
+        ("8", 0, 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ("1,7,10,20,30\n", r"c0.txt:1: 5 columns, expected frame,id,x,y,w,h"),
+        ("1,7,10,20,30,60\n2,7,a,20,30,60\n", r"c0.txt:2: 'a' is not a number"),
+        ("-3,7,10,20,30,60\n", r"c0.txt:1: frame -3 is before camera c0's frame_base 1"),
+        ("0,7,10,20,30,60\n", r"c0.txt:1: frame 0 is before .* set cameras.c0.frame_base: 0"),
+        (
+            "1,7,10,20,30,60\n5,7,10,20,30,60\n3,7,10,20,30,60\n",
+            r"c0.txt:3: frame 3 of track 7 does not come after frame 5 \(.*c0.txt:2\)",
+        ),
+        ("1,7,10,20,30,60\n1,7,10,20,30,60\n", r"c0.txt:2: frame 1 of track 7 does not come after"),
+        (
+            "1,7,700,20,30,60\n",
+            r"c0.txt:1: box \(700, 20, 30, 60\) lies outside camera c0's 640x480",
+        ),
+        ("1,7,10,20,0,60\n", r"c0.txt:1: box width and height must be > 0"),
+        ("1,-1,10,20,30,60\n", r"c0.txt:1: track id -1 is not a tracker id"),
+    ],
+)
+def test_bad_mot_rows_are_one_line_naming_file_and_line(
+    tmp_path: Path, rows: str, expected: str
+) -> None:
+    with pytest.raises(SiteError, match=expected):
+        read_tracks(mot_site(tmp_path, rows))
+
+
+def test_aicity_rows_use_world_coordinates_and_refuse_unknown_cameras(tmp_path: Path) -> None:
+    site = site_from_dict(
+        {"cameras": {"1": {"fps": 10, "frame_base": 0}, "2": {"fps": 10, "frame_base": 1}}}
+    )
+    path = tmp_path / "aicity.txt"
+    path.write_text("1 4 0 10 20 30 60 1.5 2.5\n2 4 1 15 20 30 60 -1 -1\n")
+    tracks = read_tracks(site, path)
+    assert [(t.camera, t.start) for t in tracks] == [("1", 0.0), ("2", 0.0)]
+    assert tracks[0].ground.tolist() == [[1.5, 2.5]]
+    assert tracks[1].ground is None  # no world coordinates, no homography
+    path.write_text("1 4 0 10 20 30 60 1.5 2.5\n9 4 0 10 20 30 60 1.5 2.5\n")
+    with pytest.raises(SiteError, match=r"aicity.txt:2: camera '9' is not in site"):
+        read_tracks(site, path)
+
+
+def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
+    site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
+    frames = [
+        {
+            "version": "4.0",
+            "id": "3",
+            "@timestamp": "2024-05-01T08:00:00.100Z",
+            "sensorId": "cam-1",
+            "objects": [
+                {
+                    "id": "12",
+                    "bbox": {"leftX": 10, "topY": 20, "rightX": 40, "bottomY": 80},
+                    "type": "Person",
+                    "confidence": 0.8,
+                    "embedding": {"vector": [0.6, 0.8]},
+                },
+                "13|100|20|130|80|Person",
+            ],
+        },
+        {
+            "id": "4",
+            "timestamp": "2024-05-01T08:00:00.133Z",
+            "sensorId": "cam-1",
+            "objects": [
+                {"id": "12", "bbox": {"leftX": 11, "topY": 20, "rightX": 41, "bottomY": 80}}
+            ],
+        },
+    ]
+    path = tmp_path / "frames.jsonl"
+    path.write_text("\n".join(json.dumps(f) for f in frames) + "\n")
+    tracks = {t.track_id: t for t in read_tracks(site, path)}
+    twelve = tracks["12"]
+    assert twelve.frames.tolist() == [3, 4]
+    assert twelve.boxes[0].tolist() == [10, 20, 30, 60]
+    assert twelve.start == pytest.approx(1714550400.1)
+    assert np.isnan(twelve.embeddings[1]).all() and twelve.embeddings[0].tolist() == pytest.approx(
+        [0.6, 0.8]
+    )
+    assert tracks["13"].embeddings is None and tracks["13"].boxes[0].tolist() == [100, 20, 30, 60]
+    path.write_text('{"sensorId": "cam-9", "timestamp": 1, "objects": []}\n')
+    with pytest.raises(SiteError, match=r"frames.jsonl:1: camera 'cam-9' is not in site"):
+        read_tracks(site, path)
+    path.write_text(
+        '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "bbox": {"leftX": 1}}]}\n'
+    )
+    with pytest.raises(SiteError, match=r"frames.jsonl:1: object 1 has a bbox without numeric"):
+        read_tracks(site, path)
+
+
+def test_ground_truth_counted_from_the_same_frame_base(tmp_path: Path) -> None:
+    (tmp_path / "gt.txt").write_text("1,3,10,20,30,60,1,1,1\n2,3,10,20,30,60,0,1,1\n")
+    (tmp_path / "site.yaml").write_text(
+        "cameras:\n  c0: {fps: 10, frame_base: 1, ground_truth: gt.txt}\n"
+    )
+    truth = read_ground_truth(load_site(tmp_path / "site.yaml"))
+    assert [t.frames.tolist() for t in truth] == [[1]]  # the ignored row (7th column 0) is skipped
+    (tmp_path / "gt.txt").write_text("0,3,10,20,30,60,1,1,1\n")
+    with pytest.raises(SiteError, match=r"gt.txt:1: frame 0 is before camera c0's frame_base 1"):
+        read_ground_truth(load_site(tmp_path / "site.yaml"))
+
+
+def test_a_track_id_cannot_reach_outside_the_crops_folder(tmp_path: Path) -> None:
+    from reidkit.association.features import plan_crops
+
+    (tmp_path / "crops").mkdir()
+    site = site_from_dict(
+        {"cameras": {"c": {"fps": 5, "frame_base": 0, "crops": "crops"}}}, tmp_path
+    )
+    path = tmp_path / "frames.jsonl"
+    path.write_text(
+        '{"sensorId": "c", "timestamp": 1, "objects": ["../../etc|1|1|20|40|Person"]}\n'
+    )
+    with pytest.raises(
+        SiteError, match=r"frames.jsonl:1: track id '../../etc' cannot name a folder"
+    ):
+        plan_crops(read_tracks(site, path), site, per_track=4, full_height=128)

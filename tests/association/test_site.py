@@ -1,0 +1,83 @@
+"""The site file: frame numbering is explicit, every mistake is one line naming site.yaml:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reidkit.association.site import SiteError, load_site
+from tests.association.conftest import EPFL
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_frame_base_has_no_default_and_the_error_names_the_camera_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n  c1:\n    fps: 25\n")
+    with pytest.raises(
+        SiteError, match=r"site.yaml:5: 'cameras.c1.frame_base' is required \(0 or 1"
+    ):
+        load_site(path)
+
+
+def test_zero_and_one_based_cameras_put_the_same_moment_at_the_same_time(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "cameras:\n"
+        "  a: {fps: 10, frame_base: 0, clock_origin: '2024-05-01T08:00:00Z'}\n"
+        "  b: {fps: 10, frame_base: 1, clock_origin: 2024-05-01T08:00:00Z}\n",
+    )
+    site = load_site(path)
+    a, b = site.cameras["a"], site.cameras["b"]
+    # frame 0 of a 0-based file and frame 1 of a 1-based file are the first frame of each
+    assert a.frame_time(np.array([0, 25]))[0] == b.frame_time(np.array([1]))[0]
+    assert a.frame_time(np.array([25]))[0] - a.origin == pytest.approx(2.5)
+    assert b.frame_time(np.array([26]))[0] == a.frame_time(np.array([25]))[0]
+    assert a.origin == 1714550400.0
+
+
+def test_unknown_keys_and_bad_values_name_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    fsp: 3\n")
+    with pytest.raises(SiteError, match=r"site.yaml:5: unknown key 'cameras.c0.fsp'"):
+        load_site(path)
+    path = write(tmp_path, "cameras:\n  c0:\n    fps: -1\n    frame_base: 0\n")
+    with pytest.raises(SiteError, match=r"site.yaml:3: 'cameras.c0.fps': got -1"):
+        load_site(path)
+    path = write(tmp_path, "cameras:\n  c0:\n    fps: 25\n    frame_base: 2\n")
+    with pytest.raises(SiteError, match=r"site.yaml:4: 'cameras.c0.frame_base': got 2"):
+        load_site(path)
+
+
+def test_transit_windows_name_known_cameras_and_hold_both_ways(tmp_path: Path) -> None:
+    cameras = "cameras:\n  a: {fps: 5, frame_base: 1}\n  b: {fps: 5, frame_base: 1}\n"
+    site = load_site(write(tmp_path, cameras + "transit:\n  - {cameras: [a, b], min_s: 20}\n"))
+    assert site.transit == {("a", "b"): (20.0, None), ("b", "a"): (20.0, None)}
+    assert site.min_transit_matrix().tolist() == [[0.0, 20.0], [20.0, 0.0]]
+    bad = cameras + "transit:\n  - {cameras: [a, x], min_s: 20}\n"
+    with pytest.raises(SiteError, match=r"site.yaml:5: transit names camera 'x'"):
+        load_site(write(tmp_path, bad))
+
+
+def test_homography_from_a_file_maps_feet_to_the_ground(tmp_path: Path) -> None:
+    matrix = np.loadtxt(EPFL / "terrace" / "c0" / "Homography.txt")
+    path = write(
+        tmp_path,
+        f"cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n"
+        f"    homography: {EPFL / 'terrace' / 'c0' / 'Homography.txt'}\n",
+    )
+    camera = load_site(path).cameras["c0"]
+    box = np.array([[100.0, 50.0, 40.0, 120.0]])
+    feet = matrix @ np.array([120.0, 170.0, 1.0])
+    assert camera.to_ground(box)[0] == pytest.approx(feet[:2] / feet[2])
+    singular = write(
+        tmp_path,
+        "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n"
+        "    homography: [[1, 0, 0], [0, 0, 0], [0, 0, 1]]\n",
+    )
+    with pytest.raises(SiteError, match=r"site.yaml:5: the homography is not an invertible"):
+        load_site(singular)
