@@ -27,6 +27,7 @@ _ACTIONS = {
     "infer": "reidkit.actions.infer:infer",
     "export": "reidkit.actions.export:export",
     "automl": "reidkit.actions.automl:automl",
+    "adapt": "reidkit.actions.adapt:adapt",
 }
 
 __all__ = ["__version__", *_ACTIONS]

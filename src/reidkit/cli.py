@@ -74,6 +74,12 @@ def _export(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     print(f"ONNX model: {result.onnx_file}")
 
 
+def _adapt(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions.adapt import adapt
+
+    adapt(spec)  # it prints each round and the round it kept
+
+
 def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     from reidkit.actions.serve import new_token, serve
 
@@ -97,6 +103,7 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
     "serve": ("search service and operator page; 'serve token' creates a token", _serve),
+    "adapt": ("fit a trained model to a site's unlabelled crops (pseudo-labels)", _adapt),
 }
 
 
@@ -182,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export", "gallery", "serve"],
+        choices=["train", "evaluate", "inference", "export", "gallery", "serve", "adapt"],
     )
     validate.set_defaults(run=_validate)
 
