@@ -35,6 +35,7 @@ from reidkit.adaptation.pseudo_labels import (
     Clustering,
     ClusterSettings,
     cluster,
+    mirror_agreement,
 )
 from reidkit.data import IdentitySampler, ImageDataset, ImageRecord
 from reidkit.evaluation.features import extract_embeddings
@@ -46,8 +47,9 @@ log = logging.getLogger("reidkit")
 
 Transform = Callable[[Any], Tensor]
 
-#: Below this quality the source model's clustering of the target is called "no structure".
-MIN_QUALITY = 0.05
+#: Below this share of mirrored crops kept in their cluster, the source model's clusters are
+#: called "no structure" (:func:`~reidkit.adaptation.pseudo_labels.mirror_agreement`).
+MIN_MIRROR_AGREEMENT = 0.6
 #: Rounds without a better quality after which the loop stops early.
 PATIENCE = 3
 
@@ -153,12 +155,17 @@ class PseudoLabeller(Callback):
             return
         clustering, feats = self._cluster(pl_module)
         report = self._record(0, clustering, pl_module)
-        if clustering.num_clusters < 2 or clustering.quality < MIN_QUALITY:
+        agreement = mirror_agreement(clustering, feats, self._embed(pl_module, mirrored=True))
+        log.info(
+            "source model: %.2f of the clustered crops stay in their cluster mirrored", agreement
+        )
+        if clustering.num_clusters < 2 or agreement < MIN_MIRROR_AGREEMENT:
             raise AdaptationError(
                 f"the {len(self.crops)} target crops show no identity structure to learn from "
-                f"(the source model finds {report.num_clusters} clusters, quality "
-                f"{report.quality:.3f} < {MIN_QUALITY}); check that they are person crops, or "
-                "adapt from a model that already recognises some of these people"
+                f"(the source model finds {report.num_clusters} clusters, and only "
+                f"{agreement:.0%} of their crops stay in them mirrored, < "
+                f"{MIN_MIRROR_AGREEMENT:.0%}); check that they are person crops, or adapt from a "
+                "model that already tells some of these people apart"
             )
         self._next_round(clustering, feats, pl_module)
 
@@ -219,8 +226,9 @@ class PseudoLabeller(Callback):
         clustering = cluster(feats, self.settings.clustering, self.tracks, self.conflicts)
         return clustering, feats
 
-    def _embed(self, pl_module: LightningModule) -> Tensor:
-        """Every crop's L2-normalised embedding by the current model (eval mode, no flip)."""
+    def _embed(self, pl_module: LightningModule, mirrored: bool = False) -> Tensor:
+        """Every crop's L2-normalised embedding by the current model (eval mode), of the crops
+        as they are or ``mirrored`` (flipped left to right)."""
         loader = DataLoader(
             ImageDataset(self.crops, self.embed_transform),
             batch_size=self.settings.embed_batch_size,
@@ -230,7 +238,8 @@ class PseudoLabeller(Callback):
         was_training = model.training
         model.eval()
         try:
-            embedded = extract_embeddings(model, loader, pl_module.device, flip=False)
+            embedder = (lambda images: model(torch.flip(images, dims=[3]))) if mirrored else model
+            embedded = extract_embeddings(embedder, loader, pl_module.device, flip=False)
         finally:
             model.train(was_training)
         return normalize_features(embedded.features)
