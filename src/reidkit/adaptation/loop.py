@@ -18,6 +18,7 @@ from the spec, runs the trainer and writes the result.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +79,13 @@ class RoundReport:
     silhouette: float
     quality: float
     splits: int
+    eps: float
+    #: Wall time since the previous report: round 0 embeds and clusters; a round trains one
+    #: pass over the clustered crops, then embeds and clusters them all again.
+    seconds: float
 
     @classmethod
-    def of(cls, number: int, clustering: Clustering) -> RoundReport:
+    def of(cls, number: int, clustering: Clustering, seconds: float) -> RoundReport:
         return cls(
             number,
             clustering.num_clusters,
@@ -89,14 +94,18 @@ class RoundReport:
             round(clustering.silhouette, 4),
             round(clustering.quality, 4),
             clustering.splits,
+            clustering.eps,
+            round(seconds, 2),
         )
 
     def line(self) -> str:
         who = "source model" if self.round == 0 else f"round {self.round}"
         return (
             f"{who}: {self.num_clusters} clusters, {self.outliers} outliers, quality "
-            f"{self.quality:.3f} (coverage {self.coverage:.2f} x silhouette {self.silhouette:.3f})"
+            f"{self.quality:.3f} (coverage {self.coverage:.2f} x silhouette {self.silhouette:.3f},"
+            f" eps {self.eps:g})"
             + (f", {self.splits} clusters split by cannot-links" if self.splits else "")
+            + f" [{self.seconds:.0f} s]"
         )
 
 
@@ -130,6 +139,7 @@ class PseudoLabeller(Callback):
         #: The round with the highest quality: its number, quality and model weights.
         self.best: dict[str, Any] = {}
         self.stale_rounds = 0
+        self._since = time.perf_counter()
 
     # ------------------------------------------------------------------ state (checkpoints)
     def state_dict(self) -> dict[str, Any]:
@@ -150,8 +160,10 @@ class PseudoLabeller(Callback):
     # ------------------------------------------------------------------ rounds
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Round 0: the source model's clustering. A target without structure stops here."""
+        self._since = time.perf_counter()
         if self.reports:  # resumed: the pseudo-labels of the round in progress are restored
             self._rebuild_memory(pl_module)
+            trainer.should_stop = self.stale_rounds >= PATIENCE  # it had stopped early
             return
         clustering, feats = self._cluster(pl_module)
         report = self._record(0, clustering, pl_module)
@@ -187,7 +199,9 @@ class PseudoLabeller(Callback):
     def _record(
         self, number: int, clustering: Clustering, pl_module: LightningModule
     ) -> RoundReport:
-        report = RoundReport.of(number, clustering)
+        now = time.perf_counter()
+        report = RoundReport.of(number, clustering, now - self._since)
+        self._since = now
         self.reports.append(report)
         if not self.best or report.quality > self.best["quality"]:
             self.best = {
