@@ -174,6 +174,7 @@ MAY_IMPORT = {
     "export": {"config", "data", "models"},
     "automl": {"config"},
     "serve": {"data", "export", "gallery"},
+    "adaptation": {"config", "data", "models", "losses", "engine", "evaluation", "export"},
 }
 
 
