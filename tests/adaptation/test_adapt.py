@@ -13,13 +13,13 @@ import torch
 from reidkit.actions.adapt import adapt, target_crops
 from reidkit.actions.evaluate import evaluate
 from reidkit.actions.export import export
-from reidkit.adaptation import AdaptModule
+from reidkit.adaptation import AdaptationError, AdaptModule
 from reidkit.cli import main
 from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.interrupts import RunInterrupted
 from reidkit.models.restore import read_checkpoint_card
-from tests.adaptation.conftest import PKU_TRAIN, noise_crops
+from tests.adaptation.conftest import PKU_TRAIN, noise_crops, target_folder
 
 PKU_VAL = PKU_TRAIN.parent / "val"
 
@@ -118,6 +118,7 @@ def test_random_noise_crops_stop_with_one_line(
         ({"adapt__target": "TINY"}, ("holds 4 crops", "at least 8")),
         ({"adapt__target": "EMPTY"}, ("holds no",)),
         ({"adapt__checkpoint": "NOWHERE"}, ("does not exist",)),
+        ({"adapt__source_dataset": "TARGET"}, ("has 8 identities", "trained on 10")),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -140,6 +141,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
         for image in sorted(person.glob(folder))[: 8 if name == "ONE_CAMERA" else 5]:
             (target / image.name).symlink_to(image)
     folders["EMPTY"].mkdir()
+    folders["TARGET"] = Path(adapt_spec.adapt.target or "")
     values = {k: folders.get(str(v), v) for k, v in overrides.items()}
     line = _cli(adapt_spec, capsys, **values)
     for needle in needles:
@@ -164,3 +166,29 @@ def test_a_manifest_gives_camera_qualified_tracks_and_their_cannot_links(
     assert [r.track for r in records[:8]] == ["1:7"] * 4 + ["1:8"] * 4
     assert {r.track for r in records[8:]} == {"2:7", "2:8"}
     assert records[1].timestamp - records[0].timestamp == 1.0
+
+
+def test_joint_training_takes_a_labelled_source_batch_with_every_target_batch(
+    adapt_spec: ExperimentSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten labelled identities (the source model's ten classes) beside the target crops."""
+    source = target_folder(tmp_path / "source", 18)
+    for person in sorted(source.iterdir())[:8]:  # the target's 8 people are not source people
+        person.unlink()
+    seen: list[torch.Tensor] = []
+    real_step = AdaptModule.training_step
+
+    def spy(self: AdaptModule, batch, batch_idx: int):
+        assert isinstance(batch, dict) and set(batch) == {"target", "source"}
+        seen.append(batch["source"][1])
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(AdaptModule, "training_step", spy)
+    spec = apply_overrides(adapt_spec, {"adapt.source_dataset": str(source), "adapt.num_epochs": 1})
+    try:
+        adapt(spec)
+    except AdaptationError as refused:  # the guard may keep the source model after one round
+        assert "no adaptation round beat the source model" in str(refused)
+    labels = torch.cat(seen)
+    assert len(seen) >= 2 and labels.min() >= 0 and labels.max() < 10
+    assert len(labels.unique()) > 5

@@ -111,6 +111,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         + f"; camera proxies {'on' if camera_proxies else 'off'}"
     )
     model, source_card = restore_model(source, spec.encryption_key, spec.model.neck_feat)
+    labelled = _source_crops(spec, source_card)
     model.train()
     lightning.seed_everything(spec.train.seed, verbose=False)
     record: dict[str, Any] = {
@@ -122,6 +123,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         "target_cameras": len(cameras),
         "target_tracks": known_tracks,
         "camera_proxies": camera_proxies,
+        "joint_source": spec.adapt.source_dataset,
     }
     data = spec.dataset
 
@@ -184,7 +186,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         trainer.fit(
             module,
             datamodule=TargetDataModule(
-                crops, build_train_transform(spec.model, data), labeller, loop
+                crops, build_train_transform(spec.model, data), labeller, loop, labelled
             ),
             ckpt_path=start,
         )
@@ -298,6 +300,29 @@ def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
             "site's crops or lower adapt.min_cluster_size"
         )
     return crops
+
+
+def _source_crops(spec: ExperimentSpec, card: ModelCard) -> list[ImageRecord]:
+    """The labelled source set for joint training (``adapt.source_dataset``), or nothing.
+
+    Its identities must be the ones the source model's classifier was trained on: the same
+    count, numbered as training numbers them (sorted ids).
+    """
+    value = spec.adapt.source_dataset
+    if not value:
+        return []
+    limits = ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
+    folder = resolve_dataset(Path(value).expanduser(), extract_root(spec), limits)
+    records = load_split(folder, "adapt.source_dataset", keep_distractors=True)
+    identities = len({r.pid for r in records})
+    if card.num_classes is not None and identities != card.num_classes:
+        raise AdaptationError(
+            f"adapt.source_dataset '{value}' has {identities} identities but the source model "
+            f"was trained on {card.num_classes}; point it at the source model's own train split "
+            "or unset it"
+        )
+    verify_images(records, max_workers=2, cache=default_verified_images())
+    return records
 
 
 def _camera_proxies(spec: ExperimentSpec, num_crops: int, cameras: list[int]) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -38,9 +39,10 @@ from reidkit.adaptation.pseudo_labels import (
     cluster,
     mirror_agreement,
 )
-from reidkit.data import IdentitySampler, ImageDataset, ImageRecord
+from reidkit.data import IdentitySampler, ImageDataset, ImageRecord, relabel
 from reidkit.evaluation.features import extract_embeddings
 from reidkit.evaluation.metrics import normalize_features
+from reidkit.losses import CrossEntropyLabelSmooth
 from reidkit.models import ReidModel
 from reidkit.models.card import ModelCard, attach_card
 
@@ -260,7 +262,12 @@ class PseudoLabeller(Callback):
 
 
 class TargetDataModule(LightningDataModule):
-    """One round's batches: P pseudo-identities x K crops, outliers left out."""
+    """One round's batches: P pseudo-identities x K crops, outliers left out.
+
+    With ``source`` (the labelled set the source model was trained on, relabelled as training
+    does), every target batch comes with a random batch of it: ``{"target": ..., "source": ...}``
+    (SpCL's joint training, which keeps what the source labels taught).
+    """
 
     def __init__(
         self,
@@ -268,14 +275,30 @@ class TargetDataModule(LightningDataModule):
         train_transform: Transform,
         labeller: PseudoLabeller,
         settings: AdaptSettings,
+        source: Sequence[ImageRecord] = (),
     ) -> None:
         super().__init__()
         self.crops = list(crops)
         self.train_transform = train_transform
         self.labeller = labeller
         self.settings = settings
+        self.source = list(source)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        target = self._target_loader()
+        if not self.source:
+            return target
+        source = DataLoader(
+            ImageDataset(self.source, self.train_transform, relabel(self.source)),
+            batch_size=target.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.settings.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return CombinedLoader({"target": target, "source": source}, mode="min_size")
+
+    def _target_loader(self) -> DataLoader:
         labels = self.labeller.labels
         assert labels is not None, "the labeller clusters before the first round"
         kept = np.flatnonzero(labels >= 0)
@@ -310,6 +333,8 @@ class AdaptModule(LightningModule):
         self.make_card = card
         self.memory: ProxyMemory | None = None
         self._batch: tuple[Tensor, Tensor, Tensor] | None = None
+        # The source batches' ID loss (label smoothing 0.1, as the recipes train).
+        self.source_loss = CrossEntropyLabelSmooth(model.classifier.weight.shape[0], epsilon=0.1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.make_optimizer(self.model)
@@ -321,11 +346,20 @@ class AdaptModule(LightningModule):
             features = self.model.neck(features)
         return normalize_features(features.float())
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(
+        self, batch: tuple[Tensor, Tensor, Tensor] | dict[str, Any], batch_idx: int
+    ) -> Tensor:
         assert self.memory is not None, "the labeller builds the memory before each round"
-        images, labels, cameras = batch
+        joint = isinstance(batch, dict)
+        images, labels, cameras = batch["target"] if joint else batch
         feats = self.embed(images)
         loss, parts = self.memory.loss(feats, labels, cameras)
+        if joint:
+            source_images, source_labels, _ = batch["source"]
+            logits = self.model(source_images, source_labels).logits
+            source_id = self.source_loss(logits.float(), source_labels)
+            parts["source_id"] = source_id.detach()
+            loss = loss + source_id
         self._batch = (feats.detach(), labels, cameras)
         self.last_loss = (loss.detach(), parts)  # read by the NumericalHealth callback
         size = images.shape[0]

@@ -506,6 +506,11 @@ class AdaptSpec(_Section):
         description="Crops of one track are one person; tracks seen at once by one camera "
         "are two (track ids: MARS names or the manifest's track_id).",
     )
+    source_dataset: str | None = Field(
+        None,
+        description="Labelled set the source model was trained on (folder or archive) to keep "
+        "training on beside the target, one batch each per step; null = target crops only.",
+    )
     output_file: str | None = Field(
         None, description="Adapted checkpoint; null = adapted_model.pth in the results folder."
     )
