@@ -81,19 +81,24 @@ def test_identity_folders_of_every_naming_junk_skipped(tmp_path: Path, write_ima
     ]
 
 
-def test_identity_folder_names_without_a_camera(tmp_path: Path, write_image) -> None:
-    write_image(tmp_path / "0001" / "front.jpg")
-    write_image(tmp_path / "0001" / "01_ok.jpg")
-    with pytest.raises(
-        DatasetError, match=r"1 image names .* name no camera \(e\.g\. '0001/front\.jpg'\)"
-    ):
-        load_split(tmp_path, "train", keep_distractors=True)
-
-
-def test_folders_that_are_not_identities(tmp_path: Path, write_image) -> None:
-    write_image(tmp_path / "0001" / "01_1.jpg")
-    write_image(tmp_path / "extra" / "01_1.jpg")
-    with pytest.raises(
-        DatasetError, match=r"only folders \(0001, extra\).*one folder per identity"
-    ):
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            ["0001/front.jpg", "0001/01_ok.jpg"],
+            r"1 image names .* name no camera \(e\.g\. '0001/front\.jpg'\)",
+        ),
+        (
+            ["0001/01_1.jpg", "extra/01_1.jpg"],
+            r"only folders \(0001, extra\).*one folder per identity",
+        ),
+    ],
+    ids=["no camera in a name", "a folder that is no identity"],
+)
+def test_identity_layout_errors(
+    tmp_path: Path, write_image, files: list[str], message: str
+) -> None:
+    for name in files:
+        write_image(tmp_path / name)
+    with pytest.raises(DatasetError, match=message):
         load_split(tmp_path, "train", keep_distractors=True)
