@@ -139,7 +139,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         num_instances=data.num_instances,
         workers=min(data.num_workers, 8),
         seed=spec.train.seed,
-        embed_batch_size=spec.evaluate.batch_size,
+        embed_batch_size=data.val_batch_size,
     )
     rounds: list[RoundReport] = []
 
