@@ -224,6 +224,7 @@ def run_round_cost(job: dict[str, Any]) -> dict[str, Any]:
     """In the child: one training epoch, then one adaptation round, on the same 10,000 crops."""
     import reidkit
     from reidkit.actions.train import run_training
+    from reidkit.adaptation import loop
     from reidkit.data import synthesize
     from reidkit.errors import ReidkitError
 
@@ -252,12 +253,20 @@ def run_round_cost(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     run_training(spec)
     epoch = time.perf_counter() - start
+    rounds: list[dict] = []
+    record = loop.PseudoLabeller._record
+
+    def recorded(self, number, clustering, pl_module):  # every round, also when refused
+        report = record(self, number, clustering, pl_module)
+        rounds.append(report.__dict__)
+        return report
+
+    loop.PseudoLabeller._record = recorded
     try:
         reidkit.adapt(spec)
         refused = ""
     except ReidkitError as error:  # the guard kept the source model; the rounds still ran
         refused = str(error)
-    rounds = json.loads((spec.action_dir("adapt") / "status.json").read_text())["rounds"]
     return {"epoch_s": round(epoch, 1), "crops": crops, "rounds": rounds, "refused": refused}
 
 
