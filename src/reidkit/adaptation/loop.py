@@ -186,9 +186,7 @@ class PseudoLabeller(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         clustering, feats = self._cluster(pl_module)
         number = trainer.current_epoch + 1
-        report = self._record(number, clustering, pl_module)
-        for name in ("num_clusters", "outliers", "quality"):
-            pl_module.log(name, float(getattr(report, name)), on_epoch=True)
+        self._record(number, clustering, pl_module)
         if clustering.num_clusters < 2:
             log.warning("round %d: the clustering collapsed; stopping", number)
             trainer.should_stop = True
