@@ -2,8 +2,8 @@
 
 The source model is MobileNetV2 with the shared ImageNet weights at 64x32, saved exactly as
 ``reidkit train`` saves a model (weights + card): ImageNet features already group the crops of
-one person seen by one camera, which is the structure adaptation starts from. The target is a
-few identities of the real ``pku_views`` train split (two cameras, 16 crops each).
+one person seen by one camera, which is the structure adaptation starts from. The target is
+16 identities of the real ``pku_views`` train split (two cameras, 16 crops each).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ PKU_TRAIN = SHARED / "data" / "pku_views" / "train"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"
 SIZE = (64, 32)
 NUM_CLASSES = 10
+#: People in the target (16 crops each, two cameras): enough for rounds that find them.
+TARGET_IDS = 16
 
 
 def target_folder(root: Path, identities: int) -> Path:
@@ -71,10 +73,10 @@ def adapt_overrides(results: Path, source: Path, target: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def adapt_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(source checkpoint, target folder of 8 real identities), made once per run."""
+    """(source checkpoint, target folder of 16 real identities), made once per run."""
     root = tmp_path_factory.mktemp("adapt_inputs")
     spec = load_spec(None, adapt_overrides(root, root / "source.pth", root / "target"))
-    return source_checkpoint(root / "source.pth", spec), target_folder(root / "target", 8)
+    return source_checkpoint(root / "source.pth", spec), target_folder(root / "target", TARGET_IDS)
 
 
 @pytest.fixture

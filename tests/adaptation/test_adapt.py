@@ -19,7 +19,7 @@ from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.interrupts import RunInterrupted
 from reidkit.models.restore import read_checkpoint_card
-from tests.adaptation.conftest import PKU_TRAIN, noise_crops, target_folder
+from tests.adaptation.conftest import PKU_TRAIN, TARGET_IDS, noise_crops, target_folder
 
 PKU_VAL = PKU_TRAIN.parent / "val"
 
@@ -63,7 +63,7 @@ def test_adapt_resumes_after_a_kill_and_writes_a_checkpoint_evaluate_and_export_
     card = read_checkpoint_card(result.checkpoint, None)
     record = card.adaptation
     assert record["chosen_round"] == result.chosen_round and record["rounds"] == 2
-    assert record["target_crops"] == 128 and record["target_cameras"] == 2
+    assert record["target_crops"] == 16 * TARGET_IDS and record["target_cameras"] == 2
     assert len(record["source_weights_digest"]) == 64
     weights = torch.load(result.checkpoint, weights_only=True)["state_dict"]
     assert "optimizer_states" not in torch.load(result.checkpoint, weights_only=True)
@@ -118,7 +118,7 @@ def test_random_noise_crops_stop_with_one_line(
         ({"adapt__target": "TINY"}, ("holds 4 crops", "at least 8")),
         ({"adapt__target": "EMPTY"}, ("holds no",)),
         ({"adapt__checkpoint": "NOWHERE"}, ("does not exist",)),
-        ({"adapt__source_dataset": "TARGET"}, ("has 8 identities", "trained on 10")),
+        ({"adapt__source_dataset": "TARGET"}, ("has 16 identities", "trained on 10")),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -172,8 +172,8 @@ def test_joint_training_takes_a_labelled_source_batch_with_every_target_batch(
     adapt_spec: ExperimentSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ten labelled identities (the source model's ten classes) beside the target crops."""
-    source = target_folder(tmp_path / "source", 18)
-    for person in sorted(source.iterdir())[:8]:  # the target's 8 people are not source people
+    source = target_folder(tmp_path / "source", TARGET_IDS + 10)
+    for person in sorted(source.iterdir())[:TARGET_IDS]:  # the target's people are not sources
         person.unlink()
     seen: list[torch.Tensor] = []
     real_step = AdaptModule.training_step

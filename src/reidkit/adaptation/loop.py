@@ -337,6 +337,17 @@ class AdaptModule(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.make_optimizer(self.model)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Round 1 ramps the learning rate up from zero (constant after): its memory is built
+        from eval-mode features while training sees batch statistics, and the source model's
+        BatchNorm has yet to meet the site, so full-size first steps undo what it knew."""
+        factor = (
+            (batch_idx + 1) / self.trainer.num_training_batches if self.current_epoch == 0 else 1.0
+        )
+        optimizer = self.optimizers()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
     def embed(self, images: Tensor) -> Tensor:
         """The training-mode embedding, taken where the model's test-time embedding is."""
         features = self.model.reduction(self.model.backbone(images))
