@@ -300,6 +300,24 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- one source
+def joint_rows(args: argparse.Namespace, recipe: str, seed: int) -> None:
+    """Add the joint-training rows (the labelled CUHK03 train split beside the target) to a
+    recorded source's results."""
+    path = RESULTS / f"adapt_{recipe}_seed{seed}.json"
+    record = json.loads(path.read_text())
+    work = args.workdir / f"{recipe}_seed{seed}"
+    for target, tracks in (("pku", False), ("mars", True)):
+        name = f"{target}{' +tracks' if tracks else ''} +source"
+        job = {
+            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed,
+            "source": record["source"], "target_dir": str(TARGETS[target][0]),
+            "protocol": target, "tracks": tracks,
+            "overrides": [f"adapt.source_dataset={CUHK03 / 'bounding_box_train'}"],
+        }  # fmt: skip
+        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
+    path.write_text(json.dumps(record, indent=1))
+
+
 def bench_source(args: argparse.Namespace, recipe: str, seed: int, ablation: bool) -> dict:
     source_dir = ensure_source_model(args.cache, recipe, seed)
     source = source_dir / "reid_model_latest.pth"
@@ -362,31 +380,47 @@ def summarise(records: list[dict]) -> None:
         runs = [r for r in records if r["recipe"] == recipe]
         seeds = [r["seed"] for r in runs]
         print(f"\n### {recipe}, seeds {seeds}: mean (per seed)\n")
-        print("| target | row | mAP % | rank-1 % | wall s | peak MB | gap closed |")
-        print("|---|---|---|---|---|---|---|")
+        print("| target | row | mAP % | rank-1 % | wall s | peak MB | gap closed | x direct |")
+        print("|---|---|---|---|---|---|---|---|")
         cuhk = [r["direct"]["cuhk03"]["mAP"] for r in runs]
         print(f"| CUHK03 (source test) | direct | {_mean(cuhk)} | "
-              f"{_mean([r['direct']['cuhk03']['rank1'] for r in runs])} | | | |")  # fmt: skip
+              f"{_mean([r['direct']['cuhk03']['rank1'] for r in runs])} | | | | |")  # fmt: skip
         for target, protocol in (("pku", "pku"), ("mars", "mars"), ("pku-gallery", "pku"),
                                  ("mars-gallery", "mars")):  # fmt: skip
             upper_key = target.split("-")[0]
             direct = [r["direct"][protocol]["mAP"] for r in runs]
-            upper = [r["upper"][upper_key]["mAP"] for r in runs]
             print(f"| {target} | direct transfer | {_mean(direct)} | "
-                  f"{_mean([r['direct'][protocol]['rank1'] for r in runs])} | | | |")  # fmt: skip
-            for name in [n for n in runs[0]["adapt"] if n.split(" ")[0] == target]:
-                rows = [r["adapt"][name] for r in runs]
-                if any("refused" in x for x in rows):
-                    print(f"| {target} | {name}: refused | {[x.get('refused') for x in rows]} |")
-                    continue
-                gap = [
-                    100 * (x["mAP"] - d) / (u - d) if u > d else float("nan")
-                    for x, d, u in zip(rows, direct, upper, strict=True)
+                  f"{_mean([r['direct'][protocol]['rank1'] for r in runs])} | | | | |")  # fmt: skip
+            names = dict.fromkeys(n for r in runs for n in r["adapt"] if n.split(" ")[0] == target)
+            for name in names:
+                present = [r for r in runs if name in r["adapt"]]
+                rows = [r["adapt"][name] for r in present]
+                # A refused run ships nothing: the site keeps the source model (direct transfer).
+                maps, ranks = (
+                    [
+                        r["direct"][protocol][key] if "refused" in x else x[key]
+                        for r, x in zip(present, rows, strict=True)
+                    ]
+                    for key in ("mAP", "rank1")
+                )
+                ratio = [
+                    m / r["direct"][protocol]["mAP"] for r, m in zip(present, maps, strict=True)
                 ]
+                gap = [
+                    100
+                    * (m - r["direct"][protocol]["mAP"])
+                    / (r["upper"][upper_key]["mAP"] - r["direct"][protocol]["mAP"])
+                    for r, m in zip(present, maps, strict=True)
+                    if r["upper"][upper_key]["mAP"] > r["direct"][protocol]["mAP"]
+                ]
+                refused = sum("refused" in x for x in rows)
+                label = f"adapt{name[len(target) :]}" + (f" ({refused} refused)" if refused else "")
                 print(
-                    f"| {target} | adapt{name[len(target) :]} | {_mean([x['mAP'] for x in rows])}"
-                    f" | {_mean([x['rank1'] for x in rows])} | {_mean([x['wall_s'] for x in rows])}"
-                    f" | {_mean([x['peak_mb'] for x in rows])} | {_mean(gap)} % |"
+                    f"| {target} | {label} | {_mean(maps)} | "
+                    f"{_mean(ranks)} | "
+                    f"{_mean([x['wall_s'] for x in rows])} | {_mean([x['peak_mb'] for x in rows])}"
+                    f" | {_mean(gap) + ' %' if gap else 'n/a: upper <= direct'} |"
+                    f" {_mean(ratio)} |"
                 )
             if target in ("pku", "mars"):
                 rows = [r["upper"][target] for r in runs]
@@ -394,7 +428,7 @@ def summarise(records: list[dict]) -> None:
                     f"| {target} | labelled upper bound ({UPPER_EPOCHS} ep) | "
                     f"{_mean([x['mAP'] for x in rows])} | {_mean([x['rank1'] for x in rows])} | "
                     f"{_mean([x['wall_s'] for x in rows])} | {_mean([x['peak_mb'] for x in rows])}"
-                    " | |"
+                    " | | |"
                 )
         for run in runs:
             if "ablation" in run:
@@ -424,6 +458,11 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true", help="first recipe and seed only")
     parser.add_argument("--round-cost", action="store_true", help="10,000-crop round timing")
     parser.add_argument("--summary-only", action="store_true", help="tables of recorded runs")
+    parser.add_argument(
+        "--joint-only",
+        action="store_true",
+        help="add joint training with the CUHK03 train split to recorded runs",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -437,7 +476,11 @@ def main() -> int:
         if not needed.exists():
             sys.exit(f"missing {needed} (the shared data sits beside the repository)")
     print(f"machine: {machine()}\ncommand: {' '.join(sys.argv)}", flush=True)
-    if not args.summary_only:
+    if args.joint_only:
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                joint_rows(args, recipe, seed)
+    elif not args.summary_only:
         for i, recipe in enumerate(args.recipes):
             for j, seed in enumerate(args.seeds):
                 first = i == 0 and j == 0
