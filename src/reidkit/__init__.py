@@ -28,6 +28,7 @@ _ACTIONS = {
     "export": "reidkit.actions.export:export",
     "automl": "reidkit.actions.automl:automl",
     "associate": "reidkit.actions.associate:associate",
+    "adapt": "reidkit.actions.adapt:adapt",
 }
 
 __all__ = ["__version__", *_ACTIONS]

@@ -75,6 +75,12 @@ def _export(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     print(f"ONNX model: {result.onnx_file}")
 
 
+def _adapt(spec: ExperimentSpec, args: argparse.Namespace) -> None:
+    from reidkit.actions.adapt import adapt
+
+    adapt(spec)  # it prints each round and the round it kept
+
+
 def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
     from reidkit.actions.serve import new_token, serve
 
@@ -106,6 +112,7 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "export": ("write an ONNX model and verify it against PyTorch", _export),
     "serve": ("search service and operator page; 'serve token' creates a token", _serve),
     "associate": ("per-camera tracks in, one global identity per person out", _associate),
+    "adapt": ("fit a trained model to a site's unlabelled crops (pseudo-labels)", _adapt),
 }
 
 
@@ -197,7 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_action",
         nargs="?",
         default="train",
-        choices=["train", "evaluate", "inference", "export", "gallery", "serve", "associate"],
+        choices=[
+            "train",
+            "evaluate",
+            "inference",
+            "export",
+            "gallery",
+            "serve",
+            "associate",
+            "adapt",
+        ],
     )
     validate.set_defaults(run=_validate)
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from reidkit.evaluation.metrics import evaluate_distances, pairwise_distance
-from reidkit.evaluation.rerank import re_rank
+from reidkit.evaluation.rerank import jaccard_graph, re_rank
 
 
-def dense_re_rank(qf: torch.Tensor, gf: torch.Tensor, k1: int, k2: int, lam: float) -> np.ndarray:
-    """Zhong et al. 2017 with dense (q+g)^2 matrices and plain loops, in float64 from the same
-    float32 distances: slow and memory-hungry, but obviously the paper's algorithm."""
-    feats = torch.cat([qf, gf])
-    num_query, n = len(qf), len(feats)
+def dense_encoding(feats: torch.Tensor, k1: int, k2: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zhong et al. 2017's V rows (query-expanded) and original distances of every image, with
+    dense n^2 matrices and plain loops, in float64 from the same float32 distances: slow and
+    memory-hungry, but obviously the paper's algorithm."""
+    n = len(feats)
     squared = pairwise_distance(feats, feats).double().numpy() ** 2
     original = squared / squared.max(axis=1, keepdims=True)
     rank = np.argsort(original, axis=1, kind="stable")
@@ -37,8 +37,19 @@ def dense_re_rank(qf: torch.Tensor, gf: torch.Tensor, k1: int, k2: int, lam: flo
         v[i, idx] = weights / weights.sum()
     if k2 > 1:
         v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
-    shared = np.minimum(v[:num_query, None, :], v[None, num_query:, :]).sum(axis=2)
-    jaccard = 1 - shared / (2 - shared)
+    return v, original
+
+
+def dense_jaccard(v_rows: np.ndarray, v_columns: np.ndarray) -> np.ndarray:
+    shared = np.minimum(v_rows[:, None, :], v_columns[None, :, :]).sum(axis=2)
+    return 1 - shared / (2 - shared)
+
+
+def dense_re_rank(qf: torch.Tensor, gf: torch.Tensor, k1: int, k2: int, lam: float) -> np.ndarray:
+    """The reference re-ranking of queries against the gallery (see :func:`dense_encoding`)."""
+    num_query = len(qf)
+    v, original = dense_encoding(torch.cat([qf, gf]), k1, k2)
+    jaccard = dense_jaccard(v[:num_query], v[num_query:])
     return (1 - lam) * jaccard + lam * original[:num_query, num_query:]
 
 
@@ -82,6 +93,29 @@ def test_matches_dense_reference(
         assert ours.shape == (num_q, num_g) and ours.dtype == torch.float32
         np.testing.assert_allclose(ours.numpy(), reference, atol=1e-4, rtol=0)
         assert_same_ranking(ours.numpy(), reference, tuple(labels))
+
+
+@pytest.mark.parametrize(("seed", "num_q", "num_g", "dim", "ids", "k1", "k2", "lam"), CASES)
+def test_jaccard_graph_matches_dense_reference(
+    seed: int, num_q: int, num_g: int, dim: int, ids: int, k1: int, k2: int, lam: float
+) -> None:
+    """All pairs of one set (what clustering needs), sparse: every pair below the bound and
+    no other, with the reference's distances."""
+    qf, gf, *_ = clustered(seed, num_q, num_g, dim, ids)
+    feats = torch.cat([qf, gf])
+    v, _ = dense_encoding(feats, k1, k2)
+    reference = dense_jaccard(v, v)
+    for bound in (1.0, 0.6):
+        rows, cols, distances = jaccard_graph(feats, k1, k2, max_distance=bound, chunk_size=16)
+        ours = np.ones_like(reference)
+        ours[rows.numpy(), cols.numpy()] = distances.numpy()
+        expected = np.where(reference < bound - 1e-4, reference, 1.0)
+        listed = np.zeros(reference.shape, dtype=bool)
+        listed[rows.numpy(), cols.numpy()] = True
+        clear = np.abs(reference - bound) > 1e-4  # pairs not on the bound itself
+        np.testing.assert_array_equal(listed[clear], (reference < bound)[clear])
+        np.testing.assert_allclose(ours[clear], expected[clear], atol=1e-4, rtol=0)
+        assert np.all(np.diag(ours) < 1e-6)
 
 
 def test_re_ranking_changes_the_ranking() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from reidkit.actions.lifecycle import STATUS
 from reidkit.actions.run_record import (
+    AdaptOutcome,
     AutomlOutcome,
     ExportOutcome,
     Outcome,
@@ -94,13 +95,17 @@ def _model_in_folder(folder: Path, key: str, depth: int = 0) -> tuple[Path, str]
         onnx_file = Path(outcome.onnx_file)
         if onnx_file.is_file():
             return onnx_file, f"exported by {folder}"
+    if isinstance(outcome, AdaptOutcome) and outcome.adapted_checkpoint:
+        adapted = Path(outcome.adapted_checkpoint)
+        if adapted.is_file():
+            return adapted, f"adapted by {folder}"
     if isinstance(outcome, AutomlOutcome) and outcome.best_trial_dir:
         trial = Path(outcome.best_trial_dir) / "train"
         if depth == 0 and trial.is_dir():
             found, _ = _model_in_folder(trial, key, depth + 1)
             return found, f"best AutoML trial {outcome.best_trial} of {folder}"
     if depth == 0:
-        for sub in ("train", "export"):
+        for sub in ("train", "export", "adapt"):
             if (folder / sub).is_dir():
                 try:
                     return _model_in_folder(folder / sub, key, depth + 1)

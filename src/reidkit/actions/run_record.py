@@ -95,9 +95,23 @@ class AssociateOutcome:
     identities: int | None = None
 
 
+@dataclass(frozen=True)
+class AdaptOutcome:
+    #: The adapted checkpoint (written only when a round beat the source model).
+    adapted_checkpoint: str | None = None
+    #: The round reached, while running.
+    round: int | None = None
+    #: The round kept, once finished.
+    chosen_round: int | None = None
+    quality: float | None = None
+    source_quality: float | None = None
+    #: Every round's report (clusters, outliers, quality, seconds).
+    rounds: list[dict[str, Any]] | None = None
+
+
 Outcome = (
     TrainOutcome | EvaluateOutcome | InferenceOutcome | ExportOutcome | AutomlOutcome
-    | ServeOutcome | GalleryOutcome | AssociateOutcome
+    | ServeOutcome | GalleryOutcome | AssociateOutcome | AdaptOutcome
 )  # fmt: skip
 #: The fields each action records besides the common ones; a new action adds its class here.
 OUTCOMES: dict[str, type[Outcome]] = {
@@ -109,6 +123,7 @@ OUTCOMES: dict[str, type[Outcome]] = {
     "serve": ServeOutcome,
     "gallery": GalleryOutcome,
     "associate": AssociateOutcome,
+    "adapt": AdaptOutcome,
 }
 
 

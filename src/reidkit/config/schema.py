@@ -29,7 +29,7 @@ from reidkit.config.loading import read_yaml_mapping, spec_from_dict
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gallery", "serve", "associate")
+ACTIONS = ("train", "evaluate", "inference", "export", "gallery", "serve", "associate", "adapt")
 
 _COMMON = ("results_dir", "encryption_key", "model_name")
 # The top-level keys each action reads. Every action accepts the whole TAO file (one spec drives
@@ -42,6 +42,7 @@ ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "gallery": (*_COMMON, "model", "gallery", "re_ranking"),
     "serve": (*_COMMON, "serve"),
     "associate": (*_COMMON, "model", "dataset", "associate"),
+    "adapt": (*_COMMON, "model", "dataset", "train", "adapt"),
 }
 
 # Where the generated files ship; a module attribute so tests can point it at a copy.

@@ -516,6 +516,67 @@ class AssociateSpec(_Section):
     results_dir: str | None = Field(None, description="Output folder of the associate action.")
 
 
+class AdaptSpec(_Section):
+    """``adapt``: fit a trained model to a site from its own unlabelled crops (reidkit only)."""
+
+    checkpoint: str | None = Field(
+        None, description="Source model: a .pth checkpoint or a train results folder."
+    )
+    target: str | None = Field(
+        None,
+        description="The site's crops: a folder in any dataset layout reidkit reads (labels, "
+        "if any, are ignored) or a CSV manifest path,camera,timestamp,track_id.",
+    )
+    num_epochs: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Rounds; each clusters the crops with the current model and trains one "
+        "pass over the clustered ones. Stops earlier when 3 rounds bring no better quality.",
+    )
+    base_lr: float = Field(
+        3.5e-4, gt=0.0, le=1.0, description="Learning rate (train.optim's optimizer)."
+    )
+    k1: int = Field(20, ge=2, le=200, description="k-reciprocal neighbours of the clustering.")
+    k2: int = Field(6, ge=1, le=100, description="Neighbours of the query expansion.")
+    eps: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="DBSCAN radius on Jaccard distances; null = the best of 0.4-0.7 by the "
+        "label-free quality, every round.",
+    )
+    min_cluster_size: int = Field(
+        4, ge=2, le=1000, description="Crops a cluster needs (DBSCAN min_samples)."
+    )
+    camera_proxies: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Camera-aware proxy losses: 'auto' = on when the crops come from two or "
+        "more cameras; 'on' refuses a single-camera target.",
+    )
+    use_tracks: bool = Field(
+        True,
+        description="Crops of one track are one person; tracks seen at once by one camera "
+        "are two (track ids: MARS names or the manifest's track_id).",
+    )
+    source_dataset: str | None = Field(
+        None,
+        description="Labelled set the source model was trained on (folder or archive) to keep "
+        "training on beside the target, one batch each per step; null = target crops only.",
+    )
+    output_file: str | None = Field(
+        None, description="Adapted checkpoint; null = adapted_model.pth in the results folder."
+    )
+    gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
+    results_dir: str | None = Field(None, description="Output folder of the adapt action.")
+
+    @field_validator("camera_proxies", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        """YAML reads a bare ``on``/``off`` as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 AutomlMetric = Literal["cmc_rank_1", "cmc_rank_5", "cmc_rank_10", "mAP", "mINP"]
 
 
@@ -586,6 +647,7 @@ class ExperimentSpec(_Section):
     automl: AutomlSpec = Field(default_factory=AutomlSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
     associate: AssociateSpec = Field(default_factory=AssociateSpec)
+    adapt: AdaptSpec = Field(default_factory=AdaptSpec)
     automl_policy: Literal["auto", "off"] = Field(
         "auto", description="'auto' routes train through AutoML when automl.automl_enabled."
     )

@@ -5,9 +5,11 @@ from reidkit.data.device_batches import BatchAugmentation, DeviceTrainSet, decod
 from reidkit.data.market import (
     IMAGE_SUFFIXES,
     ImageRecord,
+    MarsName,
     check_num_classes,
     check_query_in_gallery,
     load_split,
+    parse_mars_name,
     parse_name,
     split_table,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "IdentitySampler",
     "ImageDataset",
     "ImageRecord",
+    "MarsName",
     "Preprocessing",
     "ReidSplits",
     "build_eval_transform",
@@ -39,6 +42,7 @@ __all__ = [
     "check_query_in_gallery",
     "decode_images",
     "load_split",
+    "parse_mars_name",
     "parse_name",
     "prepare_splits",
     "relabel",

@@ -1,9 +1,25 @@
-"""Market-1501 layout: file-name parsing, split loading and the consistency checks TAO relies on.
+"""Dataset layouts: file-name parsing, split loading and the consistency checks TAO relies on.
 
-A split is a flat folder of crops named ``PPPP_cCsS_FFFFFF_NN.jpg`` (person id, 1-based camera,
-sequence, frame, box). Unlike TAO, the id pattern keeps its minus sign so junk images (``-1``)
-are dropped instead of being silently merged into person 1, every common image suffix is read
-in any case, and stray non-image files are ignored rather than shifting the query/gallery split.
+A split is one of two layouts, told apart by what the folder holds:
+
+* **Market-1501** (image files directly in the folder): crops named ``PPPP_cCsS_FFFFFF_NN.jpg``
+  (person id, 1-based camera, sequence, frame, box). Unlike TAO, the id pattern keeps its minus
+  sign so junk images (``-1``) are dropped instead of being silently merged into person 1.
+* **One folder per identity** (only sub-folders, each named by an integer id): ``<id>/<file>``,
+  e.g. ``pku_views/train/001/01_3.png`` or MARS' ``bbox_train/0003/0003C4T0003F001.jpg``. The
+  folder is the person; the camera comes from the file name, tried in this order:
+
+  1. MARS names ``<pid>C<camera>T<tracklet>F<frame>.jpg`` (e.g. ``0003C4T0003F001.jpg``):
+     camera 4, and the tracklet ``0003C4T0003`` is kept as the crop's ``track`` (crops of one
+     tracklet are one person seen continuously by one camera);
+  2. Market names (``0003_c4s1_000123_00.jpg``): camera 4;
+  3. ``<camera>_<anything>`` (``pku_views``' ``<camera>_<view>.png``, e.g. ``02_7.png``):
+     the integer before the first underscore is the camera.
+
+  Identity folders ``-1`` / ``00-1`` (MARS' junk) are skipped like Market's junk images.
+
+Every common image suffix is read in any case, and stray non-image files are ignored rather
+than shifting the query/gallery split.
 """
 
 from __future__ import annotations
@@ -25,16 +41,38 @@ DISTRACTOR_PID = 0
 # is optional; the lookahead keeps "c1x" or "c12abc" from parsing as a camera. Ids are ASCII
 # digits, at most 9 of them: a 20-digit camera id overflowed the 64-bit arrays downstream.
 _NAME = re.compile(r"^(-1|[0-9]{1,9})_c([0-9]{1,9})(?=s[0-9]|[_.]|$)")
+# MARS: "0003C4T0003F001.jpg"; junk tracklets have the id "00-1".
+_MARS_NAME = re.compile(r"^(00-1|-1|[0-9]{1,9})C([0-9]{1,9})T([0-9]{1,9})F([0-9]{1,9})(?=[_.]|$)")
+# pku_views and similar: "<camera>_<anything>", e.g. "02_7.png".
+_CAMERA_PREFIX = re.compile(r"^([0-9]{1,9})_")
+_IDENTITY_FOLDER = re.compile(r"^(00-1|-1|[0-9]{1,9})$")
 _SHOWN = 3
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One crop: its file, person id and camera id exactly as written in the name (1-based)."""
+    """One crop: its file, person id and camera id exactly as written in the name (1-based).
+
+    ``track`` names the tracklet the crop belongs to when the layout records one (MARS names,
+    a manifest's ``track_id``); ``timestamp`` (unix seconds) is known only from a manifest.
+    Both are None otherwise; neither is a label.
+    """
 
     path: Path
     pid: int
     camid: int
+    track: str | None = None
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
+class MarsName:
+    """What a MARS file name says: person, camera, tracklet (``PPPPCcTtttt``) and frame."""
+
+    pid: int
+    camid: int
+    tracklet: str
+    frame: int
 
 
 def parse_name(name: str) -> tuple[int, int] | None:
@@ -52,8 +90,83 @@ def parse_name(name: str) -> tuple[int, int] | None:
     return pid, camid
 
 
+def parse_mars_name(name: str) -> MarsName | None:
+    """The parts of a MARS file name (``0003C4T0003F001.jpg``), or None for another name.
+
+    The junk id ``00-1`` parses as -1, as Market's junk does.
+    """
+    match = _MARS_NAME.match(name)
+    if match is None:
+        return None
+    pid = -1 if match.group(1) in ("00-1", "-1") else int(match.group(1))
+    tracklet = name[: match.end(3)]
+    return MarsName(pid, int(match.group(2)), tracklet, int(match.group(4)))
+
+
+def _camera_and_track(name: str) -> tuple[int, str | None] | None:
+    """The camera (and MARS tracklet) of a file in an identity folder; see the module docstring."""
+    mars = parse_mars_name(name)
+    if mars is not None:
+        return mars.camid, mars.tracklet
+    market = parse_name(name)
+    if market is not None:
+        return market[1], None
+    prefix = _CAMERA_PREFIX.match(name)
+    return (int(prefix.group(1)), None) if prefix else None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` by name; hidden files and other suffixes are strays."""
+    return [
+        entry
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name)
+        if not entry.name.startswith(".")
+        and entry.suffix.lower() in IMAGE_SUFFIXES
+        and entry.is_file()
+    ]
+
+
+def _identity_folders(folder: Path) -> list[tuple[int, Path]] | None:
+    """``(id, sub-folder)`` when every visible sub-folder is named by an integer id, else None."""
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not subfolders or not all(_IDENTITY_FOLDER.match(p.name) for p in subfolders):
+        return None
+    ids = [(-1 if p.name in ("00-1", "-1") else int(p.name), p) for p in subfolders]
+    return sorted(ids, key=lambda entry: entry[1].name)
+
+
+def _load_identity_folders(
+    folder: Path, split: str, identities: list[tuple[int, Path]], keep_distractors: bool
+) -> list[ImageRecord]:
+    records: list[ImageRecord] = []
+    malformed: list[str] = []
+    for pid, subfolder in identities:
+        if pid == JUNK_PID or (pid == DISTRACTOR_PID and not keep_distractors):
+            continue
+        for image in _images_in(subfolder):
+            parsed = _camera_and_track(image.name)
+            if parsed is None:
+                malformed.append(f"{subfolder.name}/{image.name}")
+                continue
+            records.append(ImageRecord(image, pid, parsed[0], track=parsed[1]))
+    if malformed:
+        shown = ", ".join(f"'{n}'" for n in malformed[:_SHOWN])
+        raise DatasetError(
+            f"{len(malformed)} image names in the identity folders of {split} folder "
+            f"'{folder}' name no camera (e.g. {shown}); name them <camera>_<anything>.jpg, "
+            "PPPPCcTtttFfff.jpg (MARS) or PPPP_cC....jpg (Market-1501)"
+        )
+    if not records:
+        raise DatasetError(
+            f"{split} folder '{folder}' holds identity folders without person crops; "
+            "point it at a folder with labelled person crops"
+        )
+    return records
+
+
 def load_split(folder: Path, split: str, *, keep_distractors: bool) -> list[ImageRecord]:
-    """Read one flat split folder into records, sorted by file name so runs are reproducible.
+    """Read one split folder (either layout, see the module docstring) into records, sorted by
+    path so runs are reproducible.
 
     Hidden files (``.DS_Store``, macOS ``._x.jpg`` shadows) and files without an image suffix
     are strays and are skipped; sub-folders are ignored. Junk (-1) is always dropped. Id 0000
@@ -71,15 +184,13 @@ def load_split(folder: Path, split: str, *, keep_distractors: bool) -> list[Imag
         raise DatasetError(
             f"{split} path '{folder}' is not a folder; point it at the folder of {split} images"
         )
+    images = _images_in(folder)
+    identities = None if images else _identity_folders(folder)
+    if identities is not None:
+        return _load_identity_folders(folder, split, identities, keep_distractors)
     records: list[ImageRecord] = []
     malformed: list[str] = []
-    images = 0
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if not entry.is_file():
-            continue
-        images += 1
+    for entry in images:
         parsed = parse_name(entry.name)
         if parsed is None:
             malformed.append(entry.name)
@@ -95,7 +206,7 @@ def load_split(folder: Path, split: str, *, keep_distractors: bool) -> list[Imag
             f"Market-1501 pattern PPPP_cC[sS_FFFFFF_NN].jpg (e.g. {shown}); rename or remove them"
         )
     if not records:
-        raise DatasetError(_no_images_message(folder, split, images))
+        raise DatasetError(_no_images_message(folder, split, len(images)))
     return records
 
 
@@ -110,7 +221,8 @@ def _no_images_message(folder: Path, split: str, images: int) -> str:
         names = ", ".join(subfolders[:_SHOWN])
         return (
             f"{split} folder '{folder}' holds no images, only folders ({names}); "
-            "point it at the folder that holds the image files"
+            "point it at the folder that holds the image files (or one folder per "
+            "identity, each named by an integer id)"
         )
     suffixes = "/".join(IMAGE_SUFFIXES)
     return f"{split} folder '{folder}' holds no {suffixes} images; point it at the {split} images"

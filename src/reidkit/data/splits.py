@@ -41,7 +41,8 @@ class ReidSplits:
         return len({r.pid for r in self.train})
 
 
-def _extract_root(spec: ExperimentSpec) -> Path:
+def extract_root(spec: ExperimentSpec) -> Path:
+    """Where archives named by the spec are unpacked (``dataset.extract_dir``)."""
     if spec.dataset.extract_dir:
         return Path(spec.dataset.extract_dir)
     return Path(spec.results_dir) / "datasets"
@@ -75,7 +76,7 @@ def prepare_splits(
     ``query_dir`` / ``gallery_dir`` override ``dataset.query_dataset_dir`` /
     ``dataset.test_dataset_dir`` (evaluate and inference pass their own keys here).
     """
-    root = _extract_root(spec)
+    root = extract_root(spec)
     limits = ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
     data = spec.dataset
     splits = ReidSplits()

@@ -21,6 +21,8 @@ unstable argsort gives exactly tied distances).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -209,31 +211,47 @@ def _query_expansion(
     return torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
 
 
-def _blend_jaccard(
-    out: Tensor,
-    sparse: tuple[Tensor, Tensor, Tensor],
-    row_max: Tensor,
-    lambda_value: float,
-) -> Tensor:
-    """Turn ``out`` (query x gallery squared distances) into the re-ranked distances in place.
+def _split_entries(
+    sparse: tuple[Tensor, Tensor, Tensor], first_column_row: int, num_columns: int
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Split sparse V rows into the rows whose distances are wanted and an inverted index.
 
-    Jaccard distance ``1 - m / (2 - m)``, m the sum over shared columns of min(V_i, V_j), is
-    built for a batch of queries at a time from the (query, gallery) pairs that share a column
-    (found through an inverted index of the gallery rows), then blended with the original
-    distance ``out / row_max``.
+    Rows below ``first_column_row`` are the "query" side: the result has one row per such
+    row. Rows from ``first_column_row`` on are the "gallery" side, indexed by V column: their
+    (row, value) pairs sorted by column with each column's start and count. Passing 0 puts
+    every row on both sides (all pairs).
     """
     rows, cols, vals = sparse
-    num_query, num_gallery = out.shape
-    is_query = rows < num_query
-    q_rows, q_cols, q_vals = rows[is_query], cols[is_query], vals[is_query]
-    g_cols = cols[~is_query]
+    is_query = rows < first_column_row if first_column_row else torch.ones_like(rows, dtype=bool)
+    query = rows[is_query], cols[is_query], vals[is_query]
+    is_gallery = rows >= first_column_row
+    g_cols = cols[is_gallery]
     g_order = torch.argsort(g_cols, stable=True)
-    g_rows = rows[~is_query][g_order] - num_query
-    g_vals = vals[~is_query][g_order]
-    g_count = torch.bincount(g_cols, minlength=len(row_max))
+    g_rows = rows[is_gallery][g_order] - first_column_row
+    g_vals = vals[is_gallery][g_order]
+    g_count = torch.bincount(g_cols, minlength=num_columns)
     g_start = torch.cumsum(g_count, 0) - g_count
+    return query, (g_rows, g_vals, g_start, g_count)
+
+
+def _jaccard_blocks(
+    query: tuple[Tensor, Tensor, Tensor],
+    index: tuple[Tensor, Tensor, Tensor, Tensor],
+    num_query: int,
+    num_gallery: int,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Jaccard distances ``1 - m / (2 - m)`` of a batch of query rows at a time, as dense
+    ``[batch, num_gallery]`` blocks; m is the sum over shared columns of min(V_i, V_j).
+
+    Only the (query, gallery) pairs that share a column are visited (through the inverted
+    ``index`` of the gallery rows); a batch holds at most about ``_STEP_ELEMENTS`` pairs and
+    dense entries, so memory stays flat however many rows there are.
+    """
+    q_rows, q_cols, q_vals = query
+    g_rows, g_vals, g_start, g_count = index
+    device = q_rows.device
     pairs = g_count[q_cols]
-    pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=out.device)
+    pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=device)
     pairs_per_query.index_add_(0, q_rows, pairs)
     entry_end = torch.cumsum(torch.bincount(q_rows, minlength=num_query), 0).tolist()
     pair_end = torch.cumsum(pairs_per_query, 0).tolist()
@@ -241,25 +259,76 @@ def _blend_jaccard(
     while q0 < num_query:
         # Extend the batch while its pairs and its dense rows stay within _STEP_ELEMENTS.
         done = pair_end[q0 - 1] if q0 else 0
-        q1, last = q0 + 1, min(num_query, q0 + max(1, _STEP_ELEMENTS // num_gallery))
+        q1, last = q0 + 1, min(num_query, q0 + max(1, _STEP_ELEMENTS // max(1, num_gallery)))
         while q1 < last and pair_end[q1] - done <= _STEP_ELEMENTS:
             q1 += 1
         e0, e1 = (entry_end[q0 - 1] if q0 else 0), entry_end[q1 - 1]
         # Expand each query entry (query, column) into one pair per gallery row in that
         # column: ``entry`` says which entry a pair comes from, ``at`` where it is in the index.
         length = pairs[e0:e1]
-        entry = torch.repeat_interleave(torch.arange(e1 - e0, device=out.device), length)
+        entry = torch.repeat_interleave(torch.arange(e1 - e0, device=device), length)
         first_pair = g_start[q_cols[e0:e1]] - (torch.cumsum(length, 0) - length)
-        at = first_pair[entry] + torch.arange(len(entry), device=out.device)
+        at = first_pair[entry] + torch.arange(len(entry), device=device)
         target = ((q_rows[e0:e1] - q0) * num_gallery)[entry] + g_rows[at]
         shared = torch.minimum(q_vals[e0:e1][entry], g_vals[at])
-        overlap = torch.zeros((q1 - q0) * num_gallery, dtype=out.dtype, device=out.device)
+        overlap = torch.zeros((q1 - q0) * num_gallery, dtype=g_vals.dtype, device=device)
         overlap = overlap.index_add_(0, target, shared).view(q1 - q0, num_gallery)
-        jaccard = 1.0 - overlap / (2.0 - overlap)
+        yield q0, q1, 1.0 - overlap / (2.0 - overlap)
+        q0 = q1
+
+
+def _blend_jaccard(
+    out: Tensor,
+    sparse: tuple[Tensor, Tensor, Tensor],
+    row_max: Tensor,
+    lambda_value: float,
+) -> Tensor:
+    """Turn ``out`` (query x gallery squared distances) into the re-ranked distances in place:
+    the Jaccard distance blended with the original distance ``out / row_max``."""
+    num_query, num_gallery = out.shape
+    query, index = _split_entries(sparse, num_query, len(row_max))
+    for q0, q1, jaccard in _jaccard_blocks(query, index, num_query, num_gallery):
         original = out[q0:q1].div_(row_max[q0:q1, None])
         out[q0:q1] = jaccard.mul_(1.0 - lambda_value).add_(original, alpha=lambda_value)
-        q0 = q1
     return out
+
+
+def _encoded(
+    feats: Tensor, k1: int, k2: int, num_query: int, out: Tensor, chunk_size: int
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    """Steps 1-3 of the module docstring for normalised ``feats``: the sparse, query-expanded
+    V rows of every image (COO) and each image's largest squared distance."""
+    n = len(feats)
+    # k1+1 neighbours for the reciprocal sets (the first is the image itself), k2 for the
+    # query expansion.
+    num_neighbours = max(k1 + 1, k2)
+    if n < num_neighbours:
+        raise ValueError(f"re-ranking with k1={k1}, k2={k2} needs {num_neighbours} images, got {n}")
+    neighbours, neighbour_sq, row_max = _neighbour_pass(
+        feats, num_neighbours, num_query, out, chunk_size
+    )
+    columns = _expansion_sets(neighbours, k1)
+    weights = _encode(feats, columns, neighbours, neighbour_sq, row_max)
+    if k2 == 1:
+        keep = columns < n
+        rows = torch.arange(n, device=feats.device)[:, None].expand_as(columns)[keep]
+        return (rows, columns[keep], weights[keep]), row_max
+    return _query_expansion(columns, weights, neighbours, k2), row_max
+
+
+def _check_arguments(k1: int, k2: int, chunk_size: int) -> None:
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _normalised_copy(*features: Tensor) -> Tensor:
+    """The rows of all ``features`` stacked, as float, L2-normalised in place (one copy)."""
+    first = _as_float(features[0])
+    feats = torch.cat([first, *(f.to(first.dtype) for f in features[1:])])
+    feats /= feats.norm(dim=1, keepdim=True).clamp_min_(1e-12)
+    return feats
 
 
 def re_rank(
@@ -284,34 +353,46 @@ def re_rank(
     (``_STEP_ELEMENTS``). Nothing of size n^2 is ever allocated, so a 50,000-image gallery
     needs little more than its q x g output.
     """
-    if k1 < 1 or k2 < 1:
-        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    _check_arguments(k1, k2, chunk_size)
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be [n, d] with equal d, got {qf.shape} and {gf.shape}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    qf, gf = _as_float(qf), _as_float(gf)
-    feats = torch.cat([qf, gf.to(qf.dtype)])
-    # normalize_features in place: one copy of the (q+g) x d features, not two.
-    feats /= feats.norm(dim=1, keepdim=True).clamp_min_(1e-12)
-    num_query, n = len(qf), len(feats)
-    # k1+1 neighbours for the reciprocal sets (the first is the image itself), k2 for the
-    # query expansion.
-    num_neighbours = max(k1 + 1, k2)
-    if n < num_neighbours:
-        raise ValueError(f"re-ranking with k1={k1}, k2={k2} needs {num_neighbours} images, got {n}")
+    feats = _normalised_copy(qf, gf)
+    num_query = len(qf)
     out = torch.empty((num_query, len(gf)), dtype=feats.dtype, device=feats.device)
-    neighbours, neighbour_sq, row_max = _neighbour_pass(
-        feats, num_neighbours, num_query, out, chunk_size
-    )
-    columns = _expansion_sets(neighbours, k1)
-    weights = _encode(feats, columns, neighbours, neighbour_sq, row_max)
-    if k2 == 1:
-        keep = columns < n
-        rows = torch.arange(n, device=feats.device)[:, None].expand_as(columns)[keep]
-        sparse = rows, columns[keep], weights[keep]
-    else:
-        sparse = _query_expansion(columns, weights, neighbours, k2)
+    sparse, row_max = _encoded(feats, k1, k2, num_query, out, chunk_size)
     return _blend_jaccard(out, sparse, row_max[:num_query], lambda_value)
+
+
+def jaccard_graph(
+    features: Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    max_distance: float = 1.0,
+    *,
+    chunk_size: int = 2048,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The k-reciprocal Jaccard distances among all rows of ``features``, sparse.
+
+    The same encoding as :func:`re_rank` (its lambda 0: Jaccard only), but every image
+    against every other, as clustering on k-reciprocal distances needs (the pseudo-labels of
+    SpCL and Cluster Contrast). Returns ``(rows, cols, distances)`` of the pairs whose distance
+    is below ``max_distance``, the diagonal included (distance 0); pairs that share no
+    k-reciprocal neighbour have distance 1 and are never listed. Memory grows with the number
+    of images times their neighbourhoods, never with its square.
+    """
+    _check_arguments(k1, k2, chunk_size)
+    if features.dim() != 2:
+        raise ValueError(f"features must be [n, d], got {features.shape}")
+    feats = _normalised_copy(features)
+    n = len(feats)
+    none = torch.empty((0, n), dtype=feats.dtype, device=feats.device)
+    sparse, _ = _encoded(feats, k1, k2, 0, none, chunk_size)
+    query, index = _split_entries(sparse, 0, n)
+    found: list[tuple[Tensor, Tensor, Tensor]] = []
+    for q0, _, jaccard in _jaccard_blocks(query, index, n, n):
+        rows, cols = torch.nonzero(jaccard < max_distance, as_tuple=True)
+        found.append((rows + q0, cols, jaccard[rows, cols]))
+    rows, cols, distances = (torch.cat(parts) for parts in zip(*found, strict=True))
+    return rows, cols, distances

@@ -1,0 +1,406 @@
+"""The adaptation loop on Lightning: every epoch is one round of cluster -> train.
+
+A round starts from a clustering of all target crops made with the current model (the source
+model for round 1): the crops in clusters are trained on for one pass, P clusters x K crops per
+batch, against the round's proxy memory (:mod:`reidkit.adaptation.memory`); outliers wait for a
+later round. At the end of the round the crops are embedded and clustered again, which both
+scores the model just trained (the label-free quality of :mod:`reidkit.adaptation.pseudo_labels`)
+and gives the next round its pseudo-labels.
+
+:class:`PseudoLabeller` (a callback) owns the clusterings and the best round so far; its state
+travels in every checkpoint, so a run killed at any point resumes at the start of the round it
+was in, with the same pseudo-labels. :class:`TargetDataModule` turns the current pseudo-labels
+into the round's loader (Lightning reloads it every epoch, before the epoch starts), and
+:class:`AdaptModule` is the training step. The action (``reidkit.actions.adapt``) builds them
+from the spec, runs the trainer and writes the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from reidkit.adaptation.memory import ProxyMemory
+from reidkit.adaptation.pseudo_labels import (
+    AdaptationError,
+    Clustering,
+    ClusterSettings,
+    cluster,
+    mirror_agreement,
+)
+from reidkit.data import IdentitySampler, ImageDataset, ImageRecord, relabel
+from reidkit.evaluation.features import extract_embeddings
+from reidkit.evaluation.metrics import normalize_features
+from reidkit.losses import CrossEntropyLabelSmooth
+from reidkit.models import ReidModel
+from reidkit.models.card import ModelCard, attach_card
+
+log = logging.getLogger("reidkit")
+
+Transform = Callable[[Any], Tensor]
+
+#: Below this share of mirrored crops kept in their cluster, the source model's clusters are
+#: called "no structure" (:func:`~reidkit.adaptation.pseudo_labels.mirror_agreement`).
+MIN_MIRROR_AGREEMENT = 0.6
+#: Rounds without a better quality after which the loop stops early.
+PATIENCE = 3
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How the loop runs: the clustering, the loss terms and the batches."""
+
+    clustering: ClusterSettings
+    camera_proxies: bool
+    batch_size: int
+    num_instances: int
+    workers: int
+    seed: int
+    embed_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one clustering found; round 0 is the source model's."""
+
+    round: int
+    num_clusters: int
+    outliers: int
+    coverage: float
+    silhouette: float
+    quality: float
+    splits: int
+    eps: float
+    #: Wall time since the previous report: round 0 embeds and clusters; a round trains one
+    #: pass over the clustered crops, then embeds and clusters them all again.
+    seconds: float
+
+    @classmethod
+    def of(cls, number: int, clustering: Clustering, seconds: float) -> RoundReport:
+        return cls(
+            number,
+            clustering.num_clusters,
+            clustering.outliers,
+            round(clustering.coverage, 4),
+            round(clustering.silhouette, 4),
+            round(clustering.quality, 4),
+            clustering.splits,
+            clustering.eps,
+            round(seconds, 2),
+        )
+
+    def line(self) -> str:
+        who = "source model" if self.round == 0 else f"round {self.round}"
+        return (
+            f"{who}: {self.num_clusters} clusters, {self.outliers} outliers, quality "
+            f"{self.quality:.3f} (coverage {self.coverage:.2f} x silhouette {self.silhouette:.3f},"
+            f" eps {self.eps:g})"
+            + (f", {self.splits} clusters split by cannot-links" if self.splits else "")
+            + f" [{self.seconds:.0f} s]"
+        )
+
+
+class PseudoLabeller(Callback):
+    """Clusters the target crops before round 1 and after every round; keeps the best round.
+
+    ``report`` is called with each round's :class:`RoundReport` (the action prints it and
+    records it in ``status.json``).
+    """
+
+    def __init__(
+        self,
+        crops: Sequence[ImageRecord],
+        embed_transform: Transform,
+        settings: AdaptSettings,
+        *,
+        tracks: Sequence[str | None] | None = None,
+        conflicts: set[tuple[str, str]] | None = None,
+        report: Callable[[RoundReport], None] = lambda _: None,
+    ) -> None:
+        self.crops = list(crops)
+        self.cameras = np.asarray([c.camid for c in self.crops])
+        self.embed_transform = embed_transform
+        self.settings = settings
+        self.tracks = tracks
+        self.conflicts = conflicts
+        self.report = report
+        self.reports: list[RoundReport] = []
+        self.labels: np.ndarray | None = None
+        self.memory: ProxyMemory | None = None
+        #: The round with the highest quality: its number, quality and model weights.
+        self.best: dict[str, Any] = {}
+        self.stale_rounds = 0
+        self._since = time.perf_counter()
+
+    # ------------------------------------------------------------------ state (checkpoints)
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "reports": [r.__dict__ for r in self.reports],
+            "labels": torch.as_tensor(self.labels) if self.labels is not None else None,
+            "best": self.best,
+            "stale_rounds": self.stale_rounds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reports = [RoundReport(**r) for r in state_dict["reports"]]
+        labels = state_dict["labels"]
+        self.labels = labels.numpy() if labels is not None else None
+        self.best = dict(state_dict["best"])
+        self.stale_rounds = int(state_dict["stale_rounds"])
+
+    # ------------------------------------------------------------------ rounds
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Round 0: the source model's clustering. A target without structure stops here."""
+        self._since = time.perf_counter()
+        if self.reports:  # resumed: the pseudo-labels of the round in progress are restored
+            self._rebuild_memory(pl_module)
+            trainer.should_stop = self.stale_rounds >= PATIENCE  # it had stopped early
+            return
+        clustering, feats = self._cluster(pl_module)
+        report = self._record(0, clustering, pl_module)
+        agreement = mirror_agreement(clustering, feats, self._embed(pl_module, mirrored=True))
+        log.info(
+            "source model: %.2f of the clustered crops stay in their cluster mirrored", agreement
+        )
+        if clustering.num_clusters < 2 or agreement < MIN_MIRROR_AGREEMENT:
+            raise AdaptationError(
+                f"the {len(self.crops)} target crops show no identity structure to learn from "
+                f"(the source model finds {report.num_clusters} clusters, and only "
+                f"{agreement:.0%} of their crops stay in them mirrored, < "
+                f"{MIN_MIRROR_AGREEMENT:.0%}); check that they are person crops, or adapt from a "
+                "model that already tells some of these people apart"
+            )
+        self._next_round(clustering, feats, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        clustering, feats = self._cluster(pl_module)
+        number = trainer.current_epoch + 1
+        self._record(number, clustering, pl_module)
+        if clustering.num_clusters < 2:
+            log.warning("round %d: the clustering collapsed; stopping", number)
+            trainer.should_stop = True
+            return
+        if self.stale_rounds >= PATIENCE:
+            log.info("no better quality for %d rounds; stopping", PATIENCE)
+            trainer.should_stop = True
+        self._next_round(clustering, feats, pl_module)
+
+    def _record(
+        self, number: int, clustering: Clustering, pl_module: LightningModule
+    ) -> RoundReport:
+        now = time.perf_counter()
+        report = RoundReport.of(number, clustering, now - self._since)
+        self._since = now
+        self.reports.append(report)
+        if not self.best or report.quality > self.best["quality"]:
+            self.best = {
+                "round": number,
+                "quality": report.quality,
+                "weights": {
+                    k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()
+                },
+            }
+            self.stale_rounds = 0
+        else:
+            self.stale_rounds += 1
+        self.report(report)
+        return report
+
+    def _next_round(
+        self, clustering: Clustering, feats: Tensor, pl_module: LightningModule
+    ) -> None:
+        self.labels = clustering.labels
+        self.memory = ProxyMemory(
+            feats, clustering.labels, self.cameras, self.settings.camera_proxies
+        ).to(pl_module.device)
+        pl_module.memory = self.memory
+
+    def _rebuild_memory(self, pl_module: LightningModule) -> None:
+        """After a resume: the memory of the restored pseudo-labels, from the restored model."""
+        assert self.labels is not None
+        feats = self._embed(pl_module)
+        self.memory = ProxyMemory(
+            feats, self.labels, self.cameras, self.settings.camera_proxies
+        ).to(pl_module.device)
+        pl_module.memory = self.memory
+
+    def _cluster(self, pl_module: LightningModule) -> tuple[Clustering, Tensor]:
+        feats = self._embed(pl_module)
+        clustering = cluster(feats, self.settings.clustering, self.tracks, self.conflicts)
+        return clustering, feats
+
+    def _embed(self, pl_module: LightningModule, mirrored: bool = False) -> Tensor:
+        """Every crop's L2-normalised embedding by the current model (eval mode), of the crops
+        as they are or ``mirrored`` (flipped left to right)."""
+        loader = DataLoader(
+            ImageDataset(self.crops, self.embed_transform),
+            batch_size=self.settings.embed_batch_size,
+            num_workers=self.settings.workers,
+        )
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            embedder = (lambda images: model(torch.flip(images, dims=[3]))) if mirrored else model
+            embedded = extract_embeddings(embedder, loader, pl_module.device, flip=False)
+        finally:
+            model.train(was_training)
+        return normalize_features(embedded.features)
+
+
+class TargetDataModule(LightningDataModule):
+    """One round's batches: P pseudo-identities x K crops, outliers left out.
+
+    With ``source`` (the labelled set the source model was trained on, relabelled as training
+    does), every target batch comes with a random batch of it: ``{"target": ..., "source": ...}``
+    (SpCL's joint training, which keeps what the source labels taught).
+    """
+
+    def __init__(
+        self,
+        crops: Sequence[ImageRecord],
+        train_transform: Transform,
+        labeller: PseudoLabeller,
+        settings: AdaptSettings,
+        source: Sequence[ImageRecord] = (),
+    ) -> None:
+        super().__init__()
+        self.crops = list(crops)
+        self.train_transform = train_transform
+        self.labeller = labeller
+        self.settings = settings
+        self.source = list(source)
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        target = self._target_loader()
+        if not self.source:
+            return target
+        source = DataLoader(
+            ImageDataset(self.source, self.train_transform, relabel(self.source)),
+            batch_size=target.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.settings.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return CombinedLoader({"target": target, "source": source}, mode="min_size")
+
+    def _target_loader(self) -> DataLoader:
+        labels = self.labeller.labels
+        assert labels is not None, "the labeller clusters before the first round"
+        kept = np.flatnonzero(labels >= 0)
+        clusters = int(labels[kept].max()) + 1
+        k = self.settings.num_instances
+        per_batch = min(self.settings.batch_size // k, clusters)
+        dataset = ImageDataset(
+            [self.crops[i] for i in kept], self.train_transform, labels[kept].tolist()
+        )
+        return DataLoader(
+            dataset,
+            batch_size=per_batch * k,
+            sampler=IdentitySampler(labels[kept], per_batch * k, k, self.settings.seed),
+            drop_last=True,
+            num_workers=self.settings.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+class AdaptModule(LightningModule):
+    """Trains the model's embedding against the round's proxy memory."""
+
+    def __init__(
+        self,
+        model: ReidModel,
+        optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+        card: Callable[[ReidModel], ModelCard],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.make_optimizer = optimizer
+        self.make_card = card
+        self.memory: ProxyMemory | None = None
+        self._batch: tuple[Tensor, Tensor, Tensor] | None = None
+        # The source batches' ID loss (label smoothing 0.1, as the recipes train).
+        self.source_loss = CrossEntropyLabelSmooth(model.classifier.weight.shape[0], epsilon=0.1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.model)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Round 1 ramps the learning rate up from zero (constant after): its memory is built
+        from eval-mode features while training sees batch statistics, and the source model's
+        BatchNorm has yet to meet the site, so full-size first steps undo what it knew."""
+        factor = (
+            (batch_idx + 1) / self.trainer.num_training_batches if self.current_epoch == 0 else 1.0
+        )
+        optimizer = self.optimizers()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The training-mode embedding, taken where the model's test-time embedding is."""
+        features = self.model.reduction(self.model.backbone(images))
+        if self.model.neck_feat == "after":
+            features = self.model.neck(features)
+        return normalize_features(features.float())
+
+    def training_step(
+        self, batch: tuple[Tensor, Tensor, Tensor] | dict[str, Any], batch_idx: int
+    ) -> Tensor:
+        assert self.memory is not None, "the labeller builds the memory before each round"
+        joint = isinstance(batch, dict)
+        images, labels, cameras = batch["target"] if joint else batch
+        feats = self.embed(images)
+        loss, parts = self.memory.loss(feats, labels, cameras)
+        if joint:
+            source_images, source_labels, _ = batch["source"]
+            logits = self.model(source_images, source_labels).logits
+            source_id = self.source_loss(logits.float(), source_labels)
+            parts["source_id"] = source_id.detach()
+            loss = loss + source_id
+        self._batch = (feats.detach(), labels, cameras)
+        self.last_loss = (loss.detach(), parts)  # read by the NumericalHealth callback
+        size = images.shape[0]
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"loss_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The memory moves after the step (it was part of the loss's graph)."""
+        if self.memory is not None and self._batch is not None:
+            self.memory.update(*self._batch)
+        self._batch = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        attach_card(checkpoint, self.make_card(self.model))
+
+
+class LatestCheckpoint(Callback):
+    """After every round: the full training state (pseudo-labels included) to ``path``.
+
+    It must come after :class:`PseudoLabeller` in the trainer's callbacks, so the checkpoint
+    holds the next round's pseudo-labels. ``publish`` is called once, before the first write
+    (the action's records of a rerun stay staged until then).
+    """
+
+    def __init__(self, path: Path, publish: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self.publish = publish
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.publish is not None:
+            self.publish()
+            self.publish = None
+        trainer.save_checkpoint(self.path, weights_only=False)

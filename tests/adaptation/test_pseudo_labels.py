@@ -1,0 +1,156 @@
+"""Pseudo-labels on real crops: must-links and cannot-links hold, giants and outliers stay out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from reidkit.adaptation import (
+    OUTLIER,
+    AdaptSettings,
+    ClusterSettings,
+    PseudoLabeller,
+    TargetDataModule,
+    cluster,
+    co_occurring_tracks,
+)
+from reidkit.adaptation.loop import MIN_MIRROR_AGREEMENT
+from reidkit.adaptation.pseudo_labels import MAX_CLUSTER_SHARE, mirror_agreement
+from reidkit.data import ImageDataset, ImageRecord, load_split
+from reidkit.data.preprocessing import resolve_preprocessing
+from reidkit.data.transforms import build_eval_transform
+from reidkit.evaluation.features import extract_embeddings
+from reidkit.models.restore import restore_model
+from tests.adaptation.conftest import SIZE
+
+
+@pytest.fixture(scope="module")
+def embedded(adapt_inputs: tuple[Path, Path]) -> tuple[list[ImageRecord], torch.Tensor]:
+    """The real target crops (16 people x 2 cameras x 8 views) and their source embeddings."""
+    source, target = adapt_inputs
+    records = load_split(target, "target", keep_distractors=True)
+    model, card = restore_model(source)
+    transform = build_eval_transform(resolve_preprocessing(card=card))
+    loader = DataLoader(ImageDataset(records, transform), batch_size=64)
+    return records, extract_embeddings(model, loader, torch.device("cpu"), flip=False).features
+
+
+def _same_label(labels: np.ndarray, members: np.ndarray) -> bool:
+    return len(set(labels[members].tolist())) == 1
+
+
+def test_must_links_put_every_crop_of_a_track_in_one_cluster(embedded) -> None:
+    """Tracks of two views each (one person, one camera): every crop of a track gets the
+    track's label, although the features alone put some tracks' two crops apart."""
+    records, feats = embedded
+    tracks = two_view_tracks(records)
+    members = {t: np.flatnonzero(np.asarray(tracks) == t) for t in set(tracks)}
+    free = cluster(feats, ClusterSettings()).labels
+    assert any(not _same_label(free, m) for m in members.values()), "needs tracks split apart"
+    linked = cluster(feats, ClusterSettings(), tracks)
+    assert all(_same_label(linked.labels, m) for m in members.values())
+    assert linked.num_clusters >= 3 and linked.coverage >= 0.5 * np.mean(free != OUTLIER)
+
+
+def two_view_tracks(records: list[ImageRecord]) -> list[str]:
+    """Tracks of two consecutive views of one person in one camera (4 per person-camera)."""
+    return [f"{r.pid}-{r.camid}-{(int(r.path.stem[-1]) + 1) // 2}" for r in records]
+
+
+def _same_camera_tracks_together(labels: np.ndarray, tracks: list[str], cameras: list[int]) -> int:
+    """How many clusters hold two tracks of one camera."""
+    count = 0
+    for label in set(labels.tolist()) - {OUTLIER}:
+        inside = {(tracks[i], cameras[i]) for i in np.flatnonzero(labels == label)}
+        per_camera = [camera for _, camera in inside]
+        count += len(per_camera) != len(set(per_camera))
+    return count
+
+
+def test_cannot_links_split_tracks_seen_at_once_by_one_camera(embedded) -> None:
+    """Every camera sees all its tracks at the same moment: no cluster may then hold two tracks
+    of one camera, although left alone the clustering puts several together."""
+    records, feats = embedded
+    tracks = two_view_tracks(records)
+    cameras = [r.camid for r in records]
+    together = cluster(feats, ClusterSettings(), tracks).labels
+    assert _same_camera_tracks_together(together, tracks, cameras) > 0
+    # Each track spans seconds 0-1 (its two views at 0 and 1): all tracks of a camera co-exist.
+    timestamps = [float(int(r.path.stem[-1]) % 2) for r in records]
+    conflicts = co_occurring_tracks(tracks, cameras, timestamps)
+    assert (tracks[0], tracks[2]) in conflicts and (tracks[2], tracks[0]) in conflicts
+    apart = cluster(feats, ClusterSettings(), tracks, conflicts)
+    assert apart.splits > 0
+    assert _same_camera_tracks_together(apart.labels, tracks, cameras) == 0
+    assert apart.num_clusters > 0
+
+
+def test_co_occurring_tracks_by_hand() -> None:
+    tracks = ["a", "a", "b", "b", "c", "c", "d", None]
+    cameras = [1, 1, 1, 1, 1, 1, 2, 1]
+    times = [0.0, 10.0, 5.0, 12.0, 20.0, 30.0, 5.0, 5.0]
+    # a [0, 10] and b [5, 12] overlap in camera 1; c [20, 30] meets nobody; d is alone in
+    # camera 2; the crop without a track says nothing.
+    assert co_occurring_tracks(tracks, cameras, times) == {("a", "b"), ("b", "a")}
+    assert co_occurring_tracks(tracks, cameras, [None] * 8) == set()
+
+
+def test_a_giant_cluster_is_not_a_person() -> None:
+    """Over half the crops along one path chain into one cluster: outliers, not one person."""
+    gen = torch.Generator().manual_seed(0)
+    people = torch.randn(10, 64, generator=gen)
+    small = people.repeat_interleave(8, 0) + 0.05 * torch.randn(80, 64, generator=gen)
+    start, end = torch.randn(2, 64, generator=gen)
+    path = start + torch.linspace(0, 1, 100)[:, None] * (end - start)
+    chain = path + 0.001 * torch.randn(100, 64, generator=gen)
+    result = cluster(torch.cat([small, chain]), ClusterSettings(k1=10, eps=0.6))
+    assert (result.labels[80:] == OUTLIER).all()
+    assert np.bincount(result.labels[result.labels != OUTLIER]).max() <= MAX_CLUSTER_SHARE * 180
+    assert result.num_clusters == 10
+    assert result.coverage == pytest.approx(80 / 180)
+
+
+def test_mirror_agreement_tells_people_from_noise(embedded) -> None:
+    records, feats = embedded
+    model, card = restore_model(Path(str(records[0].path)).parents[2] / "source.pth")
+    transform = build_eval_transform(resolve_preprocessing(card=card))
+    loader = DataLoader(ImageDataset(records, transform), batch_size=64)
+    mirrored = extract_embeddings(
+        lambda x: model(torch.flip(x, dims=[3])), loader, torch.device("cpu"), flip=False
+    ).features
+    found = cluster(feats, ClusterSettings())
+    assert mirror_agreement(found, feats, mirrored) > MIN_MIRROR_AGREEMENT + 0.15
+    # Clusters of crops against the embeddings of other crops: agreement by chance only.
+    shuffled = mirrored[torch.randperm(len(mirrored), generator=torch.Generator().manual_seed(0))]
+    assert mirror_agreement(found, feats, shuffled) < 0.5
+
+
+def test_outliers_stay_out_of_the_round(embedded) -> None:
+    records, _ = embedded
+    settings = AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
+    labeller = PseudoLabeller(records, lambda image: image, settings)
+    labels = np.arange(len(records)) // 8
+    labels[::3] = OUTLIER
+    labeller.labels = labels
+    transform = build_eval_transform(
+        resolve_preprocessing(
+            card={
+                "input_height": SIZE[0],
+                "input_width": SIZE[1],
+                "pixel_mean": (0.5,) * 3,
+                "pixel_std": (0.5,) * 3,
+            }
+        )
+    )
+    loader: DataLoader = TargetDataModule(records, transform, labeller, settings).train_dataloader()
+    dataset: ImageDataset = loader.dataset
+    assert len(dataset) == int((labels != OUTLIER).sum())
+    assert {r.path for r in dataset.records} == {
+        r.path for r, label in zip(records, labels, strict=True) if label != OUTLIER
+    }
+    seen = torch.cat([batch_labels for _, batch_labels, _ in loader])
+    assert len(seen) and (seen >= 0).all()
