@@ -21,7 +21,7 @@ import lightning
 from lightning.pytorch import Trainer
 
 from reidkit.actions.lifecycle import ActionRun, run_action
-from reidkit.actions.models import card_expectations, resolve_checkpoint
+from reidkit.actions.models import require_card_fit, resolve_checkpoint
 from reidkit.actions.run_record import AdaptOutcome
 from reidkit.adaptation import (
     AdaptationError,
@@ -254,7 +254,7 @@ def _source_model(spec: ExperimentSpec) -> tuple[Path, Preprocessing]:
         )
     card = read_checkpoint_card(source, spec.encryption_key)
     model = f"{key} '{source}'"
-    card.require_fit(card_expectations(spec), model)
+    require_card_fit(spec, card, model)
     return source, resolve_preprocessing(spec_settings(spec.model, spec.dataset), card, model=model)
 
 

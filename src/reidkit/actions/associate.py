@@ -132,7 +132,7 @@ def _embed(
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(unit embedding per track, crops used per track, the card's match_threshold)."""
     settings = spec.associate
-    # every crop is found before a model is loaded (a card must fit model.input_height anyway)
+    # every crop is found before a model is loaded, weighed by model.input_height (a weight only)
     jobs = plan_crops(tracks, site, settings.crops_per_track, spec.model.input_height)
     if not jobs:
         embeddings, crops = track_embeddings(

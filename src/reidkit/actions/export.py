@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from reidkit.actions.lifecycle import run_action
-from reidkit.actions.models import calibrated_card, card_expectations, resolve_checkpoint
+from reidkit.actions.models import calibrated_card, require_card_fit, resolve_checkpoint
 from reidkit.actions.run_record import ExportOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import (
@@ -57,7 +57,7 @@ def export(spec: ExperimentSpec) -> ExportResult:
                 "checkpoint (.pth) or a train run's folder"
             )
         model, card = restore_model(checkpoint, spec.encryption_key, spec.model.neck_feat)
-        card.require_fit(card_expectations(spec), f"checkpoint '{checkpoint}'")
+        require_card_fit(spec, card, f"checkpoint '{checkpoint}'")
         card = calibrated_card(spec, card, checkpoint)
         _make_dir(target.parent)
         fed = resolve_preprocessing(

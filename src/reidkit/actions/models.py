@@ -39,8 +39,8 @@ log = logging.getLogger("reidkit")
 CALIBRATION = "calibration.json"
 
 
-def card_expectations(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
-    """What a model must be to embed images as the spec describes them: card field -> key.
+def architecture(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
+    """What the spec builds, defaults included: card field -> (spec key, value).
 
     The identity count is left out: it sizes only the training head, never the embedding.
     """
@@ -53,13 +53,50 @@ def card_expectations(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
     }
 
 
-def training_expectations(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
-    """What a checkpoint must be for training to continue from it (resume)."""
+def card_expectations(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
+    """What a trained model must be to embed as the spec asks: only the keys the user set.
+
+    A trained model is rebuilt from its own card, so a key the spec leaves at its default asks
+    nothing of it: the card's value is taken, as the one preprocessing rule takes its input
+    size (:func:`reidkit.data.preprocessing.spec_settings`). A key the user wrote (spec file or
+    override) is a requirement, and a model that differs is refused.
+    """
     return {
-        **card_expectations(spec),
+        name: setting
+        for name, setting in architecture(spec).items()
+        if name in spec.model.model_fields_set
+    }
+
+
+def training_expectations(spec: ExperimentSpec) -> dict[str, tuple[str, Any]]:
+    """What a checkpoint must be for training to continue from it (resume).
+
+    Training builds the network from the spec, so its values count whether or not the user
+    wrote them: a checkpoint of another architecture cannot continue into this one.
+    """
+    return {
+        **architecture(spec),
         "num_classes": ("dataset.num_classes", spec.dataset.num_classes),
         "neck": ("model.neck", spec.model.neck),
     }
+
+
+def require_card_fit(spec: ExperimentSpec, card: ModelCard, model: str) -> None:
+    """Refuse ``model`` if its card differs from a key the spec sets; say what it takes from
+    the card where the spec leaves a key at a default the card does not share."""
+    card.require_fit(card_expectations(spec), model)
+    taken = [
+        f"{key}={found}"
+        for name, (key, default) in architecture(spec).items()
+        if name not in spec.model.model_fields_set
+        and (found := getattr(card, name)) is not None
+        and found != default
+    ]
+    if taken:
+        log.warning(
+            "%s: %s from its model card (the spec does not set %s)",
+            model, ", ".join(taken), "them" if len(taken) > 1 else "it",
+        )  # fmt: skip
 
 
 def resolve_checkpoint(path: str | Path, key: str) -> Path:
@@ -142,7 +179,7 @@ def load_checked_embedder(
         resolved, encryption_key=spec.encryption_key, gpu_id=gpu_id, neck_feat=spec.model.neck_feat
     )
     model = f"{'ONNX file' if resolved.suffix.lower() == '.onnx' else 'checkpoint'} '{resolved}'"
-    card.require_fit(card_expectations(spec), model)
+    require_card_fit(spec, card, model)
     fed = resolve_preprocessing(spec_settings(spec.model, spec.dataset), card, model=model)
     return embedder, calibrated_card(spec, card.with_preprocessing(fed.values()), resolved)
 

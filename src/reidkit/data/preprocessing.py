@@ -15,7 +15,7 @@ The spec's *default* values are not explicit: a gallery or serve spec that does 
 normalisation feeds a model the way its card says it was trained. Training has no card yet, so
 there the rule gives the spec's values (defaults included), and the card it writes records them.
 When a model has a card, the evaluation paths (evaluate, inference, export's check images,
-gallery, serve) resolve against it; an input size that differs from the card's is refused
+gallery, serve) resolve against it; an explicit input size that differs from the card's is refused
 before this rule runs (:meth:`reidkit.models.card.ModelCard.require_fit`), while an explicit
 normalisation overrides the card's (the user's word is last, as in timm) and is reported in the
 note. The resolved values go on the card the action carries on (a gallery records them), so a
