@@ -447,6 +447,11 @@ class EmbeddedBackend(Backend):
         # slice of the flat text, bytes to decode) with no NumPy call, which is what a search
         # wants for its k hits.
         self._cells = {c: memoryview(a.reshape(-1)) for c, a in self._columns.items()}
+        # Ids are given in increasing order, so until a crop is deleted a row is its id minus
+        # the first id: a search's hits then need no binary search through the id column.
+        ids = self._columns["ids"]
+        consecutive = self._rows and int(ids[-1]) - int(ids[0]) == self._rows - 1
+        self._first_id = int(ids[0]) if consecutive else None
         token = self._setting("ann_token")
         ann_upto = self._setting("ann_upto", -1)
         self._indexed = int(np.searchsorted(self._columns["ids"], ann_upto, side="right"))
@@ -770,12 +775,16 @@ class EmbeddedBackend(Backend):
     def _approximate(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """IVF neighbours merged with the exact tail: distances and row numbers (-1: none)."""
         similarity, ids = self._ann.search(queries, k)
-        stored = self._columns["ids"]
-        rows = stored.searchsorted(ids)
         found = ids >= 0
         complete = bool(found.all())  # else the index holds fewer than k crops
+        stored = self._columns["ids"]
+        rows = ids - self._first_id if self._first_id is not None else stored.searchsorted(ids)
         named, named_rows = (ids, rows) if complete else (ids[found], rows[found])
-        if named.size and (named_rows.max() >= self._rows or (stored[named_rows] != named).any()):
+        if named.size and (
+            named_rows.max() >= self._rows
+            or named_rows.min() < 0
+            or (self._first_id is None and (stored[named_rows] != named).any())
+        ):
             raise GalleryError(
                 f"gallery index in '{self.data}' names crops the gallery does not hold; delete "
                 "its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
