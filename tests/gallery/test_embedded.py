@@ -272,3 +272,27 @@ def test_hit_metadata_from_the_text_column_its_fallback_and_its_rebuild(tmp_path
         assert all_hits(gallery) == {m.path: m for m in metas}
         assert gallery.forget(Selection(paths=(metas[1].path,))) == 1
     assert not any("Zürich".encode() in p.read_bytes() for p in folder.iterdir() if p.is_file())
+
+
+def test_ann_hits_carry_their_own_crop_before_and_after_forgets(tmp_path):
+    """A hit's row is its id minus the first id while ids are consecutive (also after the
+    first crop is forgotten) and is looked up once a forget leaves a gap: either way every hit
+    names the crop whose embedding gives its distance (checked with NumPy)."""
+    vectors, metas = site(2000, seed=6)
+    unit = unit_rows(vectors, "v").astype(np.float64)
+    where = {m.path: i for i, m in enumerate(metas)}
+    with open_gallery(tmp_path / "g", CARD, create=True, ann_min_size=500) as gallery:
+        gallery.add(vectors, metas)
+        for forget in (None, Selection(crop_ids=(0,)), Selection(track_ids=("track-3",))):
+            if forget is not None:
+                gallery.forget(forget)
+            assert gallery.stats().index_kind.startswith("IVF")
+            for q, hits in enumerate(gallery.search(vectors[:40], k=5)):
+                assert len(hits) == 5
+                for hit in hits:
+                    i = where[hit.meta.path]
+                    assert hit.meta == metas[i]
+                    assert hit.distance == pytest.approx(2 - 2 * unit[q] @ unit[i], abs=1e-5)
+                    assert gallery.backend.fetch([hit.crop_id])[0].meta == metas[i]
+                if forget is None:  # a stored crop is its own nearest neighbour
+                    assert hits[0].meta.path == metas[q].path

@@ -53,6 +53,7 @@ import uuid
 import warnings
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -437,9 +438,20 @@ class EmbeddedBackend(Backend):
                 mapped = np.memmap(self._path("vectors", generation), np.float32, "r", shape=shape)
                 self._vectors = torch.from_numpy(mapped)
             for column, (_, dtype) in _COLUMNS.items():
+                # A plain ndarray view of the map: np.memmap's subclass hooks cost more than
+                # the lookups of a search's hits (the view keeps the map open).
                 self._columns[column] = np.memmap(
                     self._path(column, generation), dtype, "r", shape=(self._rows,)
-                )
+                ).view(np.ndarray)
+        # The same columns as memoryviews: indexing one returns a Python int/float (and a
+        # slice of the flat text, bytes to decode) with no NumPy call, which is what a search
+        # wants for its k hits.
+        self._cells = {c: memoryview(a.reshape(-1)) for c, a in self._columns.items()}
+        # Ids are given in increasing order, so until a crop is deleted a row is its id minus
+        # the first id: a search's hits then need no binary search through the id column.
+        ids = self._columns["ids"]
+        consecutive = self._rows and int(ids[-1]) - int(ids[0]) == self._rows - 1
+        self._first_id = int(ids[0]) if consecutive else None
         token = self._setting("ann_token")
         ann_upto = self._setting("ann_upto", -1)
         self._indexed = int(np.searchsorted(self._columns["ids"], ann_upto, side="right"))
@@ -667,38 +679,43 @@ class EmbeddedBackend(Backend):
                 dist, rows = self._approximate(queries, k)
             else:
                 dist, rows = self._exact(queries, k, None)
-            row_lists = rows.tolist()
-            found = self._crops_at(sorted({r for row in row_lists for r in row if r >= 0}))
+            found = rows >= 0
+            crops = self._crops_at(rows[found])
+        # Per query, its neighbours nearest first (a query can have fewer than k: -1 rows).
+        pairs = zip(crops, dist[found].tolist(), strict=True)
         return [
-            [(found[r][0], d, found[r][1]) for r, d in zip(row, d_row, strict=True) if r >= 0]
-            for row, d_row in zip(row_lists, dist.tolist(), strict=True)
+            [(crop_id, d, meta) for (crop_id, meta), d in islice(pairs, count)]
+            for count in found.sum(axis=1).tolist()
         ]
 
-    def _crops_at(self, rows: list[int]) -> dict[int, tuple[int, CropMeta]]:
-        """(crop id, metadata) of these rows, from the memory-mapped columns (SQLite only for
-        a row whose text did not fit its slot)."""
-        if not rows:
-            return {}
-        at = np.asarray(rows)
-        text = self._columns["text"][at].tobytes()
-        ids = self._columns["ids"][at].tolist()
-        cameras = self._columns["cameras"][at].tolist()
-        times = self._columns["times"][at].tolist()
-        found: dict[int, tuple[int, CropMeta]] = {}
-        elsewhere = {}
-        for n, row in enumerate(rows):
-            slot = text[n * _TEXT_WIDTH : (n + 1) * _TEXT_WIDTH]
-            size = slot[0] | slot[1] << 8
+    def _crops_at(self, rows: np.ndarray) -> list[tuple[int, CropMeta]]:
+        """(crop id, metadata) of each of these rows, in order, read from the memory-mapped
+        columns (SQLite only for a row whose text did not fit its slot)."""
+        ids, cameras, times, text = (self._cells[c] for c in ("ids", "cameras", "times", "text"))
+        crops: list[Any] = []
+        elsewhere: dict[int, int] = {}  # position in ``rows`` -> crop id
+        for n, row in enumerate(rows.tolist()):
+            at = row * _TEXT_WIDTH
+            size = text[at] | text[at + 1] << 8
             if size == _IN_SQLITE:
-                elsewhere[ids[n]] = row
+                elsewhere[n] = ids[row]
+                crops.append(None)
                 continue
-            path, track, site, zone = (
-                None if f == _NONE else f for f in slot[2 : 2 + size].decode().split(_SEP)
+            path, track, site, zone = str(text[at + 2 : at + 2 + size], "utf-8").split(_SEP)
+            meta = CropMeta(
+                path,
+                cameras[row],
+                times[row],
+                None if track == _NONE else track,
+                None if site == _NONE else site,
+                None if zone == _NONE else zone,
             )
-            found[row] = (ids[n], CropMeta(path, cameras[n], times[n], track, site, zone))
-        for crop_id, meta in self._metas(list(elsewhere)).items():
-            found[elsewhere[crop_id]] = (crop_id, meta)
-        return found
+            crops.append((ids[row], meta))
+        if elsewhere:
+            metas = self._metas(sorted(set(elsewhere.values())))
+            for n, crop_id in elsewhere.items():
+                crops[n] = (crop_id, metas[crop_id])
+        return crops
 
     def _filtered_rows(self, where: CropFilter) -> np.ndarray:
         """Ascending row numbers the filter accepts.
@@ -758,15 +775,26 @@ class EmbeddedBackend(Backend):
     def _approximate(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """IVF neighbours merged with the exact tail: distances and row numbers (-1: none)."""
         similarity, ids = self._ann.search(queries, k)
-        rows = np.searchsorted(self._columns["ids"], ids).clip(max=max(self._rows - 1, 0))
-        hit = ids >= 0
-        if not np.array_equal(self._columns["ids"][rows][hit], ids[hit]):
+        found = ids >= 0
+        complete = bool(found.all())  # else the index holds fewer than k crops
+        stored = self._columns["ids"]
+        rows = ids - self._first_id if self._first_id is not None else stored.searchsorted(ids)
+        named, named_rows = (ids, rows) if complete else (ids[found], rows[found])
+        if named.size and (
+            named_rows.max() >= self._rows
+            or named_rows.min() < 0
+            or (self._first_id is None and (stored[named_rows] != named).any())
+        ):
             raise GalleryError(
                 f"gallery index in '{self.data}' names crops the gallery does not hold; delete "
                 "its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
             )
-        dist = np.where(hit, 2.0 - 2.0 * similarity, np.inf)
-        rows = np.where(hit, rows, -1)
+        dist = similarity  # 2 - 2 cos, in place: a single query allocates nothing more
+        dist *= -2.0
+        dist += 2.0
+        if not complete:
+            dist[~found] = np.inf
+            rows[~found] = -1
         if self._indexed < self._rows:
             tail_d, tail_r = self._exact(queries, k, np.arange(self._indexed, self._rows))
             dist = np.concatenate([dist, tail_d], axis=1)
@@ -989,7 +1017,7 @@ class EmbeddedBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._vectors = torch.empty(0)
-            self._columns = {}
+            self._columns, self._cells = {}, {}
             self._ann = None
             self._disconnect()
             if self._audit_fd is not None:

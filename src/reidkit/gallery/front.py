@@ -49,11 +49,16 @@ def unit_rows(vectors: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[1] == 0:
         raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if not np.isfinite(norms).all():
-        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+    # np.linalg.norm(matrix, axis=1)'s own arithmetic, without its dispatch (a fifth of the
+    # front's cost on a single query).
+    norms = np.add.reduce(matrix * matrix, axis=1, keepdims=True)
+    np.sqrt(norms, out=norms)
     # The same rule as torch's F.normalize (reidkit.evaluation.metrics.normalize_features).
-    return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12))
+    np.maximum(norms, 1e-12, out=norms)  # NaN and inf stay what they are
+    if len(norms) and not norms.max() < math.inf:
+        raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+    unit = matrix / norms
+    return unit if unit.flags.c_contiguous else np.ascontiguousarray(unit)
 
 
 def rows_to_add(
@@ -154,6 +159,7 @@ class Gallery:
         self._card = card
         self._threshold = match_threshold
         self._verified: dict[str, Any] | None = None
+        self._stamp, self._stamped = "", -1  # the audit's UTC time, and the second it names
         self._settings()  # another model's gallery is refused at open, before any work
 
     @property
@@ -187,12 +193,11 @@ class Gallery:
     def audit(self, action: str, operator: str | None, **what: Any) -> None:
         """Append one audit record: who (default: the login name), when (UTC), what was
         asked; never an embedding. The front writes add/search/forget records itself."""
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "operator": operator or _login(),
-            "action": action,
-            **what,
-        }
+        now = int(time.time())
+        if now != self._stamped:  # formatted once a second: a search writes one record
+            self._stamp, self._stamped = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), now
+        record = {"time": self._stamp, "operator": operator or _login(), "action": action}
+        record.update(what)
         self._backend.append_audit(record)
 
     # --------------------------------------------------------------------------- add
