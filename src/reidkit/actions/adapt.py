@@ -66,7 +66,7 @@ log = logging.getLogger("reidkit")
 
 METHOD = (
     "cluster contrast on k-reciprocal Jaccard DBSCAN pseudo-labels (outliers left out)"
-    " + camera-aware proxies"
+    " + camera-aware proxies; every other cluster a negative"
 )
 
 
@@ -212,7 +212,10 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         chosen_round=best["round"],
         quality=best["quality"],
         source_quality=source_quality,
-        quality_signal="coverage x simplified silhouette of the clustering (label-free)",
+        quality_signal=(
+            "share of crops in clusters seen by two or more cameras x simplified silhouette"
+            " (label-free)"
+        ),
     )
     output = (
         Path(settings.output_file) if settings.output_file else run.folder / "adapted_model.pth"
