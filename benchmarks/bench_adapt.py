@@ -450,8 +450,9 @@ def summarise(records: list[dict]) -> None:
                 print("| variant | mAP % | rank-1 % | chosen round |\n|---|---|---|---|")
                 for name, key in (("pku", "pku"), ("mars", "mars")):
                     full = run["adapt"][key]
-                    print(f"| {name}: full method | {full.get('mAP', 'refused')} | "
-                          f"{full.get('rank1', '')} | {full.get('chosen_round', '')} |")  # fmt: skip
+                    cells = [full.get("mAP", "refused"), full.get("rank1", ""),
+                             full.get("chosen_round", "")]  # fmt: skip
+                    print(f"| {name}: full method | {' | '.join(map(str, cells))} |")
                 for name, x in run["ablation"].items():
                     print(f"| {name} | {x.get('mAP', 'refused')} | {x.get('rank1', '')} | "
                           f"{x.get('chosen_round', '')} |")  # fmt: skip
