@@ -71,11 +71,11 @@ TARGETS = {
     "mars-gallery": (None, "mars"),  # a folder of the gallery tracklets, made in the workdir
 }
 #: ablation name -> (spec overrides, code change made in the child)
-ABLATIONS = {
+ABLATIONS = {  # most telling first: a run cut short keeps them
     "guard on coverage x silhouette (all clusters, not only cross-camera)": ([], "any_cluster"),
     "no camera proxies": (["adapt.camera_proxies=off"], None),
-    "fixed eps 0.6 (Cluster Contrast's)": (["adapt.eps=0.6"], None),
     "clustered once (no re-clustering)": ([], "cluster_once"),
+    "fixed eps 0.6 (Cluster Contrast's)": (["adapt.eps=0.6"], None),
 }
 
 
@@ -316,8 +316,11 @@ def joint_rows(args: argparse.Namespace, recipe: str, seed: int) -> None:
     path.write_text(json.dumps(record, indent=1))
 
 
-def bench_source(args: argparse.Namespace, recipe: str, seed: int) -> dict[str, Any]:
-    """Direct transfer, the adapt rows and the upper bounds of one source model."""
+def bench_source(
+    args: argparse.Namespace, recipe: str, seed: int, transductive: bool
+) -> dict[str, Any]:
+    """Direct transfer, the adapt rows, the upper bounds and (``transductive``) the adapt rows
+    on the targets' galleries, of one source model."""
     source_dir = ensure_source_model(args.cache, recipe, seed)
     source = source_dir / "reid_model_latest.pth"
     work = args.workdir / f"{recipe}_seed{seed}"
@@ -325,23 +328,10 @@ def bench_source(args: argparse.Namespace, recipe: str, seed: int) -> dict[str, 
     record: dict[str, Any] = {"recipe": recipe, "seed": seed, "source": str(source)}
     record["direct"] = {p: score(source, p) for p in ("cuhk03", "pku", "mars")}
     print(f"  direct transfer: {record['direct']}", flush=True)
-    jobs = [
-        ("pku", "pku", False),
-        ("mars", "mars", False),
-        ("mars", "mars", True),
-        ("pku-gallery", "pku", False),
-        ("mars-gallery", "mars", True),
-    ]
     record["adapt"] = {}
-    for target, protocol, tracks in jobs:
-        folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
-        name = f"{target}{' +tracks' if tracks else ''}"
-        job = {
-            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": str(source),
-            "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
-        }  # fmt: skip
-        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
-        _save(record)
+    adapt_jobs(
+        args, record, [("pku", "pku", False), ("mars", "mars", False), ("mars", "mars", True)]
+    )
     record["upper"] = {}
     for target in ("pku", "mars"):
         job = {
@@ -350,8 +340,26 @@ def bench_source(args: argparse.Namespace, recipe: str, seed: int) -> dict[str, 
         }  # fmt: skip
         record["upper"][target] = child(job, work / f"upper_{target}")
         _save(record)
-    _save(record)
+    if transductive:
+        adapt_jobs(args, record, [("pku-gallery", "pku", False), ("mars-gallery", "mars", True)])
     return record
+
+
+def adapt_jobs(
+    args: argparse.Namespace, record: dict[str, Any], jobs: list[tuple[str, str, bool]]
+) -> None:
+    """Adapt rows of one source: (target, scoring protocol, with tracks) each."""
+    recipe, seed, source = record["recipe"], record["seed"], record["source"]
+    work = args.workdir / f"{recipe}_seed{seed}"
+    for target, protocol, tracks in jobs:
+        folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
+        name = f"{target}{' +tracks' if tracks else ''}"
+        job = {
+            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": source,
+            "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
+        }  # fmt: skip
+        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
+        _save(record)
 
 
 def _save(record: dict[str, Any]) -> None:
@@ -364,6 +372,10 @@ def bench_extras(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """The ablation and the round cost, added to one source's recorded rows."""
     recipe, seed, source = record["recipe"], record["seed"], record["source"]
     work = args.workdir / f"{recipe}_seed{seed}"
+    if args.round_cost:
+        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": source}
+        record["round_cost"] = child(job, args.workdir / "round_cost")
+        _save(record)
     if args.ablation:
         record["ablation"] = {}
         for label, (overrides, change) in ABLATIONS.items():
@@ -376,10 +388,6 @@ def bench_extras(args: argparse.Namespace, record: dict[str, Any]) -> None:
                 slug = f"ablation_{target}_{len(record['ablation'])}"
                 record["ablation"][f"{target}: {label}"] = child(job, work / slug)
                 _save(record)
-    if args.round_cost:
-        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": source}
-        record["round_cost"] = child(job, args.workdir / "round_cost")
-        _save(record)
 
 
 # ---------------------------------------------------------------------- tables
@@ -425,7 +433,8 @@ def summarise(records: list[dict]) -> None:
                     * (m - r["direct"][protocol]["mAP"])
                     / (r["upper"][upper_key]["mAP"] - r["direct"][protocol]["mAP"])
                     for r, m in zip(present, maps, strict=True)
-                    if r["upper"][upper_key]["mAP"] > r["direct"][protocol]["mAP"]
+                    if upper_key in r.get("upper", {})
+                    and r["upper"][upper_key]["mAP"] > r["direct"][protocol]["mAP"]
                 ]
                 refused = sum("refused" in x for x in rows)
                 label = f"adapt{name[len(target) :]}" + (f" ({refused} refused)" if refused else "")
@@ -437,7 +446,7 @@ def summarise(records: list[dict]) -> None:
                     f" {_mean(ratio)} |"
                 )
             if target in ("pku", "mars"):
-                rows = [r["upper"][target] for r in runs]
+                rows = [r["upper"][target] for r in runs if target in r.get("upper", {})]
                 print(
                     f"| {target} | labelled upper bound ({UPPER_EPOCHS} ep) | "
                     f"{_mean([x['mAP'] for x in rows])} | {_mean([x['rank1'] for x in rows])} | "
@@ -474,6 +483,11 @@ def main() -> int:
     parser.add_argument(
         "--round-cost", action="store_true", help="10,000-crop round timing (first source only)"
     )
+    parser.add_argument(
+        "--transductive-first-only",
+        action="store_true",
+        help="the transductive rows (adapt on a target's gallery) for the first source only",
+    )
     parser.add_argument("--summary-only", action="store_true", help="tables of recorded runs")
     parser.add_argument(
         "--joint-only",
@@ -500,7 +514,11 @@ def main() -> int:
     elif not args.summary_only:
         # Every source's main rows first, then the extras of the first one: a run cut short
         # still has every seed's table.
-        done = [bench_source(args, recipe, seed) for recipe in args.recipes for seed in args.seeds]
+        sources = [(recipe, seed) for recipe in args.recipes for seed in args.seeds]
+        done = [
+            bench_source(args, recipe, seed, i == 0 or not args.transductive_first_only)
+            for i, (recipe, seed) in enumerate(sources)
+        ]
         bench_extras(args, done[0])
     records = [
         json.loads((RESULTS / f"adapt_{recipe}_seed{seed}.json").read_text())
