@@ -29,8 +29,9 @@ other. ``linked`` is the share of all crops that sit in a cluster seen by two or
 (on a single-camera site: the share in any cluster). Re-identification is matching people
 *across* cameras, and a cluster confined to one camera is as likely that camera's look (its
 light, background, angle) as a person: a model trained to tighten such clusters scores a higher
-silhouette while it forgets how to match across cameras (measured on ``mars_mini``, whose
-clusters never left their camera: silhouette 0.70 -> 0.80 while mAP fell 61.8 -> 52.9). Only a
+silhouette while it forgets how to match across cameras (measured on ``mars_mini``'s train
+split, whose clusters were its tracklets and never left their camera: silhouette 0.70 -> 0.80
+while mAP fell 61.8 -> 52.9). Only a
 cluster that two cameras agree on is evidence about identity, so only those count. The DBSCAN
 radius, which shapes the pseudo-labels rather than judges a model, is still picked by the
 clustering's own ``coverage x silhouette`` (:attr:`Clustering.structure`).
