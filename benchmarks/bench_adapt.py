@@ -70,6 +70,10 @@ TARGETS = {
     "pku-gallery": (PKU / "val" / "gallery", "pku"),
     "mars-gallery": (None, "mars"),  # a folder of the gallery tracklets, made in the workdir
 }
+#: The rows of each source (``--rows``): adapt rows by target, upper bounds.
+ROWS = (
+    "pku", "mars", "mars+tracks", "upper-pku", "upper-mars", "pku-gallery", "mars-gallery+tracks",
+)  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
 ABLATIONS = {  # most telling first: a run cut short keeps them
     "guard on coverage x silhouette (all clusters, not only cross-camera)": ([], "any_cluster"),
@@ -333,7 +337,7 @@ def bench_source(
         args, record, [("pku", "pku", False), ("mars", "mars", False), ("mars", "mars", True)]
     )
     record["upper"] = {}
-    for target in ("pku", "mars"):
+    for target in [t for t in ("pku", "mars") if f"upper-{t}" in args.rows]:
         job = {
             "kind": "upper", "name": target, "seed": seed, "source": str(source),
             "target_dir": str(TARGETS[target][0]), "protocol": TARGETS[target][1],
@@ -354,6 +358,8 @@ def adapt_jobs(
     for target, protocol, tracks in jobs:
         folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
         name = f"{target}{' +tracks' if tracks else ''}"
+        if name.replace(" ", "") not in args.rows:
+            continue
         job = {
             "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": source,
             "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
@@ -487,6 +493,13 @@ def main() -> int:
         "--transductive-first-only",
         action="store_true",
         help="the transductive rows (adapt on a target's gallery) for the first source only",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="*",
+        default=list(ROWS),
+        choices=ROWS,
+        help="the rows to run of each source (default: all); direct transfer always runs",
     )
     parser.add_argument("--summary-only", action="store_true", help="tables of recorded runs")
     parser.add_argument(
