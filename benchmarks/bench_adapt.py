@@ -27,8 +27,9 @@ upper-bound run is a child process, so its peak memory (``ru_maxrss``) is its ow
 normalised embeddings, no flip, no re-ranking (``reidkit evaluate``'s default).
 
 ``--ablation`` adds, for the first recipe and seed only, the method with one part removed at a
-time on ``pku`` and ``mars``. ``--round-cost`` times one adaptation round on 10,000 synthetic
-crops against one training epoch over the same crops. Writes
+time on ``pku`` and ``mars``. ``--round-cost`` (first source only) times one adaptation round on
+10,000 synthetic crops against one training epoch over the same crops. Both run after every
+source's main rows; results are written after every child run. Writes
 ``benchmarks/results/adapt_<recipe>_seed<N>.json`` per source and prints the tables.
 """
 
@@ -69,12 +70,16 @@ TARGETS = {
     "pku-gallery": (PKU / "val" / "gallery", "pku"),
     "mars-gallery": (None, "mars"),  # a folder of the gallery tracklets, made in the workdir
 }
+#: The rows of each source (``--rows``): adapt rows by target, upper bounds.
+ROWS = (
+    "pku", "mars", "mars+tracks", "upper-pku", "upper-mars", "pku-gallery", "mars-gallery+tracks",
+)  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
-ABLATIONS = {
-    "every cluster a negative (as published)": ([], "all_negatives"),
+ABLATIONS = {  # most telling first: a run cut short keeps them
+    "guard on coverage x silhouette (all clusters, not only cross-camera)": ([], "any_cluster"),
     "no camera proxies": (["adapt.camera_proxies=off"], None),
-    "fixed eps 0.6 (Cluster Contrast's)": (["adapt.eps=0.6"], None),
     "clustered once (no re-clustering)": ([], "cluster_once"),
+    "fixed eps 0.6 (Cluster Contrast's)": (["adapt.eps=0.6"], None),
 }
 
 
@@ -151,14 +156,12 @@ def base_overrides(results: Path, seed: int) -> list[str]:
 
 def run_adapt(job: dict[str, Any]) -> dict[str, Any]:
     """In the child: adapt the source to the job's target and score the result."""
-    import torch
-
     import reidkit
-    from reidkit.adaptation import loop, memory
+    from reidkit.adaptation import loop, pseudo_labels
     from reidkit.errors import ReidkitError
 
-    if job.get("change") == "all_negatives":
-        memory._co_observed = lambda labels, cameras, count: torch.ones(count, count, dtype=bool)
+    if job.get("change") == "any_cluster":
+        pseudo_labels.Clustering.quality = pseudo_labels.Clustering.structure
     if job.get("change") == "cluster_once":
         first = loop.PseudoLabeller._next_round
 
@@ -317,7 +320,11 @@ def joint_rows(args: argparse.Namespace, recipe: str, seed: int) -> None:
     path.write_text(json.dumps(record, indent=1))
 
 
-def bench_source(args: argparse.Namespace, recipe: str, seed: int, ablation: bool) -> dict:
+def bench_source(
+    args: argparse.Namespace, recipe: str, seed: int, transductive: bool
+) -> dict[str, Any]:
+    """Direct transfer, the adapt rows, the upper bounds and (``transductive``) the adapt rows
+    on the targets' galleries, of one source model."""
     source_dir = ensure_source_model(args.cache, recipe, seed)
     source = source_dir / "reid_model_latest.pth"
     work = args.workdir / f"{recipe}_seed{seed}"
@@ -325,46 +332,68 @@ def bench_source(args: argparse.Namespace, recipe: str, seed: int, ablation: boo
     record: dict[str, Any] = {"recipe": recipe, "seed": seed, "source": str(source)}
     record["direct"] = {p: score(source, p) for p in ("cuhk03", "pku", "mars")}
     print(f"  direct transfer: {record['direct']}", flush=True)
-    jobs = [
-        ("pku", "pku", False),
-        ("mars", "mars", False),
-        ("mars", "mars", True),
-        ("pku-gallery", "pku", False),
-        ("mars-gallery", "mars", True),
-    ]
     record["adapt"] = {}
-    for target, protocol, tracks in jobs:
-        folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
-        name = f"{target}{' +tracks' if tracks else ''}"
-        job = {
-            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": str(source),
-            "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
-        }  # fmt: skip
-        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
+    adapt_jobs(
+        args, record, [("pku", "pku", False), ("mars", "mars", False), ("mars", "mars", True)]
+    )
     record["upper"] = {}
-    for target in ("pku", "mars"):
+    for target in [t for t in ("pku", "mars") if f"upper-{t}" in args.rows]:
         job = {
             "kind": "upper", "name": target, "seed": seed, "source": str(source),
             "target_dir": str(TARGETS[target][0]), "protocol": TARGETS[target][1],
         }  # fmt: skip
         record["upper"][target] = child(job, work / f"upper_{target}")
-    if ablation:
+        _save(record)
+    if transductive:
+        adapt_jobs(args, record, [("pku-gallery", "pku", False), ("mars-gallery", "mars", True)])
+    return record
+
+
+def adapt_jobs(
+    args: argparse.Namespace, record: dict[str, Any], jobs: list[tuple[str, str, bool]]
+) -> None:
+    """Adapt rows of one source: (target, scoring protocol, with tracks) each."""
+    recipe, seed, source = record["recipe"], record["seed"], record["source"]
+    work = args.workdir / f"{recipe}_seed{seed}"
+    for target, protocol, tracks in jobs:
+        folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
+        name = f"{target}{' +tracks' if tracks else ''}"
+        if name.replace(" ", "") not in args.rows:
+            continue
+        job = {
+            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": source,
+            "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
+        }  # fmt: skip
+        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
+        _save(record)
+
+
+def _save(record: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"adapt_{record['recipe']}_seed{record['seed']}.json"
+    path.write_text(json.dumps(record, indent=1))
+
+
+def bench_extras(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """The ablation and the round cost, added to one source's recorded rows."""
+    recipe, seed, source = record["recipe"], record["seed"], record["source"]
+    work = args.workdir / f"{recipe}_seed{seed}"
+    if args.round_cost:
+        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": source}
+        record["round_cost"] = child(job, args.workdir / "round_cost")
+        _save(record)
+    if args.ablation:
         record["ablation"] = {}
         for label, (overrides, change) in ABLATIONS.items():
             for target in ("pku", "mars"):
                 job = {
                     "kind": "adapt", "name": f"{target} {label}", "recipe": recipe, "seed": seed,
-                    "source": str(source), "target_dir": str(TARGETS[target][0]),
+                    "source": source, "target_dir": str(TARGETS[target][0]),
                     "protocol": target, "tracks": False, "overrides": overrides, "change": change,
                 }  # fmt: skip
                 slug = f"ablation_{target}_{len(record['ablation'])}"
                 record["ablation"][f"{target}: {label}"] = child(job, work / slug)
-    if args.round_cost:
-        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": str(source)}
-        record["round_cost"] = child(job, args.workdir / "round_cost")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"adapt_{recipe}_seed{seed}.json").write_text(json.dumps(record, indent=1))
-    return record
+                _save(record)
 
 
 # ---------------------------------------------------------------------- tables
@@ -410,7 +439,8 @@ def summarise(records: list[dict]) -> None:
                     * (m - r["direct"][protocol]["mAP"])
                     / (r["upper"][upper_key]["mAP"] - r["direct"][protocol]["mAP"])
                     for r, m in zip(present, maps, strict=True)
-                    if r["upper"][upper_key]["mAP"] > r["direct"][protocol]["mAP"]
+                    if upper_key in r.get("upper", {})
+                    and r["upper"][upper_key]["mAP"] > r["direct"][protocol]["mAP"]
                 ]
                 refused = sum("refused" in x for x in rows)
                 label = f"adapt{name[len(target) :]}" + (f" ({refused} refused)" if refused else "")
@@ -422,7 +452,7 @@ def summarise(records: list[dict]) -> None:
                     f" {_mean(ratio)} |"
                 )
             if target in ("pku", "mars"):
-                rows = [r["upper"][target] for r in runs]
+                rows = [r["upper"][target] for r in runs if target in r.get("upper", {})]
                 print(
                     f"| {target} | labelled upper bound ({UPPER_EPOCHS} ep) | "
                     f"{_mean([x['mAP'] for x in rows])} | {_mean([x['rank1'] for x in rows])} | "
@@ -435,8 +465,9 @@ def summarise(records: list[dict]) -> None:
                 print("| variant | mAP % | rank-1 % | chosen round |\n|---|---|---|---|")
                 for name, key in (("pku", "pku"), ("mars", "mars")):
                     full = run["adapt"][key]
-                    print(f"| {name}: full method | {full['mAP']} | {full['rank1']} | "
-                          f"{full['chosen_round']} |")  # fmt: skip
+                    cells = [full.get("mAP", "refused"), full.get("rank1", ""),
+                             full.get("chosen_round", "")]  # fmt: skip
+                    print(f"| {name}: full method | {' | '.join(map(str, cells))} |")
                 for name, x in run["ablation"].items():
                     print(f"| {name} | {x.get('mAP', 'refused')} | {x.get('rank1', '')} | "
                           f"{x.get('chosen_round', '')} |")  # fmt: skip
@@ -455,7 +486,21 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/reidkit_bench_adapt"))
     parser.add_argument("--ablation", action="store_true", help="first recipe and seed only")
-    parser.add_argument("--round-cost", action="store_true", help="10,000-crop round timing")
+    parser.add_argument(
+        "--round-cost", action="store_true", help="10,000-crop round timing (first source only)"
+    )
+    parser.add_argument(
+        "--transductive-first-only",
+        action="store_true",
+        help="the transductive rows (adapt on a target's gallery) for the first source only",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="*",
+        default=list(ROWS),
+        choices=ROWS,
+        help="the rows to run of each source (default: all); direct transfer always runs",
+    )
     parser.add_argument("--summary-only", action="store_true", help="tables of recorded runs")
     parser.add_argument(
         "--joint-only",
@@ -480,10 +525,14 @@ def main() -> int:
             for seed in args.seeds:
                 joint_rows(args, recipe, seed)
     elif not args.summary_only:
-        for i, recipe in enumerate(args.recipes):
-            for j, seed in enumerate(args.seeds):
-                first = i == 0 and j == 0
-                bench_source(args, recipe, seed, args.ablation and first)
+        # Every source's main rows first, then the extras of the first one: a run cut short
+        # still has every seed's table.
+        sources = [(recipe, seed) for recipe in args.recipes for seed in args.seeds]
+        done = [
+            bench_source(args, recipe, seed, i == 0 or not args.transductive_first_only)
+            for i, (recipe, seed) in enumerate(sources)
+        ]
+        bench_extras(args, done[0])
     records = [
         json.loads((RESULTS / f"adapt_{recipe}_seed{seed}.json").read_text())
         for recipe in args.recipes

@@ -13,6 +13,7 @@ import torch
 from reidkit.actions.adapt import adapt, target_crops
 from reidkit.actions.evaluate import evaluate
 from reidkit.actions.export import export
+from reidkit.actions.gallery import gallery_add
 from reidkit.adaptation import AdaptationError, AdaptModule
 from reidkit.cli import main
 from reidkit.config.loading import apply_overrides, save_spec
@@ -152,19 +153,57 @@ def test_a_manifest_gives_camera_qualified_tracks_and_their_cannot_links(
 ) -> None:
     """Trackers number tracks per camera: track 7 of camera 1 is not track 7 of camera 2."""
     crops = sorted(next(PKU_TRAIN.iterdir()).iterdir())
-    manifest = tmp_path / "crops.csv"
-    with manifest.open("w", newline="") as handle:
+    manifest = _manifest(tmp_path / "crops.csv", crops)
+    spec = apply_overrides(adapt_spec, {"adapt.target": str(manifest)})
+    records = target_crops(spec)
+    assert [r.track for r in records[:8]] == ["1:7"] * 4 + ["1:8"] * 4
+    assert {r.track for r in records[8:]} == {"2:7", "2:8"}
+    assert records[1].timestamp - records[0].timestamp == 1.0
+
+
+def _manifest(path: Path, crops: list[Path]) -> Path:
+    """Crops 0-7 of camera 1 and 8-15 of camera 2, tracks 7 and 8 (4 crops each) per camera,
+    one second apart."""
+    with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "camera", "timestamp", "track_id"])
         for i, crop in enumerate(crops):
             writer.writerow(
                 [crop, 1 + i // 8, f"2026-01-01T08:00:0{i % 4}Z", 7 if i % 8 < 4 else 8]
             )
-    spec = apply_overrides(adapt_spec, {"adapt.target": str(manifest)})
-    records = target_crops(spec)
-    assert [r.track for r in records[:8]] == ["1:7"] * 4 + ["1:8"] * 4
-    assert {r.track for r in records[8:]} == {"2:7", "2:8"}
-    assert records[1].timestamp - records[0].timestamp == 1.0
+    return path
+
+
+def test_a_gallery_is_read_as_the_target_with_its_cameras_tracks_and_times(
+    adapt_spec: ExperimentSpec, tmp_path: Path
+) -> None:
+    """A gallery filled by ``reidkit gallery add`` (the source model's embeddings) is a target:
+    its crops' files, cameras, camera-qualified tracks and times, read without changing it."""
+    people = sorted(PKU_TRAIN.iterdir())[:2]
+    crops = [crop.resolve() for person in people for crop in sorted(person.iterdir())][:24]
+    filled = apply_overrides(
+        adapt_spec,
+        {
+            "results_dir": str(tmp_path / "gallery_run"),
+            "gallery.uri": str(tmp_path / "site_gallery"),
+            "gallery.checkpoint": adapt_spec.adapt.checkpoint,
+            "gallery.manifest": str(_manifest(tmp_path / "crops.csv", crops)),
+            "gallery.thumbnails": False,
+        },
+    )
+    assert gallery_add(filled).added == len(crops)
+    before = sorted(p.name for p in (tmp_path / "site_gallery").rglob("*"))
+    spec = apply_overrides(adapt_spec, {"adapt.target": str(tmp_path / "site_gallery")})
+    records = sorted(target_crops(spec), key=lambda r: str(r.path))
+    by_path = {str(r.path): r for r in records}
+    assert sorted(by_path) == sorted(str(c) for c in crops)
+    first, ninth, seventeenth = (by_path[str(crops[i])] for i in (0, 8, 16))
+    assert (first.camid, first.track) == (1, "1:7")
+    assert (ninth.camid, ninth.track) == (2, "2:7")
+    assert (seventeenth.camid, seventeenth.track) == (3, "3:7")
+    assert by_path[str(crops[1])].timestamp - first.timestamp == 1.0
+    assert all(r.pid == -1 for r in records)  # a gallery has no labels to leak
+    assert sorted(p.name for p in (tmp_path / "site_gallery").rglob("*")) == before
 
 
 def test_joint_training_takes_a_labelled_source_batch_with_every_target_batch(

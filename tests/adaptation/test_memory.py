@@ -17,7 +17,7 @@ from reidkit.adaptation.memory import (
     MOMENTUM,
 )
 
-# Clusters 0 and 2 are seen by camera 1; cluster 1 only by camera 2; crop 6 is an outlier.
+# Cluster 0 is seen by camera 1, cluster 1 by camera 2, cluster 2 by both; crop 6 is an outlier.
 LABELS = np.array([0, 0, 1, 1, 2, 2, OUTLIER])
 CAMERAS = np.array([1, 1, 2, 2, 1, 2, 1])
 
@@ -31,18 +31,17 @@ def _info_nce(feat: torch.Tensor, proxies: torch.Tensor, positive: int, tau: flo
     return -logits[positive] + math.log(sum(math.exp(x) for x in logits))
 
 
-def test_a_crop_is_contrasted_only_with_clusters_its_cluster_shares_a_camera_with() -> None:
+def test_cluster_loss_is_info_nce_against_every_cluster_proxy() -> None:
     feats = _feats()
     memory = ProxyMemory(feats, LABELS, CAMERAS, camera_proxies=False)
     centres = [F.normalize(feats[c == LABELS].mean(0), dim=0) for c in range(3)]
     assert torch.allclose(memory.clusters, torch.stack(centres), atol=1e-6)
     batch = _feats(5)[:2]  # crops of the batch, not of the memory: a loss well above 0
     loss, parts = memory.loss(batch, torch.tensor([0, 1]), torch.tensor([1, 2]))
-    # Crop 0 (cluster 0, camera 1): clusters 0 and 2 both have camera 1; cluster 1 does not.
-    # Crop 2 (cluster 1, camera 2): cluster 2 also has camera 2, cluster 0 does not.
+    # Every other cluster is a negative, whichever cameras saw it (as in both papers).
     expected = (
-        _info_nce(batch[0], [centres[0], centres[2]], 0, CLUSTER_TEMPERATURE)
-        + _info_nce(batch[1], [centres[1], centres[2]], 0, CLUSTER_TEMPERATURE)
+        _info_nce(batch[0], centres, 0, CLUSTER_TEMPERATURE)
+        + _info_nce(batch[1], centres, 1, CLUSTER_TEMPERATURE)
     ) / 2
     assert float(parts["cluster"]) == pytest.approx(expected, rel=1e-5)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
@@ -63,8 +62,7 @@ def test_camera_proxies_intra_and_inter_camera_terms() -> None:
     # Intra: against the camera-2 proxies only, (2, 2) being its own.
     intra = _info_nce(crop, [proxy[(2, 2)], proxy[(1, 2)]], 0, CAMERA_TEMPERATURE)
     assert float(parts["intra_camera"]) == pytest.approx(intra, rel=1e-5)
-    # Inter: both proxies of cluster 2 are positives; negatives are the other clusters' proxies
-    # (clusters 0 and 1 both share a camera with cluster 2).
+    # Inter: both proxies of cluster 2 are positives; negatives are the other clusters' proxies.
     negatives = [proxy[(0, 1)], proxy[(1, 2)]]
     terms = []
     for positive in (proxy[(2, 1)], proxy[(2, 2)]):

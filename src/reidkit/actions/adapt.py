@@ -1,13 +1,13 @@
 """``reidkit adapt``: a trained model fitted to a site from the site's own unlabelled crops.
 
 The source model (``adapt.checkpoint``: a checkpoint or a train run's folder) embeds the target
-crops (``adapt.target``: a folder in any layout reidkit reads, or a CSV manifest like the
-gallery's), which are clustered into pseudo-identities and trained on, round after round
-(:mod:`reidkit.adaptation`). Every round reports its clusters, outliers and label-free quality;
-the round of highest quality is kept and written as an ordinary checkpoint whose model card
-records the adaptation, so ``evaluate``, ``export``, ``gallery`` and ``serve`` take it as they
-take a trained one. When no round beats the source model, or the crops show no structure at
-all, nothing is written and the action says so (exit code 2).
+crops (``adapt.target``: a folder in any layout reidkit reads, a CSV manifest like the gallery's,
+or a gallery: its folder or Milvus URI), which are clustered into pseudo-identities and trained on,
+round after round (:mod:`reidkit.adaptation`). Every round reports its clusters, outliers and
+label-free quality; the round of highest quality is kept and written as an ordinary checkpoint
+whose model card records the adaptation, so ``evaluate``, ``export``, ``gallery`` and ``serve``
+take it as they take a trained one. When no round beats the source model, or the crops show no
+structure at all, nothing is written and the action says so (exit code 2).
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ from reidkit.engine.health import NumericalHealth
 from reidkit.engine.module import build_optimizer
 from reidkit.engine.progress import training_progress_bar
 from reidkit.errors import CheckpointError
+from reidkit.gallery.factory import is_milvus_uri, open_gallery
 from reidkit.gallery.ingest import read_manifest
+from reidkit.gallery.store import CropMeta
 from reidkit.interrupts import RunInterrupted
 from reidkit.models import ReidModel
 from reidkit.models.card import ModelCard
@@ -66,7 +68,7 @@ log = logging.getLogger("reidkit")
 
 METHOD = (
     "cluster contrast on k-reciprocal Jaccard DBSCAN pseudo-labels (outliers left out)"
-    " + camera-aware proxies"
+    " + camera-aware proxies; every other cluster a negative"
 )
 
 
@@ -212,7 +214,10 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         chosen_round=best["round"],
         quality=best["quality"],
         source_quality=source_quality,
-        quality_signal="coverage x simplified silhouette of the clustering (label-free)",
+        quality_signal=(
+            "share of crops in clusters seen by two or more cameras x simplified silhouette"
+            " (label-free)"
+        ),
     )
     output = (
         Path(settings.output_file) if settings.output_file else run.folder / "adapted_model.pth"
@@ -261,28 +266,24 @@ def _source_model(spec: ExperimentSpec) -> tuple[Path, Preprocessing]:
 def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
     """The target crops (their labels, if the layout has any, are dropped), checked readable.
 
-    A ``.csv`` file is a manifest (the gallery's reader): its ``track_id`` is qualified by the
-    camera, since trackers number their tracks per camera.
+    A ``.csv`` file is a manifest (the gallery's reader); a Milvus URI or a folder holding a
+    gallery (its ``gallery.json``) is read through the gallery front, read-only, whatever
+    model filled it (only the crops' files and metadata are used). A manifest's or gallery's
+    ``track_id`` is qualified by the camera, since trackers number their tracks per camera.
     """
     key = "adapt.target"
     value = spec.adapt.target
     if not value:
         raise AdaptationError(
-            f"{key} is not set; point it at a folder of the site's crops or a CSV manifest "
-            "(path,camera,timestamp,track_id)"
+            f"{key} is not set; point it at a folder of the site's crops, a CSV manifest "
+            "(path,camera,timestamp,track_id) or a gallery"
         )
     path = Path(value).expanduser()
-    if path.suffix.lower() == ".csv":
-        crops = [
-            ImageRecord(
-                Path(meta.path),
-                -1,
-                meta.camera,
-                track=f"{meta.camera}:{meta.track_id}" if meta.track_id else None,
-                timestamp=meta.timestamp,
-            )
-            for meta in read_manifest(path)
-        ]
+    if is_milvus_uri(value) or (path / "gallery.json").is_file():
+        with open_gallery(value if is_milvus_uri(value) else path) as gallery:
+            crops = [_tracked_crop(meta) for meta in gallery.crops()]
+    elif path.suffix.lower() == ".csv":
+        crops = [_tracked_crop(meta) for meta in read_manifest(path)]
     else:
         folder = resolve_dataset(
             path, extract_root(spec), ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
@@ -298,6 +299,17 @@ def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
             "site's crops or lower adapt.min_cluster_size"
         )
     return crops
+
+
+def _tracked_crop(meta: CropMeta) -> ImageRecord:
+    """An unlabelled crop of a manifest or gallery, its track qualified by its camera."""
+    return ImageRecord(
+        Path(meta.path),
+        -1,
+        meta.camera,
+        track=f"{meta.camera}:{meta.track_id}" if meta.track_id else None,
+        timestamp=meta.timestamp,
+    )
 
 
 def _source_crops(spec: ExperimentSpec, card: ModelCard) -> list[ImageRecord]:

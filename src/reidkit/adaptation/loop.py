@@ -78,6 +78,8 @@ class RoundReport:
     num_clusters: int
     outliers: int
     coverage: float
+    #: Share of crops in clusters seen by two or more cameras (the quality's first factor).
+    linked: float
     silhouette: float
     quality: float
     splits: int
@@ -93,6 +95,7 @@ class RoundReport:
             clustering.num_clusters,
             clustering.outliers,
             round(clustering.coverage, 4),
+            round(clustering.linked, 4),
             round(clustering.silhouette, 4),
             round(clustering.quality, 4),
             clustering.splits,
@@ -104,8 +107,8 @@ class RoundReport:
         who = "source model" if self.round == 0 else f"round {self.round}"
         return (
             f"{who}: {self.num_clusters} clusters, {self.outliers} outliers, quality "
-            f"{self.quality:.3f} (coverage {self.coverage:.2f} x silhouette {self.silhouette:.3f},"
-            f" eps {self.eps:g})"
+            f"{self.quality:.3f} (cross-camera {self.linked:.2f} x silhouette "
+            f"{self.silhouette:.3f}; coverage {self.coverage:.2f}, eps {self.eps:g})"
             + (f", {self.splits} clusters split by cannot-links" if self.splits else "")
             + f" [{self.seconds:.0f} s]"
         )
@@ -237,7 +240,9 @@ class PseudoLabeller(Callback):
 
     def _cluster(self, pl_module: LightningModule) -> tuple[Clustering, Tensor]:
         feats = self._embed(pl_module)
-        clustering = cluster(feats, self.settings.clustering, self.tracks, self.conflicts)
+        clustering = cluster(
+            feats, self.settings.clustering, self.tracks, self.conflicts, self.cameras
+        )
         return clustering, feats
 
     def _embed(self, pl_module: LightningModule, mirrored: bool = False) -> Tensor:

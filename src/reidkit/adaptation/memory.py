@@ -12,13 +12,12 @@
   it from the nearest proxies of other clusters, which is what teaches the model to match one
   person across cameras. It needs at least two cameras.
 
-One departure from both papers: a crop is only contrasted with clusters **seen by a camera
-that also saw its own cluster**. Early on, a model new to the site splits a person seen by two
-cameras into one cluster per camera; pushing those two clusters apart (as both papers' losses
-do, with every cluster a negative) teaches the model to tell the cameras apart rather than the
-people, and undoes the cross-camera matching the source model brought. Two clusters seen by one
-camera are far more likely two people. Measured on ``mars_mini``: with every cluster a
-negative, adapting took the source model from 61.8 to 42.3 mAP (BENCHMARKS.md, "Adaptation").
+Every other cluster is a negative, as in both papers. An earlier version contrasted a crop only
+with clusters seen by a camera that also saw its own cluster (so that one person split into one
+cluster per camera would not be pushed apart); measured, it lost on both targets of
+``bench_adapt.py`` (pku_views 38.6 against 42.5 mAP, mars_mini 52.9 against 63.8; BENCHMARKS.md,
+"Unsupervised domain adaptation") and was removed. A clustering that keeps every person within
+one camera is the guard's business instead (:mod:`reidkit.adaptation.pseudo_labels`).
 
 Temperatures and momentum are the papers' (0.05 for clusters, 0.07 for camera proxies, momentum
 0.2 as in SpCL and the camera-proxy paper; 50 hard negatives and weight 0.5 for the
@@ -57,9 +56,6 @@ class ProxyMemory:
         kept = labels != OUTLIER
         self.num_clusters = int(labels[kept].max()) + 1 if kept.any() else 0
         self.clusters = centres(feats, labels, self.num_clusters)
-        self.co_observed = _co_observed(labels[kept], cameras[kept], self.num_clusters).to(
-            feats.device
-        )
         self.camera_proxies = camera_proxies
         if camera_proxies:
             # One proxy per (cluster, camera) pair present; its index is looked up per crop.
@@ -77,7 +73,6 @@ class ProxyMemory:
 
     def to(self, device: torch.device) -> ProxyMemory:
         self.clusters = self.clusters.to(device)
-        self.co_observed = self.co_observed.to(device)
         if self.camera_proxies:
             self.proxies = self.proxies.to(device)
             self.proxy_cluster = self.proxy_cluster.to(device)
@@ -93,10 +88,7 @@ class ProxyMemory:
     def loss(self, feats: Tensor, labels: Tensor, cameras: Tensor) -> tuple[Tensor, dict]:
         """The total loss of a batch of normalised features and each term by name."""
         feats = feats.float()
-        comparable = self.co_observed[labels]  # [B, C]: the clusters each crop is contrasted with
-        logits = (feats @ self.clusters.T / CLUSTER_TEMPERATURE).masked_fill(
-            ~comparable, float("-inf")
-        )
+        logits = feats @ self.clusters.T / CLUSTER_TEMPERATURE
         parts = {"cluster": F.cross_entropy(logits, labels)}
         if self.camera_proxies:
             similarity = feats @ self.proxies.T / CAMERA_TEMPERATURE
@@ -105,16 +97,14 @@ class ProxyMemory:
             parts["intra_camera"] = F.cross_entropy(
                 similarity.masked_fill(~same_camera, float("-inf")), own
             )
-            parts["inter_camera"] = INTER_CAMERA_WEIGHT * self._inter_camera(
-                similarity, labels, comparable[:, self.proxy_cluster]
-            )
+            parts["inter_camera"] = INTER_CAMERA_WEIGHT * self._inter_camera(similarity, labels)
         return sum(parts.values()), {name: value.detach() for name, value in parts.items()}
 
-    def _inter_camera(self, similarity: Tensor, labels: Tensor, comparable: Tensor) -> Tensor:
+    def _inter_camera(self, similarity: Tensor, labels: Tensor) -> Tensor:
         """Each crop against every proxy of its cluster (positives, all cameras) and the
-        :data:`HARD_NEGATIVES` most similar ``comparable`` proxies of other clusters."""
+        :data:`HARD_NEGATIVES` most similar proxies of other clusters."""
         positive = self.proxy_cluster[None, :] == labels[:, None]
-        negatives = similarity.masked_fill(positive | ~comparable, float("-inf"))
+        negatives = similarity.masked_fill(positive, float("-inf"))
         hard = negatives.topk(min(HARD_NEGATIVES, negatives.shape[1]), dim=1).values
         # log(exp(s_p) / (exp(s_p) + sum over hard negatives)) for every positive p.
         negative_mass = torch.logsumexp(hard, dim=1, keepdim=True)
@@ -129,14 +119,6 @@ class ProxyMemory:
         _momentum_update(self.clusters, feats, labels)
         if self.camera_proxies:
             _momentum_update(self.proxies, feats, self.proxy_index(labels, cameras))
-
-
-def _co_observed(labels: np.ndarray, cameras: np.ndarray, num_clusters: int) -> Tensor:
-    """``[C, C]``: whether two clusters have crops from one camera (a cluster with itself too)."""
-    _, camera_index = np.unique(cameras, return_inverse=True)
-    seen = torch.zeros(num_clusters, int(camera_index.max(initial=0)) + 1)
-    seen[torch.as_tensor(labels), torch.as_tensor(camera_index)] = 1.0
-    return (seen @ seen.T) > 0
 
 
 def _momentum_update(memory: Tensor, feats: Tensor, index: Tensor) -> None:

@@ -525,14 +525,16 @@ class AdaptSpec(_Section):
     target: str | None = Field(
         None,
         description="The site's crops: a folder in any dataset layout reidkit reads (labels, "
-        "if any, are ignored) or a CSV manifest path,camera,timestamp,track_id.",
+        "if any, are ignored), a CSV manifest path,camera,timestamp,track_id, or a gallery "
+        "(its folder or Milvus URI; read only).",
     )
     num_epochs: int = Field(
         8,
         ge=1,
         le=1000,
         description="Rounds; each clusters the crops with the current model and trains one "
-        "pass over the clustered ones. Stops earlier when 3 rounds bring no better quality.",
+        "pass over the clustered ones. Stops earlier when 3 rounds bring no better quality "
+        "(cross-camera share x silhouette).",
     )
     base_lr: float = Field(
         3.5e-4, gt=0.0, le=1.0, description="Learning rate (train.optim's optimizer)."
@@ -543,8 +545,8 @@ class AdaptSpec(_Section):
         None,
         gt=0.0,
         lt=1.0,
-        description="DBSCAN radius on Jaccard distances; null = the best of 0.4-0.7 by the "
-        "label-free quality, every round.",
+        description="DBSCAN radius on Jaccard distances; null = the best of 0.4-0.7 by "
+        "coverage x silhouette, every round.",
     )
     min_cluster_size: int = Field(
         4, ge=2, le=1000, description="Crops a cluster needs (DBSCAN min_samples)."

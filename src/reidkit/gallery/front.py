@@ -319,6 +319,15 @@ class Gallery:
         order (for re-ranking a small result set)."""
         return self._backend.vectors(crop_ids)
 
+    def crops(self) -> list[CropMeta]:
+        """Every stored crop's metadata (path, camera, time, track), without thumbnails: the
+        gallery read as data (``reidkit adapt`` adapts to a gallery's crops)."""
+        ids = self._backend.crop_ids().tolist()
+        step = 4096  # rows fetched at once
+        return [
+            c.meta for i in range(0, len(ids), step) for c in self._backend.fetch(ids[i : i + step])
+        ]
+
     def thumbnail(self, crop_id: int) -> bytes | None:
         """The JPEG thumbnail stored with a crop, or None."""
         stored = self._backend.fetch([crop_id], thumbnails=True)
