@@ -10,12 +10,15 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
+from reidkit.gallery import validation
 from reidkit.serve.deps import Admin, GalleryDep, Searcher, ServicesDep, Writer, embed_uploads
 from reidkit.serve.gallery_access import upload_key
 from reidkit.serve.schemas import AddResponse, CropMeta, ForgetResponse, GalleryStats
 
 router = APIRouter(prefix="/v1", tags=["gallery"])
 
+#: The confirmation an erase-everything request must carry, so no default or typo can send one.
+CONFIRM_ALL = "erase-everything"
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -59,20 +62,47 @@ async def add(
 async def forget(
     gallery: GalleryDep,
     caller: Admin,
-    track_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    track_id: Annotated[str | None, Query(min_length=1, max_length=validation.TRACK_ID_MAX)] = None,
     path: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
-    older_than: Annotated[str | None, Query(description="e.g. 30d, 12h, 90m")] = None,
+    crop_id: Annotated[int | None, Query(ge=0, le=2**62, description="A hit's crop_id.")] = None,
+    older_than: Annotated[
+        str | None, Query(description="An age of at least 1h, e.g. 30d, 12h, 90m.")
+    ] = None,
+    everything: Annotated[
+        bool, Query(alias="all", description="Erase every crop (needs confirm).")
+    ] = False,
+    confirm: Annotated[
+        str | None, Query(description=f"With all=true: the literal '{CONFIRM_ALL}'.")
+    ] = None,
 ) -> ForgetResponse:
-    """Delete a track, one crop (by its path key) or everything older than an age.
+    """Delete a track, one crop (by its crop_id or path key), everything older than an age
+    (at least an hour), or, asked for explicitly, everything.
 
-    The data is removed from the gallery's files, not hidden; the call is audited.
+    The data is removed from the gallery's files, not hidden; the call is audited. The answer
+    says what was selected and carries a warning when nothing matched.
     """
-    chosen = [x for x in (track_id, path, older_than) if x is not None]
+    chosen = [x for x in (track_id, path, crop_id, older_than) if x is not None]
+    if everything:
+        if chosen:
+            raise HTTPException(422, "all=true erases everything; give no other selection")
+        if confirm != CONFIRM_ALL:
+            raise HTTPException(
+                422, f"erasing everything needs confirm={CONFIRM_ALL} in the same request"
+            )
+        return await gallery.forget_all(who=caller.name)
     if len(chosen) != 1:
-        raise HTTPException(422, "give exactly one of track_id, path, older_than")
-    age = _parse_age(older_than) if older_than is not None else None
-    count = await gallery.forget(track_id=track_id, path=path, older_than=age, who=caller.name)
-    return ForgetResponse(forgotten=count)
+        raise HTTPException(
+            422, "give exactly one of track_id, path, crop_id, older_than (or all=true)"
+        )
+    try:
+        if track_id is not None:
+            validation.track_id(track_id)
+        age = None if older_than is None else validation.forget_age(_parse_age(older_than))
+    except ValueError as exc:
+        raise HTTPException(422, f"{'older_than' if older_than else 'track_id'}: {exc}") from None
+    return await gallery.forget(
+        track_id=track_id, path=path, crop_id=crop_id, older_than=age, who=caller.name
+    )
 
 
 @router.get("/gallery/stats")

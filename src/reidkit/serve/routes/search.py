@@ -8,11 +8,19 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
+from reidkit.gallery import validation
 from reidkit.serve.deps import Searcher, ServicesDep, embed_uploads, parse_embedding
-from reidkit.serve.gallery_access import as_utc
+from reidkit.serve.gallery_access import as_utc, unix_seconds
 from reidkit.serve.schemas import EmbedResponse, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
+
+
+def _one_of(name: datetime | None, alias: datetime | None, key: str, old: str) -> datetime | None:
+    """A window end given by its name or by the deprecated name the API first documented."""
+    if name is not None and alias is not None:
+        raise HTTPException(422, f"give {key} or its deprecated name {old}, not both")
+    return name if name is not None else alias
 
 
 @router.post("/embed")
@@ -34,8 +42,14 @@ async def search(
     embedding: Annotated[str | None, Form(description="JSON array, instead of images.")] = None,
     k: Annotated[int, Form(ge=1, le=10_000, description="Hits to return.")] = 10,
     cameras: Annotated[list[int] | None, Form(description="Only these cameras.")] = None,
-    since: Annotated[datetime | None, Form(description="Not before (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Form(description="Not after (ISO 8601).")] = None,
+    start: Annotated[datetime | None, Form(description="Not before (ISO 8601).")] = None,
+    end: Annotated[datetime | None, Form(description="Not after (ISO 8601).")] = None,
+    since: Annotated[
+        datetime | None, Form(description="Deprecated name of start.", deprecated=True)
+    ] = None,
+    until: Annotated[
+        datetime | None, Form(description="Deprecated name of end.", deprecated=True)
+    ] = None,
 ) -> SearchResponse:
     """The k closest crops to one crop, several crops of one person (averaged) or a vector.
 
@@ -46,9 +60,12 @@ async def search(
         raise HTTPException(422, f"k={k} is over the limit of {services.settings.max_k}")
     if bool(images) == (embedding is not None):
         raise HTTPException(422, "send either images or an embedding (exactly one)")
-    since, until = as_utc(since), as_utc(until)
-    if since and until and since > until:
-        raise HTTPException(422, "since is after until")
+    start = as_utc(_one_of(start, since, "start", "since"))
+    end = as_utc(_one_of(end, until, "end", "until"))
+    try:
+        validation.window(unix_seconds(start), unix_seconds(end))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     if embedding is not None:
         queries = parse_embedding(embedding, services.model.dim)
     else:
@@ -57,7 +74,7 @@ async def search(
     query = queries.mean(axis=0, keepdims=True)
     query /= max(float(np.linalg.norm(query)), 1e-12)
     hits = await services.gallery.search(
-        query, k=k, cameras=cameras or None, since=since, until=until, who=caller.name
+        query, k=k, cameras=cameras or None, start=start, end=end, who=caller.name
     )
     return SearchResponse(
         hits=hits, match_threshold=services.gallery.match_threshold, queries=len(queries)
