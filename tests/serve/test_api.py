@@ -508,3 +508,26 @@ def test_gallery_reopens_consistent_after_kill_mid_add(
             assert admin.get(f"/v1/crops/{hit['crop_id']}").status_code == 200
         assert admin.post("/v1/gallery", **upload_form(crops[:2])).status_code == 201
         assert admin.get("/v1/gallery/stats").json()["size"] == size + 2
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_json_is_a_4xx_not_a_dropped_connection(
+    site, tokens: Tokens, depth: int
+) -> None:
+    """Issue 25: a deeply nested JSON value (in a form field or as the whole body) is refused
+    with a 4xx and a one-line reason; the server answers the next request."""
+    server, stored = site
+    nested = "[" * depth + "]" * depth
+    image = [("images", ("q.jpg", next(iter(stored.values())).path.read_bytes(), "image/jpeg"))]
+    with server.client(tokens.admin) as admin:
+        answers = [
+            admin.post("/v1/search", data={"embedding": nested}),
+            admin.post("/v1/gallery", files=image, data={"metadata": nested}),
+            admin.post("/v1/search", content=nested, headers={"Content-Type": "application/json"}),
+            admin.post("/v1/gallery", content=nested, headers={"Content-Type": "application/json"}),
+        ]
+        for response in answers:
+            assert response.status_code in (413, 422), response.text
+            detail = response.json()["detail"]  # one line, or FastAPI's list of field errors
+            assert isinstance(detail, list) or "\n" not in detail, detail
+        assert admin.get("/healthz").json()["gallery_size"] == len(stored)

@@ -38,7 +38,6 @@ from reidkit.gallery.ingest import (
     add_crops,
     crops_in_folder,
     embed_batches,
-    parse_timestamp,
     read_manifest,
 )
 from reidkit.gallery.rebuild import MissingCrops, RebuildResult, rebuild
@@ -50,6 +49,7 @@ from reidkit.gallery.store import (
     Hit,
     Selection,
 )
+from reidkit.gallery.validation import parse_timestamp
 from reidkit.outputs import atomic_open, path_text, write_json
 
 T = TypeVar("T")

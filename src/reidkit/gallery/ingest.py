@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from reidkit.errors import ImageRefused
 from reidkit.gallery import validation
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.store import CropMeta, GalleryError
+from reidkit.gallery.validation import parse_timestamp
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")
@@ -47,24 +46,6 @@ _FRAME = re.compile(r"^(?:-1|\d+)_c\d+(?:s\d+)?_(\d+)")
 THUMBNAIL_HEIGHT = 96
 
 Embedder = Callable[[Tensor], Tensor]
-
-
-def parse_timestamp(text: str) -> float:
-    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``)."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"timestamp {text!r} is neither unix seconds nor ISO-8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if not math.isfinite(value):
-        raise ValueError(f"timestamp {text!r} is not a finite number")
-    return value
 
 
 def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:

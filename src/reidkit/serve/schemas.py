@@ -72,6 +72,16 @@ class CropMeta(BaseModel):
     site: str | None = Field(None, max_length=128)
     zone: str | None = Field(None, max_length=128)
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _parsed(cls, value: object) -> object:
+        """Text and numbers are read by the manifest's rule (unix seconds, never pydantic's
+        milliseconds guess for large numbers), so both accept the same times."""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            seconds = validation.timestamp(validation.parse_timestamp(str(value)))
+            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return value
+
     @field_validator("timestamp")
     @classmethod
     def _in_range(cls, value: datetime) -> datetime:

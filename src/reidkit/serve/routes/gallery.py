@@ -45,7 +45,8 @@ async def add(
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
-        raise HTTPException(422, f"metadata[{where}]: {problem['msg']}") from None
+        reason = problem["msg"].removeprefix("Value error, ")  # our rules' words, as the CLI's
+        raise HTTPException(422, f"metadata[{where}]: {reason}") from None
     if len(records) != len(images):
         raise HTTPException(
             422, f"{len(images)} images but {len(records)} metadata entries; send one each"
