@@ -18,6 +18,8 @@ from reidkit.serve.settings import ServeSettings
 from reidkit.serve.tokens import TokenInfo, create_token, list_tokens, revoke_token
 
 TOKEN_FILE = "tokens.json"
+#: The audit log of a server whose gallery is read-only, in the serve results folder.
+READ_ONLY_AUDIT = "audit.jsonl"
 
 
 def token_file(spec: ExperimentSpec) -> Path:
@@ -72,7 +74,17 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
             if name in ("pixel_mean", "pixel_std")  # the ONNX graph fixes the input size
         },
         cors_origins=tuple(section.cors_origins),
+        crop_root=crop_root(spec),
+        audit_file=spec.action_dir("serve") / READ_ONLY_AUDIT,
     )
+
+
+def crop_root(spec: ExperimentSpec) -> str | None:
+    """The folder ``gallery add`` read the crops from (``gallery.crops``, or the manifest's
+    folder, against which its relative paths resolve), absolute; None if the spec names none."""
+    gallery = spec.gallery
+    root = gallery.crops or (str(Path(gallery.manifest).parent) if gallery.manifest else None)
+    return None if root is None else str(Path(root).resolve())
 
 
 def serve(spec: ExperimentSpec) -> None:

@@ -52,7 +52,11 @@ def create_app(
     )
     tokens = TokenStore(settings.tokens)
     store = gallery or GalleryService.open(
-        settings.gallery, served.card.to_dict(), settings.match_threshold
+        settings.gallery,
+        served.card.to_dict(),
+        settings.match_threshold,
+        crop_root=settings.crop_root,
+        audit_file=settings.audit_file,
     )
     metrics.report_gallery_size(store.cached_size)
 

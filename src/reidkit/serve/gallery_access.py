@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from reidkit.errors import ReidkitError
-from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.factory import is_milvus_uri, open_gallery
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
 from reidkit.gallery.store import CropFilter, CropMeta, GalleryStats, Hit, Selection
@@ -63,6 +65,19 @@ def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
     return f"upload:{digest.hexdigest()[:32]}"
 
 
+def shown_path(path: str, crop_root: str | None) -> str:
+    """A crop's path as a search token may see it: relative to the crop root, not the layout
+    of the ingest machine. Keys that are no file path (uploads) are shown as stored; an
+    absolute path outside the root, as its file name."""
+    if not os.path.isabs(path):
+        return path
+    if crop_root is not None:
+        relative = os.path.relpath(path, crop_root)
+        if not relative.startswith(os.pardir):
+            return relative
+    return os.path.basename(path)
+
+
 def make_thumbnail(image: Image.Image) -> bytes:
     """The stored JPEG of an uploaded crop, made as ``gallery add`` makes it for crop files."""
     small = image.copy()
@@ -75,28 +90,40 @@ def make_thumbnail(image: Image.Image) -> bytes:
 class GalleryService:
     """A gallery behind one worker thread, with the size cached for ``/metrics`` and health."""
 
-    def __init__(self, executor: ThreadPoolExecutor, gallery: Gallery, uri: str) -> None:
+    def __init__(
+        self, executor: ThreadPoolExecutor, gallery: Gallery, uri: str, crop_root: str | None
+    ) -> None:
         self._executor = executor
         self._gallery = gallery
         self._uri = uri
+        self._crop_root = crop_root
         self._size = 0
         self._threshold: float | None = None
         self._stats()
 
     @classmethod
     def open(
-        cls, uri: str, card: dict[str, Any], match_threshold: float | None = None
+        cls,
+        uri: str,
+        card: dict[str, Any],
+        match_threshold: float | None = None,
+        *,
+        crop_root: str | None = None,
+        audit_file: Path | None = None,
     ) -> GalleryService:
         """Open (or create) the gallery at ``uri`` on a new worker thread, for ``card``'s model.
 
-        ``match_threshold`` overrides the calibrated one of the gallery's model card.
+        ``match_threshold`` overrides the calibrated one of the gallery's model card. Hits show
+        crop paths relative to ``crop_root`` (see :func:`shown_path`). A gallery folder this
+        process cannot write opens read-only, auditing to ``audit_file``.
         """
+        options: dict[str, Any] = {} if is_milvus_uri(uri) else {"audit_file": audit_file}
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-gallery")
         try:
             gallery = executor.submit(
-                open_gallery, uri, card, create=True, match_threshold=match_threshold
+                open_gallery, uri, card, create=True, match_threshold=match_threshold, **options
             ).result()
-            return executor.submit(cls, executor, gallery, uri).result()
+            return executor.submit(cls, executor, gallery, uri, crop_root).result()
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -173,8 +200,10 @@ class GalleryService:
         start: datetime | None,
         end: datetime | None,
         who: str,
+        full_paths: bool = False,
     ) -> list[schemas.Hit]:
-        """The k nearest crops to one query vector ``[1, D]``, audited as ``who``."""
+        """The k nearest crops to one query vector ``[1, D]``, audited as ``who``; paths as
+        stored with ``full_paths`` (admin), else relative to the crop root."""
         where = CropFilter(
             cameras=None if cameras is None else tuple(cameras),
             start=unix_seconds(start),
@@ -184,7 +213,7 @@ class GalleryService:
         return [
             schemas.Hit(
                 crop_id=hit.crop_id,
-                path=hit.meta.path,
+                path=hit.meta.path if full_paths else shown_path(hit.meta.path, self._crop_root),
                 distance=hit.distance,
                 camera=hit.meta.camera,
                 timestamp=_utc(hit.meta.timestamp),

@@ -33,7 +33,10 @@ class EmbedResponse(BaseModel):
 
 class Hit(BaseModel):
     crop_id: int = Field(description="Id of the stored crop; its thumbnail is /v1/crops/{id}.")
-    path: str = Field(description="The crop's key: its file path, or upload:<hash> for uploads.")
+    path: str = Field(
+        description="The crop's key: its file path relative to the crop root (absolute for "
+        "admin tokens), or the client's key / upload:<hash> for uploads."
+    )
     distance: float = Field(
         description="Squared distance of the L2-normalised embeddings, 2 - 2 cos (0 = identical)."
     )

@@ -74,7 +74,13 @@ async def search(
     query = queries.mean(axis=0, keepdims=True)
     query /= max(float(np.linalg.norm(query)), 1e-12)
     hits = await services.gallery.search(
-        query, k=k, cameras=cameras or None, start=start, end=end, who=caller.name
+        query,
+        k=k,
+        cameras=cameras or None,
+        start=start,
+        end=end,
+        who=caller.name,
+        full_paths=caller.allows("admin"),  # where a crop lives on disk is the admin's business
     )
     return SearchResponse(
         hits=hits, match_threshold=services.gallery.match_threshold, queries=len(queries)
