@@ -33,9 +33,8 @@ import httpx
 import numpy as np
 import torch
 
-from bench_serve import _auth, add_form, demo_model, prefill, start_server
+from bench_serve import _auth, add_form, demo_site, prefill, start_server
 from common import append_rows, machine
-from reidkit.data import synthesize
 from reidkit.serve.tokens import create_token
 
 COMMAND = "flock /tmp/reidkit-heavy.lock .venv/bin/python benchmarks/bench_soak.py --minutes 3"
@@ -148,9 +147,7 @@ def main() -> None:
     where = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     try:
-        synthesize(work / "crops", ids=40, cameras=4, images_per_id=8, seed=1)
-        model = demo_model(work / "model", work / "crops")
-        crops = [p.read_bytes() for p in sorted((work / "crops").rglob("*.jpg"))]
+        model, crops = demo_site(work)
         token_file = work / "tokens.json"
         tokens = {
             "admin": create_token(token_file, "soak-admin", ["admin"]),

@@ -64,7 +64,7 @@ def test_manifest_rows_and_bad_rows(tmp_path):
     cases = {
         "path,camera,timestamp\na.jpg,1,0\n": r"site\.csv:1: missing column\(s\) track_id",
         "path,camera,timestamp,track_id\na.jpg,1,0,t\nb.jpg,x,0,t\n": r"site\.csv:3: camera 'x'",
-        "path,camera,timestamp,track_id\na.jpg,1,soon,t\n": r"site\.csv:2: timestamp 'soon'",
+        "path,camera,timestamp,track_id\na.jpg,1,soon,t\n": r"site\.csv:2: time 'soon'",
         "path,camera,timestamp,track_id\n,1,0,t\n": r"site\.csv:2: path is empty",
         # Issue 25: rows the HTTP API would refuse are refused here too, by file:line.
         "path,camera,timestamp,track_id\na.jpg,1,0,t\nb.jpg,1,0\n": r"csv:3: the row has 3 cells",

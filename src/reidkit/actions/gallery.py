@@ -27,6 +27,7 @@ from reidkit.actions.lifecycle import run_action
 from reidkit.actions.models import load_checked_embedder
 from reidkit.actions.run_record import GalleryOutcome
 from reidkit.config.spec import ExperimentSpec
+from reidkit.config.times import parse_time
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder
 from reidkit.evaluation.rerank import re_rank
@@ -49,7 +50,6 @@ from reidkit.gallery.store import (
     Hit,
     Selection,
 )
-from reidkit.gallery.validation import parse_timestamp
 from reidkit.outputs import atomic_open, path_text, write_json
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ def _time(value: str | None, key: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_timestamp(value)
+        return parse_time(value)
     except ValueError as exc:
         raise SpecError(f"gallery.{key}: {exc}") from None
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from reidkit.config.times import parse_time as parse_timestamp
 from reidkit.data.images import decode_rgb
 from reidkit.data.market import parse_name
 from reidkit.data.preprocessing import resolve_preprocessing
@@ -37,7 +38,6 @@ from reidkit.errors import ImageRefused
 from reidkit.gallery import validation
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.store import CropMeta, GalleryError
-from reidkit.gallery.validation import parse_timestamp
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")

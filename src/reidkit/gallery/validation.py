@@ -27,24 +27,6 @@ TRACK_ID_MAX = 128
 MIN_FORGET_AGE = timedelta(hours=1)
 
 
-def parse_timestamp(text: str) -> float:
-    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``)."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"timestamp {text!r} is neither unix seconds nor ISO-8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if not math.isfinite(value):
-        raise ValueError(f"timestamp {text!r} is not a finite number")
-    return value
-
-
 def camera(value: int) -> int:
     """A camera number in 0..:data:`CAMERA_MAX`."""
     if isinstance(value, bool) or not isinstance(value, int):

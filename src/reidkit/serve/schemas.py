@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from reidkit.config.times import parse_time
 from reidkit.gallery import validation
 
 
@@ -81,7 +82,7 @@ class CropMeta(BaseModel):
         """Text and numbers are read by the manifest's rule (unix seconds, never pydantic's
         milliseconds guess for large numbers), so both accept the same times."""
         if isinstance(value, str | int | float) and not isinstance(value, bool):
-            seconds = validation.timestamp(validation.parse_timestamp(str(value)))
+            seconds = validation.timestamp(parse_time(str(value)))
             return datetime.fromtimestamp(seconds, tz=timezone.utc)
         return value
 
