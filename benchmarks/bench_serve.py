@@ -76,6 +76,13 @@ def demo_model(folder: Path, data: Path) -> Path:
     return export(apply_overrides(spec, {"export.checkpoint": str(checkpoint)})).onnx_file
 
 
+def demo_site(work: Path) -> tuple[Path, list[bytes]]:
+    """The demo model exported to ONNX and the bytes of the synthetic crops it was checked on."""
+    synthesize(work / "crops", ids=40, cameras=4, images_per_id=8, seed=1)
+    model = demo_model(work / "model", work / "crops")
+    return model, [p.read_bytes() for p in sorted((work / "crops").rglob("*.jpg"))]
+
+
 def model_images_per_s(model: Path, threads: int, batch: int, seconds: float = 4.0) -> float:
     """The model alone on onnxruntime, in this process: what batching can gain at most."""
     options = ort.SessionOptions()
@@ -214,9 +221,7 @@ def main() -> None:
     where = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
-        synthesize(work / "crops", ids=40, cameras=4, images_per_id=8, seed=1)
-        model = demo_model(work / "model", work / "crops")
-        crops = [p.read_bytes() for p in sorted((work / "crops").rglob("*.jpg"))]
+        model, crops = demo_site(work)
         scaling = {
             f"model_images_per_s_batch{batch}": model_images_per_s(model, args.threads, batch)
             for batch in (1, 16)

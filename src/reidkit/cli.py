@@ -82,16 +82,31 @@ def _adapt(spec: ExperimentSpec, args: argparse.Namespace) -> None:
 
 
 def _serve(spec: ExperimentSpec, args: argparse.Namespace) -> None:
-    from reidkit.actions.serve import new_token, serve
+    from reidkit.actions import serve
 
+    token_options = {"--name": args.name, "--scopes": args.scopes, "--list": args.list,
+                     "--revoke": args.revoke}  # fmt: skip
+    given = [option for option, value in token_options.items() if value]
     if args.verb is None:
-        if args.name or args.scopes:
-            raise SpecError("--name and --scopes belong to 'reidkit serve token'")
-        serve(spec)
+        if given:
+            raise SpecError(f"{given[0]} belongs to 'reidkit serve token'")
+        serve.serve(spec)
+        return
+    if args.list or args.revoke:
+        if len(given) != 1:
+            raise SpecError("reidkit serve token takes one of --list, --revoke NAME, --name")
+        if args.revoke:
+            path = serve.token_revoke(spec, args.revoke)
+            print(f"token '{args.revoke}' revoked in {path}", file=sys.stderr)
+            return
+        tokens, path = serve.token_list(spec)
+        print(f"{len(tokens)} tokens in {path}", file=sys.stderr)
+        for token in tokens:
+            print(f"{token.name}\t{','.join(token.scopes)}\t{token.created or '-'}")
         return
     if not args.name:
         raise SpecError("reidkit serve token needs --name (who holds it; shown in the audit log)")
-    token, path = new_token(spec, args.name, (args.scopes or "search").split(","))
+    token, path = serve.new_token(spec, args.name, (args.scopes or "search").split(","))
     print(f"token '{args.name}' added to {path}; it is shown only now:", file=sys.stderr)
     print(token)
 
@@ -110,7 +125,7 @@ SPEC_ACTIONS: dict[str, tuple[str, Callable[[ExperimentSpec, argparse.Namespace]
     "evaluate": ("CMC / mAP / mINP of a checkpoint or .onnx model, with plots", _evaluate),
     "inference": ("embeddings and top matches for every query and gallery image", _inference),
     "export": ("write an ONNX model and verify it against PyTorch", _export),
-    "serve": ("search service and operator page; 'serve token' creates a token", _serve),
+    "serve": ("search service and operator page; 'serve token' makes, lists, revokes", _serve),
     "associate": ("per-camera tracks in, one global identity per person out", _associate),
     "adapt": ("fit a trained model to a site's unlabelled crops (pseudo-labels)", _adapt),
 }
@@ -127,7 +142,11 @@ def _gallery(spec: ExperimentSpec, args: argparse.Namespace) -> None:
         result = gallery.gallery_search(spec)
         print(f"hits written to {result.output_file}")
     elif args.verb == "forget":
-        gallery.gallery_forget(spec)
+        if args.yes and not args.everything:
+            raise SpecError("--yes confirms --all only")
+        if args.everything and not args.yes:
+            raise SpecError("--all erases every crop of the gallery; add --yes to confirm")
+        gallery.gallery_forget(spec, everything=args.everything)
     elif args.verb == "rebuild":
         gallery.gallery_rebuild(spec)
     else:
@@ -184,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             sub.add_argument("--name", help="token: who holds it (shown in the audit log)")
             sub.add_argument("--scopes", help="token: comma-separated search,write,admin")
+            sub.add_argument("--list", action="store_true", help="token: names, scopes, created")
+            sub.add_argument("--revoke", metavar="NAME", help="token: remove the named token")
 
     gallery = actions.add_parser(
         "gallery", help="a site's crops: add, search, forget, stats, rebuild"
@@ -193,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(verb, help=help_text)
         sub.add_argument("-e", "--experiment_spec", required=True, help="YAML experiment spec")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted spec overrides")
+        if verb == "forget":
+            sub.add_argument(
+                "--all", dest="everything", action="store_true",
+                help="erase every crop (an explicit request; needs --yes)",
+            )  # fmt: skip
+            sub.add_argument("--yes", action="store_true", help="confirm --all")
     gallery.set_defaults(spec_run=_gallery)
 
     schema = actions.add_parser("schema", help="write JSON schemas and spec templates")

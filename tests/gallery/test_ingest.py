@@ -49,7 +49,7 @@ def test_manifest_rows_and_bad_rows(tmp_path):
     good.write_text(
         "path,camera,timestamp,track_id,site,zone\n"
         "a.jpg,1,2026-01-01T00:00:00Z,t1,depot,gate\n"
-        "/abs/b.jpg,2,1767225601,,,\n"
+        "/abs/b.jpg,2,1767225601,t2,,\n"
     )
     first, second = read_manifest(good)
     assert first.path == str((tmp_path / "a.jpg").resolve())
@@ -60,12 +60,22 @@ def test_manifest_rows_and_bad_rows(tmp_path):
         "depot",
         "gate",
     )
-    assert (second.path, second.track_id, second.site) == ("/abs/b.jpg", None, None)
+    assert (second.path, second.track_id, second.site) == ("/abs/b.jpg", "t2", None)
     cases = {
         "path,camera,timestamp\na.jpg,1,0\n": r"site\.csv:1: missing column\(s\) track_id",
         "path,camera,timestamp,track_id\na.jpg,1,0,t\nb.jpg,x,0,t\n": r"site\.csv:3: camera 'x'",
-        "path,camera,timestamp,track_id\na.jpg,1,soon,t\n": r"site\.csv:2: timestamp 'soon'",
+        "path,camera,timestamp,track_id\na.jpg,1,soon,t\n": r"site\.csv:2: time 'soon'",
         "path,camera,timestamp,track_id\n,1,0,t\n": r"site\.csv:2: path is empty",
+        # Issue 25: rows the HTTP API would refuse are refused here too, by file:line.
+        "path,camera,timestamp,track_id\na.jpg,1,0,t\nb.jpg,1,0\n": r"csv:3: the row has 3 cells",
+        "path,camera,timestamp,track_id\na.jpg,1,0,t,x\n": r"csv:2: the row has 5 cells",
+        "path,camera,timestamp,track_id\na.jpg,1,0,\n": r"csv:2: track_id is empty",
+        "path,camera,timestamp,track_id\na.jpg,1,0, \n": r"csv:2: track_id is empty",
+        "path,camera,timestamp,track_id\na.jpg,-1,0,t\n": r"csv:2: camera -1 is outside",
+        "path,camera,timestamp,track_id\na.jpg,1,3000-01-01,t\n": r"csv:2: timestamp .* 1970",
+        "path,camera,timestamp,track_id\na.jpg,1,1767225600000,t\n": r"csv:2: .*milliseconds",
+        f"path,camera,timestamp,track_id\na.jpg,1,0,{'t' * 129}\n": r"csv:2: track_id is 129",
+        f"path,camera,timestamp,track_id\na.jpg,1,0,{'t' * 200_000}\n": r"csv:2: field larger",
     }
     for text, message in cases.items():
         good.write_text(text)

@@ -179,10 +179,10 @@ def test_search_equals_brute_force_with_filters(
     form: dict = {"k": "12"}
     if cameras:
         form["cameras"] = [str(c) for c in cameras]
-    since = until = None
+    start = end = None
     if window:
-        since, until = (T0 + timedelta(minutes=m) for m in window)
-        form.update(since=since.isoformat(), until=until.isoformat())
+        start, end = (T0 + timedelta(minutes=m) for m in window)
+        form.update(start=start.isoformat(), end=end.isoformat())
     with server.client(tokens.search) as searcher:
         response = searcher.post(
             "/v1/search",
@@ -194,7 +194,7 @@ def test_search_equals_brute_force_with_filters(
 
     def keep(crop: Crop) -> bool:
         in_camera = cameras is None or crop.camera in cameras
-        in_window = since is None or since <= crop.timestamp <= until
+        in_window = start is None or start <= crop.timestamp <= end
         return in_camera and in_window
 
     expected_ids, expected_distances = _brute_force(
@@ -248,8 +248,9 @@ def test_stats_and_thumbnails(site, tokens: Tokens) -> None:
         assert stats["size"] == len(stored)
         assert stats["cameras"] == sorted({c.camera for c in stored.values()})
         times = [c.timestamp for c in stored.values()]
-        assert datetime.fromisoformat(stats["first"]) == min(times)
-        assert datetime.fromisoformat(stats["last"]) == max(times)
+        assert datetime.fromisoformat(stats["start"]) == min(times)
+        assert datetime.fromisoformat(stats["end"]) == max(times)
+        assert (stats["first"], stats["last"]) == (stats["start"], stats["end"])  # deprecated
         query = [("images", ("q.jpg", next(iter(stored.values())).path.read_bytes(), "image/jpeg"))]
         hit = searcher.post("/v1/search", files=query, data={"k": "1"}).json()["hits"][0]
         thumbnail = searcher.get(f"/v1/crops/{hit['crop_id']}")
@@ -292,10 +293,16 @@ def test_bad_search_requests_are_422_with_a_reason(site, tokens: Tokens) -> None
         ({"data": {"embedding": "[1, 2"}}, "JSON array"),
         ({"data": {"embedding": json.dumps([0.0] * 64)}}, "all zeros"),
         (
-            {"files": image, "data": {"since": "2026-11-21T00:00:00Z", "until": "2026-11-20"}},
-            "since is after until",
+            {"files": image, "data": {"start": "2026-11-21T00:00:00Z", "end": "2026-11-20"}},
+            # The command line's words (reidkit.gallery.validation.window), not HTTP's own.
+            "the time window starts (2026-11-21T00:00:00Z) after it ends (2026-11-20T00:00:00Z)",
         ),
-        ({"files": image, "data": {"since": "yesterday"}}, "since"),
+        (  # the deprecated names of the first API are checked alike
+            {"files": image, "data": {"since": "2026-11-21T00:00:00Z", "until": "2026-11-20"}},
+            "after it ends",
+        ),
+        ({"files": image, "data": {"start": "2026-11-20", "since": "2026-11-20"}}, "not both"),
+        ({"files": image, "data": {"start": "yesterday"}}, "start"),
         ({"files": [("images", ("x.jpg", b"not an image", "image/jpeg"))]}, "not a readable"),
     ]
     with server.client(tokens.search) as searcher:
@@ -394,24 +401,57 @@ def test_forget_by_crop_track_and_age_is_audited(
             assert hit["decision"] == ("match" if hit["distance"] <= 0.006 else "unknown")
 
         victim = batch[0]
-        assert admin.delete("/v1/gallery", params={"path": victim.key}).json() == {"forgotten": 1}
+        response = admin.delete("/v1/gallery", params={"path": victim.key}).json()
+        assert response == {"forgotten": 1, "request": {"path": victim.key}, "warning": None}
         track = batch[1].track
         in_track = {c.key for c in batch[1:] if c.track == track}
         response = admin.delete("/v1/gallery", params={"track_id": track})
-        assert response.json() == {"forgotten": len(in_track)}
+        assert response.json()["forgotten"] == len(in_track)
         assert stored_paths() == {c.key for c in batch} - {victim.key} - in_track
-        # Every crop is dated 2026-11-20, before "now": older than 1 day forgets all the rest.
         left = 20 - 1 - len(in_track)
-        response = admin.delete("/v1/gallery", params={"older_than": "1d"})
-        assert response.json() == {"forgotten": left}
+        # Issue 25: an age of zero (or under the documented hour) is refused, one line, and
+        # erases nothing; so is erasing everything without its explicit confirmation.
+        for params in (
+            {"older_than": "0m"},
+            {"older_than": "59m"},
+            {"all": "true"},
+            {"all": "true", "confirm": "yes"},
+            {"all": "true", "confirm": "erase-everything", "track_id": track},
+        ):
+            refused = admin.delete("/v1/gallery", params=params)
+            assert refused.status_code == 422, (params, refused.text)
+            assert "\n" not in refused.json()["detail"], refused.text
+        assert (
+            "older_than: an age of 0s is under the minimum of 1h"
+            in admin.delete("/v1/gallery", params={"older_than": "0m"}).json()["detail"]
+        )
+        assert admin.get("/v1/gallery/stats").json()["size"] == left
+        # A forget that matches nothing says so instead of reporting a silent success.
+        typo = admin.delete("/v1/gallery", params={"track_id": "no-such-track"}).json()
+        assert typo["forgotten"] == 0 and "nothing matched" in typo["warning"]
+        # Every crop is dated 2026-11-20, before "now": older than 1 day forgets all but one.
+        keep = admin.post("/v1/search", files=query, data={"k": "1"}).json()["hits"][0]
+        response = admin.delete("/v1/gallery", params={"crop_id": keep["crop_id"]}).json()
+        assert response["forgotten"] == 1 and response["request"] == {"crop_id": keep["crop_id"]}
+        response = admin.delete("/v1/gallery", params={"older_than": "1d"}).json()
+        assert response["forgotten"] == left - 1 and response["warning"] is None
+        assert datetime.fromisoformat(response["request"]["before"]) > T0
         assert admin.get("/v1/gallery/stats").json()["size"] == 0
         for params in ({}, {"track_id": "a", "path": "b"}, {"older_than": "soon"}):
             assert admin.delete("/v1/gallery", params=params).status_code == 422
+    with server.client(tokens.write) as writer:
+        assert writer.post("/v1/gallery", **upload_form(batch[:3])).json()["added"] == 3
+        everything = {"all": "true", "confirm": "erase-everything"}
+        assert writer.delete("/v1/gallery", params=everything).status_code == 403
+    with server.client(tokens.admin) as admin:
+        response = admin.delete("/v1/gallery", params=everything).json()
+        assert response == {"forgotten": 3, "request": {"everything": True}, "warning": None}
+        assert admin.get("/v1/gallery/stats").json()["size"] == 0
     lines = audit_lines(server.gallery)
     searches = [line for line in lines if "search" in line]
     forgets = [line for line in lines if "forget" in line]
     assert searches and all("privacy-officer" in line for line in searches)
-    assert len(forgets) == 3 and all("privacy-officer" in line for line in forgets)
+    assert len(forgets) == 6 and all("privacy-officer" in line for line in forgets)
     assert track in forgets[1] and victim.key in forgets[0]
 
 
@@ -468,3 +508,26 @@ def test_gallery_reopens_consistent_after_kill_mid_add(
             assert admin.get(f"/v1/crops/{hit['crop_id']}").status_code == 200
         assert admin.post("/v1/gallery", **upload_form(crops[:2])).status_code == 201
         assert admin.get("/v1/gallery/stats").json()["size"] == size + 2
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_json_is_a_4xx_not_a_dropped_connection(
+    site, tokens: Tokens, depth: int
+) -> None:
+    """Issue 25: a deeply nested JSON value (in a form field or as the whole body) is refused
+    with a 4xx and a one-line reason; the server answers the next request."""
+    server, stored = site
+    nested = "[" * depth + "]" * depth
+    image = [("images", ("q.jpg", next(iter(stored.values())).path.read_bytes(), "image/jpeg"))]
+    with server.client(tokens.admin) as admin:
+        answers = [
+            admin.post("/v1/search", data={"embedding": nested}),
+            admin.post("/v1/gallery", files=image, data={"metadata": nested}),
+            admin.post("/v1/search", content=nested, headers={"Content-Type": "application/json"}),
+            admin.post("/v1/gallery", content=nested, headers={"Content-Type": "application/json"}),
+        ]
+        for response in answers:
+            assert response.status_code in (413, 422), response.text
+            detail = response.json()["detail"]  # one line, or FastAPI's list of field errors
+            assert isinstance(detail, list) or "\n" not in detail, detail
+        assert admin.get("/healthz").json()["gallery_size"] == len(stored)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import stat
 from pathlib import Path
 
 from reidkit.serve.tokens import TokenStore
@@ -96,11 +97,51 @@ def test_gallery_filled_by_the_cli_from_the_checkpoint_is_served_from_its_onnx(
         f"gallery.crops={crops}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    server: Server = start_server(gallery)
+    # The spec that filled the gallery names the crop root; the server shows paths under it.
+    server: Server = start_server(gallery, f"gallery.crops={crops}")
+    query = sorted(crops.glob("0013_*.jpg"))[0]
+    files = [("images", ("q.jpg", query.read_bytes(), "image/jpeg"))]
     with server.client(tokens.search) as searcher:
         size = searcher.get("/v1/gallery/stats").json()["size"]
-        query = sorted(crops.glob("0013_*.jpg"))[0]
-        files = [("images", ("q.jpg", query.read_bytes(), "image/jpeg"))]
         hits = searcher.post("/v1/search", files=files, data={"k": "3"}).json()["hits"]
-    assert size > 0 and Path(hits[0]["path"]).name == query.name
+    assert size > 0 and hits[0]["path"] == query.name
     assert hits[0]["distance"] < 1e-4  # the served ONNX file embeds as the checkpoint did
+    # Issue 25: no search token learns the ingest machine's layout; the admin scope does.
+    assert not any(str(crops) in hit["path"] or hit["path"].startswith("/") for hit in hits)
+    with server.client(tokens.admin) as admin:
+        hits = admin.post("/v1/search", files=files, data={"k": "3"}).json()["hits"]
+    assert hits[0]["path"] == str(query.resolve())
+
+
+def test_tokens_are_listed_without_secrets_and_revoked_by_name(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    made = {
+        name: run_cli("serve", "token", "-e", str(spec), "--name", name, "--scopes", scopes)
+        for name, scopes in (("desk", "search"), ("dpo", "admin"))
+    }
+    path = tmp_path / "results" / "serve" / "tokens.json"
+    stored = json.loads(path.read_text())["tokens"]
+    listed = run_cli("serve", "token", "-e", str(spec), "--list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert rows == [[e["name"], ",".join(e["scopes"]), e["created"]] for e in stored]
+    assert [r[:2] for r in rows] == [["desk", "search"], ["dpo", "admin"]]
+    for entry, result in zip(stored, made.values(), strict=True):
+        for secret in (entry["salt"], entry["sha256"], result.stdout.strip()):
+            assert secret not in listed.stdout + listed.stderr
+
+    revoked = run_cli("serve", "token", "-e", str(spec), "--revoke", "desk")
+    assert revoked.returncode == 0 and "revoked" in revoked.stderr
+    assert TokenStore(path).verify(made["desk"].stdout.strip()) is None
+    assert TokenStore(path).verify(made["dpo"].stdout.strip()) is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(path.parent.glob("*.tmp*"))  # rewritten atomically, nothing left beside it
+    after = run_cli("serve", "token", "-e", str(spec), "--list").stdout
+    assert [line.split("\t")[0] for line in after.splitlines()] == ["dpo"]
+    assert_one_line_error(
+        run_cli("serve", "token", "-e", str(spec), "--revoke", "desk"), "no token named 'desk'"
+    )
+    assert_one_line_error(
+        run_cli("serve", "token", "-e", str(spec), "--list", "--name", "x"), "one of --list"
+    )
+    assert_one_line_error(run_cli("serve", "-e", str(spec), "--list"), "'reidkit serve token'")

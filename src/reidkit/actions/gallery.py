@@ -11,11 +11,13 @@ the one that filled it; ``rebuild`` moves it to ``gallery.checkpoint``'s model.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,9 +27,11 @@ from reidkit.actions.lifecycle import run_action
 from reidkit.actions.models import load_checked_embedder
 from reidkit.actions.run_record import GalleryOutcome
 from reidkit.config.spec import ExperimentSpec
+from reidkit.config.times import parse_time
 from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder
 from reidkit.evaluation.rerank import re_rank
+from reidkit.gallery import validation
 from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import (
@@ -35,7 +39,6 @@ from reidkit.gallery.ingest import (
     add_crops,
     crops_in_folder,
     embed_batches,
-    parse_timestamp,
     read_manifest,
 )
 from reidkit.gallery.rebuild import MissingCrops, RebuildResult, rebuild
@@ -49,7 +52,7 @@ from reidkit.gallery.store import (
 )
 from reidkit.outputs import atomic_open, path_text, write_json
 
-DAY = 86_400.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,7 +97,7 @@ def _time(value: str | None, key: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_timestamp(value)
+        return parse_time(value)
     except ValueError as exc:
         raise SpecError(f"gallery.{key}: {exc}") from None
 
@@ -224,30 +227,80 @@ def hits_table(names: list[str], hits: list[list[Hit]]) -> str:
     return "\n".join(lines)
 
 
-def gallery_forget(spec: ExperimentSpec) -> int:
+def _checked(key: str, rule: Callable[[T], T], value: T) -> T:
+    """``rule(value)``, its refusal as a one-line error naming ``gallery.<key>``."""
+    try:
+        return rule(value)
+    except ValueError as exc:
+        raise SpecError(f"gallery.{key}: {exc}") from None
+
+
+def _selection(spec: ExperimentSpec) -> Selection:
+    """The crops ``gallery.forget_*`` and ``gallery.retention_days`` name, checked by the rules
+    the HTTP API applies (a retention age of at least ``MIN_FORGET_AGE``, real track ids)."""
+    settings = spec.gallery
+    if not (settings.forget_tracks or settings.forget_crops or settings.retention_days):
+        raise SpecError(
+            "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
+            "gallery.retention_days (or pass --all --yes to erase everything)"
+        )
+    before = None
+    if settings.retention_days is not None:  # an age: crops taken before now - age go
+        age = _checked(
+            "retention_days", validation.forget_age, timedelta(days=settings.retention_days)
+        )
+        before = time.time() - age.total_seconds()
+    for track in settings.forget_tracks:
+        _checked("forget_tracks", validation.track_id, track)
+    return Selection(
+        paths=tuple(str(Path(p).resolve()) for p in settings.forget_crops),
+        track_ids=tuple(settings.forget_tracks),
+        before=before,
+    )
+
+
+def gallery_forget(spec: ExperimentSpec, *, everything: bool = False) -> int:
     """Remove ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
-    ``gallery.retention_days``, from every file of the gallery; returns how many."""
+    ``gallery.retention_days`` (at least an hour), or with ``everything`` every crop, from every
+    file of the gallery; returns how many. Nothing matched is a warning on stderr, not silence."""
     settings = spec.gallery
     with run_action(spec, "gallery") as run:
-        if not (settings.forget_tracks or settings.forget_crops or settings.retention_days):
+        if everything and (
+            settings.forget_tracks or settings.forget_crops or settings.retention_days
+        ):
             raise SpecError(
-                "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
+                "--all erases everything; unset gallery.forget_tracks, gallery.forget_crops and "
                 "gallery.retention_days"
             )
-        before = None
-        if settings.retention_days is not None:  # an age: crops taken before now - age go
-            before = time.time() - settings.retention_days * DAY
-        selection = Selection(
-            paths=tuple(str(Path(p).resolve()) for p in settings.forget_crops),
-            track_ids=tuple(settings.forget_tracks),
-            before=before,
-        )
+        selection = None if everything else _selection(spec)
         with open_gallery(_uri(spec)) as gallery:
-            removed = gallery.forget(selection, operator=settings.operator)
+            if selection is None:
+                removed = gallery.forget_all(operator=settings.operator)
+                asked = "every crop"
+            else:
+                removed = gallery.forget(selection, operator=settings.operator)
+                asked = _described(selection)
             size = gallery.stats().size
-        print(f"forgot {removed} crops; {size} remain")
+        print(f"forgot {removed} crops ({asked}); {size} remain")
+        if not removed:
+            print(
+                f"reidkit gallery forget: warning: nothing matched {asked}; no crop was erased",
+                file=sys.stderr,
+            )
         run.succeed(f"forgot {removed} crops", outcome=GalleryOutcome(size=size, removed=removed))
     return removed
+
+
+def _described(selection: Selection) -> str:
+    """What a forget selected, in the words of the spec keys that chose it."""
+    parts = []
+    if selection.track_ids:
+        parts.append(f"tracks {', '.join(selection.track_ids)}")
+    if selection.paths:
+        parts.append(f"{len(selection.paths)} crop paths")
+    if selection.before is not None:
+        parts.append(f"taken before {_utc(selection.before)} UTC")
+    return "; ".join(parts)
 
 
 def _utc(seconds: float | None) -> str:

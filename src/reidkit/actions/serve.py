@@ -4,7 +4,8 @@ The ``serve:`` section becomes :class:`~reidkit.serve.settings.ServeSettings`; t
 gallery are opened before the server binds, so a wrong path or a gallery filled by another
 model stops with one line instead of a failed worker. ``status.json`` says ``RUNNING`` while
 the service is up and ``SUCCESS`` after a clean stop (Ctrl-C or SIGTERM). Creating a token
-loads no torch (the heavy imports wait for :func:`serve`).
+loads no torch (the heavy imports wait for :func:`serve`); neither do listing tokens (names,
+scopes, creation times: the file holds no secret to show) and revoking one by name.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
 from reidkit.serve.settings import ServeSettings
-from reidkit.serve.tokens import create_token
+from reidkit.serve.tokens import TokenInfo, create_token, list_tokens, revoke_token
 
 TOKEN_FILE = "tokens.json"
+#: The audit log of a server whose gallery is read-only, in the serve results folder.
+READ_ONLY_AUDIT = "audit.jsonl"
 
 
 def token_file(spec: ExperimentSpec) -> Path:
@@ -71,7 +74,17 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
             if name in ("pixel_mean", "pixel_std")  # the ONNX graph fixes the input size
         },
         cors_origins=tuple(section.cors_origins),
+        crop_root=crop_root(spec),
+        audit_file=spec.action_dir("serve") / READ_ONLY_AUDIT,
     )
+
+
+def crop_root(spec: ExperimentSpec) -> str | None:
+    """The folder ``gallery add`` read the crops from (``gallery.crops``, or the manifest's
+    folder, against which its relative paths resolve), absolute; None if the spec names none."""
+    gallery = spec.gallery
+    root = gallery.crops or (str(Path(gallery.manifest).parent) if gallery.manifest else None)
+    return None if root is None else str(Path(root).resolve())
 
 
 def serve(spec: ExperimentSpec) -> None:
@@ -92,3 +105,17 @@ def new_token(spec: ExperimentSpec, name: str, scopes: list[str]) -> tuple[str, 
     """Create a token in the spec's token file; return it (shown once) and the file."""
     path = token_file(spec)
     return create_token(path, name, scopes), path
+
+
+def token_list(spec: ExperimentSpec) -> tuple[list[TokenInfo], Path]:
+    """The spec's token file's tokens (never a secret) and the file."""
+    path = token_file(spec)
+    return list_tokens(path), path
+
+
+def token_revoke(spec: ExperimentSpec, name: str) -> Path:
+    """Remove the token named ``name`` from the spec's token file (rewritten atomically); a
+    running server refuses it from its next request on. Returns the file."""
+    path = token_file(spec)
+    revoke_token(path, name)
+    return path

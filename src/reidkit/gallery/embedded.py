@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import os
 import re
@@ -56,6 +57,7 @@ from contextlib import ExitStack, contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -73,6 +75,8 @@ from reidkit.gallery.store import (
     Summary,
 )
 from reidkit.outputs import write_json
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "reidkit-gallery"
 #: Format 1: the data in the gallery folder itself; format 2: in the ``v<N>`` it names.
@@ -167,6 +171,12 @@ class EmbeddedBackend(Backend):
     ``ann_min_size``: crops from which an ANN index is built and used for unfiltered queries
     (``None`` never). ``nprobe``: IVF lists visited per query (default: 1/64 of them, at least
     16). ``staged_version`` opens the next version a rebuild fills (see :meth:`staging`).
+
+    ``read_only`` opens a gallery on a read-only mount (or one this process must not change)
+    for search: SQLite in ``mode=ro``, the files mapped read-only, no lock file, no repair of a
+    killed writer's leftovers (the writer's host does that), every change refused in one line.
+    Its audit records go to ``audit_file`` (a writable place); without one they are dropped
+    after a one-line warning, since the gallery's own ``audit.jsonl`` cannot be written.
     """
 
     kind = "embedded"
@@ -179,17 +189,23 @@ class EmbeddedBackend(Backend):
         ann_min_size: int | None = 200_000,
         nprobe: int | None = None,
         staged_version: int | None = None,
+        read_only: bool = False,
+        audit_file: Path | None = None,
     ) -> None:
         self.folder = Path(folder)
+        # A folder this process cannot write (a read-only mount) is opened for reading only.
+        self.read_only = read_only or (self.folder.is_dir() and not os.access(folder, os.W_OK))
+        self._audit_file = audit_file if self.read_only else None
         self.location = str(self.folder)
         self.ann_min_size = ann_min_size
         self._nprobe = nprobe
         self._staged_version = staged_version
         self._lock = threading.RLock()
         self._audit_fd: int | None = None
+        self._audit_dropped = False
         manifest = self.folder / "gallery.json"
         if staged_version is None and not manifest.is_file():
-            if not create:
+            if not create or self.read_only:
                 raise GalleryError(
                     f"'{self.folder}' is not a gallery (no gallery.json); check gallery.uri or "
                     "run 'reidkit gallery add' to create it"
@@ -249,12 +265,15 @@ class EmbeddedBackend(Backend):
                     f"gallery data '{self.data}' is missing or unreadable; restore the gallery "
                     "from a backup"
                 ) from None
-            with self._file_lock():
+            if self.read_only:
                 superseded = self._setting("superseded", False)
-                if not superseded:
-                    self._repair()
-                    if self._staged_version is None:
-                        self._remove_older_versions()
+            else:
+                with self._file_lock():
+                    superseded = self._setting("superseded", False)
+                    if not superseded:
+                        self._repair()
+                        if self._staged_version is None:
+                            self._remove_older_versions()
             if not superseded:
                 break
             self._disconnect()  # switched to a newer version while we opened this one
@@ -266,8 +285,11 @@ class EmbeddedBackend(Backend):
     def _connect(self) -> None:
         if not self.data.is_dir():
             raise FileNotFoundError(self.data)
+        database = str(self.data / "meta.sqlite")
+        if self.read_only:  # never creates the file, a journal or anything beside it
+            database = f"file:{quote(database)}?mode=ro"
         self._db = sqlite3.connect(
-            self.data / "meta.sqlite", check_same_thread=False, isolation_level=None
+            database, check_same_thread=False, isolation_level=None, uri=self.read_only
         )
         try:
             self._db.execute("PRAGMA secure_delete=ON")
@@ -277,7 +299,8 @@ class EmbeddedBackend(Backend):
             # Reads through a memory map (writes still go through write(2), so durability and
             # secure_delete are unchanged): a search's metadata lookups then cost no syscall.
             self._db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
-            self._init_schema()
+            if not self.read_only:
+                self._init_schema()
             self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
         except BaseException:
             self._db.close()
@@ -338,6 +361,10 @@ class EmbeddedBackend(Backend):
     @contextmanager
     def _writer(self) -> Iterator[None]:
         """One writer at a time, on the current version (following a switch made meanwhile)."""
+        if self.read_only:
+            raise GalleryError(
+                f"gallery '{self.location}' is open read-only; change it where it is writable"
+            )
         with self._lock:
             while True:
                 with ExitStack() as stack:
@@ -500,11 +527,21 @@ class EmbeddedBackend(Backend):
     def append_audit(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record) + "\n").encode()
         with self._lock:
+            if self.read_only and self._audit_file is None:
+                if not self._audit_dropped:
+                    self._audit_dropped = True
+                    logger.warning(
+                        "gallery '%s' is read-only and no audit file was given: audit records "
+                        "of this process are not kept",
+                        self.location,
+                    )
+                return
             if self._audit_fd is None:
                 # Kept open (opening costs more than the write): with O_APPEND each line is one
                 # write(2) at the end of the file, whichever process writes it.
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                self._audit_fd = os.open(self.folder / "audit.jsonl", flags, 0o666)
+                target = self._audit_file or self.folder / "audit.jsonl"
+                self._audit_fd = os.open(target, flags, 0o666)
             os.write(self._audit_fd, line)
             if record.get("action") != "search":
                 os.fsync(self._audit_fd)

@@ -17,12 +17,13 @@ import functools
 import getpass
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from reidkit.gallery import validation
 from reidkit.gallery.store import (
     Backend,
     CropFilter,
@@ -287,10 +288,10 @@ class Gallery:
 
     def _check_filter(self, where: CropFilter) -> None:
         """A camera the gallery never saw is a typo, not an empty answer."""
-        if where.start is not None and where.end is not None and where.start > where.end:
-            raise GalleryError(
-                f"the time window starts ({where.start}) after it ends ({where.end}); swap them"
-            )
+        try:
+            validation.window(where.start, where.end)
+        except ValueError as exc:
+            raise GalleryError(str(exc)) from None
         for camera in where.cameras or ():
             if not self._backend.count(CropFilter(cameras=(camera,))):
                 raise GalleryError(
@@ -303,14 +304,32 @@ class Gallery:
         if a rebuild is under way; returns how many were removed from the gallery."""
         if selection.is_empty():
             raise GalleryError("nothing to forget: name tracks, crops or a cutoff time")
-        removed = self._backend.delete(selection)
+        return self._erase(lambda backend: selection, selection.to_dict(), operator)
+
+    def forget_all(self, *, operator: str | None = None) -> int:
+        """Remove every crop (and from a rebuild under way): the explicit request for what no
+        selection or age may do by accident; returns how many were removed."""
+
+        def everything(backend: Backend) -> Selection:
+            return Selection(crop_ids=tuple(int(i) for i in backend.crop_ids()))
+
+        return self._erase(everything, {"everything": True}, operator)
+
+    def _erase(
+        self, select: Callable[[Backend], Selection], asked: dict[str, Any], operator: str | None
+    ) -> int:
+        """Delete ``select(backend)`` from the gallery and its staged next version; audit it."""
+        chosen = select(self._backend)
+        removed = 0 if chosen.is_empty() else self._backend.delete(chosen)
         staged = self._backend.staging(create=False)
         if staged is not None:  # forgotten data must not come back with a rebuilt gallery
             try:
-                staged.delete(selection)
+                chosen = select(staged)
+                if not chosen.is_empty():
+                    staged.delete(chosen)
             finally:
                 staged.close()
-        self.audit("forget", operator, **selection.to_dict(), removed=removed)
+        self.audit("forget", operator, **asked, removed=removed)
         return removed
 
     # -------------------------------------------------------------------------- rest

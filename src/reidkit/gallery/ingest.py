@@ -6,7 +6,9 @@ Metadata comes from one of two places:
   id), timestamp ``origin + FFFFFF / fps`` (frame number at the camera's frame rate);
 * a CSV manifest with the header ``path,camera,timestamp,track_id[,site,zone]``; timestamps are
   unix seconds or ISO-8601 (a time without a zone is UTC); relative paths are relative to the
-  manifest. A bad row is reported as ``file:line: what is wrong``.
+  manifest. Every row has every cell, and camera, time and track id meet the rules of
+  :mod:`reidkit.gallery.validation` (those of the HTTP API). A bad row is reported as
+  ``file:line: what is wrong``.
 
 Crops are decoded and normalised as the model card says (the one rule,
 :func:`reidkit.data.preprocessing.resolve_preprocessing`) through the evaluation pipeline
@@ -18,10 +20,8 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from reidkit.config.times import parse_time as parse_timestamp
 from reidkit.data.images import decode_rgb
 from reidkit.data.market import parse_name
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
 from reidkit.errors import ImageRefused
+from reidkit.gallery import validation
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.store import CropMeta, GalleryError
 
@@ -44,24 +46,6 @@ _FRAME = re.compile(r"^(?:-1|\d+)_c\d+(?:s\d+)?_(\d+)")
 THUMBNAIL_HEIGHT = 96
 
 Embedder = Callable[[Tensor], Tensor]
-
-
-def parse_timestamp(text: str) -> float:
-    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``)."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"timestamp {text!r} is neither unix seconds nor ISO-8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if not math.isfinite(value):
-        raise ValueError(f"timestamp {text!r} is not a finite number")
-    return value
 
 
 def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:
@@ -94,6 +78,36 @@ def crops_in_folder(folder: Path, origin: float, fps: float = 25.0) -> list[Crop
     return [meta_from_name(p, origin, fps) for p in files]
 
 
+def _manifest_row(path: Path, line: int, row: dict[Any, Any], columns: int) -> CropMeta:
+    """One manifest row as a crop, checked by the rules the HTTP API applies too
+    (:mod:`reidkit.gallery.validation`); a bad row is ``file:line: what is wrong``."""
+    try:
+        if None in row or None in row.values():  # csv's marks of extra and missing cells
+            cells = columns + len(row.get(None) or []) - sum(v is None for v in row.values())
+            raise ValueError(f"the row has {cells} cells, the header {columns}")
+        if not row["path"].strip():
+            raise ValueError("path is empty")
+        try:
+            camera = int(row["camera"])
+        except ValueError:
+            raise ValueError(f"camera {row['camera']!r} is not an integer") from None
+        validation.camera(camera)
+        timestamp = validation.timestamp(parse_timestamp(row["timestamp"]))
+        track_id = validation.track_id(row["track_id"])
+    except ValueError as exc:
+        raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
+    crop = Path(row["path"].strip())
+    crop = crop if crop.is_absolute() else path.parent / crop
+    return CropMeta(
+        path=str(crop.resolve()),
+        camera=camera,
+        timestamp=timestamp,
+        track_id=track_id,
+        site=(row.get("site") or "").strip() or None,
+        zone=(row.get("zone") or "").strip() or None,
+    )
+
+
 def read_manifest(path: Path) -> list[CropMeta]:
     """The crops a CSV manifest lists (see the module docstring); one line per bad row."""
     if not path.is_file():
@@ -118,30 +132,12 @@ def read_manifest(path: Path) -> list[CropMeta]:
                 f"{','.join(MANIFEST_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
             )
         reader.fieldnames = header
-        for row in reader:
-            line = reader.line_num
-            try:
-                if not (row.get("path") or "").strip():
-                    raise ValueError("path is empty")
-                try:
-                    camera = int(row["camera"])
-                except (TypeError, ValueError):
-                    raise ValueError(f"camera {row['camera']!r} is not an integer") from None
-                timestamp = parse_timestamp(row["timestamp"] or "")
-            except ValueError as exc:
-                raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
-            crop = Path(row["path"].strip())
-            crop = crop if crop.is_absolute() else path.parent / crop
-            metas.append(
-                CropMeta(
-                    path=str(crop.resolve()),
-                    camera=camera,
-                    timestamp=timestamp,
-                    track_id=(row.get("track_id") or "").strip() or None,
-                    site=(row.get("site") or "").strip() or None,
-                    zone=(row.get("zone") or "").strip() or None,
-                )
-            )
+        try:
+            for row in reader:
+                metas.append(_manifest_row(path, reader.line_num, row, len(header)))
+        except csv.Error as exc:  # e.g. a cell over csv's field size limit
+            line = reader.line_num + 1  # the line being read when csv gave up
+            raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
     if not metas:
         raise GalleryError(f"manifest '{path}' lists no crops")
     return metas

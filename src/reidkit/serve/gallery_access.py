@@ -2,10 +2,10 @@
 
 A gallery is not written for concurrent callers (the embedded one holds a SQLite connection,
 which belongs to the thread that opened it), so every call runs on one dedicated thread, in
-arrival order; the event loop never blocks on it. This module also converts between the
-gallery's names and units (``crop_id``, ``start``/``end`` and ``before`` in unix seconds) and
-the API's (ISO 8601 times, ``since``/``until``, ``older_than`` as an age), and passes the
-caller's name as the operator of each audited call.
+arrival order; the event loop never blocks on it. The API uses the gallery's names (``crop_id``,
+``start``/``end``, ``before``); this module converts the units (ISO 8601 times to unix seconds,
+the age ``older_than`` to the cutoff ``before``) and passes the caller's name as the operator
+of each audited call.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from reidkit.errors import ReidkitError
-from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.factory import is_milvus_uri, open_gallery
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import THUMBNAIL_HEIGHT
 from reidkit.gallery.store import CropFilter, CropMeta, GalleryStats, Hit, Selection
@@ -46,7 +48,8 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc)
 
 
-def _seconds(moment: datetime | None) -> float | None:
+def unix_seconds(moment: datetime | None) -> float | None:
+    """Unix seconds of an API time (no zone: UTC), or None."""
     moment = as_utc(moment)
     return None if moment is None else moment.timestamp()
 
@@ -58,8 +61,21 @@ def upload_key(data: bytes, meta: schemas.CropMeta) -> str:
     gallery's path de-duplication gives file-based ingest.
     """
     digest = hashlib.sha256(data)
-    digest.update(f"|{meta.camera}|{_seconds(meta.timestamp)}|{meta.track_id}".encode())
+    digest.update(f"|{meta.camera}|{unix_seconds(meta.timestamp)}|{meta.track_id}".encode())
     return f"upload:{digest.hexdigest()[:32]}"
+
+
+def shown_path(path: str, crop_root: str | None) -> str:
+    """A crop's path as a search token may see it: relative to the crop root, not the layout
+    of the ingest machine. Keys that are no file path (uploads) are shown as stored; an
+    absolute path outside the root, as its file name."""
+    if not os.path.isabs(path):
+        return path
+    if crop_root is not None:
+        relative = os.path.relpath(path, crop_root)
+        if not relative.startswith(os.pardir):
+            return relative
+    return os.path.basename(path)
 
 
 def make_thumbnail(image: Image.Image) -> bytes:
@@ -74,28 +90,40 @@ def make_thumbnail(image: Image.Image) -> bytes:
 class GalleryService:
     """A gallery behind one worker thread, with the size cached for ``/metrics`` and health."""
 
-    def __init__(self, executor: ThreadPoolExecutor, gallery: Gallery, uri: str) -> None:
+    def __init__(
+        self, executor: ThreadPoolExecutor, gallery: Gallery, uri: str, crop_root: str | None
+    ) -> None:
         self._executor = executor
         self._gallery = gallery
         self._uri = uri
+        self._crop_root = crop_root
         self._size = 0
         self._threshold: float | None = None
         self._stats()
 
     @classmethod
     def open(
-        cls, uri: str, card: dict[str, Any], match_threshold: float | None = None
+        cls,
+        uri: str,
+        card: dict[str, Any],
+        match_threshold: float | None = None,
+        *,
+        crop_root: str | None = None,
+        audit_file: Path | None = None,
     ) -> GalleryService:
         """Open (or create) the gallery at ``uri`` on a new worker thread, for ``card``'s model.
 
-        ``match_threshold`` overrides the calibrated one of the gallery's model card.
+        ``match_threshold`` overrides the calibrated one of the gallery's model card. Hits show
+        crop paths relative to ``crop_root`` (see :func:`shown_path`). A gallery folder this
+        process cannot write opens read-only, auditing to ``audit_file``.
         """
+        options: dict[str, Any] = {} if is_milvus_uri(uri) else {"audit_file": audit_file}
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-gallery")
         try:
             gallery = executor.submit(
-                open_gallery, uri, card, create=True, match_threshold=match_threshold
+                open_gallery, uri, card, create=True, match_threshold=match_threshold, **options
             ).result()
-            return executor.submit(cls, executor, gallery, uri).result()
+            return executor.submit(cls, executor, gallery, uri, crop_root).result()
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -150,7 +178,7 @@ class GalleryService:
             CropMeta(
                 path=key,
                 camera=meta.camera,
-                timestamp=_seconds(meta.timestamp) or 0.0,
+                timestamp=unix_seconds(meta.timestamp) or 0.0,
                 track_id=meta.track_id,
                 site=meta.site,
                 zone=meta.zone,
@@ -169,21 +197,23 @@ class GalleryService:
         *,
         k: int,
         cameras: list[int] | None,
-        since: datetime | None,
-        until: datetime | None,
+        start: datetime | None,
+        end: datetime | None,
         who: str,
+        full_paths: bool = False,
     ) -> list[schemas.Hit]:
-        """The k nearest crops to one query vector ``[1, D]``, audited as ``who``."""
+        """The k nearest crops to one query vector ``[1, D]``, audited as ``who``; paths as
+        stored with ``full_paths`` (admin), else relative to the crop root."""
         where = CropFilter(
             cameras=None if cameras is None else tuple(cameras),
-            start=_seconds(since),
-            end=_seconds(until),
+            start=unix_seconds(start),
+            end=unix_seconds(end),
         )
         hits = await self._call(self._search, query, k, where, who)
         return [
             schemas.Hit(
                 crop_id=hit.crop_id,
-                path=hit.meta.path,
+                path=hit.meta.path if full_paths else shown_path(hit.meta.path, self._crop_root),
                 distance=hit.distance,
                 camera=hit.meta.camera,
                 timestamp=_utc(hit.meta.timestamp),
@@ -196,29 +226,44 @@ class GalleryService:
     async def forget(
         self,
         *,
-        track_id: str | None,
-        path: str | None,
-        older_than: timedelta | None,
+        track_id: str | None = None,
+        path: str | None = None,
+        crop_id: int | None = None,
+        older_than: timedelta | None = None,
         who: str,
-    ) -> int:
-        """Remove a track, a crop or everything older than an age, audited as ``who``."""
+    ) -> schemas.ForgetResponse:
+        """Remove a track, a crop or everything older than an age, audited as ``who``; the
+        answer says what was selected and warns when nothing matched."""
         before = None
         if older_than is not None:  # the API's age becomes the gallery's absolute cutoff
-            before = (datetime.now(timezone.utc) - older_than).timestamp()
+            before = datetime.now(timezone.utc) - older_than
         selection = Selection(
             track_ids=() if track_id is None else (track_id,),
             paths=() if path is None else (path,),
-            before=before,
+            crop_ids=() if crop_id is None else (crop_id,),
+            before=unix_seconds(before),
         )
         count = await self._call(self._gallery.forget, selection, operator=who)
+        asked = {"track_id": track_id, "path": path, "crop_id": crop_id, "before": before}
+        return await self._erased(count, {k: v for k, v in asked.items() if v is not None})
+
+    async def forget_all(self, *, who: str) -> schemas.ForgetResponse:
+        """Remove every crop of the gallery, audited as ``who``."""
+        count = await self._call(self._gallery.forget_all, operator=who)
+        return await self._erased(count, {"everything": True})
+
+    async def _erased(self, count: int, asked: dict[str, Any]) -> schemas.ForgetResponse:
         await self.size()
-        return count
+        warning = None if count else "nothing matched; no crop was erased (check the request)"
+        return schemas.ForgetResponse(forgotten=count, request=asked, warning=warning)
 
     async def stats(self) -> schemas.GalleryStats:
         stats = await self._call(self._stats)
         return schemas.GalleryStats(
             size=stats.size,
             cameras=sorted(stats.cameras),
+            start=_utc(stats.start),
+            end=_utc(stats.end),
             first=_utc(stats.start),
             last=_utc(stats.end),
             index=stats.index_kind,

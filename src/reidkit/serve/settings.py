@@ -40,6 +40,11 @@ class ServeSettings:
     # onnxruntime intra-op threads; 0 lets onnxruntime use every core.
     threads: int = 0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # Folder the gallery's crop files were added from: search hits show paths relative to it
+    # (absolute paths only to admin tokens). None: only the file name of an absolute path.
+    crop_root: str | None = None
+    # Where audit records go when the gallery is read-only (its own audit.jsonl cannot grow).
+    audit_file: Path | None = None
 
     def explicit_preprocessing(self) -> dict[str, tuple[str, tuple[float, ...]]]:
         """The normalisation set in the spec, as the preprocessing rule takes it."""
@@ -51,6 +56,7 @@ class ServeSettings:
         data: dict[str, Any] = asdict(self)
         data["model"], data["tokens"] = str(self.model), str(self.tokens)
         data["cors_origins"] = list(self.cors_origins)
+        data["audit_file"] = None if self.audit_file is None else str(self.audit_file)
         return json.dumps(data)
 
     @classmethod
@@ -58,4 +64,5 @@ class ServeSettings:
         data = json.loads(text)
         data["model"], data["tokens"] = Path(data["model"]), Path(data["tokens"])
         data["cors_origins"] = tuple(data["cors_origins"])
+        data["audit_file"] = None if data["audit_file"] is None else Path(data["audit_file"])
         return cls(**data)

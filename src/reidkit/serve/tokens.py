@@ -109,6 +109,23 @@ def create_token(path: Path, name: str, scopes: list[str] | tuple[str, ...]) -> 
     return f"rk_{token_id}_{secret}"
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown of a token: never its secret, nor its hash and salt."""
+
+    name: str
+    scopes: tuple[str, ...]
+    created: str | None
+
+
+def list_tokens(path: Path) -> list[TokenInfo]:
+    """The tokens of ``path``, in creation order: names, scopes and creation times."""
+    return [
+        TokenInfo(entry["name"], tuple(entry["scopes"]), entry.get("created"))
+        for entry in _read(path)
+    ]
+
+
 def revoke_token(path: Path, name: str) -> None:
     """Remove the token named ``name``; a running server stops accepting it on its next reload."""
     entries = _read(path)

@@ -76,8 +76,8 @@ async function loadStats() {
     label.append(input, ` cam ${camera}`);
     box.append(label);
   }
-  if (!$("since").value) $("since").value = isoToInput(state.stats.first);
-  if (!$("until").value) $("until").value = isoToInput(state.stats.last);
+  if (!$("start").value) $("start").value = isoToInput(state.stats.start);
+  if (!$("end").value) $("end").value = isoToInput(state.stats.end);
   const threshold = state.stats.match_threshold;
   $("gallery-stats").textContent = `${state.stats.size} crops · ${state.stats.cameras.length} cameras · ` +
     (threshold == null ? "no match threshold" : `match if distance ≤ ${threshold.toFixed(3)}`);
@@ -99,10 +99,10 @@ async function search() {
   form.append("images", state.query, "query.png");
   form.append("k", $("k").value);
   for (const box of $("cameras").querySelectorAll("input:checked")) form.append("cameras", box.value);
-  const since = inputToIso($("since").value);
-  const until = inputToIso($("until").value);
-  if (since) form.append("since", since);
-  if (until) form.append("until", until);
+  const start = inputToIso($("start").value);
+  const end = inputToIso($("end").value);
+  if (start) form.append("start", start);
+  if (end) form.append("end", end);
   $("search").disabled = true;
   try {
     const result = await (await api("/v1/search", { method: "POST", body: form })).json();

@@ -1,0 +1,137 @@
+"""What the route modules share: the services of one app and the dependencies that hand them out.
+
+A route module never reaches for ``app.state`` itself: it declares what it needs (``SettingsDep``,
+``GalleryDep``, ``ModelDep``, a scope such as ``Searcher``) and FastAPI resolves it per request,
+as in FastAPI's "bigger applications" layout. A new router (e.g. live association) needs only
+these names and one ``include_router`` line in :mod:`reidkit.serve.app`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, HTTPException, Request, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from reidkit.data.images import decode_rgb
+from reidkit.errors import ImageRefused
+from reidkit.serve.embedding import ServedModel
+from reidkit.serve.gallery_access import GalleryService, make_thumbnail
+from reidkit.serve.metrics import ServerMetrics
+from reidkit.serve.settings import ServeSettings
+from reidkit.serve.tokens import Caller, TokenStore
+
+_bearer = HTTPBearer(auto_error=False, description="A token from 'reidkit serve token'.")
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a request handler needs, held on ``app.state.services``."""
+
+    settings: ServeSettings
+    model: ServedModel
+    gallery: GalleryService
+    tokens: TokenStore
+    metrics: ServerMetrics
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def _settings(services: ServicesDep) -> ServeSettings:
+    return services.settings
+
+
+def _gallery(services: ServicesDep) -> GalleryService:
+    return services.gallery
+
+
+def _model(services: ServicesDep) -> ServedModel:
+    return services.model
+
+
+SettingsDep = Annotated[ServeSettings, Depends(_settings)]
+GalleryDep = Annotated[GalleryService, Depends(_gallery)]
+ModelDep = Annotated[ServedModel, Depends(_model)]
+
+
+def require(scope: str) -> Callable[..., Caller]:
+    """A dependency: the caller of a valid bearer token holding ``scope`` (401 / 403 if not)."""
+
+    def check(
+        services: ServicesDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", headers=challenge)
+        caller = services.tokens.verify(credentials.credentials)
+        if caller is None:
+            raise HTTPException(401, "unknown or revoked token", headers=challenge)
+        if not caller.allows(scope):
+            raise HTTPException(403, f"token '{caller.name}' lacks the '{scope}' scope")
+        return caller
+
+    return check
+
+
+Searcher = Annotated[Caller, Depends(require("search"))]
+Writer = Annotated[Caller, Depends(require("write"))]
+Admin = Annotated[Caller, Depends(require("admin"))]
+
+
+async def embed_uploads(
+    services: Services, images: list[UploadFile], *, thumbnails: bool = False
+) -> tuple[np.ndarray, list[bytes], list[bytes]]:
+    """Embeddings of the uploads, their raw bytes and (if asked) their JPEG thumbnails.
+
+    413 for more images than allowed, 422 naming the first unusable one. Decoding runs in a
+    worker thread; the embedding goes through the micro-batcher.
+    """
+    limit = services.settings.max_images
+    if len(images) > limit:
+        raise HTTPException(413, f"{len(images)} images in one request; the limit is {limit}")
+    payloads = [await upload.read() for upload in images]
+
+    def prepare() -> tuple[np.ndarray, list[bytes]]:
+        decoded = [
+            decode_rgb(data, f"image {i + 1}", max_pixels=services.settings.max_image_pixels)
+            for i, data in enumerate(payloads)
+        ]
+        small = [make_thumbnail(image) for image in decoded] if thumbnails else []
+        return services.model.preprocess(decoded), small
+
+    try:
+        batch, small = await run_in_threadpool(prepare)
+    except ImageRefused as exc:
+        raise HTTPException(422, str(exc)) from None
+    return await services.model.embed(batch), payloads, small
+
+
+def parse_embedding(text: str, dim: int) -> np.ndarray:
+    """A client's query vector: a JSON array of ``dim`` finite numbers, returned L2-normalised."""
+    try:
+        values = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise HTTPException(422, "embedding must be a JSON array of numbers") from None
+    if (
+        not isinstance(values, list)
+        or len(values) != dim
+        or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    ):
+        raise HTTPException(422, f"embedding must be a JSON array of {dim} finite numbers")
+    vector = np.asarray(values, dtype=np.float32)[None, :]
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise HTTPException(422, "embedding must not be all zeros")
+    return vector / norm

@@ -1,0 +1,132 @@
+"""Property-based tests (hypothesis) of what the site verbs parse: one rule for the command line
+and HTTP (issue 25).
+
+* a crop's metadata: the manifest reader of ``gallery add`` and the HTTP request model of
+  ``POST /v1/gallery`` accept exactly the same camera, time and track id, with the same values,
+  and refuse the rest in one line naming ``file:line`` or the field;
+* any manifest bytes give crops or one ``file:line`` ``GalleryError``, never another exception;
+* a forget's age: any text is refused with a 422 or is an age of at least the documented minimum.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from fastapi import HTTPException
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from reidkit.gallery import validation
+from reidkit.gallery.ingest import read_manifest
+from reidkit.gallery.store import GalleryError
+from reidkit.serve.routes.gallery import _parse_age
+from reidkit.serve.schemas import CropMeta
+
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Text a CSV file can hold (no lone surrogates); the csv module quotes the rest.
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=140)
+moments = st.datetimes(
+    min_value=datetime(1000, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(timezone.utc)
+)
+times = st.one_of(
+    moments.map(lambda m: m.isoformat()),
+    st.floats(-1e11, 1e11, allow_nan=False).map(repr),
+    st.integers(-(10**12), 10**13).map(str),
+    text,
+)
+cameras = st.one_of(st.integers(-5, validation.CAMERA_MAX + 5), st.integers())
+
+
+def _manifest(camera: str, timestamp: str, track: str) -> tuple[bool, object]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "site.csv"
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerows(
+            [["path", "camera", "timestamp", "track_id"], ["a.jpg", camera, timestamp, track]]
+        )
+        path.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        try:
+            (meta,) = read_manifest(path)
+        except GalleryError as refused:
+            message = str(refused)
+            assert message.startswith(f"{path}:") and "\n" not in message, message
+            return False, message
+        return True, (meta.camera, meta.timestamp, meta.track_id)
+
+
+def _request(camera: int, timestamp: str, track: str) -> tuple[bool, object]:
+    try:
+        meta = CropMeta.model_validate(
+            {"camera": camera, "timestamp": timestamp, "track_id": track}
+        )
+    except ValidationError as refused:
+        assert refused.errors()[0]["loc"][0] in {"camera", "timestamp", "track_id"}
+        return False, refused.errors()[0]["msg"]
+    return True, (meta.camera, meta.timestamp.timestamp(), meta.track_id)
+
+
+@FAST
+@given(camera=cameras, timestamp=times, track=text)
+@example(camera=-1, timestamp="2026-01-01T00:00:00Z", track="t")
+@example(camera=0, timestamp="32503680000", track="t")  # a thousand years away
+@example(camera=0, timestamp="1767225600000", track="t")  # milliseconds, not seconds
+@example(camera=0, timestamp="0", track=" ")
+@example(camera=0, timestamp="0", track="t" * 129)
+@example(camera=0, timestamp="0.0078125", track="0")  # below the API's microsecond
+def test_manifest_and_http_accept_and_refuse_the_same_crop(
+    camera: int, timestamp: str, track: str
+) -> None:
+    by_file, from_file = _manifest(str(camera), timestamp, track)
+    by_http, from_http = _request(camera, timestamp, track)
+    assert by_file == by_http, (from_file, from_http)
+    if by_file:
+        assert from_file == pytest.approx(from_http, abs=1e-6)  # HTTP times are microseconds
+        assert 0 <= camera <= validation.CAMERA_MAX
+        assert validation.TIME_MIN <= from_file[1] < validation.TIME_MAX
+        assert track.strip() == track and 0 < len(track) <= validation.TRACK_ID_MAX
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.binary(max_size=400))
+@example(body=b"path,camera,timestamp,track_id\n" + b"a.jpg,1,0," + b"t" * 200_000 + b"\n")
+@example(body=b"path,camera,timestamp,track_id\na.jpg,1,0\n")
+@example(body=b"\xef\xbb\xbfpath,camera,timestamp,track_id\na.jpg,1,1e400,t\n")
+def test_any_manifest_bytes_give_crops_or_one_line(body: bytes) -> None:
+    header = b"path,camera,timestamp,track_id\n"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "site.csv"
+        for content in (body, header + body):
+            path.write_bytes(content)
+            try:
+                metas = read_manifest(path)
+            except GalleryError as refused:
+                assert "\n" not in str(refused) and str(path) in str(refused)
+                continue
+            for meta in metas:
+                validation.camera(meta.camera)
+                validation.timestamp(meta.timestamp)
+                assert meta.track_id is not None
+                validation.track_id(meta.track_id)
+
+
+@FAST
+@given(age=st.one_of(text, st.from_regex(r"\A-?\d{1,6}[smhdw]?\Z")))
+@example(age="0m")
+@example(age="59m")
+@example(age="1h")
+def test_any_forget_age_is_at_least_the_minimum_or_refused(age: str) -> None:
+    try:
+        parsed = validation.forget_age(_parse_age(age))
+    except HTTPException as refused:
+        assert refused.status_code == 422 and "\n" not in str(refused.detail)
+        return
+    except ValueError as refused:
+        assert "under the minimum of 1h" in str(refused)
+        return
+    assert parsed >= validation.MIN_FORGET_AGE
