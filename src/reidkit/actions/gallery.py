@@ -45,6 +45,7 @@ from reidkit.gallery.store import (
     GalleryError,
     GalleryStats,
     Hit,
+    IdentityHit,
     Selection,
 )
 from reidkit.outputs import atomic_open, path_text, write_json
@@ -174,16 +175,22 @@ def gallery_search(spec: ExperimentSpec) -> SearchResult:
                     _rerank(spec, gallery, v, row) for v, row in zip(vectors, hits, strict=True)
                 ]
             hits = [row[: settings.top_k] for row in hits]
+            people = gallery.group_by_identity(hits) if settings.group_by_identity else None
         names = ["track"] if settings.query_as_track else [q.path for q in queries]
         output = Path(settings.output_file or run.folder / "search.json")
-        write_json(
-            output,
-            [
+        if people is None:
+            found = [
                 {"query": name, "hits": [h.to_dict() for h in row]}
                 for name, row in zip(names, hits, strict=True)
-            ],
-        )
-        print(hits_table(names, hits))
+            ]
+            print(hits_table(names, hits))
+        else:
+            found = [
+                {"query": name, "identities": [p.to_dict() for p in row]}
+                for name, row in zip(names, people, strict=True)
+            ]
+            print(identities_table(names, people))
+        write_json(output, found)
         outcome = GalleryOutcome(output_file=str(output))
         run.succeed(f"searched {len(names)} queries", outcome=outcome)
     return SearchResult(names, hits, output)
@@ -224,15 +231,42 @@ def hits_table(names: list[str], hits: list[list[Hit]]) -> str:
     return "\n".join(lines)
 
 
+def identities_table(names: list[str], people: list[list[IdentityHit]]) -> str:
+    """Per query, the people among its hits: rank, nearest distance, decision, global id,
+    cameras and time span (UTC) of that identity, hits."""
+    lines = []
+    for name, row in zip(names, people, strict=True):
+        lines.append(f"query {name}")
+        lines.append("  rank  distance  decision  global id     cameras       seen (UTC)")
+        for rank, person in enumerate(row, 1):
+            best = person.hits[0]
+            label = person.global_id or f"(crop {best.crop_id})"
+            cameras = ",".join(map(str, person.cameras))
+            lines.append(
+                f"  {rank:>4}  {best.distance:8.4f}  {best.decision or '-':<8}  {label:<12}  "
+                f"{cameras:<12}  {_utc(person.start)} .. {_utc(person.end)}  "
+                f"{len(person.hits)} hits"
+            )
+        if not row:
+            lines.append("  (no crop in the gallery passes the filters)")
+    return "\n".join(lines)
+
+
 def gallery_forget(spec: ExperimentSpec) -> int:
-    """Remove ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
+    """Remove ``gallery.forget_identity`` (every crop of those people, all cameras),
+    ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
     ``gallery.retention_days``, from every file of the gallery; returns how many."""
     settings = spec.gallery
     with run_action(spec, "gallery") as run:
-        if not (settings.forget_tracks or settings.forget_crops or settings.retention_days):
+        if not (
+            settings.forget_tracks
+            or settings.forget_crops
+            or settings.retention_days
+            or settings.forget_identity
+        ):
             raise SpecError(
-                "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
-                "gallery.retention_days"
+                "nothing to forget: set gallery.forget_tracks, gallery.forget_crops, "
+                "gallery.forget_identity or gallery.retention_days"
             )
         before = None
         if settings.retention_days is not None:  # an age: crops taken before now - age go
@@ -243,7 +277,16 @@ def gallery_forget(spec: ExperimentSpec) -> int:
             before=before,
         )
         with open_gallery(_uri(spec)) as gallery:
-            removed = gallery.forget(selection, operator=settings.operator)
+            removed = 0
+            for global_id in settings.forget_identity:  # every camera of that person
+                person = gallery.forget_identity(global_id, operator=settings.operator)
+                print(
+                    f"global id {global_id}: {person.removed} crops in cameras "
+                    f"{list(person.cameras)}, tracks {list(person.tracks)}"
+                )
+                removed += person.removed
+            if not selection.is_empty():
+                removed += gallery.forget(selection, operator=settings.operator)
             size = gallery.stats().size
         print(f"forgot {removed} crops; {size} remain")
         run.succeed(f"forgot {removed} crops", outcome=GalleryOutcome(size=size, removed=removed))
