@@ -199,42 +199,14 @@ def simulated_looks(people, cameras, noise: float, seed: int, dim: int = 128):
 
 def replay_online(track_set, min_transit, calibration):
     """Final labels of the live assigner fed tracks in closing order (corrections applied),
-    and its per-track seconds."""
-    np = _np()
-    from reidkit.association.cluster import centre_by_camera
-    from reidkit.association.constraints import Rules
-    from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
+    and its per-track seconds (the stability cut's calibration has no threshold: 1.0)."""
+    from dataclasses import replace
 
-    centred, _ = centre_by_camera(track_set.embeddings, track_set.cameras, calibration.camera_means)
-    threshold = calibration.threshold if calibration.threshold is not None else 1.0
-    live = OnlineAssigner(
-        Rules(min_transit, calibration.ground_gate),
-        threshold,
-        veto=calibration.veto,
-        store=MemoryIdentityStore(dim=centred.shape[1]),
-    )
-    given, renamed, seconds = {}, {}, []
-    for i in np.argsort(track_set.end, kind="stable").tolist():
-        closing = ClosedTrack(
-            i,
-            int(track_set.cameras[i]),
-            float(track_set.start[i]),
-            float(track_set.end[i]),
-            centred[i],
-            track_set.ground[i],
-        )
-        began = time.perf_counter()
-        answer = live.assign(closing)
-        seconds.append(time.perf_counter() - began)
-        given[i] = answer.global_id
-        renamed |= {c.absorbed: c.kept for c in answer.corrections}
+    from reidkit.association.online import replay
 
-    def final(identity: int) -> int:
-        while identity in renamed:
-            identity = renamed[identity]
-        return identity
-
-    return np.array([final(given[i]) for i in range(len(track_set))]), np.array(seconds)
+    if calibration.threshold is None:
+        calibration = replace(calibration, threshold=1.0)
+    return replay(track_set, min_transit, calibration)
 
 
 def methods(track_set, min_transit, truth, card_threshold: float | None) -> dict[str, object]:

@@ -211,6 +211,8 @@ def _transit(site: Site, seen: list[dict[str, Any]]) -> dict[str, Any]:
 def _calibration_record(calibration: Calibration, site: Site) -> dict[str, Any]:
     names = site.names
     return {
+        "cameras": names,
+        "min_transit_s": site.min_transit_matrix().tolist(),
         "threshold": calibration.threshold,
         "threshold_source": calibration.source,
         "veto": calibration.veto,

@@ -71,7 +71,17 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
             if name in ("pixel_mean", "pixel_std")  # the ONNX graph fixes the input size
         },
         cors_origins=tuple(section.cors_origins),
+        association_calibration=association_calibration(spec),
     )
+
+
+def association_calibration(spec: ExperimentSpec) -> str | None:
+    """``serve.association_calibration``, else the associate run's ``calibration.json`` if one
+    is there (live association is off without one)."""
+    if spec.serve.association_calibration:
+        return spec.serve.association_calibration
+    found = spec.action_dir("associate") / "calibration.json"
+    return str(found) if found.is_file() else None
 
 
 def serve(spec: ExperimentSpec) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
+from importlib import import_module, resources
 from typing import Annotated, Any
 
 import numpy as np
@@ -372,6 +372,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     _mount_routes(app)
+    app.include_router(import_module("reidkit.serve.association_routes").router)
     page = resources.files("reidkit.serve") / "static"
     app.mount("/ui", StaticFiles(directory=str(page), html=True), name="ui")
 

@@ -40,6 +40,8 @@ class ServeSettings:
     # onnxruntime intra-op threads; 0 lets onnxruntime use every core.
     threads: int = 0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # An associate run's calibration.json: enables live association (POST /v1/tracks).
+    association_calibration: str | None = None
 
     def explicit_preprocessing(self) -> dict[str, tuple[str, tuple[float, ...]]]:
         """The normalisation set in the spec, as the preprocessing rule takes it."""
