@@ -95,7 +95,7 @@ def test_replay_through_two_servers_matches_the_offline_replay(
 def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
     calibrated_site, start_server, tokens, tmp_path
 ) -> None:
-    folder, calibration = calibrated_site
+    _, calibration = calibrated_site
     server = start_server(tmp_path / "gallery", f"serve.association_calibration={calibration}")
     body = {"camera": "0", "track_id": "7", "start": 100.0, "end": 104.0,
             "embeddings": [[1.0] + [0.0] * 63]}  # fmt: skip
