@@ -18,18 +18,15 @@ from reidkit.association.tracks import Track
 from reidkit.cli import main
 from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.store import CropMeta, StoredCrop
-from tests.conftest import empty_spec, run_cli
+from tests.association.conftest import make_synthetic_site
+from tests.conftest import empty_spec
 
 
 @pytest.fixture(scope="module")
 def small_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("site")
-    result = run_cli(
-        "dataset", "synth", "--site", "--out", str(folder), "--cameras", "3", "--tracks", "40",
-        "--hours", "0.5", "--dim", "16", "--seed", "1",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return folder
+    return make_synthetic_site(
+        tmp_path_factory.mktemp("site"), cameras=3, tracks=40, hours=0.5, dim=16, seed=1
+    )
 
 
 def _fill(uri: Path, site_folder: Path) -> list[Track]:

@@ -20,6 +20,7 @@ from reidkit.association.online import final_identity, replay
 from reidkit.association.readers import read_tracks
 from reidkit.association.site import load_site
 from reidkit.association.tracks import split_at_gaps
+from tests.association.conftest import make_synthetic_site
 from tests.conftest import empty_spec, run_cli
 
 
@@ -27,12 +28,9 @@ from tests.conftest import empty_spec, run_cli
 def calibrated_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A synthetic 4-camera site with 64-d embeddings (the served model's width), associated
     offline by the CLI: (site folder, its calibration.json)."""
-    folder = tmp_path_factory.mktemp("live-site")
-    result = run_cli(
-        "dataset", "synth", "--site", "--out", str(folder), "--cameras", "4", "--tracks", "80",
-        "--hours", "1", "--dim", "64", "--seed", "3",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    folder = make_synthetic_site(
+        tmp_path_factory.mktemp("live-site"), cameras=4, tracks=80, hours=1, dim=64, seed=3
+    )
     result = run_cli(
         "associate", "-e", str(empty_spec(folder)), f"results_dir={folder / 'out'}",
         f"associate.site={folder / 'site.yaml'}", f"associate.tracks={folder / 'tracks.jsonl'}",

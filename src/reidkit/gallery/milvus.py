@@ -132,15 +132,7 @@ class MilvusBackend(Backend):
 
     # ------------------------------------------------------------------------- plumbing
     def _create_log(self) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        schema = MilvusClient.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-        schema.add_field("record", DataType.VARCHAR, max_length=65_535)
-        index = self._client.prepare_index_params()
-        index.add_index("unused", index_type="FLAT", metric_type="L2")
-        self._client.create_collection(self.log_name, schema=schema, index_params=index)
+        _create_record_collection(self._client, self.log_name)
         self._write_row(_CURRENT, {"format_version": 1, "card": None, "dim": None})
 
     def _row_record(self, row_id: int) -> dict[str, Any] | None:
@@ -234,15 +226,7 @@ class MilvusBackend(Backend):
         self._client.insert(self.log_name, [row])
 
     def audit_records(self) -> list[dict[str, Any]]:
-        iterator = self._client.query_iterator(
-            self.log_name, batch_size=_BATCH * 4, filter="id > 0", output_fields=["record"]
-        )
-        rows: list[dict[str, Any]] = []
-        try:
-            while batch := iterator.next():
-                rows += batch
-        finally:
-            iterator.close()
+        rows = _every_row(self._client, self.log_name, "id > 0")
         return [json.loads(r["record"]) for r in sorted(rows, key=lambda r: r["id"])]
 
     # -------------------------------------------------------------------------- insert
@@ -539,7 +523,9 @@ class MilvusEventLog:
     def read(self, after: int) -> list[tuple[int, dict[str, Any]]]:
         with self._lock:
             rows = _every_row(self._client, self._name, f"id > {int(after)}")
-            found = sorted((int(r["id"]), json.loads(r["record"])) for r in rows)
+            found = sorted(
+                ((int(r["id"]), json.loads(r["record"])) for r in rows), key=lambda row: row[0]
+            )
             if found:
                 self._last = max(self._last, found[-1][0])
             return found
