@@ -20,6 +20,8 @@ from reidkit.association.online import final_identity, replay
 from reidkit.association.readers import read_tracks
 from reidkit.association.site import load_site
 from reidkit.association.tracks import split_at_gaps
+from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.store import CropMeta
 from tests.association.conftest import make_synthetic_site
 from tests.conftest import empty_spec, run_cli
 
@@ -122,3 +124,30 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
     answer = writer.post("/v1/tracks", json=with_crops)
     assert answer.status_code == 200 and answer.json()["global_id"] >= 1, answer.text
     assert answer.json()["seq"] == 1  # the refused requests logged nothing
+
+
+def test_a_hits_person_across_cameras(start_server, tokens, tmp_path) -> None:
+    gallery_folder = tmp_path / "gallery"
+    rng = np.random.default_rng(0)
+    metas = [
+        CropMeta(f"c{camera}/{n}.jpg", camera, 1_700_000_000.0 + 60 * n, f"t{camera}")
+        for n, camera in enumerate([0, 2, 5, 1])
+    ]
+    with open_gallery(gallery_folder, create=True) as gallery:
+        gallery.add(rng.normal(size=(4, 64)).astype(np.float32), metas)
+        ids = {c.meta.path: c.crop_id for c in gallery.crops()}
+        gallery.assign_identities({ids[m.path]: "17" for m in metas[:3]})
+    server = start_server(gallery_folder)  # no calibration: look-ups work without one
+    reader = server.client(tokens.search)
+    person = reader.get(f"/v1/crops/{ids['c2/1.jpg']}/identity")
+    assert person.status_code == 200, person.text
+    assert person.json()["global_id"] == "17" and person.json()["cameras"] == [0, 2, 5]
+    assert person.json()["crops"] == 3
+    assert person.json()["start"].startswith("2023-11-14T22:13:20")
+    assert reader.get(f"/v1/crops/{ids['c1/3.jpg']}/identity").status_code == 404
+    assert server.client().get(f"/v1/crops/{ids['c2/1.jpg']}/identity").status_code == 401
+    off = server.client(tokens.write).post(
+        "/v1/tracks",
+        json={"camera": "0", "track_id": "1", "start": 0, "end": 1, "embeddings": [[1.0] * 64]},
+    )
+    assert off.status_code == 422 and "association_calibration" in off.text

@@ -341,8 +341,8 @@ class Gallery:
         """Every stored crop's id and metadata (no thumbnails), in crop-id order."""
         return self._backend.fetch(self._backend.crop_ids().tolist())
 
-    def _members(self, global_ids: set[str]) -> dict[str, list[StoredCrop]]:
-        """The stored crops of each of ``global_ids``."""
+    def members(self, global_ids: set[str]) -> dict[str, list[StoredCrop]]:
+        """The stored crops of each of ``global_ids`` (an empty list for an unknown one)."""
         wanted = [c for c, g in self._backend.identities().items() if g in global_ids]
         found: dict[str, list[StoredCrop]] = {g: [] for g in global_ids}
         labels = self._backend.identities(wanted)
@@ -355,7 +355,7 @@ class Gallery:
         with every camera and the time span of that identity in the gallery; a hit whose crop
         has no identity stays an entry of its own."""
         labels = self._backend.identities([h.crop_id for row in hits for h in row])
-        members = self._members(set(labels.values()))
+        members = self.members(set(labels.values()))
         grouped = []
         for row in hits:
             entries: dict[object, list[Hit]] = {}
@@ -382,7 +382,7 @@ class Gallery:
     def forget_identity(self, global_id: str, *, operator: str | None = None) -> ForgottenIdentity:
         """Remove every crop of one person, in every camera (and from a rebuild under way);
         audited with what it matched. An identity no crop carries is refused (a typo)."""
-        crops = self._members({global_id})[global_id]
+        crops = self.members({global_id})[global_id]
         if not crops:
             raise GalleryError(
                 f"no crop of gallery '{self.location}' carries global id '{global_id}'; check "

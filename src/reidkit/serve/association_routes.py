@@ -21,11 +21,11 @@ import base64
 import binascii
 import math
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -39,6 +39,7 @@ from reidkit.association.shared import (
 from reidkit.data.images import decode_rgb
 from reidkit.errors import ImageRefused, ReidkitError
 from reidkit.gallery.factory import open_backend
+from reidkit.gallery.front import Gallery
 from reidkit.serve.app import Services, ServicesDep, require
 from reidkit.serve.gallery_access import as_utc
 
@@ -89,13 +90,27 @@ class CorrectionsAnswer(BaseModel):
     last_seq: int = Field(description="Pass it as since= next time.")
 
 
+class IdentityAnswer(BaseModel):
+    global_id: str
+    cameras: list[int] = Field(description="Every camera the gallery holds this person in.")
+    start: datetime
+    end: datetime
+    crops: int
+
+
 class _Live:
-    """The live state of one app: its own thread, backend handle and association."""
+    """The live state of one app: its own thread, gallery handle and association."""
 
     def __init__(self, services: Services) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-associate")
         self.services = services
         self.association: LiveAssociation | None = None
+        self.gallery: Gallery | None = None
+
+    def _gallery(self) -> Gallery:
+        if self.gallery is None:
+            self.gallery = Gallery(open_backend(self.services.settings.gallery, create=True))
+        return self.gallery
 
     def _open(self) -> LiveAssociation:
         if self.association is None:
@@ -106,16 +121,23 @@ class _Live:
                     "associate run's calibration.json"
                 )
             calibration = load_calibration(settings.association_calibration)
-            backend = open_backend(settings.gallery, create=True)
             self.association = LiveAssociation(
-                backend.event_log(LOG_NAME), calibration, self.services.model.dim
+                self._gallery().backend.event_log(LOG_NAME), calibration, self.services.model.dim
             )
         return self.association
 
     async def call(self, work: Any) -> Any:
+        """``work(live association)`` on this app's association thread."""
+        return await self._run(lambda: work(self._open()))
+
+    async def in_gallery(self, work: Any) -> Any:
+        """``work(gallery front)`` on the same thread (identity look-ups need no calibration)."""
+        return await self._run(lambda: work(self._gallery()))
+
+    async def _run(self, work: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.executor, lambda: work(self._open()))
+            return await loop.run_in_executor(self.executor, work)
         except ReidkitError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -218,3 +240,32 @@ async def corrections(
     """Merges (absorbed -> kept) logged after ``since``, oldest first."""
     found, last = await live.call(lambda association: association.corrections(since))
     return CorrectionsAnswer(corrections=[CorrectionOut(**c) for c in found], last_seq=last)
+
+
+@router.get("/v1/crops/{crop_id}/identity")
+async def crop_identity(
+    live: LiveDep,
+    caller: Annotated[Any, Depends(require("search"))],
+    crop_id: Annotated[int, Path(ge=0, le=2**62, description="A hit's crop_id.")],
+) -> IdentityAnswer:
+    """The person a crop belongs to (``reidkit associate`` wrote it): global id, every camera
+    and the time span the gallery holds them in. 404 when the crop has no global id."""
+
+    def look_up(gallery: Gallery) -> IdentityAnswer | None:
+        global_id = gallery.identities([crop_id]).get(crop_id)
+        if global_id is None:
+            return None
+        crops = gallery.members({global_id})[global_id]
+        times = [c.meta.timestamp for c in crops]
+        return IdentityAnswer(
+            global_id=global_id,
+            cameras=sorted({c.meta.camera for c in crops}),
+            start=datetime.fromtimestamp(min(times), tz=timezone.utc),
+            end=datetime.fromtimestamp(max(times), tz=timezone.utc),
+            crops=len(crops),
+        )
+
+    found = await live.in_gallery(look_up)
+    if found is None:
+        raise HTTPException(404, f"crop {crop_id} has no global id (run reidkit associate)")
+    return found
