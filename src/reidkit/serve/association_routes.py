@@ -91,10 +91,10 @@ class CorrectionsAnswer(BaseModel):
 
 
 class IdentityAnswer(BaseModel):
-    global_id: str
+    global_id: str | None = Field(description="null: the crop has no global id yet.")
     cameras: list[int] = Field(description="Every camera the gallery holds this person in.")
-    start: datetime
-    end: datetime
+    start: datetime | None
+    end: datetime | None
     crops: int
 
 
@@ -249,12 +249,12 @@ async def crop_identity(
     crop_id: Annotated[int, Path(ge=0, le=2**62, description="A hit's crop_id.")],
 ) -> IdentityAnswer:
     """The person a crop belongs to (``reidkit associate`` wrote it): global id, every camera
-    and the time span the gallery holds them in. 404 when the crop has no global id."""
+    and the time span the gallery holds them in (``global_id`` null: not associated yet)."""
 
-    def look_up(gallery: Gallery) -> IdentityAnswer | None:
+    def look_up(gallery: Gallery) -> IdentityAnswer:
         global_id = gallery.identities([crop_id]).get(crop_id)
         if global_id is None:
-            return None
+            return IdentityAnswer(global_id=None, cameras=[], start=None, end=None, crops=0)
         crops = gallery.members({global_id})[global_id]
         times = [c.meta.timestamp for c in crops]
         return IdentityAnswer(
@@ -265,7 +265,4 @@ async def crop_identity(
             crops=len(crops),
         )
 
-    found = await live.in_gallery(look_up)
-    if found is None:
-        raise HTTPException(404, f"crop {crop_id} has no global id (run reidkit associate)")
-    return found
+    return await live.in_gallery(look_up)

@@ -224,6 +224,7 @@ async function showIdentity(hit, facts) {
     { headers: { Authorization: `Bearer ${state.token}` } });
   if (!response.ok || state.selected !== hit) return;
   const person = await response.json();
+  if (person.global_id === null) return;
   const span = [person.start, person.end].map((t) => t.replace("T", " ").slice(0, 19));
   for (const [key, value] of [["person", `global id ${person.global_id}`],
     ["cameras", person.cameras.join(", ")], ["seen", `${span[0]} .. ${span[1]}`]]) {
