@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ def _digest(root: Path) -> str:
     return sha.hexdigest()
 
 
-def test_default_dataset_follows_the_market_protocol(tmp_path: Path) -> None:
+def test_default_dataset_is_fast_and_follows_the_market_protocol(tmp_path: Path) -> None:
+    start = time.perf_counter()
     summary = synthesize(tmp_path)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5.0
 
     train = load_split(tmp_path / "bounding_box_train", "train", keep_distractors=False)
     query = load_split(tmp_path / "query", "query", keep_distractors=False)
