@@ -199,42 +199,14 @@ def simulated_looks(people, cameras, noise: float, seed: int, dim: int = 128):
 
 def replay_online(track_set, min_transit, calibration):
     """Final labels of the live assigner fed tracks in closing order (corrections applied),
-    and its per-track seconds."""
-    np = _np()
-    from reidkit.association.cluster import centre_by_camera
-    from reidkit.association.constraints import Rules
-    from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
+    and its per-track seconds (the stability cut's calibration has no threshold: 1.0)."""
+    from dataclasses import replace
 
-    centred, _ = centre_by_camera(track_set.embeddings, track_set.cameras, calibration.camera_means)
-    threshold = calibration.threshold if calibration.threshold is not None else 1.0
-    live = OnlineAssigner(
-        Rules(min_transit, calibration.ground_gate),
-        threshold,
-        veto=calibration.veto,
-        store=MemoryIdentityStore(dim=centred.shape[1]),
-    )
-    given, renamed, seconds = {}, {}, []
-    for i in np.argsort(track_set.end, kind="stable").tolist():
-        closing = ClosedTrack(
-            i,
-            int(track_set.cameras[i]),
-            float(track_set.start[i]),
-            float(track_set.end[i]),
-            centred[i],
-            track_set.ground[i],
-        )
-        began = time.perf_counter()
-        answer = live.assign(closing)
-        seconds.append(time.perf_counter() - began)
-        given[i] = answer.global_id
-        renamed |= {c.absorbed: c.kept for c in answer.corrections}
+    from reidkit.association.online import replay
 
-    def final(identity: int) -> int:
-        while identity in renamed:
-            identity = renamed[identity]
-        return identity
-
-    return np.array([final(given[i]) for i in range(len(track_set))]), np.array(seconds)
+    if calibration.threshold is None:
+        calibration = replace(calibration, threshold=1.0)
+    return replay(track_set, min_transit, calibration)
 
 
 def methods(track_set, min_transit, truth, card_threshold: float | None) -> dict[str, object]:
@@ -551,6 +523,193 @@ def scale_part(work: Path, tracks_count: int, cameras: int, full: bool) -> dict:
     }
 
 
+def served_model(work: Path, dim: int) -> Path:
+    """An ONNX model of width ``dim`` exported as ``reidkit export`` exports it (random weights:
+    the live part's tracks bring their embeddings, so only the width is used)."""
+    import torch
+
+    import reidkit
+    from reidkit.actions.export import export
+    from reidkit.config.loading import apply_overrides
+    from reidkit.engine.module import model_settings
+    from reidkit.models import ReidModel
+    from reidkit.models.card import MODEL_PREFIX, attach_card
+    from reidkit.models.checkpoint_file import save_checkpoint
+
+    spec = reidkit.load_spec(
+        None,
+        [
+            f"results_dir={work / 'live_model'}",
+            "model.pretrain_choice=self",
+            "model.backbone=resnet_18",
+            "model.input_height=64",
+            "model.input_width=32",
+            f"model.feat_dim={dim}",
+            "dataset.num_classes=10",
+        ],
+    )
+    torch.manual_seed(0)
+    model = ReidModel(spec.model.backbone, 10, **model_settings(spec.model, spec.train.optim))
+    checkpoint = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}}
+    attach_card(checkpoint, model.card(spec.dataset.pixel_mean, spec.dataset.pixel_std))
+    path = work / "live_model.pth"
+    save_checkpoint(checkpoint, path, None)
+    return export(apply_overrides(spec, {"export.checkpoint": str(path)})).onnx_file
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def live_part(work: Path, tracks_count: int, cameras: int, rate: float) -> dict:
+    """The live endpoint at ``rate`` closing tracks per second: a real ``reidkit serve`` on
+    127.0.0.1 (one process, one onnxruntime thread) fed the synthetic site's tracks in closing
+    order with their embeddings (one pooled row each, as a DeepStream pipeline sends them),
+    open loop (each request is sent at its scheduled time, latency counted from then). The
+    final ids (corrections applied) are compared with the library's online replay, and the
+    offline ``reidkit associate`` run that calibrates the service is timed as users run it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    np = _np()
+    import reidkit
+    from reidkit.association.cluster import associate_site
+    from reidkit.association.constraints import TrackSet
+    from reidkit.association.features import track_embeddings
+    from reidkit.association.online import final_identity, replay
+    from reidkit.association.readers import read_tracks
+    from reidkit.association.site import load_site
+    from reidkit.association.tracks import split_at_gaps
+    from reidkit.data.synth import synthesize_site
+    from reidkit.serve.tokens import create_token
+
+    folder = work / f"synthetic_site_{tracks_count}"
+    if not (folder / "site.yaml").exists():
+        synthesize_site(folder, cameras=cameras, tracks=tracks_count, hours=24.0)
+    spec = reidkit.load_spec(
+        None,
+        [
+            f"results_dir={work / 'live'}",
+            f"associate.site={folder / 'site.yaml'}",
+            f"associate.tracks={folder / 'tracks.jsonl'}",
+        ],
+    )
+    began = time.perf_counter()
+    reidkit.associate(spec)
+    action_seconds = time.perf_counter() - began
+    calibration = work / "live" / "associate" / "calibration.json"
+    site = load_site(folder / "site.yaml")
+    tracks = split_at_gaps(read_tracks(site, folder / "tracks.jsonl"), 2.0)
+    embeddings, _ = track_embeddings(tracks, site, embedder=None, transform=None, full_height=256)
+    track_set = TrackSet.from_tracks(tracks, embeddings, site.names)
+    _, learned, _ = associate_site(track_set, site.min_transit_matrix())
+    expected, _ = replay(track_set, site.min_transit_matrix(), learned)
+
+    onnx = served_model(work, embeddings.shape[1])
+    token = create_token(work / "tokens.json", "bench", ["write", "search"])
+    port = _free_port()
+    (work / "serve.yaml").write_text("serve:\n  threads: 1\n  log_level: warning\n")
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    log = open(work / "serve.log", "w")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "reidkit", "serve", "-e", str(work / "serve.yaml"),
+            f"results_dir={work / 'serve'}", f"serve.model={onnx}",
+            f"serve.gallery_uri={work / 'live_gallery'}",
+            f"serve.token_file={work / 'tokens.json'}",
+            f"serve.port={port}", f"serve.association_calibration={calibration}",
+        ],
+        env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        order = np.argsort(track_set.end, kind="stable").tolist()
+        bodies = [
+            json.dumps(
+                {
+                    "camera": tracks[i].camera,
+                    "track_id": f"{tracks[i].track_id}.{tracks[i].part}",
+                    "start": tracks[i].start,
+                    "end": tracks[i].end,
+                    "embeddings": [embeddings[i].tolist()],
+                }
+            ).encode()
+            for i in order
+        ]
+        client = httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+            limits=httpx.Limits(max_connections=16),
+        )
+        latencies = [0.0] * len(order)
+        answers: list[dict | None] = [None] * len(order)
+        errors = [0]
+        lock = threading.Lock()
+        start = time.perf_counter() + 0.5
+
+        def send(n: int) -> None:
+            due = start + n / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                response = client.post("/v1/tracks", content=bodies[n])
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies[n] = time.perf_counter() - due
+            if ok:
+                answers[n] = response.json()
+            else:
+                with lock:
+                    errors[0] += 1
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(send, range(len(order))))
+        wall = time.perf_counter() - start
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        server_peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    given, renamed = {}, {}
+    for n, i in enumerate(order):
+        if answers[n] is not None:
+            given[i] = answers[n]["global_id"]
+            renamed |= {c["absorbed"]: c["kept"] for c in answers[n]["corrections"]}
+    agree = np.mean(
+        [final_identity(given[i], renamed) == expected[i] for i in range(len(tracks)) if i in given]
+    )
+    seconds = np.array(latencies)
+    return {
+        "tracks": len(tracks),
+        "cameras": cameras,
+        "rate_asked_per_s": rate,
+        "rate_achieved_per_s": round(len(order) / wall, 1),
+        "errors": errors[0],
+        "p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 2),
+        "max_ms": round(float(seconds.max()) * 1e3, 2),
+        "same_final_ids_as_library_replay": round(float(agree), 4),
+        "identities_live": len({final_identity(g, renamed) for g in given.values()}),
+        "server_peak_rss_mb": round(server_peak),
+        "offline_associate_action_seconds": round(action_seconds, 1),
+    }
+
+
 def model_rate(model, batch: int = 64, images: int = 256) -> float:
     """Crops per second of the model alone (decoded and resized crops, CPU)."""
     import torch
@@ -609,7 +768,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="source model cache")
     parser.add_argument("--model-seed", type=int, default=1, help="seed of the cached source model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="identity draws")
-    parser.add_argument("--parts", nargs="+", default=["epfl", "crops", "scale"])
+    parser.add_argument("--parts", nargs="+", default=["epfl", "crops", "scale", "live"])
+    parser.add_argument("--live-rate", type=float, default=100.0, help="closing tracks per second")
     parser.add_argument(
         "--scale-tracks",
         type=int,
@@ -647,10 +807,14 @@ def main() -> int:
             ]
             if model is not None:
                 extra["model_crops_per_second"] = round(model_rate(model), 1)
+        if "live" in args.parts:
+            size = args.scale_tracks[0]
+            extra["live"] = live_part(work, size, max(2, size // 100), args.live_rate)
+            print(json.dumps(extra["live"], indent=2), flush=True)
     summary = summarise(rows)
     columns = ["set", "method", "seeds", *SUMMARY_KEYS]
     print(table(summary, columns))
-    for key in ("scale", "model_crops_per_second"):
+    for key in ("scale", "live", "model_crops_per_second"):
         if key in extra:
             print(json.dumps(extra[key], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

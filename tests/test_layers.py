@@ -46,7 +46,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "gallery",
     },
     "automl": {"config"},
-    "serve": {"data", "models", "evaluation", "export", "gallery"},
+    "serve": {"data", "models", "evaluation", "export", "gallery", "association"},
     "cli": {"config", "actions"},
     "__main__": {"cli"},
 }

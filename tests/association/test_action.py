@@ -17,6 +17,7 @@ import reidkit
 from reidkit.actions.export import export
 from reidkit.cli import main
 from reidkit.config.loading import load_spec
+from tests.association.conftest import make_synthetic_site
 from tests.conftest import assert_one_line_error, empty_spec, run_cli
 
 PEOPLE_COLOURS = {1: (200, 30, 30), 2: (30, 30, 200)}
@@ -25,13 +26,9 @@ PEOPLE_COLOURS = {1: (200, 30, 30), 2: (30, 30, 200)}
 @pytest.fixture(scope="module")
 def synthetic_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic site (DeepStream JSON lines with embeddings), made by the CLI."""
-    folder = tmp_path_factory.mktemp("site")
-    result = run_cli(
-        "dataset", "synth", "--site", "--out", str(folder), "--cameras", "6", "--tracks", "300",
-        "--hours", "2", "--dim", "32", "--seed", "4",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return folder
+    return make_synthetic_site(
+        tmp_path_factory.mktemp("site"), cameras=6, tracks=300, hours=2, dim=32, seed=4
+    )
 
 
 def test_a_deepstream_site_in_global_ids_out(synthetic_site: Path, tmp_path: Path) -> None:

@@ -281,7 +281,7 @@ def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
     path = Path(value).expanduser()
     if is_milvus_uri(value) or (path / "gallery.json").is_file():
         with open_gallery(value if is_milvus_uri(value) else path) as gallery:
-            crops = [_tracked_crop(meta) for meta in gallery.crops()]
+            crops = [_tracked_crop(crop.meta) for crop in gallery.crops()]
     elif path.suffix.lower() == ".csv":
         crops = [_tracked_crop(meta) for meta in read_manifest(path)]
     else:

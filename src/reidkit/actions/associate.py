@@ -33,11 +33,17 @@ from reidkit.association.metrics import (
     motmetrics_identity,
 )
 from reidkit.association.readers import read_ground_truth, read_tracks
-from reidkit.association.results import plot_timeline, write_global_ids, write_mot
+from reidkit.association.results import (
+    gallery_labels,
+    plot_timeline,
+    write_global_ids,
+    write_mot,
+)
 from reidkit.association.site import Site, load_site
 from reidkit.association.tracks import Track, split_at_gaps
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
+from reidkit.gallery.factory import open_gallery
 from reidkit.outputs import write_json
 
 log = logging.getLogger("reidkit")
@@ -100,6 +106,7 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     write_json(folder / "calibration.json", _calibration_record(calibration, site))
     if metrics:
         write_json(folder / "metrics.json", metrics)
+    labelled = _label_gallery(settings.gallery, site, tracks, global_ids)
     summary = (
         f"{len(tracks)} tracks -> {result.identities} identities "
         f"({result.merges_by_place} joined by place, {result.merges_by_appearance} by "
@@ -107,6 +114,8 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
         + (f" {calibration.threshold:.4f}" if calibration.threshold is not None else "")
         + f"; {len(evidence.cannot_i)} cannot-links)"
     )
+    if labelled is not None:
+        summary += f"; global ids written onto {labelled} crops of gallery {settings.gallery}"
     print(summary)
     if metrics:
         print(", ".join(f"{k} {v}" for k, v in metrics.items() if not isinstance(v, dict)))
@@ -118,6 +127,24 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     return AssociationResult(
         folder, len(tracks), result.identities, calibration.threshold, calibration.source, metrics
     )
+
+
+def _label_gallery(
+    uri: str | None, site: Site, tracks: list[Track], global_ids: list[int]
+) -> int | None:
+    """Write each track's global id onto its crops in the gallery at ``uri`` (audited);
+    returns how many crops were labelled (None without a gallery)."""
+    if uri is None:
+        return None
+    with open_gallery(uri) as gallery:
+        labels = gallery_labels(gallery.crops(), tracks, global_ids, site.gallery_cameras())
+        if not labels:
+            raise SpecError(
+                f"associate.gallery: no crop of '{uri}' belongs to these tracks (matched by crop "
+                "path, else camera number + track id); check the gallery's camera numbers and "
+                "track ids"
+            )
+        return gallery.assign_identities(labels)
 
 
 def _ground_truth(site: Site, truth: str | None) -> list[Track]:
@@ -184,6 +211,8 @@ def _transit(site: Site, seen: list[dict[str, Any]]) -> dict[str, Any]:
 def _calibration_record(calibration: Calibration, site: Site) -> dict[str, Any]:
     names = site.names
     return {
+        "cameras": names,
+        "min_transit_s": site.min_transit_matrix().tolist(),
         "threshold": calibration.threshold,
         "threshold_source": calibration.source,
         "veto": calibration.veto,

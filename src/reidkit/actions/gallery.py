@@ -48,6 +48,7 @@ from reidkit.gallery.store import (
     GalleryError,
     GalleryStats,
     Hit,
+    IdentityHit,
     Selection,
 )
 from reidkit.outputs import atomic_open, path_text, write_json
@@ -177,16 +178,22 @@ def gallery_search(spec: ExperimentSpec) -> SearchResult:
                     _rerank(spec, gallery, v, row) for v, row in zip(vectors, hits, strict=True)
                 ]
             hits = [row[: settings.top_k] for row in hits]
+            people = gallery.group_by_identity(hits) if settings.group_by_identity else None
         names = ["track"] if settings.query_as_track else [q.path for q in queries]
         output = Path(settings.output_file or run.folder / "search.json")
-        write_json(
-            output,
-            [
+        if people is None:
+            found = [
                 {"query": name, "hits": [h.to_dict() for h in row]}
                 for name, row in zip(names, hits, strict=True)
-            ],
-        )
-        print(hits_table(names, hits))
+            ]
+            print(hits_table(names, hits))
+        else:
+            found = [
+                {"query": name, "identities": [p.to_dict() for p in row]}
+                for name, row in zip(names, people, strict=True)
+            ]
+            print(identities_table(names, people))
+        write_json(output, found)
         outcome = GalleryOutcome(output_file=str(output))
         run.succeed(f"searched {len(names)} queries", outcome=outcome)
     return SearchResult(names, hits, output)
@@ -227,6 +234,27 @@ def hits_table(names: list[str], hits: list[list[Hit]]) -> str:
     return "\n".join(lines)
 
 
+def identities_table(names: list[str], people: list[list[IdentityHit]]) -> str:
+    """Per query, the people among its hits: rank, nearest distance, decision, global id,
+    cameras and time span (UTC) of that identity, hits."""
+    lines = []
+    for name, row in zip(names, people, strict=True):
+        lines.append(f"query {name}")
+        lines.append("  rank  distance  decision  global id     cameras       seen (UTC)")
+        for rank, person in enumerate(row, 1):
+            best = person.hits[0]
+            label = person.global_id or f"(crop {best.crop_id})"
+            cameras = ",".join(map(str, person.cameras))
+            lines.append(
+                f"  {rank:>4}  {best.distance:8.4f}  {best.decision or '-':<8}  {label:<12}  "
+                f"{cameras:<12}  {_utc(person.start)} .. {_utc(person.end)}  "
+                f"{len(person.hits)} hits"
+            )
+        if not row:
+            lines.append("  (no crop in the gallery passes the filters)")
+    return "\n".join(lines)
+
+
 def _checked(key: str, rule: Callable[[T], T], value: T) -> T:
     """``rule(value)``, its refusal as a one-line error naming ``gallery.<key>``."""
     try:
@@ -239,10 +267,16 @@ def _selection(spec: ExperimentSpec) -> Selection:
     """The crops ``gallery.forget_*`` and ``gallery.retention_days`` name, checked by the rules
     the HTTP API applies (a retention age of at least ``MIN_FORGET_AGE``, real track ids)."""
     settings = spec.gallery
-    if not (settings.forget_tracks or settings.forget_crops or settings.retention_days):
+    if not (
+        settings.forget_tracks
+        or settings.forget_crops
+        or settings.retention_days
+        or settings.forget_identity
+    ):
         raise SpecError(
-            "nothing to forget: set gallery.forget_tracks, gallery.forget_crops or "
-            "gallery.retention_days (or pass --all --yes to erase everything)"
+            "nothing to forget: set gallery.forget_identity, gallery.forget_tracks, "
+            "gallery.forget_crops or gallery.retention_days (or pass --all --yes to erase "
+            "everything)"
         )
     before = None
     if settings.retention_days is not None:  # an age: crops taken before now - age go
@@ -260,17 +294,21 @@ def _selection(spec: ExperimentSpec) -> Selection:
 
 
 def gallery_forget(spec: ExperimentSpec, *, everything: bool = False) -> int:
-    """Remove ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
+    """Remove ``gallery.forget_identity`` (every crop of those people, in every camera),
+    ``gallery.forget_tracks``, ``gallery.forget_crops`` and crops older than
     ``gallery.retention_days`` (at least an hour), or with ``everything`` every crop, from every
     file of the gallery; returns how many. Nothing matched is a warning on stderr, not silence."""
     settings = spec.gallery
     with run_action(spec, "gallery") as run:
         if everything and (
-            settings.forget_tracks or settings.forget_crops or settings.retention_days
+            settings.forget_tracks
+            or settings.forget_crops
+            or settings.retention_days
+            or settings.forget_identity
         ):
             raise SpecError(
-                "--all erases everything; unset gallery.forget_tracks, gallery.forget_crops and "
-                "gallery.retention_days"
+                "--all erases everything; unset gallery.forget_identity, gallery.forget_tracks, "
+                "gallery.forget_crops and gallery.retention_days"
             )
         selection = None if everything else _selection(spec)
         with open_gallery(_uri(spec)) as gallery:
@@ -278,8 +316,17 @@ def gallery_forget(spec: ExperimentSpec, *, everything: bool = False) -> int:
                 removed = gallery.forget_all(operator=settings.operator)
                 asked = "every crop"
             else:
-                removed = gallery.forget(selection, operator=settings.operator)
-                asked = _described(selection)
+                removed = 0
+                for global_id in settings.forget_identity:  # every camera of that person
+                    person = gallery.forget_identity(global_id, operator=settings.operator)
+                    print(
+                        f"global id {global_id}: {person.removed} crops in cameras "
+                        f"{list(person.cameras)}, tracks {list(person.tracks)}"
+                    )
+                    removed += person.removed
+                if not selection.is_empty():
+                    removed += gallery.forget(selection, operator=settings.operator)
+                asked = _described(selection, settings.forget_identity)
             size = gallery.stats().size
         print(f"forgot {removed} crops ({asked}); {size} remain")
         if not removed:
@@ -291,9 +338,9 @@ def gallery_forget(spec: ExperimentSpec, *, everything: bool = False) -> int:
     return removed
 
 
-def _described(selection: Selection) -> str:
+def _described(selection: Selection, identities: Sequence[str] = ()) -> str:
     """What a forget selected, in the words of the spec keys that chose it."""
-    parts = []
+    parts = [f"global ids {', '.join(identities)}"] if identities else []
     if selection.track_ids:
         parts.append(f"tracks {', '.join(selection.track_ids)}")
     if selection.paths:

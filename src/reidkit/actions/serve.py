@@ -76,6 +76,7 @@ def serve_settings(spec: ExperimentSpec) -> ServeSettings:
         cors_origins=tuple(section.cors_origins),
         crop_root=crop_root(spec),
         audit_file=spec.action_dir("serve") / READ_ONLY_AUDIT,
+        association_calibration=association_calibration(spec),
     )
 
 
@@ -85,6 +86,15 @@ def crop_root(spec: ExperimentSpec) -> str | None:
     gallery = spec.gallery
     root = gallery.crops or (str(Path(gallery.manifest).parent) if gallery.manifest else None)
     return None if root is None else str(Path(root).resolve())
+
+
+def association_calibration(spec: ExperimentSpec) -> str | None:
+    """``serve.association_calibration``, else the associate run's ``calibration.json`` if one
+    is there (live association is off without one)."""
+    if spec.serve.association_calibration:
+        return spec.serve.association_calibration
+    found = spec.action_dir("associate") / "calibration.json"
+    return str(found) if found.is_file() else None
 
 
 def serve(spec: ExperimentSpec) -> None:

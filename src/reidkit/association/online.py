@@ -26,12 +26,14 @@ one shared state (the live endpoint's job).
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from reidkit.association.cluster import Calibration, centre_by_camera
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
 
 #: Identities looked at per closing track (nearest centroids first).
@@ -312,3 +314,45 @@ class OnlineAssigner:
             if near and np.any(_relations(track, near, self.rules)[0]):
                 return True
         return False
+
+
+def replay(
+    tracks: TrackSet, min_transit: np.ndarray, calibration: Calibration
+) -> tuple[np.ndarray, np.ndarray]:
+    """A site's tracks fed to a live assigner in closing order, with an offline run's
+    calibration: the final global id of each track (corrections applied) and the seconds each
+    decision took. What a site replayed through the live service should answer."""
+    centred, _ = centre_by_camera(tracks.embeddings, tracks.cameras, calibration.camera_means)
+    if calibration.threshold is None:
+        raise ValueError("a live assigner needs a distance threshold (open set 'stability')")
+    live = OnlineAssigner(
+        Rules(min_transit, calibration.ground_gate),
+        calibration.threshold,
+        veto=calibration.veto,
+        store=MemoryIdentityStore(dim=centred.shape[1]),
+    )
+    given, renamed, seconds = {}, {}, []
+    for i in np.argsort(tracks.end, kind="stable").tolist():
+        closing = ClosedTrack(
+            i,
+            int(tracks.cameras[i]),
+            float(tracks.start[i]),
+            float(tracks.end[i]),
+            centred[i],
+            tracks.ground[i],
+        )
+        began = time.perf_counter()
+        answer = live.assign(closing)
+        seconds.append(time.perf_counter() - began)
+        given[i] = answer.global_id
+        renamed |= {c.absorbed: c.kept for c in answer.corrections}
+    return np.array([final_identity(given[i], renamed) for i in range(len(tracks))]), np.array(
+        seconds
+    )
+
+
+def final_identity(identity: int, renamed: dict[int, int]) -> int:
+    """The identity ``identity`` became after the corrections ``renamed`` (absorbed -> kept)."""
+    while identity in renamed:
+        identity = renamed[identity]
+    return identity

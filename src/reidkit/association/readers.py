@@ -7,6 +7,9 @@ Three formats, all turned into :class:`~reidkit.association.tracks.Track` lists:
 * **AI City** multi-camera text, one file for the site
   (``CameraId Id FrameId X Y W H Xworld Yworld``); world coordinates, when not -1, are the
   ground-plane positions.
+* **A reidkit gallery** (a folder or a Milvus URI) whose crops carry camera, time and track
+  id: each crop is a detection with its stored embedding (no model, no boxes; the gallery's
+  camera numbers are the site's by :meth:`~reidkit.association.site.Site.gallery_cameras`).
 * **DeepStream / Metropolis** JSON lines, one frame of one sensor per line, in the shape of
   Metropolis' ``nv.Frame`` message: ``{"sensorId", "timestamp" (or "@timestamp"), "id"
   (frame number), "objects": [{"id", "bbox": {"leftX", "topY", "rightX", "bottomY"},
@@ -33,6 +36,7 @@ import numpy as np
 from reidkit.association.site import Camera, Site, SiteError
 from reidkit.association.tracks import Track
 from reidkit.config.times import parse_time
+from reidkit.gallery.factory import is_milvus_uri, open_gallery
 
 #: Largest tracks file read (bytes): a day of a busy camera is a few hundred MB of text.
 MAX_TRACKS_BYTES = 8 * 2**30
@@ -371,6 +375,8 @@ def read_tracks(
     for camera in site.cameras.values():
         if camera.tracks is not None:
             read_mot(camera.tracks, camera, builder=builder)
+    if tracks is not None and (tracks_format == "gallery" or is_gallery(str(tracks))):
+        return read_gallery(str(tracks), site)
     if tracks is not None:
         path = Path(tracks)
         if not path.is_file():
@@ -390,6 +396,52 @@ def read_tracks(
             f"{site.source}: no tracks; give each camera a tracks: file or set associate.tracks"
         )
     return builder.tracks(site)
+
+
+def is_gallery(uri: str) -> bool:
+    """Whether ``associate.tracks`` names a gallery: a Milvus URI or a gallery folder."""
+    return is_milvus_uri(uri) or (Path(uri) / "gallery.json").is_file()
+
+
+def read_gallery(uri: str, site: Site) -> list[Track]:
+    """The tracks of a gallery's crops: crops of one camera and track id are one track, in
+    time order, each crop a detection with its stored embedding (see the module docstring).
+    Crops of cameras the site does not name, or without a track id, are left out."""
+    names = {number: name for name, number in site.gallery_cameras().items()}
+    with open_gallery(uri) as gallery:
+        crops = gallery.crops()
+        vectors = gallery.vectors([c.crop_id for c in crops]) if crops else np.empty((0, 0))
+    grouped: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for row, crop in enumerate(crops):
+        if crop.meta.track_id and crop.meta.camera in names:
+            grouped[(names[crop.meta.camera], crop.meta.track_id)].append(row)
+    if not grouped:
+        raise SiteError(
+            f"gallery '{uri}' has no crop with a track id in a camera of {site.source} "
+            f"(site cameras are gallery cameras {sorted(names)}); add crops with track ids, or "
+            "name the cameras in site.yaml by their gallery numbers"
+        )
+    tracks = []
+    for (name, track_id), rows in grouped.items():
+        camera = site.cameras[name]
+        rows.sort(key=lambda r: (crops[r].meta.timestamp, crops[r].crop_id))
+        times = np.array([crops[r].meta.timestamp for r in rows])
+        frames = np.round((times - camera.origin) * camera.fps).astype(np.int64) + camera.frame_base
+        tracks.append(
+            Track(
+                camera=name,
+                track_id=track_id,
+                frames=frames,
+                times=times,
+                boxes=np.zeros((len(rows), 4), dtype=np.float32),
+                confidence=np.ones(len(rows), dtype=np.float32),
+                embeddings=vectors[rows],
+                crops=[Path(crops[r].meta.path) for r in rows],
+                source=f"{uri} (camera {crops[rows[0]].meta.camera}, track {track_id})",
+            )
+        )
+    tracks.sort(key=lambda t: (site.names.index(t.camera), t.start, t.track_id))
+    return tracks
 
 
 def read_ground_truth(site: Site, truth: str | Path | None = None) -> list[Track]:

@@ -5,6 +5,7 @@
   the crops or embeddings its identity decision used);
 * ``mot/<camera>.txt``: each camera's tracks in MOTChallenge text with the global id in the
   id column (``frame,id,x,y,w,h,conf,-1,-1,-1``, frames as the input wrote them);
+* the gallery's crops labelled with their track's global id (:func:`gallery_labels`);
 * ``timeline.png``: one row per identity, one coloured segment per camera sighting, over the
   site's time; drawn with Pillow (a 10,000-track day renders in about a second).
 
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from reidkit.association.tracks import Track
 from reidkit.evaluation.plots import _font
+from reidkit.gallery.store import StoredCrop
 from reidkit.outputs import atomic_open, path_text
 
 GLOBAL_IDS_COLUMNS = ("camera", "track_id", "global_id", "first_seen", "last_seen", "n_crops")
@@ -156,3 +158,41 @@ def plot_timeline(
     with atomic_open(Path(path), "wb") as handle:
         canvas.save(handle, format="png", compress_level=3)
     return Path(path)
+
+
+def gallery_labels(
+    crops: Sequence[StoredCrop],
+    tracks: Sequence[Track],
+    global_ids: Sequence[int],
+    cameras: dict[str, int],
+) -> dict[int, str]:
+    """The global id (as text) of each gallery crop that belongs to one of ``tracks``.
+
+    A crop whose path is one of a track's crop files belongs to that track; else a crop of the
+    track's camera (``cameras``: site name -> gallery number) and track id belongs to the part
+    of that track whose time span holds its timestamp, or the part nearest in time (a track
+    split at a gap has several parts, each with its own global id).
+    """
+    by_path: dict[str, int] = {}
+    parts: dict[tuple[int, str], list[int]] = {}
+    for number, track in enumerate(tracks):
+        for crop in track.crops or ():
+            if crop is not None:
+                by_path[str(crop)] = number
+        parts.setdefault((cameras[track.camera], str(track.track_id)), []).append(number)
+    labels: dict[int, str] = {}
+    for crop in crops:
+        meta = crop.meta
+        owner = by_path.get(meta.path)
+        if owner is None and meta.track_id is not None:
+            candidates = parts.get((meta.camera, meta.track_id), [])
+            if candidates:
+                owner = min(candidates, key=lambda n: _time_apart(tracks[n], meta.timestamp))
+        if owner is not None:
+            labels[crop.crop_id] = str(int(global_ids[owner]))
+    return labels
+
+
+def _time_apart(track: Track, moment: float) -> float:
+    """Seconds from ``moment`` to the track's span (0 inside it)."""
+    return max(track.start - moment, moment - track.end, 0.0)

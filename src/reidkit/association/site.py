@@ -165,6 +165,14 @@ class Site:
             )
         return found
 
+    def gallery_cameras(self) -> dict[str, int]:
+        """The gallery's camera number of each site camera: the name itself when every name
+        is a whole number (``"3"`` is camera 3), else the camera's position in the site file
+        (the first is 0). A gallery stores cameras as numbers; this is the one mapping."""
+        if all(name.isdigit() for name in self.cameras):
+            return {name: int(name) for name in self.cameras}
+        return {name: number for number, name in enumerate(self.cameras)}
+
     def min_transit_matrix(self) -> np.ndarray:
         """``[from, to]`` shortest transit seconds over camera indices (0 where none given)."""
         index = {name: i for i, name in enumerate(self.cameras)}

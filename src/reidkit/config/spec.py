@@ -388,6 +388,11 @@ class ServeSpec(_Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Server log level."
     )
+    association_calibration: str | None = Field(
+        None,
+        description="calibration.json of an offline 'reidkit associate' run on this site (live "
+        "POST /v1/tracks); null = associate.results_dir's, if there is one.",
+    )
     results_dir: str | None = Field(None, description="Serve output folder (status, tokens).")
 
 
@@ -442,6 +447,15 @@ class GallerySpec(_Section):
     )
     forget_tracks: list[str] = Field(default_factory=list, description="forget: these tracks.")
     forget_crops: list[str] = Field(default_factory=list, description="forget: these crop paths.")
+    forget_identity: list[str] = Field(
+        default_factory=list,
+        description="forget: every crop of these global ids (reidkit associate), all cameras.",
+    )
+    group_by_identity: bool = Field(
+        False,
+        description="search: hits grouped per global id, with each identity's cameras and "
+        "time span.",
+    )
     retention_days: float | None = Field(
         None, gt=0.0, description="forget: also every crop older than this many days."
     )
@@ -463,6 +477,14 @@ class GallerySpec(_Section):
     def _times_as_text(cls, value: object) -> object:
         return time_as_text(value)
 
+    @field_validator("forget_identity", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        """Global ids are numbers in global_ids.csv; ``forget_identity=[3]`` means id "3"."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
 
 class AssociateSpec(_Section):
     """``associate``: per-camera tracks in, one global identity per person out (reidkit only)."""
@@ -472,11 +494,13 @@ class AssociateSpec(_Section):
     )
     tracks: str | None = Field(
         None,
-        description="Multi-camera tracks: AI City text or DeepStream/Metropolis JSON lines "
-        "(each camera's MOTChallenge file is named in the site file instead).",
+        description="Multi-camera tracks: AI City text, DeepStream/Metropolis JSON lines or a "
+        "gallery URI (each camera's MOTChallenge file is named in the site file instead).",
     )
-    tracks_format: Literal["auto", "aicity", "deepstream"] = Field(
-        "auto", description="Format of associate.tracks; 'auto' tells them apart by content."
+    tracks_format: Literal["auto", "aicity", "deepstream", "gallery"] = Field(
+        "auto",
+        description="Format of associate.tracks; 'auto' tells them apart by content (a gallery "
+        "folder or Milvus URI: its crops with camera, time and track ids).",
     )
     checkpoint: str | None = Field(
         None, description="Model that embeds the crops: .pth, .onnx or a train/export run folder."
@@ -510,6 +534,11 @@ class AssociateSpec(_Section):
     )
     camera_centring: bool = Field(
         True, description="Remove each camera's mean embedding (its light and background)."
+    )
+    gallery: str | None = Field(
+        None,
+        description="Gallery URI whose crops (matched by path, else camera + track id + time) "
+        "get each track's global id; null = none.",
     )
     batch_size: int = Field(64, ge=1, description="Crops per forward pass.")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")

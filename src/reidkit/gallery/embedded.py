@@ -325,6 +325,8 @@ class EmbeddedBackend(Backend):
                 id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
                 timestamp REAL NOT NULL, track_id TEXT, site TEXT, zone TEXT, thumbnail BLOB);
             CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS identities (
+                crop_id INTEGER PRIMARY KEY, global_id TEXT NOT NULL);
             """
         )
 
@@ -952,6 +954,7 @@ class EmbeddedBackend(Backend):
                 chunk = doomed[start : start + _SQL_CHUNK].tolist()
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM entries WHERE id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM identities WHERE crop_id IN ({marks})", chunk)
             self._set(settings)
             self._db.execute("COMMIT")
         except BaseException:
@@ -982,6 +985,35 @@ class EmbeddedBackend(Backend):
                 handle.write(zeros)
             handle.flush()
             os.fsync(handle.fileno())
+
+    # ----------------------------------------------------------------- global identities
+    def label_identities(self, labels: dict[int, str]) -> int:
+        with self._writer():
+            stored = self._select_ids("id", [int(i) for i in labels])
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO identities(crop_id, global_id) VALUES (?, ?)",
+                [(i, str(labels[i])) for i in sorted(stored)],
+            )
+            self._db.execute("COMMIT")
+        return len(stored)
+
+    def identities(self, crop_ids: Sequence[int] | None = None) -> dict[int, str]:
+        with self._lock:
+            if crop_ids is None:
+                return dict(self._db.execute("SELECT crop_id, global_id FROM identities"))
+            found: dict[int, str] = {}
+            wanted = [int(i) for i in crop_ids]
+            for start in range(0, len(wanted), _SQL_CHUNK):
+                chunk = wanted[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT crop_id, global_id FROM identities WHERE crop_id IN ({marks})"
+                found.update(self._db.execute(query, chunk))
+            return found
+
+    def event_log(self, name: str) -> SqliteEventLog:
+        # beside gallery.json, not in a version folder: a rebuild keeps the live identities
+        return SqliteEventLog(self.folder / f"{name}.sqlite")
 
     # ------------------------------------------------------------------------ versions
     def staging(self, create: bool) -> EmbeddedBackend | None:
@@ -1060,3 +1092,54 @@ class EmbeddedBackend(Backend):
             if self._audit_fd is not None:
                 os.close(self._audit_fd)
                 self._audit_fd = None
+
+
+class SqliteEventLog:
+    """An :class:`~reidkit.gallery.store.EventLog` in one SQLite file; ``exclusive`` is SQLite's
+    own write lock (``BEGIN IMMEDIATE``), so processes sharing the folder take turns."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, record TEXT NOT NULL)"
+        )
+        self._depth = 0
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._depth == 1:
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                if self._depth == 1:
+                    self._db.execute("COMMIT")
+            finally:
+                self._depth -= 1
+
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        with self.exclusive():
+            self._db.executemany(
+                "INSERT INTO events(record) VALUES (?)", [(json.dumps(r),) for r in records]
+            )
+            (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(last)
+
+    def read(self, after: int) -> list[tuple[int, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, record FROM events WHERE seq > ? ORDER BY seq", (int(after),)
+            )
+            return [(int(seq), json.loads(record)) for seq, record in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -17,7 +17,7 @@ import functools
 import getpass
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,14 @@ from reidkit.gallery.store import (
     CropFilter,
     CropMeta,
     Decision,
+    ForgottenIdentity,
     GalleryError,
     GalleryStats,
     Hit,
+    IdentityHit,
     Selection,
     Settings,
+    StoredCrop,
 )
 from reidkit.models.card import IDENTITY_FIELDS
 
@@ -332,20 +335,94 @@ class Gallery:
         self.audit("forget", operator, **asked, removed=removed)
         return removed
 
+    # ------------------------------------------------------------ global identities
+    def assign_identities(self, labels: Mapping[int, str], *, operator: str | None = None) -> int:
+        """Write each crop's global identity (``crop id -> global id``, e.g. from ``reidkit
+        associate``), replacing an earlier one; returns how many stored crops were labelled."""
+        for global_id in set(labels.values()):
+            if not isinstance(global_id, str) or not global_id or len(global_id) > 128:
+                raise GalleryError(
+                    f"global id {global_id!r} must be a non-empty text of at most 128 characters"
+                )
+        labelled = self._backend.label_identities(dict(labels))
+        self.audit(
+            "assign_identities",
+            operator,
+            crops=labelled,
+            identities=len(set(labels.values())),
+        )
+        return labelled
+
+    def identities(self, crop_ids: Sequence[int] | None = None) -> dict[int, str]:
+        """The global identity of each labelled crop among ``crop_ids`` (all for ``None``)."""
+        return self._backend.identities(crop_ids)
+
+    def crops(self) -> list[StoredCrop]:
+        """Every stored crop's id and metadata (no thumbnails), in crop-id order: the gallery
+        read as data (``reidkit associate`` and ``reidkit adapt`` take a gallery as input)."""
+        ids = self._backend.crop_ids().tolist()
+        step = 4096  # rows fetched at once
+        return [c for i in range(0, len(ids), step) for c in self._backend.fetch(ids[i : i + step])]
+
+    def members(self, global_ids: set[str]) -> dict[str, list[StoredCrop]]:
+        """The stored crops of each of ``global_ids`` (an empty list for an unknown one)."""
+        wanted = [c for c, g in self._backend.identities().items() if g in global_ids]
+        found: dict[str, list[StoredCrop]] = {g: [] for g in global_ids}
+        labels = self._backend.identities(wanted)
+        for crop in self._backend.fetch(wanted):
+            found[labels[crop.crop_id]].append(crop)
+        return found
+
+    def group_by_identity(self, hits: list[list[Hit]]) -> list[list[IdentityHit]]:
+        """Each query's hits as whole people: one entry per global identity (nearest first),
+        with every camera and the time span of that identity in the gallery; a hit whose crop
+        has no identity stays an entry of its own."""
+        labels = self._backend.identities([h.crop_id for row in hits for h in row])
+        members = self.members(set(labels.values()))
+        grouped = []
+        for row in hits:
+            entries: dict[object, list[Hit]] = {}
+            for hit in row:  # nearest first, so each entry's first hit is its nearest
+                entries.setdefault(labels.get(hit.crop_id, ("crop", hit.crop_id)), []).append(hit)
+            people = []
+            for key, found in entries.items():
+                crops = members[key] if isinstance(key, str) else []
+                metas = [c.meta for c in crops] or [h.meta for h in found]
+                times = [m.timestamp for m in metas]
+                people.append(
+                    IdentityHit(
+                        global_id=key if isinstance(key, str) else None,
+                        hits=found,
+                        cameras=tuple(sorted({m.camera for m in metas})),
+                        start=min(times),
+                        end=max(times),
+                        crops=len(metas),
+                    )
+                )
+            grouped.append(people)
+        return grouped
+
+    def forget_identity(self, global_id: str, *, operator: str | None = None) -> ForgottenIdentity:
+        """Remove every crop of one person, in every camera (and from a rebuild under way);
+        audited with what it matched. An identity no crop carries is refused (a typo)."""
+        crops = self.members({global_id})[global_id]
+        if not crops:
+            raise GalleryError(
+                f"no crop of gallery '{self.location}' carries global id '{global_id}'; check "
+                "the id (global_ids.csv of the associate run that wrote it)"
+            )
+        selection = Selection(crop_ids=tuple(c.crop_id for c in crops))
+        cameras = tuple(sorted({c.meta.camera for c in crops}))
+        tracks = tuple(sorted({c.meta.track_id for c in crops if c.meta.track_id}))
+        asked = {"global_id": global_id, "cameras": list(cameras), "track_ids": list(tracks)}
+        removed = self._erase(lambda backend: selection, asked, operator)
+        return ForgottenIdentity(global_id, removed, cameras, tracks)
+
     # -------------------------------------------------------------------------- rest
     def vectors(self, crop_ids: Sequence[int]) -> np.ndarray:
         """The stored (L2-normalised) embeddings of these crops, ``[len, D]`` float32, in
         order (for re-ranking a small result set)."""
         return self._backend.vectors(crop_ids)
-
-    def crops(self) -> list[CropMeta]:
-        """Every stored crop's metadata (path, camera, time, track), without thumbnails: the
-        gallery read as data (``reidkit adapt`` adapts to a gallery's crops)."""
-        ids = self._backend.crop_ids().tolist()
-        step = 4096  # rows fetched at once
-        return [
-            c.meta for i in range(0, len(ids), step) for c in self._backend.fetch(ids[i : i + step])
-        ]
 
     def thumbnail(self, crop_id: int) -> bytes | None:
         """The JPEG thumbnail stored with a crop, or None."""

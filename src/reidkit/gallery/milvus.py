@@ -132,15 +132,7 @@ class MilvusBackend(Backend):
 
     # ------------------------------------------------------------------------- plumbing
     def _create_log(self) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        schema = MilvusClient.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-        schema.add_field("record", DataType.VARCHAR, max_length=65_535)
-        index = self._client.prepare_index_params()
-        index.add_index("unused", index_type="FLAT", metric_type="L2")
-        self._client.create_collection(self.log_name, schema=schema, index_params=index)
+        _create_record_collection(self._client, self.log_name)
         self._write_row(_CURRENT, {"format_version": 1, "card": None, "dim": None})
 
     def _row_record(self, row_id: int) -> dict[str, Any] | None:
@@ -234,15 +226,7 @@ class MilvusBackend(Backend):
         self._client.insert(self.log_name, [row])
 
     def audit_records(self) -> list[dict[str, Any]]:
-        iterator = self._client.query_iterator(
-            self.log_name, batch_size=_BATCH * 4, filter="id > 0", output_fields=["record"]
-        )
-        rows: list[dict[str, Any]] = []
-        try:
-            while batch := iterator.next():
-                rows += batch
-        finally:
-            iterator.close()
+        rows = _every_row(self._client, self.log_name, "id > 0")
         return [json.loads(r["record"]) for r in sorted(rows, key=lambda r: r["id"])]
 
     # -------------------------------------------------------------------------- insert
@@ -360,6 +344,11 @@ class MilvusBackend(Backend):
         expression = " or ".join(f"({c})" for c in clauses)
         removed = self._count(expression)
         if removed:
+            if self._client.has_collection(self._labels):  # a crop's identity goes with it
+                doomed = [int(r["id"]) for r in self._query(expression, ["id"])]
+                for start in range(0, len(doomed), _BATCH):
+                    chunk = doomed[start : start + _BATCH]
+                    self._client.delete(self._labels, filter=f"id in {chunk}")
             self._client.delete(self.crops, filter=expression)
             self._compact(self.crops)
         return removed
@@ -370,6 +359,44 @@ class MilvusBackend(Backend):
 
         with contextlib.suppress(MilvusException, NotImplementedError):
             self._client.compact(collection)
+
+    # ----------------------------------------------------------------- global identities
+    @property
+    def _labels(self) -> str:
+        """The collection of crop id -> global identity (beside the log, so versions keep it)."""
+        return f"{self.name}_identities"
+
+    def label_identities(self, labels: dict[int, str]) -> int:
+        wanted = [int(i) for i in labels]
+        stored = sorted(self._existing(wanted))
+        if not stored:
+            return 0
+        if not self._client.has_collection(self._labels):
+            _create_record_collection(self._client, self._labels)
+        rows = [{"id": i, "unused": [0.0, 0.0], "record": str(labels[i])} for i in stored]
+        for start in range(0, len(rows), _BATCH):
+            self._client.upsert(self._labels, rows[start : start + _BATCH])
+        return len(stored)
+
+    def identities(self, crop_ids: Sequence[int] | None = None) -> dict[int, str]:
+        if not self._client.has_collection(self._labels):
+            return {}
+        if crop_ids is None:
+            rows = _every_row(self._client, self._labels, "id >= -9223372036854775808")
+        else:
+            wanted = [int(i) for i in crop_ids]
+            rows = []
+            for start in range(0, len(wanted), _BATCH):
+                rows += self._client.query(
+                    self._labels,
+                    filter=f"id in {wanted[start : start + _BATCH]}",
+                    output_fields=["record"],
+                    consistency_level="Strong",
+                )
+        return {int(r["id"]): r["record"] for r in rows}
+
+    def event_log(self, name: str) -> MilvusEventLog:
+        return MilvusEventLog(self._client, f"{self.name}_{name}")
 
     # ------------------------------------------------------------------------ versions
     def staging(self, create: bool) -> MilvusBackend | None:
@@ -434,3 +461,74 @@ class MilvusBackend(Backend):
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+def _create_record_collection(client: Any, name: str) -> None:
+    """A collection of (int64 id, text record) rows (Milvus needs a vector field: 2 zeros)."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+    schema.add_field("record", DataType.VARCHAR, max_length=65_535)
+    index = client.prepare_index_params()
+    index.add_index("unused", index_type="FLAT", metric_type="L2")
+    client.create_collection(name, schema=schema, index_params=index)
+
+
+def _every_row(client: Any, collection: str, expression: str) -> list[dict[str, Any]]:
+    """Every (id, record) row ``expression`` accepts (a plain query stops at 16384 rows)."""
+    iterator = client.query_iterator(
+        collection, batch_size=_BATCH * 4, filter=expression, output_fields=["record"]
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        while batch := iterator.next():
+            rows += batch
+    finally:
+        iterator.close()
+    return rows
+
+
+class MilvusEventLog:
+    """An :class:`~reidkit.gallery.store.EventLog` in a Milvus collection (record number =
+    primary key). Milvus has no transactions: ``exclusive`` holds off this process's other
+    threads only, so one process per site appends (any number read)."""
+
+    def __init__(self, client: Any, collection: str) -> None:
+        import threading
+
+        self._client = client
+        self._name = collection
+        self._lock = threading.RLock()
+        self._last = 0
+        if not client.has_collection(collection):
+            _create_record_collection(client, collection)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._lock
+
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        with self._lock:
+            self.read(self._last)  # the log's end, as committed now
+            rows = [
+                {"id": self._last + n, "unused": [0.0, 0.0], "record": json.dumps(record)}
+                for n, record in enumerate(records, 1)
+            ]
+            if rows:
+                self._client.insert(self._name, rows)
+                self._last += len(rows)
+            return self._last
+
+    def read(self, after: int) -> list[tuple[int, dict[str, Any]]]:
+        with self._lock:
+            rows = _every_row(self._client, self._name, f"id > {int(after)}")
+            found = sorted(
+                ((int(r["id"]), json.loads(r["record"])) for r in rows), key=lambda row: row[0]
+            )
+            if found:
+                self._last = max(self._last, found[-1][0])
+            return found
+
+    def close(self) -> None:
+        return None

@@ -19,6 +19,7 @@ evaluation, so a threshold calibrated by ``evaluate`` applies to a gallery uncha
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
@@ -74,6 +75,44 @@ class Hit:
             "decision": self.decision,
             **self.meta.to_dict(),
         }
+
+
+@dataclass(slots=True)
+class IdentityHit:
+    """One person among a query's hits: the hits of crops that carry one global identity
+    (nearest first), and where and when the gallery saw that identity (all its crops, not
+    only the hits). ``global_id`` is ``None`` for a hit whose crop has no identity yet."""
+
+    global_id: str | None
+    hits: list[Hit]
+    cameras: tuple[int, ...]
+    start: float
+    end: float
+    crops: int
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.hits[0]
+        return {
+            "global_id": self.global_id,
+            "distance": best.distance,
+            "decision": best.decision,
+            "cameras": list(self.cameras),
+            "start": self.start,
+            "end": self.end,
+            "crops": self.crops,
+            "hits": [h.to_dict() for h in self.hits],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ForgottenIdentity:
+    """What forgetting one global identity removed: crops, and the cameras and tracks they
+    were in."""
+
+    global_id: str
+    removed: int
+    cameras: tuple[int, ...]
+    tracks: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -168,6 +207,25 @@ class StoredCrop:
     thumbnail: bytes | None = None
 
 
+class EventLog(Protocol):
+    """An append-only log of JSON records in a gallery's storage, numbered in order (from 1):
+    the shared state of live association (:mod:`reidkit.association.shared`), which every
+    service process replays. ``exclusive`` holds off other writers (other processes too,
+    where the storage can) between reading the log's end and appending to it."""
+
+    def exclusive(self) -> AbstractContextManager[None]: ...
+
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        """Append ``records`` after the last one; returns the number of the last."""
+        ...
+
+    def read(self, after: int) -> list[tuple[int, dict[str, Any]]]:
+        """(number, record) of every record numbered above ``after``, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
 #: One neighbour of a query: crop id, squared distance ``2 - 2 cos`` (unclamped), metadata.
 Neighbour = tuple[int, float, CropMeta]
 
@@ -236,6 +294,17 @@ class Backend(Protocol):
         returns how many were removed."""
         ...
 
+    def label_identities(self, labels: dict[int, str]) -> int:
+        """Record each stored crop's global identity (``crop id -> global id``, replacing an
+        earlier one; ids not stored are skipped); returns how many were labelled. A deleted
+        crop's label goes with it."""
+        ...
+
+    def identities(self, crop_ids: Sequence[int] | None = None) -> dict[int, str]:
+        """The global identity of each labelled crop among ``crop_ids`` (every labelled crop
+        for ``None``)."""
+        ...
+
     def summary(self) -> Summary: ...
 
     def append_audit(self, record: dict[str, Any]) -> None:
@@ -248,6 +317,10 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def event_log(self, name: str) -> EventLog:
+        """The gallery's append-only log called ``name`` (created empty on first use)."""
+        ...
 
     # ------------------------------------------------------------- optional steps
     def optimise(self) -> None:

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from reidkit import __version__
+from reidkit.serve import association_routes
 from reidkit.serve.deps import Services
 from reidkit.serve.embedding import ServedModel
 from reidkit.serve.gallery_access import GalleryService, RequestRefused
@@ -106,5 +107,6 @@ def create_app(
     app.include_router(search.router)
     app.include_router(gallery_routes.router)
     app.include_router(page.router)
+    app.include_router(association_routes.router)
     app.mount(page.PAGE_PREFIX, page.page_files(), name="ui")
     return app

@@ -45,6 +45,8 @@ class ServeSettings:
     crop_root: str | None = None
     # Where audit records go when the gallery is read-only (its own audit.jsonl cannot grow).
     audit_file: Path | None = None
+    # An associate run's calibration.json: enables live association (POST /v1/tracks).
+    association_calibration: str | None = None
 
     def explicit_preprocessing(self) -> dict[str, tuple[str, tuple[float, ...]]]:
         """The normalisation set in the spec, as the preprocessing rule takes it."""

@@ -212,9 +212,28 @@ function select(hit, card) {
     dd.textContent = value;
     facts.append(dt, dd);
   }
+  showIdentity(hit, facts);
   $("forget").textContent = `Forget track ${hit.track_id}…`;
   $("forget").hidden = !state.me.scopes.includes("admin") || hit.track_id === null;
   $("detail").hidden = false;
+}
+
+// The person this crop belongs to across cameras (written by `reidkit associate`), if known.
+async function showIdentity(hit, facts) {
+  const response = await fetch(`/v1/crops/${hit.crop_id}/identity`,
+    { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!response.ok || state.selected !== hit) return;
+  const person = await response.json();
+  if (person.global_id === null) return;
+  const span = [person.start, person.end].map((t) => t.replace("T", " ").slice(0, 19));
+  for (const [key, value] of [["person", `global id ${person.global_id}`],
+    ["cameras", person.cameras.join(", ")], ["seen", `${span[0]} .. ${span[1]}`]]) {
+    const dt = document.createElement("dt");
+    dt.textContent = key;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    facts.append(dt, dd);
+  }
 }
 
 async function forgetSelected() {

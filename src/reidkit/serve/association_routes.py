@@ -1,0 +1,268 @@
+"""Live association routes: a closing track in, its global id out; corrections by sequence.
+
+``POST /v1/tracks`` (``write`` scope, like every write) takes one closed track of a camera:
+its start and end, and either the embeddings its pipeline already computed (one row per
+detection, as DeepStream sends them) or crops as base64 images, which the service embeds with
+its model. The rows are pooled (the mean of unit rows, as offline association pools a track's
+crops) and :class:`~reidkit.association.shared.LiveAssociation` answers the global id.
+``GET /v1/corrections?since=<seq>`` (``search`` scope) lists the merges (``absorbed`` ->
+``kept``) logged after ``seq``, so a consumer polling it relabels what it showed.
+
+Identities live in the gallery's storage (the service's ``gallery``), so several service
+processes assign against one state; the calibration is an offline ``reidkit associate`` run's
+``calibration.json`` (``serve.association_calibration``). The live state opens on the first
+request, on one thread of its own (decisions are serialised, as they must be).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from reidkit.association.features import pool
+from reidkit.association.shared import (
+    LOG_NAME,
+    LiveAssociation,
+    LiveAssociationError,
+    load_calibration,
+)
+from reidkit.data.images import decode_rgb
+from reidkit.errors import ImageRefused, ReidkitError
+from reidkit.gallery.factory import open_backend
+from reidkit.gallery.front import Gallery
+from reidkit.serve.deps import Services, ServicesDep, require
+from reidkit.serve.gallery_access import as_utc
+
+#: Most embedding rows one track may bring (a minute of a 25 fps camera is 1,500).
+MAX_TRACK_ROWS = 4096
+
+router = APIRouter(tags=["association"])
+
+
+class ClosedTrackIn(BaseModel):
+    """One closed track of one camera."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera: str = Field(min_length=1, max_length=128, description="Camera name in site.yaml.")
+    track_id: str = Field(min_length=1, max_length=128, description="The tracker's local id.")
+    start: datetime | float = Field(description="First sighting: ISO 8601 or unix seconds.")
+    end: datetime | float = Field(description="Last sighting: ISO 8601 or unix seconds.")
+    embeddings: list[list[float]] | None = Field(
+        None, max_length=MAX_TRACK_ROWS, description="The pipeline's embeddings, one per row."
+    )
+    crops: list[str] | None = Field(
+        None, description="Crops as base64 JPEG/PNG (instead of embeddings): the model embeds."
+    )
+    ground: list[tuple[float, float, float]] | None = Field(
+        None,
+        max_length=MAX_TRACK_ROWS,
+        description="Ground-plane positions (time, x, y) in the site's homography units.",
+    )
+
+
+class CorrectionOut(BaseModel):
+    seq: int = Field(description="Position in the identity log (poll corrections after it).")
+    absorbed: int = Field(description="This global id ...")
+    kept: int = Field(description="... is the same person as this one: relabel it.")
+
+
+class TrackAnswer(BaseModel):
+    global_id: int
+    reason: str = Field(description="'place', 'appearance' or 'new'.")
+    distance: float | None = Field(description="Distance to the identity chosen (or nearest).")
+    seq: int = Field(description="The identity log's position after this decision.")
+    corrections: list[CorrectionOut]
+
+
+class CorrectionsAnswer(BaseModel):
+    corrections: list[CorrectionOut]
+    last_seq: int = Field(description="Pass it as since= next time.")
+
+
+class IdentityAnswer(BaseModel):
+    global_id: str | None = Field(description="null: the crop has no global id yet.")
+    cameras: list[int] = Field(description="Every camera the gallery holds this person in.")
+    start: datetime | None
+    end: datetime | None
+    crops: int
+
+
+class _Live:
+    """The live state of one app: its own thread, gallery handle and association."""
+
+    def __init__(self, services: Services) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-associate")
+        self.services = services
+        self.association: LiveAssociation | None = None
+        self.gallery: Gallery | None = None
+
+    def _gallery(self) -> Gallery:
+        if self.gallery is None:
+            self.gallery = Gallery(open_backend(self.services.settings.gallery, create=True))
+        return self.gallery
+
+    def _open(self) -> LiveAssociation:
+        if self.association is None:
+            settings = self.services.settings
+            if settings.association_calibration is None:
+                raise LiveAssociationError(
+                    "live association is off: set serve.association_calibration to an "
+                    "associate run's calibration.json"
+                )
+            calibration = load_calibration(settings.association_calibration)
+            self.association = LiveAssociation(
+                self._gallery().backend.event_log(LOG_NAME), calibration, self.services.model.dim
+            )
+        return self.association
+
+    async def call(self, work: Any) -> Any:
+        """``work(live association)`` on this app's association thread."""
+        return await self._run(lambda: work(self._open()))
+
+    async def in_gallery(self, work: Any) -> Any:
+        """``work(gallery front)`` on the same thread (identity look-ups need no calibration)."""
+        return await self._run(lambda: work(self._gallery()))
+
+    async def _run(self, work: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, work)
+        except ReidkitError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+
+def _live(request: Request, services: ServicesDep) -> _Live:
+    state = request.app.state
+    if getattr(state, "association_live", None) is None:
+        state.association_live = _Live(services)
+    return state.association_live
+
+
+LiveDep = Annotated[_Live, Depends(_live)]
+
+
+def _seconds(moment: datetime | float) -> float:
+    if isinstance(moment, datetime):
+        return as_utc(moment).timestamp()  # type: ignore[union-attr]
+    if not math.isfinite(moment):
+        raise HTTPException(422, "start and end must be finite times")
+    return float(moment)
+
+
+def _rows(rows: list[list[float]], dim: int) -> np.ndarray:
+    matrix = np.asarray(rows, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) == 0:
+        raise HTTPException(422, f"embeddings must be rows of {dim} numbers (the served model's)")
+    norms = np.linalg.norm(matrix, axis=1)
+    if not np.isfinite(norms).all() or (norms == 0).any():
+        raise HTTPException(422, "embeddings must be finite and not all zeros")
+    return matrix
+
+
+async def _embed_crops(services: Services, crops: list[str]) -> np.ndarray:
+    limit = services.settings.max_images
+    if not crops or len(crops) > limit:
+        raise HTTPException(413 if crops else 422, f"send 1 to {limit} crops per track")
+
+    def prepare() -> np.ndarray:
+        images = []
+        for number, text in enumerate(crops, 1):
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPException(422, f"crop {number} is not base64") from None
+            images.append(
+                decode_rgb(data, f"crop {number}", max_pixels=services.settings.max_image_pixels)
+            )
+        return services.model.preprocess(images)
+
+    try:
+        batch = await run_in_threadpool(prepare)
+    except ImageRefused as exc:
+        raise HTTPException(422, str(exc)) from None
+    return await services.model.embed(batch)
+
+
+@router.post("/v1/tracks")
+async def close_track(
+    services: ServicesDep,
+    live: LiveDep,
+    caller: Annotated[Any, Depends(require("write"))],
+    track: ClosedTrackIn,
+) -> TrackAnswer:
+    """The global id of a track as it closes (and the corrections it caused)."""
+    if (track.embeddings is None) == (track.crops is None):
+        raise HTTPException(422, "send either embeddings or crops (exactly one)")
+    start, end = _seconds(track.start), _seconds(track.end)
+    if track.embeddings is not None:
+        rows = _rows(track.embeddings, services.model.dim)
+    else:
+        rows = await _embed_crops(services, track.crops or [])
+    embedding = pool(rows, np.ones(len(rows), dtype=np.float32))
+    ground = None if not track.ground else np.asarray(track.ground, dtype=np.float64)
+    if ground is not None and not np.isfinite(ground).all():
+        raise HTTPException(422, "ground positions must be finite")
+    decision = await live.call(
+        lambda association: association.assign(
+            track.camera, track.track_id, start, end, embedding, ground
+        )
+    )
+    answer = decision.assignment
+    return TrackAnswer(
+        global_id=answer.global_id,
+        reason=answer.reason,
+        distance=answer.distance,
+        seq=decision.seq,
+        corrections=[
+            CorrectionOut(seq=decision.seq, absorbed=c.absorbed, kept=c.kept)
+            for c in answer.corrections
+        ],
+    )
+
+
+@router.get("/v1/corrections")
+async def corrections(
+    live: LiveDep,
+    caller: Annotated[Any, Depends(require("search"))],
+    since: Annotated[int, Query(ge=0, le=2**62, description="Last seq seen (0: all).")] = 0,
+) -> CorrectionsAnswer:
+    """Merges (absorbed -> kept) logged after ``since``, oldest first."""
+    found, last = await live.call(lambda association: association.corrections(since))
+    return CorrectionsAnswer(corrections=[CorrectionOut(**c) for c in found], last_seq=last)
+
+
+@router.get("/v1/crops/{crop_id}/identity")
+async def crop_identity(
+    live: LiveDep,
+    caller: Annotated[Any, Depends(require("search"))],
+    crop_id: Annotated[int, Path(ge=0, le=2**62, description="A hit's crop_id.")],
+) -> IdentityAnswer:
+    """The person a crop belongs to (``reidkit associate`` wrote it): global id, every camera
+    and the time span the gallery holds them in (``global_id`` null: not associated yet)."""
+
+    def look_up(gallery: Gallery) -> IdentityAnswer:
+        global_id = gallery.identities([crop_id]).get(crop_id)
+        if global_id is None:
+            return IdentityAnswer(global_id=None, cameras=[], start=None, end=None, crops=0)
+        crops = gallery.members({global_id})[global_id]
+        times = [c.meta.timestamp for c in crops]
+        return IdentityAnswer(
+            global_id=global_id,
+            cameras=sorted({c.meta.camera for c in crops}),
+            start=datetime.fromtimestamp(min(times), tz=timezone.utc),
+            end=datetime.fromtimestamp(max(times), tz=timezone.utc),
+            crops=len(crops),
+        )
+
+    return await live.in_gallery(look_up)
