@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "evaluation": {"config", "data", "models"},
     "engine": {"config", "data", "models", "losses", "evaluation"},
     "export": {"config", "data", "models"},
-    "gallery": {"data", "models", "evaluation"},
+    "gallery": {"config", "data", "models", "evaluation"},
     "association": {"config", "data", "models", "evaluation", "export", "gallery"},
     "adaptation": {
         "config",
@@ -46,7 +46,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "gallery",
     },
     "automl": {"config"},
-    "serve": {"data", "models", "evaluation", "export", "gallery", "association"},
+    "serve": {"config", "data", "models", "evaluation", "export", "gallery", "association"},
     "cli": {"config", "actions"},
     "__main__": {"cli"},
 }
