@@ -13,13 +13,17 @@ sequence numbers of corrections (``GET /v1/corrections?since=``).
 
 :class:`LiveAssociation` is what the service calls: a closing track of a named camera with
 its pooled embedding in, its global id (and any corrections) out, under the calibration an
-offline ``reidkit associate`` run learned on the same site (``calibration.json``).
+offline ``reidkit associate`` run learned on the same site (``calibration.json``). Tracks that
+arrive together are decided in order in one exclusive section and made durable by one commit
+(group commit), so a burst does not queue behind one disk flush per track; a decision is
+answered only once it is in the log.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +236,7 @@ class LiveAssociation:
             )
         return self._camera[name]
 
-    def assign(
+    def track(
         self,
         camera: str,
         track_id: str,
@@ -240,9 +244,10 @@ class LiveAssociation:
         end: float,
         embedding: np.ndarray,
         ground: np.ndarray | None = None,
-    ) -> Decision:
-        """The global id of a closing track with its pooled unit ``embedding`` (raw, as the
-        model gives it: the camera's mean is removed here, as offline)."""
+    ) -> ClosedTrack:
+        """A closing track as :meth:`decide` takes it, from its pooled unit ``embedding`` (raw,
+        as the model gives it: the camera's mean is removed here, as offline); one line if it
+        does not fit the calibrated site."""
         number = self.camera_number(camera)
         if end < start:
             raise LiveAssociationError(f"track {track_id} of camera {camera} ends before it starts")
@@ -251,16 +256,25 @@ class LiveAssociation:
             np.array([number]),
             self.calibration.camera_means,
         )
-        track = ClosedTrack([camera, track_id], number, start, end, centred[0], ground)
-        with self.log.exclusive():
-            self.store.sync()
-            try:
-                assignment = self.assigner.assign(track)
-                seq = self.store.commit()
-            except BaseException:
-                self.store.rollback()
-                raise
-        return Decision(assignment, seq)
+        return ClosedTrack([camera, track_id], number, start, end, centred[0], ground)
+
+    def decide(self, tracks: Sequence[ClosedTrack]) -> list[Decision]:
+        """The global ids of ``tracks``, decided in their order inside one exclusive section
+        of the log and made durable by its one commit (group commit: a burst of tracks costs
+        one write to disk, not one each). Either every decision is in the log when this
+        returns, or none is and the error is raised (the mirror is rebuilt from the log)."""
+        decisions = []
+        try:
+            with self.log.exclusive():
+                self.store.sync()
+                for track in tracks:
+                    assignment = self.assigner.assign(track)
+                    decisions.append(Decision(assignment, self.store.commit()))
+        except BaseException:
+            # after the log's own rollback, so the mirror holds exactly what the log kept
+            self.store.rollback()
+            raise
+        return decisions
 
     def corrections(self, since: int) -> tuple[list[dict[str, int]], int]:
         """Merges logged after ``since`` (``seq``, ``absorbed``, ``kept``) and the log's end."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reidkit import __version__
 from reidkit.serve import association_routes
@@ -29,6 +30,38 @@ from reidkit.serve.routes import gallery as gallery_routes
 from reidkit.serve.routes import page, search, service
 from reidkit.serve.settings import ServeSettings
 from reidkit.serve.tokens import TokenStore
+
+
+class ObserveRequests:
+    """ASGI middleware: counts each request by route template and latency, and gives the
+    operator page its headers. Plain ASGI rather than ``@app.middleware("http")``, whose
+    per-request task and streams cost the event loop more than a live decision does."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        on_page = scope["path"].startswith(page.PAGE_PREFIX)
+        status = 500  # what the client gets if the app fails before answering
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if on_page:
+                    MutableHeaders(scope=message).update(page.PAGE_HEADERS)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(scope["method"], template, status, time.perf_counter() - start)
 
 
 def create_app(
@@ -83,16 +116,7 @@ def create_app(
     async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        template = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
-        if request.url.path.startswith(page.PAGE_PREFIX):
-            response.headers.update(page.PAGE_HEADERS)
-        return response
-
+    app.add_middleware(ObserveRequests, metrics=metrics)
     # Outermost: oversized bodies are refused before anything parses them.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:

@@ -11,7 +11,8 @@ crops) and :class:`~reidkit.association.shared.LiveAssociation` answers the glob
 Identities live in the gallery's storage (the service's ``gallery``), so several service
 processes assign against one state; the calibration is an offline ``reidkit associate`` run's
 ``calibration.json`` (``serve.association_calibration``). The live state opens on the first
-request, on one thread of its own (decisions are serialised, as they must be).
+request, on one thread of its own (decisions are serialised, as they must be); tracks that
+arrive while it decides are decided next, together, with one durable commit of the log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import asyncio
 import base64
 import binascii
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -30,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from reidkit.association.features import pool
+from reidkit.association.online import ClosedTrack
 from reidkit.association.shared import (
     LOG_NAME,
+    Decision,
     LiveAssociation,
     LiveAssociationError,
     load_calibration,
@@ -99,13 +104,20 @@ class IdentityAnswer(BaseModel):
 
 
 class _Live:
-    """The live state of one app: its own thread, gallery handle and association."""
+    """The live state of one app: its own thread, gallery handle and association.
+
+    Closing tracks wait in arrival order; the association thread takes every track waiting
+    when it is free and decides them in one group (:meth:`LiveAssociation.decide`: one durable
+    commit), so a burst, or a slow disk flush, does not queue one flush per track behind it.
+    Each answer is sent only once its decision is in the log."""
 
     def __init__(self, services: Services) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reidkit-associate")
         self.services = services
         self.association: LiveAssociation | None = None
         self.gallery: Gallery | None = None
+        self._waiting: deque[tuple[Callable[[LiveAssociation], ClosedTrack], Future[Decision]]]
+        self._waiting = deque()
 
     def _gallery(self) -> Gallery:
         if self.gallery is None:
@@ -126,6 +138,51 @@ class _Live:
             )
         return self.association
 
+    async def decide(self, track: Callable[[LiveAssociation], ClosedTrack]) -> Decision:
+        """The decision on ``track(live association)``, in arrival order, in the next group."""
+        done: Future[Decision] = Future()
+        self._waiting.append((track, done))  # on the event loop: arrival order is kept
+        self.executor.submit(self._decide_waiting)
+        try:
+            return await asyncio.wrap_future(done)
+        except ReidkitError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    def _decide_waiting(self) -> None:
+        """On the association thread: decide every track waiting now, as one group."""
+        batch = []
+        while self._waiting:
+            batch.append(self._waiting.popleft())
+        if not batch:
+            return  # an earlier call took these tracks into its group
+        try:
+            association = self._open()
+        except Exception as exc:
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        group: list[tuple[ClosedTrack, Future[Decision]]] = []
+        for make_track, done in batch:
+            try:
+                group.append((make_track(association), done))
+            except Exception as exc:  # a track that does not fit the site: its own 422
+                done.set_exception(exc)
+        try:
+            decisions = association.decide([track for track, _ in group])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            # nothing of the group was kept: decide each alone, so only a failing one fails
+            for track, done in group:
+                try:
+                    done.set_result(association.decide([track])[0])
+                except Exception as alone:
+                    done.set_exception(alone)
+            return
+        for (_, done), decision in zip(group, decisions, strict=True):
+            done.set_result(decision)
+
     async def call(self, work: Any) -> Any:
         """``work(live association)`` on this app's association thread."""
         return await self._run(lambda: work(self._open()))
@@ -142,7 +199,8 @@ class _Live:
             raise HTTPException(422, str(exc)) from None
 
 
-def _live(request: Request, services: ServicesDep) -> _Live:
+async def _live(request: Request, services: ServicesDep) -> _Live:
+    # async: resolved on the event loop, so tracks reach the queue in the order they arrived
     state = request.app.state
     if getattr(state, "association_live", None) is None:
         state.association_live = _Live(services)
@@ -213,8 +271,8 @@ async def close_track(
     ground = None if not track.ground else np.asarray(track.ground, dtype=np.float64)
     if ground is not None and not np.isfinite(ground).all():
         raise HTTPException(422, "ground positions must be finite")
-    decision = await live.call(
-        lambda association: association.assign(
+    decision = await live.decide(
+        lambda association: association.track(
             track.camera, track.track_id, start, end, embedding, ground
         )
     )

@@ -4,6 +4,10 @@ A route module never reaches for ``app.state`` itself: it declares what it needs
 ``GalleryDep``, ``ModelDep``, a scope such as ``Searcher``) and FastAPI resolves it per request,
 as in FastAPI's "bigger applications" layout. A new router (e.g. live association) needs only
 these names and one ``include_router`` line in :mod:`reidkit.serve.app`.
+
+The dependencies are ``async``: they do no blocking work (a token check is a stat and a hash),
+and FastAPI runs a plain function in its thread pool, a hop to another thread and back for
+each one on every request (and requests can overtake each other there).
 """
 
 from __future__ import annotations
@@ -41,22 +45,22 @@ class Services:
     metrics: ServerMetrics
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def _settings(services: ServicesDep) -> ServeSettings:
+async def _settings(services: ServicesDep) -> ServeSettings:
     return services.settings
 
 
-def _gallery(services: ServicesDep) -> GalleryService:
+async def _gallery(services: ServicesDep) -> GalleryService:
     return services.gallery
 
 
-def _model(services: ServicesDep) -> ServedModel:
+async def _model(services: ServicesDep) -> ServedModel:
     return services.model
 
 
@@ -68,7 +72,7 @@ ModelDep = Annotated[ServedModel, Depends(_model)]
 def require(scope: str) -> Callable[..., Caller]:
     """A dependency: the caller of a valid bearer token holding ``scope`` (401 / 403 if not)."""
 
-    def check(
+    async def check(
         services: ServicesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
