@@ -200,8 +200,9 @@ def centre_by_camera(
             rows = cameras == camera
             if rows.sum() >= MIN_CAMERA_TRACKS:
                 means[int(camera)] = embeddings[rows].mean(0)
-    for camera, mean in means.items():
-        out[cameras == camera] -= mean
+    for camera in np.unique(cameras).tolist():  # only the cameras present (live: one track)
+        if camera in means:
+            out[cameras == camera] -= means[camera]
     out /= np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
     return out.astype(np.float32), means
 

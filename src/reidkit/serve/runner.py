@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -23,7 +24,18 @@ SETTINGS_VARIABLE = "REIDKIT_SERVE_SETTINGS"
 
 def app_from_environment() -> FastAPI:
     """The app of a uvicorn worker process: its settings travel in an environment variable."""
-    return create_app(ServeSettings.from_json(os.environ[SETTINGS_VARIABLE]))
+    app = create_app(ServeSettings.from_json(os.environ[SETTINGS_VARIABLE]))
+    _freeze_startup_objects()
+    return app
+
+
+def _freeze_startup_objects() -> None:
+    """Take what startup built (libraries, model, app: about half a million objects) out of
+    the garbage collector's sight. They live as long as the process, yet every full
+    collection would walk them all again: a pause of 100 to 300 ms on 2 busy cores, the
+    slowest answers of the live endpoint. Collections then walk only what requests made."""
+    gc.collect()
+    gc.freeze()
 
 
 def _check_address(host: str, port: int) -> None:
@@ -77,6 +89,7 @@ def run_server(settings: ServeSettings, *, log_level: str = "info") -> None:
 
 def _run(settings: ServeSettings, log_level: str) -> None:
     app = create_app(settings)
+    _freeze_startup_objects()
     common = {
         "host": settings.host,
         "port": settings.port,
