@@ -1,13 +1,20 @@
 """Live association through real servers: closing tracks POSTed to /v1/tracks get the ids the
 offline assigner's online replay gives, even split over two server processes sharing one
-gallery; corrections are polled by sequence; writes need the write scope."""
+gallery; corrections are polled by sequence; writes need the write scope; an answered track is
+in the log after a crash. And the live state itself: tracks decided in groups (one durable
+commit each) get exactly the decisions they get one at a time, and a group that fails keeps
+nothing of itself."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,10 +23,12 @@ from PIL import Image
 from reidkit.association.cluster import associate_site
 from reidkit.association.constraints import TrackSet
 from reidkit.association.features import track_embeddings
-from reidkit.association.online import final_identity, replay
+from reidkit.association.online import ClosedTrack, final_identity, replay
 from reidkit.association.readers import read_tracks
+from reidkit.association.shared import LOG_NAME, Decision, LiveAssociation, load_calibration
 from reidkit.association.site import load_site
 from reidkit.association.tracks import split_at_gaps
+from reidkit.gallery.embedded import SqliteEventLog
 from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.store import CropMeta
 from tests.association.conftest import make_synthetic_site
@@ -50,6 +59,18 @@ def _site_tracks(folder: Path) -> tuple[list, TrackSet, object]:
     return tracks, TrackSet.from_tracks(tracks, embeddings, site.names), site
 
 
+def _body(tracks: list, track_set: TrackSet, i: int) -> dict[str, Any]:
+    """Track ``i`` as a pipeline POSTs it: its pooled embedding as the one row."""
+    track = tracks[i]
+    return {
+        "camera": track.camera,
+        "track_id": f"{track.track_id}.{track.part}",
+        "start": track.start,
+        "end": track.end,
+        "embeddings": [track_set.embeddings[i].tolist()],
+    }
+
+
 def test_replay_through_two_servers_matches_the_offline_replay(
     calibrated_site, start_server, tokens, tmp_path
 ) -> None:
@@ -64,15 +85,7 @@ def test_replay_through_two_servers_matches_the_offline_replay(
     writers = [s.client(tokens.write) for s in servers]
     given, renamed, seqs = {}, {}, []
     for n, i in enumerate(np.argsort(track_set.end, kind="stable").tolist()):
-        track = tracks[i]
-        body = {
-            "camera": track.camera,
-            "track_id": f"{track.track_id}.{track.part}",
-            "start": track.start,
-            "end": track.end,
-            "embeddings": [track_set.embeddings[i].tolist()],
-        }
-        response = writers[n % 2].post("/v1/tracks", json=body)  # the two share one state
+        response = writers[n % 2].post("/v1/tracks", json=_body(tracks, track_set, i))
         assert response.status_code == 200, response.text
         answer = response.json()
         given[i] = answer["global_id"]
@@ -152,3 +165,127 @@ def test_a_hits_person_across_cameras(start_server, tokens, tmp_path) -> None:
         json={"camera": "0", "track_id": "1", "start": 0, "end": 1, "embeddings": [[1.0] * 64]},
     )
     assert off.status_code == 422 and "association_calibration" in off.text
+
+
+def test_an_answered_track_is_in_the_log_after_a_crash(
+    calibrated_site, start_server, tokens, tmp_path
+) -> None:
+    """Tracks sent at once (so they queue and are decided in groups), then SIGKILL: every
+    answer's decision is in the log, and a restarted server carries on from it."""
+    folder, calibration = calibrated_site
+    tracks, track_set, _ = _site_tracks(folder)
+    bodies = [_body(tracks, track_set, i) for i in np.argsort(track_set.end, kind="stable")]
+    gallery = tmp_path / "gallery"
+    option = f"serve.association_calibration={calibration}"
+    server = start_server(gallery, option)
+    writer = server.client(tokens.write)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda body: writer.post("/v1/tracks", json=body), bodies[:48]))
+    server.kill()  # no shutdown code runs
+    assert all(answer.status_code == 200 for answer in answers), answers[0].text
+
+    log = dict(SqliteEventLog(gallery / f"{LOG_NAME}.sqlite").read(0))
+    assert sorted(log) == list(range(1, len(log) + 1))
+    seqs = [answer.json()["seq"] for answer in answers]
+    assert len(set(seqs)) == len(seqs) and max(seqs) == len(log)
+    for body, answer in zip(bodies, answers, strict=False):
+        seq, global_id = answer.json()["seq"], answer.json()["global_id"]
+        decided = [
+            (number, record["identity"])
+            for number, record in log.items()
+            if number <= seq
+            and record["op"] != "merge"
+            and record["track"]["key"] == [body["camera"], body["track_id"]]
+        ]
+        assert len(decided) == 1, body
+        merges = {
+            record["absorbed"]: record["kept"]
+            for number, record in sorted(log.items())
+            if record["op"] == "merge" and number <= seq
+        }
+        assert final_identity(decided[0][1], merges) == global_id
+
+    again = start_server(gallery, option)
+    answer = again.client(tokens.write).post("/v1/tracks", json=bodies[48])
+    assert answer.status_code == 200 and answer.json()["seq"] > len(log), answer.text
+
+
+def _live_tracks(folder: Path, live: LiveAssociation) -> list[ClosedTrack]:
+    """The site's tracks in closing order, as ``live`` takes them."""
+    tracks, track_set, _ = _site_tracks(folder)
+    return [
+        live.track(
+            tracks[i].camera,
+            f"{tracks[i].track_id}.{tracks[i].part}",
+            tracks[i].start,
+            tracks[i].end,
+            track_set.embeddings[i],
+        )
+        for i in np.argsort(track_set.end, kind="stable").tolist()
+    ]
+
+
+class _CommitFails:
+    """An event log whose next commit fails, as on a full disk: the log rolls back."""
+
+    def __init__(self, log: SqliteEventLog) -> None:
+        self.log = log
+        self.fail = False
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self.log.exclusive():
+            yield
+            if self.fail:
+                self.fail = False
+                raise OSError("database or disk is full")
+
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        return self.log.append(records)
+
+    def read(self, after: int) -> list[tuple[int, dict[str, Any]]]:
+        return self.log.read(after)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def test_groups_decide_as_tracks_one_at_a_time_and_a_failed_group_keeps_nothing(
+    calibrated_site, tmp_path
+) -> None:
+    folder, calibration_file = calibrated_site
+    calibration = load_calibration(calibration_file)
+    alone = LiveAssociation(SqliteEventLog(tmp_path / "alone.sqlite"), calibration, 64)
+    flaky = _CommitFails(SqliteEventLog(tmp_path / "grouped.sqlite"))
+    grouped = LiveAssociation(flaky, calibration, 64)  # type: ignore[arg-type]
+    closing = _live_tracks(folder, alone)
+    one_by_one = [alone.decide([track])[0] for track in closing]
+    assert all(isinstance(d, Decision) for d in one_by_one)
+
+    # groups of several sizes, in order: the same decisions, the same log
+    together: list = []
+    start = 0
+    for size in [1, 7, 2, 16, 5] * 20:
+        together += grouped.decide(closing[start : start + size])
+        start += size
+        if start >= 60:
+            break
+    assert together == one_by_one[:start]
+    assert flaky.read(0) == alone.log.read(0)[: len(flaky.read(0))]
+    end = flaky.read(0)[-1][0]
+
+    # a failed commit: nothing of the group is kept, the mirror is what the log holds, and
+    # the tracks, decided again, alone, get what they would have got
+    flaky.fail = True
+    retried = grouped.decide(closing[start : start + 4])
+    assert retried == one_by_one[start : start + 4]  # each again, alone, after the failed group
+    assert flaky.read(0) == alone.log.read(0)[: len(flaky.read(0))]
+    start += 4
+
+    # a track that cannot be decided (an embedding of the wrong width) fails alone
+    broken = ClosedTrack(["0", "broken"], 0, 0.0, 1.0, np.ones(3, dtype=np.float32))
+    outcomes = grouped.decide([closing[start], broken, closing[start + 1]])
+    assert isinstance(outcomes[1], ValueError)
+    assert [outcomes[0], outcomes[2]] == one_by_one[start : start + 2]
+    assert flaky.read(0) == alone.log.read(0)[: len(flaky.read(0))]
+    assert len(flaky.read(0)) > end

@@ -258,11 +258,29 @@ class LiveAssociation:
         )
         return ClosedTrack([camera, track_id], number, start, end, centred[0], ground)
 
-    def decide(self, tracks: Sequence[ClosedTrack]) -> list[Decision]:
-        """The global ids of ``tracks``, decided in their order inside one exclusive section
-        of the log and made durable by its one commit (group commit: a burst of tracks costs
-        one write to disk, not one each). Either every decision is in the log when this
-        returns, or none is and the error is raised (the mirror is rebuilt from the log)."""
+    def decide(self, tracks: Sequence[ClosedTrack]) -> list[Decision | Exception]:
+        """The global ids of ``tracks``, decided in their order as one group (see
+        :meth:`_decide_group`). If the group fails, nothing of it is kept and each track is
+        decided alone, so a track that cannot be decided fails alone: its error is returned
+        in its place."""
+        try:
+            return list(self._decide_group(tracks))
+        except Exception as exc:
+            if len(tracks) == 1:
+                return [exc]
+        outcomes: list[Decision | Exception] = []
+        for track in tracks:
+            try:
+                outcomes += self._decide_group([track])
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _decide_group(self, tracks: Sequence[ClosedTrack]) -> list[Decision]:
+        """Decisions in one exclusive section of the log, made durable by its one commit
+        (group commit: a burst of tracks costs one write to disk, not one each). Either every
+        decision is in the log when this returns, or none is and the error is raised (the
+        mirror is then rebuilt from the log)."""
         decisions = []
         try:
             with self.log.exclusive():

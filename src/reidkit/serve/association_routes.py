@@ -23,7 +23,7 @@ import binascii
 import math
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -159,29 +159,18 @@ class _Live:
             association = self._open()
         except Exception as exc:
             for _, done in batch:
-                done.set_exception(exc)
+                _settle(done, exc)
             return
-        group: list[tuple[ClosedTrack, Future[Decision]]] = []
+        tracks, waiting = [], []
         for make_track, done in batch:
             try:
-                group.append((make_track(association), done))
+                tracks.append(make_track(association))
+                waiting.append(done)
             except Exception as exc:  # a track that does not fit the site: its own 422
-                done.set_exception(exc)
-        try:
-            decisions = association.decide([track for track, _ in group])
-        except Exception as exc:
-            if len(group) == 1:
-                group[0][1].set_exception(exc)
-                return
-            # nothing of the group was kept: decide each alone, so only a failing one fails
-            for track, done in group:
-                try:
-                    done.set_result(association.decide([track])[0])
-                except Exception as alone:
-                    done.set_exception(alone)
-            return
-        for (_, done), decision in zip(group, decisions, strict=True):
-            done.set_result(decision)
+                _settle(done, exc)
+        outcomes = association.decide(tracks) if tracks else []
+        for done, outcome in zip(waiting, outcomes, strict=True):
+            _settle(done, outcome)
 
     async def call(self, work: Any) -> Any:
         """``work(live association)`` on this app's association thread."""
@@ -197,6 +186,18 @@ class _Live:
             return await loop.run_in_executor(self.executor, work)
         except ReidkitError as exc:
             raise HTTPException(422, str(exc)) from None
+
+
+def _settle(done: Future[Decision], outcome: Decision | Exception) -> None:
+    """Hand a waiting request its decision or error (a request whose client gave up was
+    cancelled: its track is decided all the same, and nobody is told)."""
+    try:
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 async def _live(request: Request, services: ServicesDep) -> _Live:
