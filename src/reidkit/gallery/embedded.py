@@ -1102,6 +1102,9 @@ class SqliteEventLog:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # every commit synced to disk (whatever this SQLite build defaults to): a live
+        # decision is answered only once it is in the log
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, record TEXT NOT NULL)"
         )
