@@ -580,6 +580,12 @@ class AdaptSpec(_Section):
     min_cluster_size: int = Field(
         4, ge=2, le=1000, description="Crops a cluster needs (DBSCAN min_samples)."
     )
+    per_camera_standardise: bool = Field(
+        True,
+        description="Standardise the embeddings within each camera (mean and spread per "
+        "dimension) before clustering, so a camera's look does not keep one person's crops from "
+        "two cameras apart; no effect on a single camera.",
+    )
     camera_proxies: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Camera-aware proxy losses: 'auto' = on when the crops come from two or "
