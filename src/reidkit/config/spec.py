@@ -533,7 +533,9 @@ class AssociateSpec(_Section):
         description="Site threshold: strangers expected within it per track (lower is stricter).",
     )
     camera_centring: bool = Field(
-        True, description="Remove each camera's mean embedding (its light and background)."
+        True,
+        description="Standardise each camera's embeddings: remove its mean (light, "
+        "background) and divide by its own spread per dimension.",
     )
     gallery: str | None = Field(
         None,
