@@ -19,12 +19,7 @@ from reidkit.adaptation import (
     co_occurring_tracks,
 )
 from reidkit.adaptation.loop import MIN_MIRROR_AGREEMENT
-from reidkit.adaptation.pseudo_labels import (
-    MAX_CLUSTER_SHARE,
-    MIN_CAMERA_CROPS,
-    camera_standardised,
-    mirror_agreement,
-)
+from reidkit.adaptation.pseudo_labels import MAX_CLUSTER_SHARE, mirror_agreement
 from reidkit.data import ImageDataset, ImageRecord, load_split
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
@@ -159,25 +154,6 @@ def test_outliers_stay_out_of_the_round(embedded) -> None:
     }
     seen = torch.cat([batch_labels for _, batch_labels, _ in loader])
     assert len(seen) and (seen >= 0).all()
-
-
-def test_camera_standardised_matches_a_per_camera_scaler() -> None:
-    """Against scikit-learn's StandardScaler fitted on each camera's rows (a camera too small
-    for its own statistics takes all rows'), then L2-normalised."""
-    from sklearn.preprocessing import StandardScaler
-
-    gen = np.random.default_rng(0)
-    feats = gen.normal(size=(60, 8)) + np.repeat([[0.0], [3.0], [-2.0]], [25, 30, 5], axis=0)
-    cameras = np.repeat([1, 2, 3], [25, 30, 5])
-    assert 5 < MIN_CAMERA_CROPS <= 25
-    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    expected = StandardScaler().fit_transform(unit)  # camera 3: too few crops
-    for camera in (1, 2):
-        rows = cameras == camera
-        expected[rows] = StandardScaler().fit_transform(unit[rows])
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    found = camera_standardised(torch.as_tensor(unit, dtype=torch.float32), cameras)
-    np.testing.assert_allclose(found.numpy(), expected, atol=1e-5)
 
 
 def test_per_camera_standardisation_finds_people_across_a_camera_cast() -> None:

@@ -14,18 +14,17 @@ from sklearn.preprocessing import StandardScaler
 
 from reidkit.association.baselines import metropolis_style, threshold_links
 from reidkit.association.cluster import (
-    FLAT_SPREAD,
     associate,
     associate_site,
     holds_constraints,
     learn_threshold,
-    standardise_by_camera,
 )
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
 from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
+from reidkit.evaluation.cameras import FLAT_SPREAD, standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 

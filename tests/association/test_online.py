@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reidkit.association.cluster import associate_site, holds_constraints, standardise_by_camera
+from reidkit.association.cluster import associate_site, holds_constraints
 from reidkit.association.constraints import Rules, TrackSet
 from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
@@ -15,6 +15,7 @@ from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineA
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.shared import load_calibration
 from reidkit.association.site import load_site
+from reidkit.evaluation.cameras import standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 

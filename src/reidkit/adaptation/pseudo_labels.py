@@ -29,9 +29,10 @@ before comparing across cameras (Xuan and Zhang, CVPR 2021). A source model trai
 embeds a camera's light, background and angle along with the person, so a site's crops first
 group by camera: on ``pku_views`` the source model's clusters held 1 % of the true cross-camera
 pairs, 14 % after standardisation, and the adapted model's mAP went from 32.6 to 51.5
-(``bench_adapt.py``, seed 1; BENCHMARKS.md, "Unsupervised domain adaptation"). A camera with
-fewer than :data:`MIN_CAMERA_CROPS` crops has no spread to measure: it is standardised with the
-statistics of all crops. One camera: nothing to take out, the embeddings are used as they are.
+(``bench_adapt.py``, seed 1; BENCHMARKS.md, "Unsupervised domain adaptation"). The one
+implementation association uses too (:func:`reidkit.evaluation.cameras.standardise_by_camera`:
+a camera with too few crops for its own statistics is left as it is). One camera: nothing to
+take out, the embeddings are used as they are.
 
 The label-free quality signal of a clustering is ``linked x silhouette``. The silhouette is the
 mean simplified silhouette of the clustered crops (cosine distance to their own cluster's centre
@@ -61,14 +62,13 @@ from sklearn.metrics import cohen_kappa_score
 from torch import Tensor
 
 from reidkit.errors import ReidkitError
+from reidkit.evaluation.cameras import standardise_by_camera
 from reidkit.evaluation.metrics import normalize_features
 from reidkit.evaluation.rerank import jaccard_graph
 
 #: A cluster holding more than this share of all crops is not one person but a chain of many
 #: (or of noise): its crops are outliers. No site's crops are a quarter one person's.
 MAX_CLUSTER_SHARE = 0.25
-#: Crops a camera needs for its own mean and spread (:func:`camera_standardised`).
-MIN_CAMERA_CROPS = 10
 #: The smallest distance stored in the graph (DBSCAN may read a stored 0 as "no edge").
 _LINKED = 1e-6
 OUTLIER = -1
@@ -164,7 +164,8 @@ def cluster(
     """
     feats = normalize_features(features.float())
     if settings.per_camera and cameras is not None and len(np.unique(cameras)) >= 2:
-        feats = camera_standardised(feats, cameras)
+        standardised, _, _ = standardise_by_camera(feats.cpu().numpy(), np.asarray(cameras))
+        feats = torch.as_tensor(standardised, device=feats.device)
     groups = track_groups(tracks if tracks is not None else [None] * len(feats))
     reps = [_representatives(g, max(1, settings.k1 // 2)) for g in groups]
     rep_index = np.concatenate(reps)
@@ -198,27 +199,6 @@ def cluster(
             best = found
     assert best is not None
     return best
-
-
-def camera_standardised(feats: Tensor, cameras: np.ndarray) -> Tensor:
-    """``feats`` standardised within each camera, then L2-normalised (module docstring).
-
-    Each dimension is centred on its mean over the camera's crops and divided by its standard
-    deviation there (population, not sample); cameras with fewer than
-    :data:`MIN_CAMERA_CROPS` crops use the mean and deviation of all crops.
-    """
-    feats = feats.float()
-    cams = torch.as_tensor(np.asarray(cameras), device=feats.device)
-
-    def standardised(rows: Tensor) -> Tensor:
-        return (rows - rows.mean(0)) / rows.std(0, correction=0).clamp_min(1e-6)
-
-    out = standardised(feats)  # the all-crops statistics, kept for the small cameras
-    for camera in cams.unique():
-        members = cams == camera
-        if int(members.sum()) >= MIN_CAMERA_CROPS:
-            out[members] = standardised(feats[members])
-    return normalize_features(out)
 
 
 def _majority(labels: np.ndarray) -> int:

@@ -33,8 +33,9 @@ from typing import Protocol
 
 import numpy as np
 
-from reidkit.association.cluster import Calibration, standardise_by_camera
+from reidkit.association.cluster import Calibration
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
+from reidkit.evaluation.cameras import standardise_by_camera
 
 #: Identities looked at per closing track (nearest centroids first).
 CANDIDATES = 16

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.association.cluster import standardise_by_camera
 from reidkit.association.constraints import Rules
 from reidkit.association.online import (
     Assignment,
@@ -35,6 +34,7 @@ from reidkit.association.online import (
     OnlineAssigner,
 )
 from reidkit.errors import ReidkitError
+from reidkit.evaluation.cameras import standardise_by_camera
 from reidkit.gallery.store import EventLog
 
 #: The event log of live identities in a gallery's storage.
