@@ -4,6 +4,7 @@ results checked against a NumPy brute force."""
 from __future__ import annotations
 
 import getpass
+import json
 
 import numpy as np
 import pytest
@@ -187,7 +188,8 @@ def test_audit_names_the_operator_of_each_call(make_gallery):
     gallery.search(vectors[:1], k=2)
     gallery.forget(Selection(track_ids=("track-1",), before=ORIGIN), operator="carol")
     # A forget record written before the cutoff was named `before` reads under the new name.
-    gallery.backend.append_audit({"operator": "old", "action": "forget", "older_than": 5.0})
+    old = {"operator": "old", "action": "forget", "older_than": 5.0}
+    gallery.backend.append_audit(json.dumps(old), durable=True)
     records = gallery.audit_log()
     assert [(r["action"], r["operator"]) for r in records] == [
         ("add", "alice"),
@@ -204,3 +206,36 @@ def test_audit_names_the_operator_of_each_call(make_gallery):
     assert records[4]["before"] == 5.0 and "older_than" not in records[4]
     text = repr(records)
     assert all(f"{v:.4f}" not in text for v in vectors[:2].reshape(-1)[:8])
+
+
+def test_every_search_has_its_own_record_even_when_repeated_within_a_second(make_gallery):
+    """Search records are built once a second per kind of search: each search still gets one
+    record, with its own operator, counts and filter, in order."""
+    vectors, metas = site(30)
+    gallery = make_gallery()
+    gallery.add(vectors, metas, operator="alice")
+    asked = [
+        ("bob", 3, None),
+        ("bob", 3, None),
+        ("eve", 3, None),
+        ("bob", 5, None),
+        ("bob", 3, CropFilter(cameras=(1,))),
+        ("bob", 3, CropFilter(cameras=(1,), start=ORIGIN, end=ORIGIN + 2 * DAY)),
+        ("bob", 3, None),
+    ]
+    for operator, k, where in asked:
+        gallery.search(vectors[:2], k=k, where=where, operator=operator)
+    records = gallery.audit_log()[1:]
+    assert len(records) == len(asked)
+    for record, (operator, k, where) in zip(records, asked, strict=True):
+        shown = {"cameras": None, "start": None, "end": None} if where is None else where.to_dict()
+        hits = sum(len(row) for row in gallery.search(vectors[:2], k=k, where=where))
+        assert record == {
+            "time": record["time"],
+            "operator": operator,
+            "action": "search",
+            "queries": 2,
+            "k": k,
+            **shown,
+            "hits": hits,
+        }
