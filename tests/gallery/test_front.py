@@ -167,6 +167,7 @@ def test_bad_inputs_one_line_gallery_unchanged(make_gallery, tmp_path):
         (lambda: gallery.add(np.full((1, 16), np.nan), metas[:1]), "NaN"),
         (lambda: gallery.add(vectors[:1], [late]), "timestamp nan"),
         (lambda: gallery.search(np.full((1, 16), np.inf), k=3), "NaN or infinite"),
+        (lambda: gallery.search(np.full((2, 16), np.nan), k=3), "NaN or infinite"),
         (lambda: gallery.search(vectors[0], k=3), r"\[N, D\] matrix"),
         (lambda: gallery.search(vectors[:1], k=0), "top-k must be at least 1"),
         (lambda: gallery.search(vectors[:1, :4], k=3), "4 dimensions"),
@@ -178,6 +179,22 @@ def test_bad_inputs_one_line_gallery_unchanged(make_gallery, tmp_path):
     assert gallery.stats().size == 40
     with pytest.raises(GalleryError, match="run 'reidkit gallery add'"):
         open_gallery(tmp_path / "missing", CARD)
+
+
+def test_one_row_and_a_batch_are_normalised_to_the_same_bits():
+    """A query searched alone and in a batch becomes the same unit row, within float32
+    rounding of a float64 reference; a zero row stays zero."""
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((300, 256)).astype(np.float32) * rng.uniform(
+        1e-3, 1e3, (300, 1)
+    ).astype(np.float32)
+    batch = unit_rows(vectors, "v")
+    alone = np.concatenate([unit_rows(row[None], "v") for row in vectors])
+    assert batch.dtype == alone.dtype == np.float32
+    assert np.array_equal(batch, alone)
+    wide = vectors.astype(np.float64)
+    np.testing.assert_allclose(batch, wide / np.linalg.norm(wide, axis=1, keepdims=True), atol=1e-7)
+    assert np.array_equal(unit_rows(np.zeros((2, 4)), "v"), np.zeros((2, 4), np.float32))
 
 
 def test_audit_names_the_operator_of_each_call(make_gallery):

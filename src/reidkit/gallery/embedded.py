@@ -100,7 +100,8 @@ _SQL_CHUNK = 30_000
 # ids, cameras and times columns stay apart for the filters, which scan them.
 _RECORD_HEAD = struct.Struct("<diH")
 _RECORD_WIDTH = 192
-_TEXT_ROOM = _RECORD_WIDTH - _RECORD_HEAD.size
+_HEAD_BYTES = _RECORD_HEAD.size
+_TEXT_ROOM = _RECORD_WIDTH - _HEAD_BYTES
 _IN_SQLITE = 0xFFFF  # the length of a row whose text did not fit: read it from SQLite
 _SEP, _NONE = "\x1f", "\x1e"
 # (file suffix, dtype of one row) of each memory-mapped column beside the vectors.
@@ -785,7 +786,7 @@ class EmbeddedBackend(Backend):
                 at = row * _RECORD_WIDTH
                 timestamp, camera, size = head(records, at)
                 if size != _IN_SQLITE:
-                    at += _RECORD_HEAD.size
+                    at += _HEAD_BYTES
                     path, track, site, zone = records[at : at + size].decode().split(_SEP)
                     meta = CropMeta(
                         path,
