@@ -404,3 +404,25 @@ def test_ann_hits_carry_their_own_crop_before_and_after_forgets(tmp_path):
                     assert gallery.backend.fetch([hit.crop_id])[0].meta == metas[i]
                 if forget is None:  # a stored crop is its own nearest neighbour
                     assert hits[0].meta.path == metas[q].path
+
+
+def test_an_index_naming_crops_the_gallery_lacks_is_refused_in_one_line(tmp_path):
+    """Another gallery's index file put in place of this one's (its recorded size edited to
+    match): a hit naming a crop beyond the stored rows is refused, not read from the files."""
+    vectors, metas = site(600, seed=2)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, count in ((large, 600), (small, 200)):
+        with open_gallery(folder, CARD, create=True, ann_min_size=100) as gallery:
+            gallery.add(vectors[:count], metas[:count])
+            gallery.optimise()
+    (theirs,) = large.glob("ann.*.faiss")
+    (ours,) = small.glob("ann.*.faiss")
+    shutil.copyfile(theirs, ours)
+    with sqlite3.connect(small / "meta.sqlite") as db:
+        size = json.dumps(ours.stat().st_size)
+        db.execute("UPDATE settings SET value = ? WHERE key = 'ann_bytes'", (size,))
+    with open_gallery(small, CARD, ann_min_size=100) as gallery:
+        assert gallery.stats().index_kind.startswith("IVF")
+        with pytest.raises(GalleryError, match="names crops the gallery does not hold") as err:
+            gallery.search(vectors[300:310], k=5)
+    assert "\n" not in str(err.value)
