@@ -75,7 +75,11 @@ ROWS = (
     "pku", "mars", "mars+tracks", "upper-pku", "upper-mars", "pku-gallery", "mars-gallery+tracks",
 )  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
-ABLATIONS = {  # most telling first: a run cut short keeps them
+ABLATIONS = {  # most telling first: a run cut short (or --ablation-limit) keeps them
+    "no per-camera standardisation (raw embeddings clustered)": (
+        ["adapt.per_camera_standardise=false"],
+        None,
+    ),
     "guard on coverage x silhouette (all clusters, not only cross-camera)": ([], "any_cluster"),
     "no camera proxies": (["adapt.camera_proxies=off"], None),
     "clustered once (no re-clustering)": ([], "cluster_once"),
@@ -384,7 +388,7 @@ def bench_extras(args: argparse.Namespace, record: dict[str, Any]) -> None:
         _save(record)
     if args.ablation:
         record["ablation"] = {}
-        for label, (overrides, change) in ABLATIONS.items():
+        for label, (overrides, change) in list(ABLATIONS.items())[: args.ablation_limit]:
             for target in ("pku", "mars"):
                 job = {
                     "kind": "adapt", "name": f"{target} {label}", "recipe": recipe, "seed": seed,
@@ -486,6 +490,9 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/reidkit_bench_adapt"))
     parser.add_argument("--ablation", action="store_true", help="first recipe and seed only")
+    parser.add_argument(
+        "--ablation-limit", type=int, default=None, help="only the first N ablations (in order)"
+    )
     parser.add_argument(
         "--round-cost", action="store_true", help="10,000-crop round timing (first source only)"
     )

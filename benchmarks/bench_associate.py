@@ -27,8 +27,8 @@ labelled in its ``set`` column:
    never accuracy.
 
 Methods, all on the same track embeddings: **ours** (``associate_site``: site threshold or
-stability cut, camera centring, cannot-links, ground-plane evidence), its ablations (no
-homographies; no camera centring; the model card's threshold), the **Metropolis-style**
+stability cut, camera standardisation, cannot-links, ground-plane evidence), its ablations (no
+homographies; no camera standardisation; the model card's threshold), the **Metropolis-style**
 baseline (HDBSCAN + co-existence Hungarian, :mod:`reidkit.association.baselines`), a **plain
 threshold** on mean embeddings (the card's threshold with a model, else the one ours learned),
 and the bounds: **every track alone** and the ground-truth **oracle**. The live assigner is
@@ -231,9 +231,9 @@ def methods(track_set, min_transit, truth, card_threshold: float | None) -> dict
     labels = {
         "ours": ours.labels,
         "ours, no homographies": associate_site(flat, min_transit)[0].labels,
-        "ours, no camera centring": associate_site(track_set, min_transit, centre_cameras=False)[
-            0
-        ].labels,
+        "ours, no camera standardisation": associate_site(
+            track_set, min_transit, centre_cameras=False
+        )[0].labels,
     }
     if card_threshold is not None:
         labels["ours, card threshold"] = associate_site(

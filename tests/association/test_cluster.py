@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from scipy.cluster.hierarchy import linkage, to_tree
 from scipy.spatial.distance import pdist
 from scipy.stats import norm
+from sklearn.preprocessing import StandardScaler
 
 from reidkit.association.baselines import metropolis_style, threshold_links
 from reidkit.association.cluster import (
@@ -23,6 +24,7 @@ from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
+from reidkit.evaluation.cameras import FLAT_SPREAD, standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 
@@ -95,6 +97,73 @@ def test_site_threshold_is_the_normal_fit_of_proven_strangers() -> None:
     d = 2 - 2 * np.sum(e[evidence.proven_i] * e[evidence.proven_j], axis=1)
     assert threshold == pytest.approx(d.mean() + norm.ppf(2.0 / (count - 1)) * d.std(), rel=1e-5)
     assert veto == pytest.approx(np.median(d), rel=1e-5)
+
+
+def test_camera_standardisation_equals_a_per_camera_standard_scaler() -> None:
+    """Each camera with enough tracks standardised by its own statistics (checked against
+    scikit-learn's StandardScaler fitted per camera), a camera with too few left as it is;
+    every row unit length."""
+    rng = np.random.default_rng(0)
+    cameras = np.array([0] * 12 + [1] * 9 + [2] * 3)
+    raw = rng.normal(size=(24, 6)) * rng.uniform(0.1, 3.0, size=(3, 6))[cameras] + cameras[:, None]
+    raw = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    out, means, scales = standardise_by_camera(raw, cameras)
+    assert sorted(means) == sorted(scales) == [0, 1]
+    expected = raw.astype(np.float64).copy()
+    for camera in (0, 1):
+        rows = cameras == camera
+        expected[rows] = StandardScaler().fit_transform(raw[rows].astype(np.float64))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    again, _, _ = standardise_by_camera(raw, cameras, means, scales)  # as a live assigner does
+    np.testing.assert_allclose(again, out, atol=1e-6)
+    centred_only, _, _ = standardise_by_camera(raw, cameras, means, {})  # an old calibration
+    assert not np.allclose(centred_only, out, atol=1e-3)
+
+
+def test_a_dimension_a_camera_never_used_does_not_blow_up_a_later_track() -> None:
+    rng = np.random.default_rng(1)
+    raw = np.column_stack([rng.normal(size=(10, 3)), np.zeros(10)]).astype(np.float32)
+    _, means, scales = standardise_by_camera(raw, np.zeros(10, dtype=int))
+    typical = np.median(raw.std(0))
+    assert scales[0][3] == pytest.approx(typical, rel=1e-5) and FLAT_SPREAD * typical > 0
+    later = np.array([[0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
+    out, _, _ = standardise_by_camera(later, np.zeros(1, dtype=int), means, scales)
+    assert abs(out[0, 3]) < 0.9  # one weight among four, not the whole vector
+
+
+def test_a_camera_that_compresses_looks_is_matched_once_its_spread_is_taken_out() -> None:
+    """Ten people seen by a sharp camera and by a blurred one that shows the same embeddings
+    changed per dimension (squeezed along half the dimensions, stretched by its own flicker
+    along the rest, shifted by its colour cast). Removing only each camera's mean leaves no
+    threshold that separates a person's two tracks from two strangers; dividing by each
+    camera's spread undoes the change exactly (the known answer: every person's two tracks
+    coincide), and the association finds the ten people with no stranger joined."""
+    rng = np.random.default_rng(2)
+    looks = rng.normal(size=(10, 16))
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
+    gain = np.where(np.arange(16) < 8, 0.05, 4.0)
+    blurred = looks * gain + rng.normal(size=16) * 0.3
+    raw = np.concatenate([looks, blurred]).astype(np.float32)
+    cameras = np.repeat([0, 1], 10)
+    people = np.tile(np.arange(10), 2)
+    same = people[:, None] == people[None, :]
+    across = cameras[:, None] != cameras[None, :]
+
+    def separable(embeddings: np.ndarray) -> bool:
+        """Whether every person's cross-camera pair is closer than every cross-camera stranger."""
+        distance = 2.0 - 2.0 * embeddings @ embeddings.T
+        return distance[same & across].max() < distance[~same & across].min()
+
+    centred = raw - np.array([raw[cameras == c].mean(0) for c in (0, 1)])[cameras]
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    standardised, _, _ = standardise_by_camera(raw, cameras)
+    np.testing.assert_allclose(standardised[10:], standardised[:10], atol=1e-5)
+    assert separable(standardised) and not separable(centred)
+    tracks = track_set(cameras, [(k * 100.0, k * 100.0 + 1) for k in range(20)], raw)
+    result, calibration, _ = associate_site(tracks, np.zeros((2, 2)))
+    assert calibration.source == "stability" and sorted(calibration.camera_scales) == [0, 1]
+    assert (result.labels[:, None] == result.labels[None, :]).tolist() == same.tolist()
 
 
 def reference_stability_cut(points: np.ndarray) -> list[set[int]]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
-from reidkit.association.cluster import associate_site, centre_by_camera, holds_constraints
+from reidkit.association.cluster import associate_site, holds_constraints
 from reidkit.association.constraints import Rules, TrackSet
 from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
 from reidkit.association.readers import read_ground_truth, read_tracks
+from reidkit.association.shared import load_calibration
 from reidkit.association.site import load_site
+from reidkit.evaluation.cameras import standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 
@@ -62,7 +67,10 @@ def test_replaying_epfl_live_agrees_with_offline(terrace: EpflSite) -> None:
     people = np.array([terrace.people[(t.camera, t.track_id)] for t in tracks])
     track_set = TrackSet.from_tracks(tracks, simulated_embeddings(people, 1.0, seed=3), site.names)
     offline, calibration, evidence = associate_site(track_set, site.min_transit_matrix())
-    centred, _ = centre_by_camera(track_set.embeddings, track_set.cameras, calibration.camera_means)
+    centred, _, _ = standardise_by_camera(
+        track_set.embeddings, track_set.cameras, calibration.camera_means,
+        calibration.camera_scales,
+    )  # fmt: skip
     live = OnlineAssigner(
         Rules(site.min_transit_matrix(), calibration.ground_gate),
         calibration.threshold,
@@ -91,3 +99,25 @@ def test_replaying_epfl_live_agrees_with_offline(terrace: EpflSite) -> None:
     online_idf1 = identity_scores(true, detections(tracks, labels.tolist(), site))["IDF1"]
     offline_idf1 = identity_scores(true, detections(tracks, offline.labels.tolist(), site))["IDF1"]
     assert online_idf1 >= offline_idf1 - 5.0, (online_idf1, offline_idf1)
+
+
+def test_a_calibration_written_before_camera_spreads_still_drives_a_live_assigner(
+    tmp_path: Path,
+) -> None:
+    """An older calibration.json has camera means only: its cameras are centred, not scaled,
+    as the run that wrote it did; a newer one brings each camera's spread too."""
+    record = {
+        "cameras": ["a", "b"],
+        "threshold": 0.5,
+        "min_transit_s": [[0, 0], [0, 0]],
+        "camera_means": {"a": [0.1, 0.2]},
+    }
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    (tmp_path / "new.json").write_text(json.dumps(record | {"camera_scales": {"a": [0.5, 2.0]}}))
+    old, new = load_calibration(tmp_path / "old.json"), load_calibration(tmp_path / "new.json")
+    assert old.camera_scales == {} and new.camera_scales[0].tolist() == [0.5, 2.0]
+    raw = np.array([[0.6, 0.8]], dtype=np.float32)
+    as_old, _, _ = standardise_by_camera(raw, np.array([0]), old.camera_means, old.camera_scales)
+    as_new, _, _ = standardise_by_camera(raw, np.array([0]), new.camera_means, new.camera_scales)
+    np.testing.assert_allclose(as_old[0], np.array([0.5, 0.6]) / np.hypot(0.5, 0.6), rtol=1e-5)
+    np.testing.assert_allclose(as_new[0], np.array([1.0, 0.3]) / np.hypot(1.0, 0.3), rtol=1e-5)

@@ -22,7 +22,9 @@ from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.engine.module import ReidModule, build_model
 from reidkit.errors import CheckpointError
+from reidkit.models.card import model_weights, read_card
 from reidkit.models.checkpoint_file import load_checkpoint
+from reidkit.models.digest import weights_digest
 from reidkit.models.restore import restore_model
 from tests.conftest import REPO, SHARED, assert_one_line_error, empty_spec, run_cli, tiny_overrides
 
@@ -304,7 +306,10 @@ def test_ema_checkpoint_holds_the_moving_average_of_the_steps(tiny_spec: Experim
     for name, value in expected.items():
         torch.testing.assert_close(checkpoint["state_dict"][name], value)
         torch.testing.assert_close(checkpoint["current_model_state"][name], live.steps[-1][name])
-    model, _ = restore_model(result.checkpoint)
+    model, card = restore_model(result.checkpoint)
     name = "backbone." + next(n for n, _ in model.backbone.named_parameters())
     torch.testing.assert_close(model.state_dict()[name], expected["model." + name])
     assert not torch.equal(expected["model." + name], live.steps[-1]["model." + name])
+    # The card names the averaged weights the file holds, not the live ones of the last step.
+    assert read_card(checkpoint, "ema").weights_digest == card.weights_digest
+    assert card.weights_digest == weights_digest(model_weights(checkpoint))

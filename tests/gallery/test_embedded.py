@@ -247,9 +247,39 @@ def test_damaged_metadata_or_missing_version_folder_refused_in_one_line(tmp_path
         open_gallery(folder, CARD)
 
 
+# The text column's record, as docs/gallery.md describes it: time, camera, text length, text.
+_RECORD = np.dtype([("time", "<f8"), ("camera", "<i4"), ("size", "<u2"), ("text", "S178")])
+
+
+def _records(path: Path) -> list[tuple[float, int, CropMeta | None]]:
+    """(time, camera, metadata or None for "in SQLite") of each record of a text column, read
+    with NumPy from the documented layout."""
+    found = []
+    for time_, camera, size, text in np.fromfile(path, _RECORD).tolist():
+        fields = [None if f == "\x1e" else f for f in text[:size].decode().split("\x1f")]
+        found.append(
+            (
+                time_,
+                camera,
+                None if size == 0xFFFF else CropMeta(fields[0], camera, time_, *fields[1:]),
+            )
+        )
+    return found
+
+
+def _sqlite_metas(folder: Path) -> list[CropMeta]:
+    """Every crop's metadata as SQLite holds it, in crop-id order (the reference)."""
+    with sqlite3.connect(folder / "meta.sqlite") as db:
+        rows = db.execute(
+            "SELECT path, camera, timestamp, track_id, site, zone FROM entries ORDER BY id"
+        ).fetchall()
+    return [CropMeta(*row) for row in rows]
+
+
 def test_hit_metadata_from_the_text_column_its_fallback_and_its_rebuild(tmp_path):
-    """Hits read their metadata from a memory-mapped column; a row too long for its slot (or
-    holding the separators) is read from SQLite; a missing or short column is rebuilt."""
+    """Hits read their metadata from one 192-byte record per row; a row too long for its
+    record (or holding the separators) is read from SQLite; a missing or short column is
+    rebuilt."""
     vectors, metas = site(30)
     metas[0] = CropMeta("crops/" + "very-long-folder-name/" * 12 + "a.jpg", 0, 1.0, "t0")
     metas[1] = CropMeta("crops/b.jpg", 1, 2.0, "track\x1fwith-separator", "Zürich-Süd", None)
@@ -263,15 +293,93 @@ def test_hit_metadata_from_the_text_column_its_fallback_and_its_rebuild(tmp_path
         gallery.add(vectors, metas)
         assert all_hits(gallery) == {m.path: m for m in metas}
     (text,) = folder.glob("text.*")
+    assert text.name == "text.0.r192" and text.stat().st_size == 30 * 192
+    records = _records(text)
+    assert [(t, c) for t, c, _ in records] == [(m.timestamp, m.camera) for m in metas]
+    assert [m for _, _, m in records] == [None, None, None, *metas[3:]]
     text.unlink()
     with open_gallery(folder, CARD) as gallery:
         assert all_hits(gallery) == {m.path: m for m in metas}
+    assert _records(text) == records
     with open(text, "r+b") as handle:  # as an older reidkit that added a row leaves it
-        handle.truncate(text.stat().st_size - 160)
+        handle.truncate(text.stat().st_size - 192)
     with open_gallery(folder, CARD) as gallery:
         assert all_hits(gallery) == {m.path: m for m in metas}
         assert gallery.forget(Selection(paths=(metas[1].path,))) == 1
     assert not any("Zürich".encode() in p.read_bytes() for p in folder.iterdir() if p.is_file())
+
+
+@pytest.mark.parametrize("fixture", ["text160_gallery", "legacy_gallery"])
+def test_a_gallery_of_an_older_text_layout_is_read_then_converted(tmp_path, fixture):
+    """A folder written with the older text column (``text.0.t160``, path and names only) or
+    none (``legacy_gallery``, before the column existed): opened read-only, its hits come from
+    SQLite and nothing in it changes; opened for writing, the column is rewritten as records
+    and the old one removed; the hits are the same."""
+    folder = tmp_path / fixture
+    shutil.copytree(LEGACY / fixture, folder)
+    vectors = np.load(LEGACY / fixture.replace("gallery", "vectors.npy"))
+    stored = json.loads(sqlite3.connect(folder / "meta.sqlite").execute(
+        "SELECT value FROM settings WHERE key = 'card'"
+    ).fetchone()[0])  # fmt: skip
+    card = {**stored, "weights_digest": stored.get("weights_digest", "c" * 64)}
+    want = _sqlite_metas(folder)
+    before = _folder_digest(folder)
+
+    def hits(gallery):
+        return [[h.meta for h in row] for row in gallery.search(vectors, k=len(want))]
+
+    with open_gallery(folder, card, read_only=True) as gallery:
+        read_only = hits(gallery)
+    assert _folder_digest(folder) == before
+    assert all(sorted(row, key=want.index) == want for row in read_only)
+    with open_gallery(folder, card) as gallery:
+        assert hits(gallery) == read_only
+    assert not list(folder.glob("text.*.t160"))
+    (text,) = folder.glob("text.*")
+    assert text.suffix == ".r192"
+    assert [(t, c) for t, c, _ in _records(text)] == [(m.timestamp, m.camera) for m in want]
+    fits = [
+        len("\x1f".join((m.path, m.track_id or "-", m.site or "-", m.zone or "-")).encode()) <= 178
+        for m in want
+    ]
+    assert [m for _, _, m in _records(text)] == [
+        m if f else None for m, f in zip(want, fits, strict=True)
+    ]
+    assert not all(fits) or fixture == "legacy_gallery"
+
+
+_SEARCH_WORKER = """
+import os, signal, sys
+import numpy as np
+from reidkit.gallery.factory import open_gallery
+gallery = open_gallery(sys.argv[1], {card!r})
+query = np.load(sys.argv[2])
+for operator in ("ann", "ann", "bo"):
+    gallery.search(query, k=4, operator=operator)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_search_record_outlives_a_process_killed_right_after_it(tmp_path):
+    """The audit promise: each search's record reaches the log before the search returns
+    (one write(2), no buffering in the process), so a kill loses none."""
+    vectors, metas = site(40)
+    folder = tmp_path / "g"
+    with open_gallery(folder, CARD, create=True) as gallery:
+        gallery.add(vectors, metas, operator="alice")
+    np.save(tmp_path / "query.npy", vectors[:1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", _SEARCH_WORKER.format(card=CARD), str(folder)]
+    worker = subprocess.run([*command, str(tmp_path / "query.npy")], env=env, check=False)
+    assert worker.returncode == -signal.SIGKILL
+    with open_gallery(folder, CARD) as gallery:
+        records = gallery.audit_log()
+    assert [(r["action"], r["operator"], r.get("hits")) for r in records] == [
+        ("add", "alice", None),
+        ("search", "ann", 4),
+        ("search", "ann", 4),
+        ("search", "bo", 4),
+    ]
 
 
 def test_ann_hits_carry_their_own_crop_before_and_after_forgets(tmp_path):
@@ -296,3 +404,25 @@ def test_ann_hits_carry_their_own_crop_before_and_after_forgets(tmp_path):
                     assert gallery.backend.fetch([hit.crop_id])[0].meta == metas[i]
                 if forget is None:  # a stored crop is its own nearest neighbour
                     assert hits[0].meta.path == metas[q].path
+
+
+def test_an_index_naming_crops_the_gallery_lacks_is_refused_in_one_line(tmp_path):
+    """Another gallery's index file put in place of this one's (its recorded size edited to
+    match): a hit naming a crop beyond the stored rows is refused, not read from the files."""
+    vectors, metas = site(600, seed=2)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, count in ((large, 600), (small, 200)):
+        with open_gallery(folder, CARD, create=True, ann_min_size=100) as gallery:
+            gallery.add(vectors[:count], metas[:count])
+            gallery.optimise()
+    (theirs,) = large.glob("ann.*.faiss")
+    (ours,) = small.glob("ann.*.faiss")
+    shutil.copyfile(theirs, ours)
+    with sqlite3.connect(small / "meta.sqlite") as db:
+        size = json.dumps(ours.stat().st_size)
+        db.execute("UPDATE settings SET value = ? WHERE key = 'ann_bytes'", (size,))
+    with open_gallery(small, CARD, ann_min_size=100) as gallery:
+        assert gallery.stats().index_kind.startswith("IVF")
+        with pytest.raises(GalleryError, match="names crops the gallery does not hold") as err:
+            gallery.search(vectors[300:310], k=5)
+    assert "\n" not in str(err.value)

@@ -4,6 +4,7 @@ results checked against a NumPy brute force."""
 from __future__ import annotations
 
 import getpass
+import json
 
 import numpy as np
 import pytest
@@ -166,6 +167,7 @@ def test_bad_inputs_one_line_gallery_unchanged(make_gallery, tmp_path):
         (lambda: gallery.add(np.full((1, 16), np.nan), metas[:1]), "NaN"),
         (lambda: gallery.add(vectors[:1], [late]), "timestamp nan"),
         (lambda: gallery.search(np.full((1, 16), np.inf), k=3), "NaN or infinite"),
+        (lambda: gallery.search(np.full((2, 16), np.nan), k=3), "NaN or infinite"),
         (lambda: gallery.search(vectors[0], k=3), r"\[N, D\] matrix"),
         (lambda: gallery.search(vectors[:1], k=0), "top-k must be at least 1"),
         (lambda: gallery.search(vectors[:1, :4], k=3), "4 dimensions"),
@@ -179,6 +181,22 @@ def test_bad_inputs_one_line_gallery_unchanged(make_gallery, tmp_path):
         open_gallery(tmp_path / "missing", CARD)
 
 
+def test_one_row_and_a_batch_are_normalised_to_the_same_bits():
+    """A query searched alone and in a batch becomes the same unit row, within float32
+    rounding of a float64 reference; a zero row stays zero."""
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((300, 256)).astype(np.float32) * rng.uniform(
+        1e-3, 1e3, (300, 1)
+    ).astype(np.float32)
+    batch = unit_rows(vectors, "v")
+    alone = np.concatenate([unit_rows(row[None], "v") for row in vectors])
+    assert batch.dtype == alone.dtype == np.float32
+    assert np.array_equal(batch, alone)
+    wide = vectors.astype(np.float64)
+    np.testing.assert_allclose(batch, wide / np.linalg.norm(wide, axis=1, keepdims=True), atol=1e-7)
+    assert np.array_equal(unit_rows(np.zeros((2, 4)), "v"), np.zeros((2, 4), np.float32))
+
+
 def test_audit_names_the_operator_of_each_call(make_gallery):
     vectors, metas = site(30)
     gallery = make_gallery()
@@ -187,7 +205,8 @@ def test_audit_names_the_operator_of_each_call(make_gallery):
     gallery.search(vectors[:1], k=2)
     gallery.forget(Selection(track_ids=("track-1",), before=ORIGIN), operator="carol")
     # A forget record written before the cutoff was named `before` reads under the new name.
-    gallery.backend.append_audit({"operator": "old", "action": "forget", "older_than": 5.0})
+    old = {"operator": "old", "action": "forget", "older_than": 5.0}
+    gallery.backend.append_audit(json.dumps(old), durable=True)
     records = gallery.audit_log()
     assert [(r["action"], r["operator"]) for r in records] == [
         ("add", "alice"),
@@ -204,3 +223,36 @@ def test_audit_names_the_operator_of_each_call(make_gallery):
     assert records[4]["before"] == 5.0 and "older_than" not in records[4]
     text = repr(records)
     assert all(f"{v:.4f}" not in text for v in vectors[:2].reshape(-1)[:8])
+
+
+def test_every_search_has_its_own_record_even_when_repeated_within_a_second(make_gallery):
+    """Search records are built once a second per kind of search: each search still gets one
+    record, with its own operator, counts and filter, in order."""
+    vectors, metas = site(30)
+    gallery = make_gallery()
+    gallery.add(vectors, metas, operator="alice")
+    asked = [
+        ("bob", 3, None),
+        ("bob", 3, None),
+        ("eve", 3, None),
+        ("bob", 5, None),
+        ("bob", 3, CropFilter(cameras=(1,))),
+        ("bob", 3, CropFilter(cameras=(1,), start=ORIGIN, end=ORIGIN + 2 * DAY)),
+        ("bob", 3, None),
+    ]
+    for operator, k, where in asked:
+        gallery.search(vectors[:2], k=k, where=where, operator=operator)
+    records = gallery.audit_log()[1:]
+    assert len(records) == len(asked)
+    for record, (operator, k, where) in zip(records, asked, strict=True):
+        shown = {"cameras": None, "start": None, "end": None} if where is None else where.to_dict()
+        hits = sum(len(row) for row in gallery.search(vectors[:2], k=k, where=where))
+        assert record == {
+            "time": record["time"],
+            "operator": operator,
+            "action": "search",
+            "queries": 2,
+            "k": k,
+            **shown,
+            "hits": hits,
+        }

@@ -125,6 +125,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         "target_cameras": len(cameras),
         "target_tracks": known_tracks,
         "camera_proxies": camera_proxies,
+        "per_camera_standardise": settings.per_camera_standardise and len(cameras) >= 2,
         "joint_source": spec.adapt.source_dataset,
     }
     data = spec.dataset
@@ -134,7 +135,11 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
 
     loop = AdaptSettings(
         clustering=ClusterSettings(
-            settings.k1, settings.k2, settings.eps, settings.min_cluster_size
+            settings.k1,
+            settings.k2,
+            settings.eps,
+            settings.min_cluster_size,
+            settings.per_camera_standardise,
         ),
         camera_proxies=camera_proxies,
         batch_size=data.batch_size,

@@ -222,4 +222,8 @@ def _calibration_record(calibration: Calibration, site: Site) -> dict[str, Any]:
             names[camera]: [round(float(v), 6) for v in mean]
             for camera, mean in calibration.camera_means.items()
         },
+        "camera_scales": {
+            names[camera]: [round(float(v), 6) for v in scale]
+            for camera, scale in calibration.camera_scales.items()
+        },
     }

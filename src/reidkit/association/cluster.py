@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -48,13 +48,14 @@ from reidkit.association.constraints import (
     learn_ground_gate,
     pair_evidence,
 )
+from reidkit.evaluation.cameras import standardise_by_camera
 
 #: Nearest neighbours per track proposed as merge candidates.
 NEIGHBOURS = 24
 #: Similarities held at once by the neighbour search (a block of rows x all tracks): 64 MB
 #: of float32 plus the selection's int64 indices, whatever the number of tracks.
 BLOCK_ELEMENTS = 1 << 24
-#: Tracks a camera needs before its mean is taken as the camera's bias.
+#: Tracks a camera needs before its mean and spread are taken as the camera's own.
 MIN_CAMERA_TRACKS = 8
 #: Smallest identity the stability cut keeps (one person seen twice).
 MIN_IDENTITY_TRACKS = 2
@@ -180,31 +181,6 @@ def first_seen_labels(groups: np.ndarray) -> np.ndarray:
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     return rank[inverse]
-
-
-def centre_by_camera(
-    embeddings: np.ndarray, cameras: np.ndarray, means: dict[int, np.ndarray] | None = None
-) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Unit embeddings with each camera's mean track embedding removed, and those means.
-
-    What every track of one camera shares (its light, colour cast, background, viewpoint) is
-    not who the person is; left in, it makes strangers in one camera look closer than one
-    person in two. Only cameras with at least :data:`MIN_CAMERA_TRACKS` tracks are centred
-    (with fewer, the mean is a person, not a camera). ``means`` (from an earlier run) are used
-    as given instead of being measured.
-    """
-    out = embeddings.astype(np.float64).copy()
-    if means is None:
-        means = {}
-        for camera in np.unique(cameras).tolist():
-            rows = cameras == camera
-            if rows.sum() >= MIN_CAMERA_TRACKS:
-                means[int(camera)] = embeddings[rows].mean(0)
-    for camera in np.unique(cameras).tolist():  # only the cameras present (live: one track)
-        if camera in means:
-            out[cameras == camera] -= means[camera]
-    out /= np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
-    return out.astype(np.float32), means
 
 
 def associate(
@@ -412,8 +388,9 @@ OPEN_SET_RULES = ("auto", "site", "stability", "card")
 class Calibration:
     """What one association run learned, which a live assigner reuses on the same site.
 
-    ``threshold`` None means the stability cut decided identities. ``camera_means`` are the
-    per-camera biases removed from embeddings (camera index -> mean), empty when not centred.
+    ``threshold`` None means the stability cut decided identities. ``camera_means`` and
+    ``camera_scales`` are the per-camera statistics embeddings were standardised with (camera
+    index -> vector, :func:`standardise_by_camera`), empty when not standardised.
     """
 
     threshold: float | None
@@ -422,6 +399,7 @@ class Calibration:
     ground_gate: float | None
     camera_means: dict[int, np.ndarray]
     proven_pairs: int
+    camera_scales: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def associate_site(
@@ -442,15 +420,18 @@ def associate_site(
     the tree where it is most stable, ``card`` takes the model's calibrated threshold, and
     ``auto`` is ``site`` when the site proves at least :data:`MIN_LEARNING_PAIRS` pairs,
     else ``stability``. A model-calibrated distance (``match_threshold``, ``card``) is a raw
-    model distance, so cameras are not centred then.
+    model distance, so cameras are not standardised then.
     """
     if open_set not in OPEN_SET_RULES:
         raise ValueError(f"open_set must be one of {OPEN_SET_RULES}, got {open_set!r}")
     raw = match_threshold is not None or open_set == "card"
     means: dict[int, np.ndarray] = {}
+    scales: dict[int, np.ndarray] = {}
     if centre_cameras and not raw:
-        centred, means = centre_by_camera(tracks.embeddings, tracks.cameras)
-        tracks = TrackSet(tracks.cameras, tracks.start, tracks.end, centred, tracks.ground)
+        standardised, means, scales = standardise_by_camera(
+            tracks.embeddings, tracks.cameras, min_rows=MIN_CAMERA_TRACKS
+        )
+        tracks = TrackSet(tracks.cameras, tracks.start, tracks.end, standardised, tracks.ground)
     if ground_gate is None and any(g is not None for g in tracks.ground):
         ground_gate = learn_ground_gate(tracks)
     rules = Rules(min_transit, ground_gate)
@@ -472,5 +453,7 @@ def associate_site(
     else:
         threshold, source = None, "stability"
     result = associate(tracks, rules, threshold, veto=veto, evidence=evidence)
-    calibration = Calibration(threshold, source, veto, ground_gate, means, len(evidence.proven_i))
+    calibration = Calibration(
+        threshold, source, veto, ground_gate, means, len(evidence.proven_i), scales
+    )
     return result, calibration, evidence

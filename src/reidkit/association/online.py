@@ -33,8 +33,9 @@ from typing import Protocol
 
 import numpy as np
 
-from reidkit.association.cluster import Calibration, centre_by_camera
+from reidkit.association.cluster import Calibration
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
+from reidkit.evaluation.cameras import standardise_by_camera
 
 #: Identities looked at per closing track (nearest centroids first).
 CANDIDATES = 16
@@ -322,7 +323,9 @@ def replay(
     """A site's tracks fed to a live assigner in closing order, with an offline run's
     calibration: the final global id of each track (corrections applied) and the seconds each
     decision took. What a site replayed through the live service should answer."""
-    centred, _ = centre_by_camera(tracks.embeddings, tracks.cameras, calibration.camera_means)
+    centred, _, _ = standardise_by_camera(
+        tracks.embeddings, tracks.cameras, calibration.camera_means, calibration.camera_scales
+    )
     if calibration.threshold is None:
         raise ValueError("a live assigner needs a distance threshold (open set 'stability')")
     live = OnlineAssigner(

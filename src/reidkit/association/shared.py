@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.association.cluster import centre_by_camera
 from reidkit.association.constraints import Rules
 from reidkit.association.online import (
     Assignment,
@@ -39,6 +38,7 @@ from reidkit.association.online import (
     OnlineAssigner,
 )
 from reidkit.errors import ReidkitError
+from reidkit.evaluation.cameras import standardise_by_camera
 from reidkit.gallery.store import EventLog
 
 #: The event log of live identities in a gallery's storage.
@@ -158,6 +158,7 @@ class LiveCalibration:
     ground_gate: float | None
     camera_means: dict[int, np.ndarray]
     min_transit: np.ndarray
+    camera_scales: dict[int, np.ndarray]
 
     @property
     def dim(self) -> int | None:
@@ -177,6 +178,10 @@ def load_calibration(path: str | Path) -> LiveCalibration:
             cameras.index(name): np.asarray(mean, dtype=np.float32)
             for name, mean in record["camera_means"].items()
         }
+        scales = {  # absent from calibrations written when cameras were only centred
+            cameras.index(name): np.asarray(scale, dtype=np.float32)
+            for name, scale in record.get("camera_scales", {}).items()
+        }
         transit = np.asarray(record["min_transit_s"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LiveAssociationError(f"{path}: not a calibration.json ({exc}); {fix}") from None
@@ -195,6 +200,7 @@ def load_calibration(path: str | Path) -> LiveCalibration:
         ground_gate=None if record.get("ground_gate") is None else float(record["ground_gate"]),
         camera_means=means,
         min_transit=transit,
+        camera_scales=scales,
     )
 
 
@@ -246,15 +252,16 @@ class LiveAssociation:
         ground: np.ndarray | None = None,
     ) -> ClosedTrack:
         """A closing track as :meth:`decide` takes it, from its pooled unit ``embedding`` (raw,
-        as the model gives it: the camera's mean is removed here, as offline); one line if it
-        does not fit the calibrated site."""
+        as the model gives it: the camera's mean and spread are taken out here, as offline);
+        one line if it does not fit the calibrated site."""
         number = self.camera_number(camera)
         if end < start:
             raise LiveAssociationError(f"track {track_id} of camera {camera} ends before it starts")
-        centred, _ = centre_by_camera(
+        centred, _, _ = standardise_by_camera(
             embedding[None].astype(np.float32),
             np.array([number]),
             self.calibration.camera_means,
+            self.calibration.camera_scales,
         )
         return ClosedTrack([camera, track_id], number, start, end, centred[0], ground)
 

@@ -533,7 +533,9 @@ class AssociateSpec(_Section):
         description="Site threshold: strangers expected within it per track (lower is stricter).",
     )
     camera_centring: bool = Field(
-        True, description="Remove each camera's mean embedding (its light and background)."
+        True,
+        description="Standardise each camera's embeddings: remove its mean (light, "
+        "background) and divide by its own spread per dimension.",
     )
     gallery: str | None = Field(
         None,
@@ -579,6 +581,12 @@ class AdaptSpec(_Section):
     )
     min_cluster_size: int = Field(
         4, ge=2, le=1000, description="Crops a cluster needs (DBSCAN min_samples)."
+    )
+    per_camera_standardise: bool = Field(
+        True,
+        description="Standardise the embeddings within each camera (mean and spread per "
+        "dimension) before clustering, so a camera's look does not keep one person's crops from "
+        "two cameras apart; no effect on a single camera.",
     )
     camera_proxies: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,7 +26,8 @@ from reidkit.evaluation.features import embed_batch
 from reidkit.evaluation.metrics import evaluate_features
 from reidkit.losses import LossTerm, ReidCriterion
 from reidkit.models import ReidModel, load_imagenet, load_pretrained
-from reidkit.models.card import attach_card
+from reidkit.models.card import attach_card, model_weights
+from reidkit.models.digest import weights_digest
 
 log = logging.getLogger("reidkit")
 
@@ -277,4 +279,9 @@ class ReidModule(LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         fed = training_preprocessing(self.spec.model, self.spec.dataset)
-        attach_card(checkpoint, self.model.card(fed.pixel_mean, fed.pixel_std))
+        card = self.model.card(fed.pixel_mean, fed.pixel_std)
+        # The card names the weights the file holds, which are not always the live ones: with
+        # ``train.ema_decay`` Lightning's averaging callback (whose hook runs before this one)
+        # has put the averaged weights in the checkpoint's state_dict.
+        saved = weights_digest(model_weights(checkpoint))
+        attach_card(checkpoint, replace(card, weights_digest=saved))

@@ -13,8 +13,10 @@ Layout of a gallery folder (``gallery.json`` records the format version)::
       ids.<gen>.i8           crop id of each row           } columns memory-mapped beside the
       cameras.<gen>.i4       camera of each row            } vectors, so that camera/time
       times.<gen>.f8         unix timestamp of each row    } filters never touch SQLite
-      text.<gen>.t160        path, track, site, zone of each row, so that a search's hits
-                             never touch SQLite either (a longer row says "in SQLite")
+      text.<gen>.r192        one 192-byte record per row: time, camera, path, track, site,
+                             zone, so that a search's hit is one read that never touches
+                             SQLite (a longer text says "in SQLite"); replaces the ``t160``
+                             text-only column of older folders
       ann.<token>.faiss      optional IVF-Flat index (inner product, ids = crop ids)
       .lock                  writers (insert, delete, index builds, a switch) take it
     v<N+1>/                  the next version while ``gallery rebuild`` fills it
@@ -23,7 +25,8 @@ Crash safety: SQLite is the commit point. An insert appends to the column files,
 then commits the rows and the new row count in one transaction; on open, column files are
 cut back to the committed row count, so a kill at any instant leaves each crop either stored
 once or not at all, and a rerun (which skips stored paths) completes it. (A text column that is
-missing, as in folders written before it existed, or shorter, is rebuilt from SQLite.) A delete
+missing, as in folders written before it existed or in its older ``t160`` layout, or shorter,
+is rebuilt from SQLite on open; until then, and in a read-only folder, hits read SQLite.) A delete
 writes the surviving rows to the next generation's files, commits the deletion and the new
 generation together, then zeroes the removed rows in the old vector and text files and deletes
 them; SQLite runs with
@@ -45,16 +48,18 @@ import fcntl
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import shutil
 import sqlite3
+import struct
 import threading
 import uuid
 import warnings
+from bisect import bisect_left
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -68,7 +73,7 @@ from reidkit.gallery.store import (
     CropFilter,
     CropMeta,
     GalleryError,
-    Neighbour,
+    Hit,
     Selection,
     Settings,
     StoredCrop,
@@ -89,9 +94,14 @@ _EXACT_BLOCK = 1 << 16
 _MMAP_BYTES = 1 << 31
 # SQLite allows 32766 host parameters per statement.
 _SQL_CHUNK = 30_000
-# Bytes per row of the text column: a little-endian uint16 length, then the UTF-8 of path,
-# track, site and zone joined by _SEP (_NONE for a missing one), zero-padded.
-_TEXT_WIDTH = 160
+# One record of the text column per row, little-endian: timestamp (float64), camera (int32),
+# the length of the text (uint16), then the UTF-8 of path, track, site and zone joined by _SEP
+# (_NONE for a missing one), zero-padded. A hit reads its whole metadata from one record; the
+# ids, cameras and times columns stay apart for the filters, which scan them.
+_RECORD_HEAD = struct.Struct("<diH")
+_RECORD_WIDTH = 192
+_HEAD_BYTES = _RECORD_HEAD.size
+_TEXT_ROOM = _RECORD_WIDTH - _HEAD_BYTES
 _IN_SQLITE = 0xFFFF  # the length of a row whose text did not fit: read it from SQLite
 _SEP, _NONE = "\x1f", "\x1e"
 # (file suffix, dtype of one row) of each memory-mapped column beside the vectors.
@@ -99,7 +109,7 @@ _COLUMNS = {
     "ids": ("i8", np.dtype(np.int64)),
     "cameras": ("i4", np.dtype(np.int32)),
     "times": ("f8", np.dtype(np.float64)),
-    "text": (f"t{_TEXT_WIDTH}", np.dtype((np.uint8, _TEXT_WIDTH))),
+    "text": (f"r{_RECORD_WIDTH}", np.dtype((np.uint8, _RECORD_WIDTH))),
 }
 # A filter that accepts every crop.
 _ANY = CropFilter()
@@ -111,6 +121,7 @@ _META_FIELDS = "id, path, camera, timestamp, track_id, site, zone"
 # Reading these 4 bytes tells whether to reload in a microsecond, without taking SQLite's lock
 # as ``PRAGMA data_version`` does; the reload itself reads through SQLite.
 _CHANGE_COUNTER_OFFSET = 24
+_SQLITE_HEADER = 100  # bytes of the database header (sqlite.org/fileformat.html, 1.3)
 # Files of one version's data (what a switch removes, and an open after a killed switch).
 _DATA_FILES = (
     "meta.sqlite*", "vectors.*", "ids.*", "cameras.*", "times.*", "text.*", "ann.*", ".lock"
@@ -140,8 +151,8 @@ def _remove_data(folder: Path, version: int) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _encode_text(meta: CropMeta) -> bytes:
-    """One row of the text column (see ``_TEXT_WIDTH``)."""
+def _encode_record(meta: CropMeta) -> bytes:
+    """One row of the text column (see ``_RECORD_WIDTH``)."""
     fields = (meta.path, meta.track_id, meta.site, meta.zone)
     payload = b""
     if not any(f is not None and (_SEP in f or _NONE in f) for f in fields):
@@ -149,9 +160,9 @@ def _encode_text(meta: CropMeta) -> bytes:
             payload = _SEP.join(_NONE if f is None else f for f in fields).encode()
         except UnicodeEncodeError:
             payload = b""
-    if not payload or len(payload) > _TEXT_WIDTH - 2:
-        return _IN_SQLITE.to_bytes(2, "little") + bytes(_TEXT_WIDTH - 2)
-    return len(payload).to_bytes(2, "little") + payload.ljust(_TEXT_WIDTH - 2, b"\0")
+    size = len(payload) if payload and len(payload) <= _TEXT_ROOM else _IN_SQLITE
+    head = _RECORD_HEAD.pack(meta.timestamp, meta.camera, size)
+    return head + (payload if size != _IN_SQLITE else b"").ljust(_TEXT_ROOM, b"\0")
 
 
 def _zero_and_unlink(path: Path) -> None:
@@ -301,7 +312,7 @@ class EmbeddedBackend(Backend):
             self._db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             if not self.read_only:
                 self._init_schema()
-            self._db_fd = os.open(self.data / "meta.sqlite", os.O_RDONLY)
+            self._db_head = self._map_header()
         except BaseException:
             self._db.close()
             raise
@@ -313,10 +324,18 @@ class EmbeddedBackend(Backend):
 
     def _disconnect(self) -> None:
         self._db.close()
-        os.close(self._db_fd)
+        self._db_head.close()
+
+    def _map_header(self) -> mmap.mmap:
+        """The database file's header, mapped: another process's commit (a write(2) through
+        the same page cache) shows in it at once, and reading it costs no syscall."""
+        with open(self.data / "meta.sqlite", "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < _SQLITE_HEADER:
+                raise sqlite3.DatabaseError("not a database")
+            return mmap.mmap(handle.fileno(), _SQLITE_HEADER, access=mmap.ACCESS_READ)
 
     def _change_counter(self) -> bytes:
-        return os.pread(self._db_fd, 4, _CHANGE_COUNTER_OFFSET)
+        return self._db_head[_CHANGE_COUNTER_OFFSET : _CHANGE_COUNTER_OFFSET + 4]
 
     def _init_schema(self) -> None:
         self._db.executescript(
@@ -377,6 +396,12 @@ class EmbeddedBackend(Backend):
                         continue
                     if not self._setting("superseded", False):
                         self._refresh()
+                        if self._rows and self._records is None:
+                            # rows an older reidkit added elsewhere lack their records
+                            self._write_records(
+                                self._path("text", self._setting("generation", 0)), self._rows
+                            )
+                            self._load()
                         yield
                         return
                 self._reattach()
@@ -406,7 +431,7 @@ class EmbeddedBackend(Backend):
                 continue
             size = path.stat().st_size if path.exists() else -1
             if column == "text" and size < rows * width:
-                self._write_text(path, rows)
+                self._write_records(path, rows)
             elif size < rows * width:
                 raise GalleryError(
                     f"gallery file '{path}' is missing or shorter than the {rows} committed "
@@ -415,7 +440,7 @@ class EmbeddedBackend(Backend):
             elif size > rows * width:
                 os.truncate(path, rows * width)
 
-    def _write_text(self, path: Path, rows: int) -> None:
+    def _write_records(self, path: Path, rows: int) -> None:
         """(Re)write the text column from SQLite, in crop-id order like the other columns."""
         staged = path.with_name(f".{path.name}.tmp")
         ids = []
@@ -423,7 +448,7 @@ class EmbeddedBackend(Backend):
             query = "SELECT id, path, camera, timestamp, track_id, site, zone FROM entries"
             for crop_id, *fields in self._db.execute(query + " ORDER BY id"):
                 ids.append(crop_id)
-                handle.write(_encode_text(CropMeta(*fields)))
+                handle.write(_encode_record(CropMeta(*fields)))
             handle.flush()
             os.fsync(handle.fileno())
         stored = np.fromfile(self._path("ids", self._setting("generation", 0)), np.int64)
@@ -458,6 +483,7 @@ class EmbeddedBackend(Backend):
             self._settings = Settings(card, self._dim, self._format_version)
         self._vectors = torch.empty(0, self._dim or 0)
         self._columns = {c: np.empty(0, dtype=t) for c, (_, t) in _COLUMNS.items()}
+        self._records: mmap.mmap | None = None
         self._camera_counts: dict[int, int] | None = None
         self._time_order: tuple[np.ndarray, np.ndarray] | None = None
         if self._rows:
@@ -467,15 +493,20 @@ class EmbeddedBackend(Backend):
                 mapped = np.memmap(self._path("vectors", generation), np.float32, "r", shape=shape)
                 self._vectors = torch.from_numpy(mapped)
             for column, (_, dtype) in _COLUMNS.items():
-                # A plain ndarray view of the map: np.memmap's subclass hooks cost more than
-                # the lookups of a search's hits (the view keeps the map open).
-                self._columns[column] = np.memmap(
-                    self._path(column, generation), dtype, "r", shape=(self._rows,)
-                ).view(np.ndarray)
-        # The same columns as memoryviews: indexing one returns a Python int/float (and a
-        # slice of the flat text, bytes to decode) with no NumPy call, which is what a search
-        # wants for its k hits.
-        self._cells = {c: memoryview(a.reshape(-1)) for c, a in self._columns.items()}
+                if column != "text":
+                    # A plain ndarray view of the map: np.memmap's subclass hooks cost more
+                    # than the lookups of a search's hits (the view keeps the map open).
+                    self._columns[column] = np.memmap(
+                        self._path(column, generation), dtype, "r", shape=(self._rows,)
+                    ).view(np.ndarray)
+            self._records = self._map_records(generation)
+            if self._records is not None:
+                self._columns["text"] = np.frombuffer(
+                    self._records, _COLUMNS["text"][1], self._rows
+                )
+        # The ids as a memoryview: indexing it returns a Python int with no NumPy call, which
+        # is what a search wants for its k hits.
+        self._id_cells = memoryview(self._columns["ids"])
         # Ids are given in increasing order, so until a crop is deleted a row is its id minus
         # the first id: a search's hits then need no binary search through the id column.
         ids = self._columns["ids"]
@@ -490,6 +521,19 @@ class EmbeddedBackend(Backend):
         if token and (self.data / f"ann.{token}.faiss").exists():
             # A deleted index file means "rebuild it": exact search until the next add does.
             self._ann = self._read_index(self.data / f"ann.{token}.faiss")
+
+    def _map_records(self, generation: int) -> mmap.mmap | None:
+        """The text column's map, or ``None`` where it lacks committed rows (a folder of an
+        older layout opened read-only, or rows another process's older reidkit added): hits
+        then read SQLite. Slicing a ``mmap`` gives bytes in one call, so a hit's text is one
+        slice and one decode."""
+        try:
+            with open(self._path("text", generation), "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < self._rows * _RECORD_WIDTH:
+                    return None
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
 
     def _read_index(self, path: Path) -> Any:
         import faiss
@@ -526,8 +570,8 @@ class EmbeddedBackend(Backend):
                 self._load()
 
     # ----------------------------------------------------------------------- audit
-    def append_audit(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record) + "\n").encode()
+    def append_audit(self, record: str, *, durable: bool) -> None:
+        line = f"{record}\n".encode()
         with self._lock:
             if self.read_only and self._audit_file is None:
                 if not self._audit_dropped:
@@ -545,7 +589,7 @@ class EmbeddedBackend(Backend):
                 target = self._audit_file or self.folder / "audit.jsonl"
                 self._audit_fd = os.open(target, flags, 0o666)
             os.write(self._audit_fd, line)
-            if record.get("action") != "search":
+            if durable:
                 os.fsync(self._audit_fd)
 
     def audit_records(self) -> list[dict[str, Any]]:
@@ -574,7 +618,7 @@ class EmbeddedBackend(Backend):
             generation = self._setting("generation", 0)
             cameras = np.array([metas[i].camera for i in new], dtype=np.int32)
             times = np.array([metas[i].timestamp for i in new], dtype=np.float64)
-            text = b"".join(_encode_text(metas[i]) for i in new)
+            text = b"".join(_encode_record(metas[i]) for i in new)
             blocks = {
                 "vectors": vectors[new].tobytes(),
                 "ids": ids.tobytes(),
@@ -709,52 +753,58 @@ class EmbeddedBackend(Backend):
     # --------------------------------------------------------------------------- search
     def nearest(
         self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
-    ) -> list[list[Neighbour]]:
+    ) -> list[list[Hit]]:
         with self._lock:
             self._refresh()
-            if where is not None and where != _ANY:
-                dist, rows = self._exact(queries, k, self._filtered_rows(where))
-            elif self._ann is not None and not exact:
-                dist, rows = self._approximate(queries, k)
+            if self._ann is not None and not exact and (where is None or where == _ANY):
+                dists, ids = self._approximate(queries, k)
             else:
-                dist, rows = self._exact(queries, k, None)
-            found = rows >= 0
-            crops = self._crops_at(rows[found])
-        # Per query, its neighbours nearest first (a query can have fewer than k: -1 rows).
-        pairs = zip(crops, dist[found].tolist(), strict=True)
-        return [
-            [(crop_id, d, meta) for (crop_id, meta), d in islice(pairs, count)]
-            for count in found.sum(axis=1).tolist()
-        ]
+                rows = None if where is None or where == _ANY else self._filtered_rows(where)
+                dist, rows = self._exact(queries, k, rows)
+                dists, ids = dist.tolist(), self._columns["ids"][rows].tolist()
+            return [self._neighbours(d, i) for d, i in zip(dists, ids, strict=True)]
 
-    def _crops_at(self, rows: np.ndarray) -> list[tuple[int, CropMeta]]:
-        """(crop id, metadata) of each of these rows, in order, read from the memory-mapped
-        columns (SQLite only for a row whose text did not fit its slot)."""
-        ids, cameras, times, text = (self._cells[c] for c in ("ids", "cameras", "times", "text"))
-        crops: list[Any] = []
-        elsewhere: dict[int, int] = {}  # position in ``rows`` -> crop id
-        for n, row in enumerate(rows.tolist()):
-            at = row * _TEXT_WIDTH
-            size = text[at] | text[at + 1] << 8
-            if size == _IN_SQLITE:
-                elsewhere[n] = ids[row]
-                crops.append(None)
+    def _neighbours(self, distances: list[float], crop_ids: list[int]) -> list[Hit]:
+        """One query's hits, in order, their metadata read from one record each of the text
+        column (SQLite only for a text that did not fit its record, or without one).
+        ``crop_ids`` come from the ANN index or the id column; -1 is "no neighbour"."""
+        first, rows, records, stored = self._first_id, self._rows, self._records, self._id_cells
+        head = _RECORD_HEAD.unpack_from
+        found: list[Any] = []
+        elsewhere: dict[int, int] = {}  # position in ``found`` -> crop id
+        for crop_id, distance in zip(crop_ids, distances, strict=True):
+            if crop_id < 0:  # the ANN index holds fewer than k crops
                 continue
-            path, track, site, zone = str(text[at + 2 : at + 2 + size], "utf-8").split(_SEP)
-            meta = CropMeta(
-                path,
-                cameras[row],
-                times[row],
-                None if track == _NONE else track,
-                None if site == _NONE else site,
-                None if zone == _NONE else zone,
-            )
-            crops.append((ids[row], meta))
+            # Until a crop is deleted, a row is its id minus the first id (no lookup).
+            row = crop_id - first if first is not None else bisect_left(stored, crop_id)
+            if not 0 <= row < rows or (first is None and stored[row] != crop_id):
+                raise GalleryError(
+                    f"gallery index in '{self.data}' names crops the gallery does not hold; "
+                    "delete its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
+                )
+            if records is not None:
+                at = row * _RECORD_WIDTH
+                timestamp, camera, size = head(records, at)
+                if size != _IN_SQLITE:
+                    at += _HEAD_BYTES
+                    path, track, site, zone = records[at : at + size].decode().split(_SEP)
+                    meta = CropMeta(
+                        path,
+                        camera,
+                        timestamp,
+                        None if track == _NONE else track,
+                        None if site == _NONE else site,
+                        None if zone == _NONE else zone,
+                    )
+                    found.append(Hit(crop_id, distance, meta, None))
+                    continue
+            elsewhere[len(found)] = crop_id
+            found.append(Hit(crop_id, distance, None, None))  # type: ignore[arg-type]
         if elsewhere:
             metas = self._metas(sorted(set(elsewhere.values())))
             for n, crop_id in elsewhere.items():
-                crops[n] = (crop_id, metas[crop_id])
-        return crops
+                found[n].meta = metas[crop_id]
+        return found
 
     def _filtered_rows(self, where: CropFilter) -> np.ndarray:
         """Ascending row numbers the filter accepts.
@@ -811,37 +861,24 @@ class EmbeddedBackend(Backend):
         order = torch.argsort(best_d, dim=1, stable=True)
         return torch.gather(best_d, 1, order).numpy(), torch.gather(best_r, 1, order).numpy()
 
-    def _approximate(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """IVF neighbours merged with the exact tail: distances and row numbers (-1: none)."""
-        similarity, ids = self._ann.search(queries, k)
-        found = ids >= 0
-        complete = bool(found.all())  # else the index holds fewer than k crops
-        stored = self._columns["ids"]
-        rows = ids - self._first_id if self._first_id is not None else stored.searchsorted(ids)
-        named, named_rows = (ids, rows) if complete else (ids[found], rows[found])
-        if named.size and (
-            named_rows.max() >= self._rows
-            or named_rows.min() < 0
-            or (self._first_id is None and (stored[named_rows] != named).any())
-        ):
-            raise GalleryError(
-                f"gallery index in '{self.data}' names crops the gallery does not hold; delete "
-                "its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
-            )
-        dist = similarity  # 2 - 2 cos, in place: a single query allocates nothing more
-        dist *= -2.0
-        dist += 2.0
-        if not complete:
-            dist[~found] = np.inf
-            rows[~found] = -1
+    def _approximate(
+        self, queries: np.ndarray, k: int
+    ) -> tuple[list[list[float]], list[list[int]]]:
+        """IVF neighbours merged with the exact tail: per query, distances and crop ids
+        (-1: none), nearest first."""
+        similarity, found = self._ann.search(queries, k)
+        # 2 - 2 cos in Python: ten subtractions cost less than two NumPy calls.
+        dists = [[2.0 - 2.0 * s for s in row] for row in similarity.tolist()]
+        ids = found.tolist()
         if self._indexed < self._rows:
             tail_d, tail_r = self._exact(queries, k, np.arange(self._indexed, self._rows))
-            dist = np.concatenate([dist, tail_d], axis=1)
-            rows = np.concatenate([rows, tail_r], axis=1)
-            pick = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            dist = np.take_along_axis(dist, pick, 1)
-            rows = np.take_along_axis(rows, pick, 1)
-        return dist, rows
+            tail_ids = self._columns["ids"][tail_r].tolist()
+            for q, (more_d, more_ids) in enumerate(zip(tail_d.tolist(), tail_ids, strict=True)):
+                # tail ids are above indexed ones: a tie keeps the index's crop first
+                pairs = zip(dists[q] + more_d, ids[q] + more_ids, strict=True)
+                merged = sorted((d, i) for d, i in pairs if i >= 0)[:k]
+                dists[q], ids[q] = [d for d, _ in merged], [i for _, i in merged]
+        return dists, ids
 
     def _metas(self, crop_ids: Sequence[int]) -> dict[int, CropMeta]:
         metas: dict[int, CropMeta] = {}
@@ -1086,7 +1123,7 @@ class EmbeddedBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._vectors = torch.empty(0)
-            self._columns, self._cells = {}, {}
+            self._columns, self._records, self._id_cells = {}, None, memoryview(b"")
             self._ann = None
             self._disconnect()
             if self._audit_fd is not None:

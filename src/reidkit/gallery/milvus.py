@@ -32,7 +32,7 @@ from reidkit.gallery.store import (
     CropFilter,
     CropMeta,
     GalleryError,
-    Neighbour,
+    Hit,
     Selection,
     Settings,
     StoredCrop,
@@ -221,8 +221,8 @@ class MilvusBackend(Backend):
             self._read_settings()
 
     # --------------------------------------------------------------------------- audit
-    def append_audit(self, record: dict[str, Any]) -> None:
-        row = {"id": time.time_ns(), "unused": [0.0, 0.0], "record": json.dumps(record)}
+    def append_audit(self, record: str, *, durable: bool) -> None:
+        row = {"id": time.time_ns(), "unused": [0.0, 0.0], "record": record}
         self._client.insert(self.log_name, [row])
 
     def audit_records(self) -> list[dict[str, Any]]:
@@ -276,7 +276,7 @@ class MilvusBackend(Backend):
     # -------------------------------------------------------------------------- search
     def nearest(
         self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
-    ) -> list[list[Neighbour]]:
+    ) -> list[list[Hit]]:
         if not self._has_crops():
             return [[] for _ in range(len(queries))]
         results = self._client.search(
@@ -291,10 +291,15 @@ class MilvusBackend(Backend):
         return [
             sorted(
                 (
-                    (int(item["id"]), 2.0 - 2.0 * float(item["distance"]), _meta(item["entity"]))
+                    Hit(
+                        int(item["id"]),
+                        2.0 - 2.0 * float(item["distance"]),
+                        _meta(item["entity"]),
+                        None,
+                    )
                     for item in found
                 ),
-                key=lambda neighbour: neighbour[1],
+                key=lambda hit: hit.distance,
             )
             for found in results
         ]

@@ -226,10 +226,6 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
-#: One neighbour of a query: crop id, squared distance ``2 - 2 cos`` (unclamped), metadata.
-Neighbour = tuple[int, float, CropMeta]
-
-
 class Backend(Protocol):
     """Where a gallery's rows live. The :class:`~reidkit.gallery.front.Gallery` front hands it
     only valid input: float32 ``[N, D]`` rows that are L2-normalised and finite, of the
@@ -266,9 +262,11 @@ class Backend(Protocol):
 
     def nearest(
         self, queries: np.ndarray, k: int, where: CropFilter | None, exact: bool
-    ) -> list[list[Neighbour]]:
+    ) -> list[list[Hit]]:
         """Per query, the (up to) ``k`` stored crops nearest to it among those ``where``
-        accepts, nearest first. ``exact`` asks for an exhaustive search (no ANN index)."""
+        accepts, nearest first, as hits whose distance is ``2 - 2 cos`` (unclamped) and whose
+        decision is left to the front (``None``): a search builds no other object per hit.
+        ``exact`` asks for an exhaustive search (no ANN index)."""
         ...
 
     def count(self, where: CropFilter | None = None) -> int:
@@ -307,9 +305,10 @@ class Backend(Protocol):
 
     def summary(self) -> Summary: ...
 
-    def append_audit(self, record: dict[str, Any]) -> None:
-        """Append one JSON-ready record to the gallery's audit log (durably unless it is a
-        search)."""
+    def append_audit(self, record: str, *, durable: bool) -> None:
+        """Append one record (a JSON object's text, one line) to the gallery's audit log,
+        visible to every reader once this returns (a process killed next keeps it); flushed to
+        the disk too if ``durable`` (the front asks it for everything but searches)."""
         ...
 
     def audit_records(self) -> list[dict[str, Any]]:
