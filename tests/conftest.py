@@ -17,6 +17,21 @@ from reidkit.config.spec import ExperimentSpec, ModelSpec, OptimSpec
 from reidkit.engine.module import model_settings
 from reidkit.models import Backbone, ReidModel, build_backbone
 
+#: Python that gives SIGINT back its default (KeyboardInterrupt) handler, for a test's child
+#: process: a shell starts background jobs with SIGINT ignored and children inherit that, while
+#: Ctrl-C must reach a test's run as it reaches a user's foreground run. The child runs it
+#: itself, not as ``preexec_fn``: that runs Python between fork and exec, and with gRPC loaded
+#: in the test process (pymilvus, by the Milvus tests) its fork handlers abort the child now
+#: and then ("epoll_wait error: Bad file descriptor", SIGABRT).
+FOREGROUND_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+#: The ``reidkit`` CLI as a child command, SIGINT restored (:data:`FOREGROUND_SIGINT`).
+REIDKIT_FOREGROUND = [
+    sys.executable,
+    "-c",
+    f"{FOREGROUND_SIGINT}; import runpy; runpy.run_module('reidkit', run_name='__main__', "
+    "alter_sys=True)",
+]
+
 # The suite (and the CLI subprocesses it starts) keeps reidkit's caches to itself, never the
 # user's ~/.cache/reidkit.
 os.environ["REIDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="reidkit-test-cache-")

@@ -19,11 +19,14 @@ from reidkit.actions.automl import automl as run_automl
 from reidkit.automl import open_study, storage_url
 from reidkit.config.loading import load_spec, save_spec
 from reidkit.config.spec import ExperimentSpec
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import FOREGROUND_SIGINT, REPO, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-WORKER = "import sys; from reidkit.actions.automl import automl; from reidkit.config.loading import load_spec; automl(load_spec(sys.argv[1]))"  # noqa: E501
+WORKER = (
+    FOREGROUND_SIGINT
+    + "; import sys; from reidkit.actions.automl import automl; from reidkit.config.loading import load_spec; automl(load_spec(sys.argv[1]))"
+)  # noqa: E501
 
 
 def _automl_spec(data: Path, results: Path, *extra: str) -> ExperimentSpec:
@@ -52,9 +55,6 @@ def _start_worker(spec_file: Path, log: Path) -> subprocess.Popen[bytes]:
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            # A shell starts background jobs with SIGINT ignored, and the worker would inherit
-            # that; Ctrl-C must reach it as it reaches a user's foreground run.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from reidkit.models.checkpoint_file import load_checkpoint
-from tests.conftest import REPO, empty_spec, run_cli, tiny_overrides
+from tests.conftest import REIDKIT_FOREGROUND, REPO, empty_spec, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +42,11 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """The CLI in its own process, with SIGINT delivered as in a foreground terminal."""
     with open(log, "wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "reidkit", *args],
+            [*REIDKIT_FOREGROUND, *args],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=subprocess.DEVNULL,
             stderr=handle,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 

@@ -22,6 +22,7 @@ def standardise_by_camera(
     scales: dict[int, np.ndarray] | None = None,
     *,
     min_rows: int = 8,
+    units: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Unit embeddings standardised per camera, with each camera's means and scales.
 
@@ -39,7 +40,9 @@ def standardise_by_camera(
     before matching across cameras (Xuan and Zhang, CVPR 2021). Both statistics come from the
     site's own rows, so nothing is set per data set. Only cameras with at least ``min_rows``
     rows are standardised (with fewer, the statistics describe a few people, not a camera);
-    the others are only L2-normalised. A dimension that barely varied in a camera (below
+    the others are only L2-normalised. Where rows are crops, many of them are one person:
+    ``units`` then gives each row's person-visit (a track, a cluster; -1 unknown) and a camera
+    needs ``min_rows`` distinct ones. A dimension that barely varied in a camera (below
     :data:`FLAT_SPREAD` of its typical spread: e.g. a feature that camera never fires) takes
     the typical spread instead, so a later track that does fire it is not blown up by it.
     ``means`` and ``scales`` (from an earlier run) are used as given instead of being
@@ -51,7 +54,8 @@ def standardise_by_camera(
         means, scales = {}, {}
         for camera in np.unique(cameras).tolist():
             rows = cameras == camera
-            if rows.sum() >= min_rows:
+            seen = rows.sum() if units is None else len(np.unique(units[rows & (units >= 0)]))
+            if seen >= min_rows:
                 mean = embeddings[rows].astype(np.float64).mean(0)
                 spread = embeddings[rows].astype(np.float64).std(0)
                 typical = float(np.median(spread))
