@@ -24,9 +24,9 @@ from tests.conftest import FOREGROUND_SIGINT, REPO, tiny_overrides
 pytestmark = pytest.mark.slow
 
 WORKER = (
-    FOREGROUND_SIGINT
-    + "; import sys; from reidkit.actions.automl import automl; from reidkit.config.loading import load_spec; automl(load_spec(sys.argv[1]))"
-)  # noqa: E501
+    f"{FOREGROUND_SIGINT}; import sys; from reidkit.actions.automl import automl; "
+    "from reidkit.config.loading import load_spec; automl(load_spec(sys.argv[1]))"
+)
 
 
 def _automl_spec(data: Path, results: Path, *extra: str) -> ExperimentSpec:
