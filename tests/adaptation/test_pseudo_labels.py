@@ -186,8 +186,8 @@ def test_per_camera_standardisation_finds_people_across_a_camera_cast() -> None:
 
 
 def test_cameras_that_saw_a_few_people_keep_their_embeddings() -> None:
-    """Four people a camera, other people in each (as on mars_mini's train split, about five
-    tracklets a camera), where each of camera 1's people differs from one of camera 0's by the
+    """Four people a camera, other people in each (as in five of mars_mini's six train cameras,
+    1-6 tracklets each), where each of camera 1's people differs from one of camera 0's by the
     same change. With so few people that change cannot be told from a camera's cast: taken out,
     it would merge four pairs of strangers across cameras. The cameras keep their embeddings
     and the eight people stay apart."""
