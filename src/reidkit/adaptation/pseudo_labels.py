@@ -36,8 +36,8 @@ tracks, or else the clusters of the embedding as it is, that the camera's crops 
 A camera that saw a handful of people is left as it is, and with fewer than two measured
 cameras nothing is standardised: on ``mars_mini``'s train split (16 people, 32 tracklets over
 6 cameras: 17 in one, 1-6 in the others) a camera's mean is a few people's look, and taking
-it out merged strangers across cameras (adapted mAP 54.8 against 61.8 direct, where the raw clusters kept
-the source model). One camera: nothing to take out.
+it out merged strangers across cameras (adapted mAP 54.8 against 61.8 direct, where the raw
+clusters kept the source model). One camera: nothing to take out.
 
 The label-free quality signal of a clustering is ``linked x silhouette``. The silhouette is the
 mean simplified silhouette of the clustered crops (cosine distance to their own cluster's centre
