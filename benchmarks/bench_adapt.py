@@ -73,6 +73,7 @@ TARGETS = {
 #: The rows of each source (``--rows``): adapt rows by target, upper bounds.
 ROWS = (
     "pku", "mars", "mars+tracks", "upper-pku", "upper-mars", "pku-gallery", "mars-gallery+tracks",
+    "pku+source", "mars+tracks+source", "pku-gallery+source", "mars-gallery+tracks+source",
 )  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
 ABLATIONS = {  # most telling first: a run cut short (or --ablation-limit) keeps them
@@ -229,7 +230,11 @@ def run_upper_bound(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_round_cost(job: dict[str, Any]) -> dict[str, Any]:
-    """In the child: one training epoch, then one adaptation round, on the same 10,000 crops."""
+    """In the child: one training epoch, then one adaptation round, on the same 10,000 crops.
+
+    ``joint``: the round also trains on the labelled crops (``adapt.source_dataset``), adapting
+    the model that epoch trained (whose classes they are).
+    """
     import reidkit
     from reidkit.actions.fit import run_training
     from reidkit.adaptation import loop
@@ -242,25 +247,32 @@ def run_round_cost(job: dict[str, Any]) -> dict[str, Any]:
     train_dir = data / "bounding_box_train"
     crops = len(list(train_dir.iterdir()))
     common = [*base_overrides(Path(job["workdir"]) / "runs", job["seed"])]
-    spec = reidkit.load_spec(
-        ROOT / "examples" / f"{job['recipe']}.yaml",
-        [
-            *common,
-            f"model.pretrained_model_path={job['source']}",
-            f"dataset.train_dataset_dir={train_dir}",
-            f"dataset.query_dataset_dir={data / 'query'}",
-            f"dataset.test_dataset_dir={data / 'bounding_box_test'}",
-            f"dataset.num_classes={len({p.name.split('_')[0] for p in train_dir.iterdir()})}",
-            "train.num_epochs=1",
-            "train.validation_interval=1000",
-            "adapt.num_epochs=1",
-            f"adapt.checkpoint={job['source']}",
-            f"adapt.target={train_dir}",
-        ],
-    )
+    recipe = ROOT / "examples" / f"{job['recipe']}.yaml"
+    spec_overrides = [
+        *common,
+        f"model.pretrained_model_path={job['source']}",
+        f"dataset.train_dataset_dir={train_dir}",
+        f"dataset.query_dataset_dir={data / 'query'}",
+        f"dataset.test_dataset_dir={data / 'bounding_box_test'}",
+        f"dataset.num_classes={len({p.name.split('_')[0] for p in train_dir.iterdir()})}",
+        "train.num_epochs=1",
+        "train.validation_interval=1000",
+        "adapt.num_epochs=1",
+        f"adapt.target={train_dir}",
+    ]
+    spec = reidkit.load_spec(recipe, [*spec_overrides, f"adapt.checkpoint={job['source']}"])
     start = time.perf_counter()
-    run_training(spec)
+    trained = run_training(spec)
     epoch = time.perf_counter() - start
+    if job.get("joint"):
+        spec = reidkit.load_spec(
+            recipe,
+            [
+                *spec_overrides,
+                f"adapt.checkpoint={trained.checkpoint}",
+                f"adapt.source_dataset={train_dir}",
+            ],
+        )
     rounds: list[dict] = []
     record = loop.PseudoLabeller._record
 
@@ -306,22 +318,13 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- one source
-def joint_rows(args: argparse.Namespace, recipe: str, seed: int) -> None:
-    """Add the joint-training rows (the labelled CUHK03 train split beside the target) to a
-    recorded source's results."""
+def added_rows(args: argparse.Namespace, recipe: str, seed: int) -> dict[str, Any]:
+    """Run the chosen adapt rows of a recorded source again (or for the first time), keeping
+    its other rows and its direct-transfer figures."""
     path = RESULTS / f"adapt_{recipe}_seed{seed}.json"
     record = json.loads(path.read_text())
-    work = args.workdir / f"{recipe}_seed{seed}"
-    for target, tracks in (("pku", False), ("mars", True)):
-        name = f"{target}{' +tracks' if tracks else ''} +source"
-        job = {
-            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed,
-            "source": record["source"], "target_dir": str(TARGETS[target][0]),
-            "protocol": target, "tracks": tracks,
-            "overrides": [f"adapt.source_dataset={CUHK03 / 'bounding_box_train'}"],
-        }  # fmt: skip
-        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
-    path.write_text(json.dumps(record, indent=1))
+    adapt_jobs(args, record, [*MAIN_JOBS, *TRANSDUCTIVE_JOBS])
+    return record
 
 
 def bench_source(
@@ -337,9 +340,7 @@ def bench_source(
     record["direct"] = {p: score(source, p) for p in ("cuhk03", "pku", "mars")}
     print(f"  direct transfer: {record['direct']}", flush=True)
     record["adapt"] = {}
-    adapt_jobs(
-        args, record, [("pku", "pku", False), ("mars", "mars", False), ("mars", "mars", True)]
-    )
+    adapt_jobs(args, record, MAIN_JOBS)
     record["upper"] = {}
     for target in [t for t in ("pku", "mars") if f"upper-{t}" in args.rows]:
         job = {
@@ -349,27 +350,36 @@ def bench_source(
         record["upper"][target] = child(job, work / f"upper_{target}")
         _save(record)
     if transductive:
-        adapt_jobs(args, record, [("pku-gallery", "pku", False), ("mars-gallery", "mars", True)])
+        adapt_jobs(args, record, TRANSDUCTIVE_JOBS)
     return record
+
+
+#: (target, scoring protocol, with tracks) of the adapt rows, and of the transductive ones.
+MAIN_JOBS = [("pku", "pku", False), ("mars", "mars", False), ("mars", "mars", True)]
+TRANSDUCTIVE_JOBS = [("pku-gallery", "pku", False), ("mars-gallery", "mars", True)]
 
 
 def adapt_jobs(
     args: argparse.Namespace, record: dict[str, Any], jobs: list[tuple[str, str, bool]]
 ) -> None:
-    """Adapt rows of one source: (target, scoring protocol, with tracks) each."""
+    """Adapt rows of one source: (target, scoring protocol, with tracks) each, on the target
+    crops alone and (``+source``) trained jointly with the labelled CUHK03 train split."""
     recipe, seed, source = record["recipe"], record["seed"], record["source"]
     work = args.workdir / f"{recipe}_seed{seed}"
     for target, protocol, tracks in jobs:
-        folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
-        name = f"{target}{' +tracks' if tracks else ''}"
-        if name.replace(" ", "") not in args.rows:
-            continue
-        job = {
-            "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": source,
-            "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
-        }  # fmt: skip
-        record["adapt"][name] = child(job, work / name.replace(" +", "_"))
-        _save(record)
+        for joint in (False, True):
+            name = f"{target}{' +tracks' if tracks else ''}{' +source' if joint else ''}"
+            if name.replace(" ", "") not in args.rows:
+                continue
+            folder = TARGETS[target][0] or mars_gallery_folder(args.workdir)
+            job = {
+                "kind": "adapt", "name": name, "recipe": recipe, "seed": seed, "source": source,
+                "target_dir": str(folder), "protocol": protocol, "tracks": tracks,
+                "overrides": [f"adapt.source_dataset={CUHK03 / 'bounding_box_train'}"] if joint
+                else [],
+            }  # fmt: skip
+            record["adapt"][name] = child(job, work / name.replace(" +", "_"))
+            _save(record)
 
 
 def _save(record: dict[str, Any]) -> None:
@@ -382,9 +392,13 @@ def bench_extras(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """The ablation and the round cost, added to one source's recorded rows."""
     recipe, seed, source = record["recipe"], record["seed"], record["source"]
     work = args.workdir / f"{recipe}_seed{seed}"
-    if args.round_cost:
-        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": source}
-        record["round_cost"] = child(job, args.workdir / "round_cost")
+    for joint in [
+        j for j, asked in ((False, args.round_cost), (True, args.round_cost_joint)) if asked
+    ]:
+        key = "round_cost_joint" if joint else "round_cost"
+        job = {"kind": "round_cost", "recipe": recipe, "seed": seed, "source": source,
+               "joint": joint}  # fmt: skip
+        record[key] = child(job, args.workdir / key)
         _save(record)
     if args.ablation:
         record["ablation"] = {}
@@ -475,9 +489,12 @@ def summarise(records: list[dict]) -> None:
                 for name, x in run["ablation"].items():
                     print(f"| {name} | {x.get('mAP', 'refused')} | {x.get('rank1', '')} | "
                           f"{x.get('chosen_round', '')} |")  # fmt: skip
-            if "round_cost" in run:
-                cost = run["round_cost"]
-                print(f"\nRound cost ({cost['crops']} synthetic crops): one training epoch "
+            for key in ("round_cost", "round_cost_joint"):
+                if key not in run:
+                    continue
+                cost = run[key]
+                joint = ", trained jointly with them" if key.endswith("joint") else ""
+                print(f"\nRound cost ({cost['crops']} synthetic crops{joint}): one training epoch "
                       f"{cost['epoch_s']} s; adapt rounds: "
                       f"{[(x['round'], x['seconds']) for x in cost.get('rounds', [])]}"
                       f" {cost.get('refused', '')}")  # fmt: skip
@@ -497,6 +514,11 @@ def main() -> int:
         "--round-cost", action="store_true", help="10,000-crop round timing (first source only)"
     )
     parser.add_argument(
+        "--round-cost-joint",
+        action="store_true",
+        help="the same, the round trained jointly with the labelled crops (first source only)",
+    )
+    parser.add_argument(
         "--transductive-first-only",
         action="store_true",
         help="the transductive rows (adapt on a target's gallery) for the first source only",
@@ -510,9 +532,9 @@ def main() -> int:
     )
     parser.add_argument("--summary-only", action="store_true", help="tables of recorded runs")
     parser.add_argument(
-        "--joint-only",
+        "--add",
         action="store_true",
-        help="add joint training with the CUHK03 train split to recorded runs",
+        help="run only the --rows adapt rows, added to the recorded runs (no direct transfer)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -527,10 +549,9 @@ def main() -> int:
         if not needed.exists():
             sys.exit(f"missing {needed} (the shared data sits beside the repository)")
     print(f"machine: {machine()}\ncommand: {' '.join(sys.argv)}", flush=True)
-    if args.joint_only:
-        for recipe in args.recipes:
-            for seed in args.seeds:
-                joint_rows(args, recipe, seed)
+    if args.add:
+        added = [added_rows(args, recipe, seed) for recipe in args.recipes for seed in args.seeds]
+        bench_extras(args, added[0])
     elif not args.summary_only:
         # Every source's main rows first, then the extras of the first one: a run cut short
         # still has every seed's table.
