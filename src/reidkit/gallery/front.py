@@ -44,6 +44,10 @@ from reidkit.models.card import IDENTITY_FIELDS
 _NO_FILTER = CropFilter().to_dict()
 #: Characters of a weights digest shown in a refusal (enough to tell two models apart).
 _DIGEST_SHOWN = 12
+#: A row whose squared norm is this close to 1 is already of unit length (a model's output
+#: usually is) and is kept as it is: dividing by a norm of 1 +- 5e-7 moves no distance by more
+#: than 1e-6, and a search gets the very row it was given.
+_UNIT_SLACK = 1e-6
 
 
 def unit_rows(vectors: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
@@ -53,17 +57,28 @@ def unit_rows(vectors: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[1] == 0:
         raise GalleryError(f"{what} must be a [N, D] matrix, got shape {tuple(matrix.shape)}")
-    # np.linalg.norm(matrix, axis=1)'s own arithmetic, without its dispatch and in as few NumPy
-    # calls as it takes (each costs microseconds right after a FAISS search has evicted the
-    # caches, and this is the front's largest step on a single query).
+    if len(matrix) == 1:
+        # One query, a service's usual call: one BLAS dot product and no temporary array (each
+        # NumPy temporary costs microseconds right after a FAISS search has evicted the caches,
+        # and this was the front's largest step on a single query).
+        squared = float(np.dot(matrix[0], matrix[0]))
+        if not squared < math.inf:
+            raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+        if abs(squared - 1.0) > _UNIT_SLACK:
+            # The same rule as torch's F.normalize: divide by max(norm, 1e-12).
+            matrix = matrix / math.sqrt(max(squared, 1e-24))
+        return matrix if matrix.flags.c_contiguous else np.ascontiguousarray(matrix)
+    # A batch: np.linalg.norm(matrix, axis=1)'s own arithmetic, without its dispatch.
     squares = np.add.reduce(matrix * matrix, axis=1, keepdims=True)
-    # (.item() is one C call; .max() goes through a Python wrapper)
-    largest = squares.item() if len(squares) == 1 else squares.max(initial=0.0)
-    if not largest < math.inf:
+    if not squares.max(initial=0.0) < math.inf:
         raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
+    # Rows already of unit length are kept bit for bit, as a single query is.
+    already_unit = np.abs(squares - 1.0) <= _UNIT_SLACK
     # The same rule as torch's F.normalize (reidkit.evaluation.metrics.normalize_features):
     # divide by max(norm, 1e-12), here sqrt(max(norm^2, 1e-24)).
-    unit = matrix / np.sqrt(np.maximum(squares, 1e-24, out=squares), out=squares)
+    norms = np.sqrt(np.maximum(squares, 1e-24, out=squares), out=squares)
+    norms[already_unit] = 1.0
+    unit = matrix / norms
     return unit if unit.flags.c_contiguous else np.ascontiguousarray(unit)
 
 
