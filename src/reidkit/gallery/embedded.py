@@ -560,7 +560,11 @@ class EmbeddedBackend(Backend):
     # -------------------------------------------------------------------- settings
     def settings(self) -> Settings:
         with self._lock:
-            self._refresh()
+            # _refresh() inlined: every search asks for the settings first
+            if self._db_head[_CHANGE_COUNTER_OFFSET : _CHANGE_COUNTER_OFFSET + 4] != (
+                self._data_version
+            ):
+                self._load()
             return self._settings
 
     def record_card(self, card: dict[str, Any]) -> None:
@@ -769,7 +773,12 @@ class EmbeddedBackend(Backend):
         column (SQLite only for a text that did not fit its record, or without one).
         ``crop_ids`` come from the ANN index or the id column; -1 is "no neighbour"."""
         first, rows, records, stored = self._first_id, self._rows, self._records, self._id_cells
-        head = _RECORD_HEAD.unpack_from
+        # Module constants as locals: this loop runs right after a FAISS search has evicted
+        # the caches, where every global lookup costs.
+        head, width, head_bytes, in_sqlite = (
+            _RECORD_HEAD.unpack_from, _RECORD_WIDTH, _HEAD_BYTES, _IN_SQLITE
+        )  # fmt: skip
+        sep, none, meta_of, hit_of = _SEP, _NONE, CropMeta, Hit
         found: list[Any] = []
         elsewhere: dict[int, int] = {}  # position in ``found`` -> crop id
         for crop_id, distance in zip(crop_ids, distances, strict=True):
@@ -783,20 +792,20 @@ class EmbeddedBackend(Backend):
                     "delete its ann.*.faiss file (the next 'reidkit gallery add' rebuilds it)"
                 )
             if records is not None:
-                at = row * _RECORD_WIDTH
+                at = row * width
                 timestamp, camera, size = head(records, at)
-                if size != _IN_SQLITE:
-                    at += _HEAD_BYTES
-                    path, track, site, zone = records[at : at + size].decode().split(_SEP)
-                    meta = CropMeta(
+                if size != in_sqlite:
+                    at += head_bytes
+                    path, track, site, zone = records[at : at + size].decode().split(sep)
+                    meta = meta_of(
                         path,
                         camera,
                         timestamp,
-                        None if track == _NONE else track,
-                        None if site == _NONE else site,
-                        None if zone == _NONE else zone,
+                        None if track == none else track,
+                        None if site == none else site,
+                        None if zone == none else zone,
                     )
-                    found.append(Hit(crop_id, distance, meta, None))
+                    found.append(hit_of(crop_id, distance, meta, None))
                     continue
             elsewhere[len(found)] = crop_id
             found.append(Hit(crop_id, distance, None, None))  # type: ignore[arg-type]

@@ -61,7 +61,7 @@ def unit_rows(vectors: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
         # One query, a service's usual call: one BLAS dot product and no temporary array (each
         # NumPy temporary costs microseconds right after a FAISS search has evicted the caches,
         # and this was the front's largest step on a single query).
-        squared = float(np.dot(matrix[0], matrix[0]))
+        squared = float(np.vdot(matrix, matrix))
         if not squared < math.inf:
             raise GalleryError(f"{what} contain NaN or infinite values; check the model's output")
         if abs(squared - 1.0) > _UNIT_SLACK:
@@ -303,12 +303,13 @@ class Gallery:
             threshold = settings.card.get("match_threshold")
         for row in hits:
             for hit in row:
-                # "match" at or below the threshold, "unknown" above it, None without one.
-                if threshold is not None:
-                    hit.decision = "match" if hit.distance <= threshold else "unknown"
                 # 2 - 2 q.g of a crop with itself can come out a hair below 0 in float32.
                 if hit.distance < 0.0:
                     hit.distance = 0.0
+        if threshold is not None:  # "match" at or below it, "unknown" above; None without one
+            for row in hits:
+                for hit in row:
+                    hit.decision = "match" if hit.distance <= threshold else "unknown"
         self._audit_search(operator, len(queries), k, where, sum(map(len, hits)))
         return hits
 
