@@ -560,11 +560,7 @@ class EmbeddedBackend(Backend):
     # -------------------------------------------------------------------- settings
     def settings(self) -> Settings:
         with self._lock:
-            # _refresh() inlined: every search asks for the settings first
-            if self._db_head[_CHANGE_COUNTER_OFFSET : _CHANGE_COUNTER_OFFSET + 4] != (
-                self._data_version
-            ):
-                self._load()
+            self._refresh()
             return self._settings
 
     def record_card(self, card: dict[str, Any]) -> None:
