@@ -306,9 +306,8 @@ class Gallery:
                 # 2 - 2 q.g of a crop with itself can come out a hair below 0 in float32.
                 if hit.distance < 0.0:
                     hit.distance = 0.0
-        if threshold is not None:  # "match" at or below it, "unknown" above; None without one
-            for row in hits:
-                for hit in row:
+                # "match" at or below the threshold, "unknown" above it, None without one.
+                if threshold is not None:
                     hit.decision = "match" if hit.distance <= threshold else "unknown"
         self._audit_search(operator, len(queries), k, where, sum(map(len, hits)))
         return hits
