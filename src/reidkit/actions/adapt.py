@@ -126,6 +126,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         "target_tracks": known_tracks,
         "camera_proxies": camera_proxies,
         "per_camera_standardise": settings.per_camera_standardise and len(cameras) >= 2,
+        "site_batchnorm": settings.site_batchnorm,
         "joint_source": spec.adapt.source_dataset,
     }
     data = spec.dataset
@@ -147,6 +148,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         workers=min(data.num_workers, 8),
         seed=spec.train.seed,
         embed_batch_size=data.val_batch_size,
+        site_batchnorm=settings.site_batchnorm,
     )
     rounds: list[RoundReport] = []
 

@@ -588,6 +588,12 @@ class AdaptSpec(_Section):
         "dimension) before clustering, so a camera's look does not keep one person's crops from "
         "two cameras apart; no effect on a single camera.",
     )
+    site_batchnorm: bool = Field(
+        True,
+        description="Re-estimate the model's BatchNorm statistics on the target crops before "
+        "the first clustering (AdaBN): the source model's statistics describe the cameras it "
+        "was trained on, not the site's.",
+    )
     camera_proxies: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Camera-aware proxy losses: 'auto' = on when the crops come from two or "
