@@ -74,6 +74,7 @@ TARGETS = {
 ROWS = (
     "pku", "mars", "mars+tracks", "upper-pku", "upper-mars", "pku-gallery", "mars-gallery+tracks",
     "pku+source", "mars+tracks+source", "pku-gallery+source", "mars-gallery+tracks+source",
+    "site-bn",
 )  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
 ABLATIONS = {  # most telling first: a run cut short (or --ablation-limit) keeps them
@@ -109,14 +110,39 @@ def _embed(model: Any, card: Any, paths: list[Path]) -> Any:
 
 def score(checkpoint: Path, protocol: str) -> dict[str, float]:
     """mAP and rank-1 (percent) of ``checkpoint`` on ``protocol``'s query vs gallery."""
+    from reidkit.models.restore import restore_model
+
+    return score_model(*restore_model(checkpoint), protocol)
+
+
+def site_batchnorm_score(checkpoint: Path, target: str) -> dict[str, float]:
+    """The source model with its BatchNorm statistics re-estimated on ``target``'s adapt
+    crops (what ``reidkit adapt`` does before its round 0; no training), scored on it."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from reidkit.adaptation import site_batchnorm
+    from reidkit.data import ImageDataset, load_split
+    from reidkit.data.preprocessing import resolve_preprocessing
+    from reidkit.data.transforms import build_eval_transform
+    from reidkit.models.restore import restore_model
+
+    model, card = restore_model(checkpoint)
+    crops = load_split(TARGETS[target][0], target, keep_distractors=True)
+    transform = build_eval_transform(resolve_preprocessing(card=card))
+    loader = DataLoader(ImageDataset(crops, transform), batch_size=128, num_workers=2)
+    site_batchnorm(model, loader, torch.device("cpu"))
+    return score_model(model, card, TARGETS[target][1])
+
+
+def score_model(model: Any, card: Any, protocol: str) -> dict[str, float]:
+    """mAP and rank-1 (percent) of an eval-mode model on ``protocol``'s query vs gallery."""
     import numpy as np
     import torch
 
     from reidkit.data import load_split
     from reidkit.evaluation.metrics import evaluate_features
-    from reidkit.models.restore import restore_model
 
-    model, card = restore_model(checkpoint)
     if protocol in ("pku", "cuhk03"):
         query_dir, gallery_dir = (
             (PKU / "val" / "query", PKU / "val" / "gallery")
@@ -323,8 +349,18 @@ def added_rows(args: argparse.Namespace, recipe: str, seed: int) -> dict[str, An
     its other rows and its direct-transfer figures."""
     path = RESULTS / f"adapt_{recipe}_seed{seed}.json"
     record = json.loads(path.read_text())
+    site_batchnorm_rows(args, record)
     adapt_jobs(args, record, [*MAIN_JOBS, *TRANSDUCTIVE_JOBS])
     return record
+
+
+def site_batchnorm_rows(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """``site-bn``: each target's score with the site's BatchNorm statistics alone."""
+    if "site-bn" in args.rows:
+        source = Path(record["source"])
+        record["site_batchnorm"] = {t: site_batchnorm_score(source, t) for t in ("pku", "mars")}
+        print(f"  site BatchNorm statistics alone: {record['site_batchnorm']}", flush=True)
+        _save(record)
 
 
 def bench_source(
@@ -339,6 +375,7 @@ def bench_source(
     record: dict[str, Any] = {"recipe": recipe, "seed": seed, "source": str(source)}
     record["direct"] = {p: score(source, p) for p in ("cuhk03", "pku", "mars")}
     print(f"  direct transfer: {record['direct']}", flush=True)
+    site_batchnorm_rows(args, record)
     record["adapt"] = {}
     adapt_jobs(args, record, MAIN_JOBS)
     record["upper"] = {}
@@ -437,6 +474,13 @@ def summarise(records: list[dict]) -> None:
             direct = [r["direct"][protocol]["mAP"] for r in runs]
             print(f"| {target} | direct transfer | {_mean(direct)} | "
                   f"{_mean([r['direct'][protocol]['rank1'] for r in runs])} | | | | |")  # fmt: skip
+            site_bn = [
+                r["site_batchnorm"][target] for r in runs if target in r.get("site_batchnorm", {})
+            ]
+            if site_bn:
+                print(f"| {target} | site BatchNorm statistics alone | "
+                      f"{_mean([x['mAP'] for x in site_bn])} | "
+                      f"{_mean([x['rank1'] for x in site_bn])} | | | | |")  # fmt: skip
             names = dict.fromkeys(n for r in runs for n in r["adapt"] if n.split(" ")[0] == target)
             for name in names:
                 present = [r for r in runs if name in r["adapt"]]

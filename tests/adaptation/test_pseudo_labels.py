@@ -17,6 +17,7 @@ from reidkit.adaptation import (
     TargetDataModule,
     cluster,
     co_occurring_tracks,
+    site_batchnorm,
 )
 from reidkit.adaptation.loop import MIN_MIRROR_AGREEMENT
 from reidkit.adaptation.pseudo_labels import MAX_CLUSTER_SHARE, mirror_agreement
@@ -200,3 +201,32 @@ def test_cameras_that_saw_a_few_people_keep_their_embeddings() -> None:
     raw = cluster(crops, ClusterSettings(k1=10, per_camera=False), cameras=cameras)
     assert np.array_equal(kept.labels, raw.labels)
     assert kept.num_clusters == 8 and kept.linked == 0.0
+
+
+def test_site_batchnorm_takes_the_target_crops_statistics(adapt_inputs) -> None:
+    """Every BatchNorm layer's statistics become the target crops' and no weight moves: the
+    first layer's running mean equals the mean of its inputs over all target crops, computed
+    here independently with a hook on the untouched model."""
+    source, target = adapt_inputs
+    records = load_split(target, "target", keep_distractors=True)
+    model, card = restore_model(source)
+    transform = build_eval_transform(resolve_preprocessing(card=card))
+    first_bn = model.backbone.features[0][1]
+    assert isinstance(first_bn, torch.nn.BatchNorm2d)
+    inputs: list[torch.Tensor] = []
+    hook = first_bn.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+    loader = DataLoader(ImageDataset(records, transform), batch_size=len(records))
+    model.eval()
+    with torch.no_grad():
+        model(next(iter(loader))[0])
+    hook.remove()
+    expected = inputs[0].mean(dim=(0, 2, 3))
+    assert not torch.allclose(first_bn.running_mean, expected, atol=1e-3), "needs a shift"
+    before = {k: v.clone() for k, v in model.named_parameters()}
+
+    assert len(records) % 32 == 0  # equal batches: the mean of batch means is the mean
+    site_batchnorm(model, DataLoader(ImageDataset(records, transform), batch_size=32), "cpu")
+
+    torch.testing.assert_close(first_bn.running_mean, expected, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+    assert not any(m.training for m in model.modules()) and first_bn.momentum == 0.1

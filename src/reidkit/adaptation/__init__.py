@@ -13,6 +13,7 @@ from reidkit.adaptation.loop import (
     PseudoLabeller,
     RoundReport,
     TargetDataModule,
+    site_batchnorm,
 )
 from reidkit.adaptation.memory import ProxyMemory
 from reidkit.adaptation.pseudo_labels import (
@@ -38,4 +39,5 @@ __all__ = [
     "TargetDataModule",
     "cluster",
     "co_occurring_tracks",
+    "site_batchnorm",
 ]

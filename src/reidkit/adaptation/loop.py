@@ -117,6 +117,24 @@ class RoundReport:
         )
 
 
+def site_batchnorm(model: ReidModel, loader: DataLoader, device: torch.device | str) -> None:
+    """Replaces the model's BatchNorm statistics by those of ``loader``'s crops (AdaBN: Li et
+    al., "Revisiting batch normalization for practical domain adaptation", 2016).
+
+    A network's BatchNorm layers normalise with the mean and spread of the crops it was
+    trained on: another site's light and cameras shift every layer's inputs, and each layer
+    then feeds the next activations it never saw. One pass over the site's crops (as they are,
+    no augmentation) re-estimates every layer's statistics; no weight moves and no label is
+    read. Direct transfer of the short CUHK03 recipe (seed 1) went from 15.3 to 31.8 mAP on
+    ``pku_views`` and from 61.8 to 63.3 on ``mars_mini`` (``BENCHMARKS.md``, "Unsupervised
+    domain adaptation"). Only the embedding path runs: the classifier head may need labels in
+    training mode. The model's train / eval mode is left as it was.
+    """
+    embedding_path = torch.nn.Sequential(model.backbone, model.reduction, model.neck)
+    embedding_path.train(model.training)  # update_bn restores the mode it finds
+    update_bn(loader, embedding_path, device)
+
+
 class PseudoLabeller(Callback):
     """Clusters the target crops before round 1 and after every round; keeps the best round.
 
@@ -174,7 +192,8 @@ class PseudoLabeller(Callback):
             trainer.should_stop = self.stale_rounds >= PATIENCE  # it had stopped early
             return
         if self.settings.site_batchnorm:
-            self._site_batchnorm(pl_module)
+            site_batchnorm(pl_module.model, self._loader(), pl_module.device)
+            log.info("BatchNorm statistics re-estimated on the %d target crops", len(self.crops))
         clustering, feats = self._cluster(pl_module)
         report = self._record(0, clustering, pl_module)
         # The test asks whether the model's own embedding holds people, so it reads the
@@ -260,24 +279,6 @@ class PseudoLabeller(Callback):
             feats, self.settings.clustering, self.tracks, self.conflicts, self.cameras
         )
         return clustering, feats
-
-    def _site_batchnorm(self, pl_module: LightningModule) -> None:
-        """The source model's BatchNorm statistics replaced by the site's (AdaBN: Li et al.,
-        "Revisiting batch normalization for practical domain adaptation", 2016).
-
-        A network's BatchNorm layers normalise with the mean and spread of the crops it was
-        trained on: another site's light and cameras shift every layer's inputs, and the
-        layers then feed the next ones activations they never saw. One pass over the target
-        crops (as they are, no augmentation) re-estimates every layer's statistics; the
-        weights stay the source model's. No labels, and not a step of training: direct transfer
-        of the short CUHK03 recipe (seed 1) to ``pku_views`` went from 15.3 to 31.8 mAP, to
-        ``mars_mini`` from 61.8 to 63.3 (``BENCHMARKS.md``, "Unsupervised domain adaptation").
-        The embedding path alone runs (the classifier head may need labels in training mode).
-        """
-        model = pl_module.model
-        embedding_path = torch.nn.Sequential(model.backbone, model.reduction, model.neck)
-        update_bn(self._loader(), embedding_path, pl_module.device)
-        log.info("BatchNorm statistics re-estimated on the %d target crops", len(self.crops))
 
     def _loader(self) -> DataLoader:
         """All target crops in order, as evaluation sees them."""
