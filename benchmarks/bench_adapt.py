@@ -78,6 +78,14 @@ ROWS = (
 )  # fmt: skip
 #: ablation name -> (spec overrides, code change made in the child)
 ABLATIONS = {  # most telling first: a run cut short (or --ablation-limit) keeps them
+    "no site BatchNorm statistics (the source model's kept)": (
+        ["adapt.site_batchnorm=false"],
+        None,
+    ),
+    "every cluster trained (not only cross-camera ones)": (
+        ["adapt.cross_camera_training=false"],
+        None,
+    ),
     "no per-camera standardisation (raw embeddings clustered)": (
         ["adapt.per_camera_standardise=false"],
         None,

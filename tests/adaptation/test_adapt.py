@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from reidkit.actions.adapt import adapt, target_crops
 from reidkit.actions.evaluate import evaluate
 from reidkit.actions.export import export
 from reidkit.actions.gallery import gallery_add
-from reidkit.adaptation import AdaptationError, AdaptModule
+from reidkit.adaptation import OUTLIER, AdaptationError, AdaptModule, loop
 from reidkit.cli import main
 from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
@@ -234,3 +236,23 @@ def test_joint_training_takes_a_labelled_source_batch_with_every_target_batch(
     labels = torch.cat(seen)
     assert len(seen) >= 2 and labels.min() >= 0 and labels.max() < 10
     assert len(labels.unique()) > 5
+
+
+def test_clusters_that_never_span_two_cameras_stop_with_one_line(
+    adapt_spec: ExperimentSpec, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site where nobody meets a second camera: every cluster the source model finds is split
+    by camera here, so none spans two cameras and there is nothing to learn across them."""
+    real_cluster = loop.cluster
+
+    def by_camera(feats, settings, tracks=None, conflicts=None, cameras=None):
+        found = real_cluster(feats, settings, tracks, conflicts, cameras)
+        kept = found.labels != OUTLIER
+        pairs = found.labels * 100 + cameras
+        labels = np.full_like(found.labels, OUTLIER)
+        labels[kept] = np.unique(pairs[kept], return_inverse=True)[1]
+        return replace(found, labels=labels, num_clusters=int(labels.max()) + 1)
+
+    monkeypatch.setattr(loop, "cluster", by_camera)
+    line = _cli(adapt_spec, capsys)
+    assert "was seen by two cameras" in line and "cross_camera_training=false" in line

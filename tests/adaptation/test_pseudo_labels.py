@@ -130,12 +130,12 @@ def test_mirror_agreement_tells_people_from_noise(embedded) -> None:
     assert abs(mirror_agreement(found, feats, shuffled)) < 0.2
 
 
-def test_outliers_stay_out_of_the_round(embedded) -> None:
-    records, _ = embedded
-    settings = AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
+def _round_loader(records: list[ImageRecord], labels: np.ndarray, cross_camera: bool) -> DataLoader:
+    """The round's training loader for ``labels`` as the labeller's pseudo-labels."""
+    settings = AdaptSettings(
+        ClusterSettings(), False, 16, 4, 0, 0, cross_camera_training=cross_camera
+    )
     labeller = PseudoLabeller(records, lambda image: image, settings)
-    labels = np.arange(len(records)) // 8
-    labels[::3] = OUTLIER
     labeller.labels = labels
     transform = build_eval_transform(
         resolve_preprocessing(
@@ -147,7 +147,14 @@ def test_outliers_stay_out_of_the_round(embedded) -> None:
             }
         )
     )
-    loader: DataLoader = TargetDataModule(records, transform, labeller, settings).train_dataloader()
+    return TargetDataModule(records, transform, labeller, settings).train_dataloader()
+
+
+def test_outliers_stay_out_of_the_round(embedded) -> None:
+    records, _ = embedded
+    labels = np.arange(len(records)) // 8
+    labels[::3] = OUTLIER
+    loader = _round_loader(records, labels, cross_camera=False)
     dataset: ImageDataset = loader.dataset
     assert len(dataset) == int((labels != OUTLIER).sum())
     assert {r.path for r in dataset.records} == {
@@ -155,6 +162,29 @@ def test_outliers_stay_out_of_the_round(embedded) -> None:
     }
     seen = torch.cat([batch_labels for _, batch_labels, _ in loader])
     assert len(seen) and (seen >= 0).all()
+
+
+def test_a_round_trains_on_the_clusters_two_cameras_saw(embedded) -> None:
+    """Clusters of one person's crops: the first 8 people's span both cameras, the others'
+    are split by camera. Only the cross-camera clusters' crops train; the cluster ids keep
+    their numbers (the memory holds every cluster as a negative)."""
+    records, _ = embedded
+    people = np.asarray([r.pid for r in records])
+    cameras = np.asarray([r.camid for r in records])
+    ids = {pid: n for n, pid in enumerate(dict.fromkeys(people.tolist()))}
+    person = np.asarray([ids[p] for p in people])
+    assert len(np.unique(cameras)) == 2 and len(ids) == 16
+    labels = np.where(person < 8, person, 8 + 2 * (person - 8) + (cameras == cameras.max()))
+    labels[::5] = OUTLIER
+    expected = {
+        r.path for r, label, p in zip(records, labels, person, strict=True)
+        if label != OUTLIER and p < 8
+    }  # fmt: skip
+    dataset: ImageDataset = _round_loader(records, labels, cross_camera=True).dataset
+    assert {r.path for r in dataset.records} == expected
+    assert set(dataset.labels) == set(range(8))
+    every = _round_loader(records, labels, cross_camera=False).dataset
+    assert len(every) == int((labels != OUTLIER).sum())
 
 
 def test_per_camera_standardisation_finds_people_across_a_camera_cast() -> None:

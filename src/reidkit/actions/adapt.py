@@ -127,6 +127,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         "camera_proxies": camera_proxies,
         "per_camera_standardise": settings.per_camera_standardise and len(cameras) >= 2,
         "site_batchnorm": settings.site_batchnorm,
+        "cross_camera_training": settings.cross_camera_training and len(cameras) >= 2,
         "joint_source": spec.adapt.source_dataset,
     }
     data = spec.dataset
@@ -149,6 +150,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         seed=spec.train.seed,
         embed_batch_size=data.val_batch_size,
         site_batchnorm=settings.site_batchnorm,
+        cross_camera_training=settings.cross_camera_training,
     )
     rounds: list[RoundReport] = []
 

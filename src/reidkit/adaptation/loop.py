@@ -34,10 +34,12 @@ from torch.utils.data import DataLoader
 
 from reidkit.adaptation.memory import ProxyMemory
 from reidkit.adaptation.pseudo_labels import (
+    OUTLIER,
     AdaptationError,
     Clustering,
     ClusterSettings,
     cluster,
+    cross_camera_members,
     mirror_agreement,
 )
 from reidkit.data import IdentitySampler, ImageDataset, ImageRecord, relabel
@@ -71,6 +73,8 @@ class AdaptSettings:
     embed_batch_size: int = 128
     #: Re-estimate the BatchNorm statistics on the target crops before round 0 (AdaBN).
     site_batchnorm: bool = True
+    #: With two or more cameras, train only on clusters seen by two or more of them.
+    cross_camera_training: bool = True
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,13 @@ class PseudoLabeller(Callback):
                 f"{MIN_MIRROR_AGREEMENT}); check that they are person crops, or adapt from a "
                 "model that already tells some of these people apart"
             )
+        if self._linked_clusters(clustering.labels) < 2:
+            raise AdaptationError(
+                f"none of the source model's {report.num_clusters} clusters of the "
+                f"{len(self.crops)} target crops, or just one, was seen by two cameras: there is "
+                "nothing to learn about matching across cameras; keep the source model (or, for "
+                "a site whose people each meet one camera, set adapt.cross_camera_training=false)"
+            )
         self._next_round(clustering, feats, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -229,10 +240,39 @@ class PseudoLabeller(Callback):
             log.warning("round %d: the clustering collapsed; stopping", number)
             trainer.should_stop = True
             return
+        if self._linked_clusters(clustering.labels) < 2:
+            log.warning("round %d: fewer than two clusters span two cameras; stopping", number)
+            trainer.should_stop = True
+            return
         if self.stale_rounds >= PATIENCE:
             log.info("no better quality for %d rounds; stopping", PATIENCE)
             trainer.should_stop = True
         self._next_round(clustering, feats, pl_module)
+
+    def training_crops(self) -> np.ndarray:
+        """Indices of the crops this round trains on: those in a cluster, and, with
+        ``cross_camera_training`` on a site of two or more cameras, only those in a cluster two
+        cameras saw. The others stay in the memory as negatives. A cluster one camera alone saw
+        may be a person or that camera's look (the reason the quality counts only cross-camera
+        clusters, :mod:`reidkit.adaptation.pseudo_labels`): trained on, it teaches the model to
+        tighten what it already groups. On ``mars_mini``'s train tracklets, where 4 of 16
+        people meet a second camera, every round trained on every cluster ended below direct
+        transfer on the short recipe (57.8 and 62.8 against 61.8 and 68.0 mAP); trained on
+        cross-camera clusters only, no round beat round 0 and the source model was kept.
+        """
+        assert self.labels is not None, "the labeller clusters before the first round"
+        if self._cross_camera_only():
+            return np.flatnonzero(cross_camera_members(self.labels, self.cameras))
+        return np.flatnonzero(self.labels != OUTLIER)
+
+    def _cross_camera_only(self) -> bool:
+        return self.settings.cross_camera_training and len(np.unique(self.cameras)) >= 2
+
+    def _linked_clusters(self, labels: np.ndarray) -> int:
+        """Clusters a round would train on when only cross-camera ones count (all otherwise)."""
+        if not self._cross_camera_only():
+            return int(labels.max()) + 1 if (labels != OUTLIER).any() else 0
+        return len(np.unique(labels[cross_camera_members(labels, self.cameras)]))
 
     def _record(
         self, number: int, clustering: Clustering, pl_module: LightningModule
@@ -343,8 +383,8 @@ class TargetDataModule(LightningDataModule):
     def _target_loader(self) -> DataLoader:
         labels = self.labeller.labels
         assert labels is not None, "the labeller clusters before the first round"
-        kept = np.flatnonzero(labels >= 0)
-        clusters = int(labels[kept].max()) + 1
+        kept = self.labeller.training_crops()
+        clusters = len(np.unique(labels[kept]))
         k = self.settings.num_instances
         per_batch = min(self.settings.batch_size // k, clusters)
         dataset = ImageDataset(

@@ -337,6 +337,16 @@ def mirror_agreement(clustering: Clustering, feats: Tensor, mirrored: Tensor) ->
     return float(cohen_kappa_score(own, nearest.cpu().numpy()))
 
 
+def cross_camera_members(labels: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    """Whether each crop sits in a cluster seen by two or more cameras (outliers never do)."""
+    kept = labels != OUTLIER
+    if not kept.any():
+        return kept
+    pairs = np.unique(np.stack([labels[kept], cameras[kept]], 1), axis=0)
+    multi_camera = np.bincount(pairs[:, 0], minlength=int(labels.max()) + 1) >= 2
+    return kept & multi_camera[np.maximum(labels, 0)]
+
+
 def _scored(
     labels: np.ndarray, feats: Tensor, cameras: np.ndarray | None, splits: int, eps: float
 ) -> Clustering:
@@ -345,10 +355,8 @@ def _scored(
     kept = labels != OUTLIER
     coverage = float(kept.mean()) if len(labels) else 0.0
     linked = coverage
-    if cameras is not None and len(np.unique(cameras)) >= 2 and num_clusters:
-        pairs = np.unique(np.stack([labels[kept], cameras[kept]], 1), axis=0)
-        multi_camera = np.bincount(pairs[:, 0], minlength=num_clusters) >= 2
-        linked = float((kept & multi_camera[np.maximum(labels, 0)]).mean())
+    if cameras is not None and len(np.unique(cameras)) >= 2:
+        linked = float(cross_camera_members(labels, cameras).mean())
     silhouette = 0.0
     if num_clusters >= 2:
         clustered = feats[torch.as_tensor(kept).to(feats.device)]

@@ -594,6 +594,13 @@ class AdaptSpec(_Section):
         "the first clustering (AdaBN): the source model's statistics describe the cameras it "
         "was trained on, not the site's.",
     )
+    cross_camera_training: bool = Field(
+        True,
+        description="With two or more cameras, train each round only on the clusters seen by "
+        "two or more cameras (the others stay as negatives): a cluster one camera alone saw may "
+        "be that camera's look rather than a person. Adaptation stops when fewer than two "
+        "clusters span two cameras. false = every cluster trains.",
+    )
     camera_proxies: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Camera-aware proxy losses: 'auto' = on when the crops come from two or "
