@@ -123,9 +123,10 @@ def score(checkpoint: Path, protocol: str) -> dict[str, float]:
     return score_model(*restore_model(checkpoint), protocol)
 
 
-def site_batchnorm_score(checkpoint: Path, target: str) -> dict[str, float]:
+def site_batchnorm_score(checkpoint: Path, target: str, seed: int) -> dict[str, float]:
     """The source model with its BatchNorm statistics re-estimated on ``target``'s adapt
-    crops (what ``reidkit adapt`` does before its round 0; no training), scored on it."""
+    crops, shuffled by ``seed`` (what ``reidkit adapt`` does before its round 0; no
+    training), scored on it."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -138,7 +139,13 @@ def site_batchnorm_score(checkpoint: Path, target: str) -> dict[str, float]:
     model, card = restore_model(checkpoint)
     crops = load_split(TARGETS[target][0], target, keep_distractors=True)
     transform = build_eval_transform(resolve_preprocessing(card=card))
-    loader = DataLoader(ImageDataset(crops, transform), batch_size=128, num_workers=2)
+    loader = DataLoader(
+        ImageDataset(crops, transform),
+        batch_size=128,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=2,
+    )
     site_batchnorm(model, loader, torch.device("cpu"))
     return score_model(model, card, TARGETS[target][1])
 
@@ -366,7 +373,9 @@ def site_batchnorm_rows(args: argparse.Namespace, record: dict[str, Any]) -> Non
     """``site-bn``: each target's score with the site's BatchNorm statistics alone."""
     if "site-bn" in args.rows:
         source = Path(record["source"])
-        record["site_batchnorm"] = {t: site_batchnorm_score(source, t) for t in ("pku", "mars")}
+        record["site_batchnorm"] = {
+            t: site_batchnorm_score(source, t, record["seed"]) for t in ("pku", "mars")
+        }
         print(f"  site BatchNorm statistics alone: {record['site_batchnorm']}", flush=True)
         _save(record)
 
