@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reidkit import __version__
 from reidkit.config.loading import load_spec
@@ -262,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a line is logged, not as it was
+    when the handler was made: ``main`` may run many times in one process (tests, embedding
+    programs), each with its own redirected stderr, and a stream kept from the first run may
+    be closed by then."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """``StreamHandler.__init__`` sets a stream; the current one is always used."""
+
+
 def _log_to_stderr() -> None:
     """reidkit's own progress lines on stderr; Lightning keeps its own handler (no duplicates).
 
@@ -271,7 +286,7 @@ def _log_to_stderr() -> None:
     logger = logging.getLogger("reidkit")
     redactor = RedactingFilter()
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
