@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from reidkit.adaptation import (
     OUTLIER,
     AdaptSettings,
+    Clustering,
     ClusterSettings,
     PseudoLabeller,
     TargetDataModule,
@@ -260,3 +262,20 @@ def test_site_batchnorm_takes_the_target_crops_statistics(adapt_inputs) -> None:
     torch.testing.assert_close(first_bn.running_mean, expected, atol=1e-5, rtol=1e-5)
     assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
     assert not any(m.training for m in model.modules()) and first_bn.momentum == 0.1
+
+
+def test_a_round_is_kept_only_when_it_links_more_crops_across_cameras(embedded) -> None:
+    """A round whose silhouette rose on the same cross-camera share (what training on its own
+    clusters does anyway) is not kept; one that links more crops and scores higher is."""
+    records, _ = embedded
+    labeller = PseudoLabeller(
+        records, lambda image: image, AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
+    )
+    assert len(np.unique(labeller.cameras)) == 2
+    module = SimpleNamespace(model=torch.nn.Linear(2, 2))
+    labels = np.zeros(len(records), dtype=int)
+    for number, (linked, silhouette) in enumerate([(0.3, 0.6), (0.3, 0.9), (0.35, 0.7)]):
+        found = Clustering(labels, 10, 1.0, linked, silhouette)
+        labeller._record(number, found, module)
+        assert labeller.best["round"] == (0 if number < 2 else 2)
+    assert labeller.stale_rounds == 0 and labeller.best["quality"] == pytest.approx(0.245)

@@ -211,11 +211,13 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
     best = labeller.best
     source_quality = labeller.reports[0].quality
     if best["round"] == 0:
+        source, later = labeller.reports[0], labeller.reports[1:]
         raise AdaptationError(
-            f"no adaptation round beat the source model on the target's label-free quality "
-            f"({source_quality:.3f}; rounds: "
-            f"{', '.join(f'{r.quality:.3f}' for r in labeller.reports[1:])}); nothing written: "
-            "keep using the source model"
+            "no adaptation round beat the source model: none both linked more crops across "
+            f"cameras ({source.linked:.2f}; rounds: {', '.join(f'{r.linked:.2f}' for r in later)})"
+            f" and scored a higher label-free quality ({source.quality:.3f}; rounds: "
+            f"{', '.join(f'{r.quality:.3f}' for r in later)}); nothing written: keep using the "
+            "source model"
         )
     model.load_state_dict(best["weights"])
     record.update(

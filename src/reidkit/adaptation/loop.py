@@ -270,6 +270,18 @@ class PseudoLabeller(Callback):
             return np.flatnonzero(cross_camera_members(self.labels, self.cameras))
         return np.flatnonzero(self.labels != OUTLIER)
 
+    def _links_more(self, report: RoundReport) -> bool:
+        """Whether a round puts more crops in cross-camera clusters than round 0 did, which a
+        round must do to be kept (on two or more cameras).
+
+        Its clusters' silhouette is what the round trained, so it rises whether or not the
+        model got better at matching people; only a rise of the cross-camera share is evidence
+        that it did. On ``mars_mini``'s tracklets (short recipe, seed 1) one round tightened
+        the same 19 clusters (silhouette 0.719 -> 0.743, cross-camera share unchanged) while
+        mAP fell from 61.8 to 56.6.
+        """
+        return len(np.unique(self.cameras)) < 2 or report.linked > self.reports[0].linked
+
     def _cross_camera_only(self) -> bool:
         return self.settings.cross_camera_training and len(np.unique(self.cameras)) >= 2
 
@@ -286,7 +298,7 @@ class PseudoLabeller(Callback):
         report = RoundReport.of(number, clustering, now - self._since)
         self._since = now
         self.reports.append(report)
-        if not self.best or report.quality > self.best["quality"]:
+        if not self.best or (self._links_more(report) and report.quality > self.best["quality"]):
             self.best = {
                 "round": number,
                 "quality": report.quality,
