@@ -129,14 +129,15 @@ def site_batchnorm(model: ReidModel, loader: DataLoader, device: torch.device | 
     trained on: another site's light and cameras shift every layer's inputs, and each layer
     then feeds the next activations it never saw. One pass over the site's crops (as they are,
     no augmentation) re-estimates every layer's statistics; no weight moves and no label is
-    read. Direct transfer of the short CUHK03 recipe (seed 1) went from 15.3 to 31.8 mAP on
-    ``pku_views`` and from 61.8 to 63.3 on ``mars_mini`` (``BENCHMARKS.md``, "Unsupervised
-    domain adaptation"). Only the embedding path runs: the classifier head may need labels in
-    training mode. The model's train / eval mode is left as it was.
+    read. Direct transfer of the short CUHK03 recipe (seed 1) went from 15.3 to 31.7 mAP on
+    ``pku_views`` and from 61.8 to 62.6 on ``mars_mini`` (``bench_adapt.py --rows site-bn``;
+    ``BENCHMARKS.md``, "Unsupervised domain adaptation"). Only the embedding path runs: the
+    classifier head may need labels in training mode. The model's train / eval mode is left
+    as it was.
 
     ``loader`` should shuffle: each layer's variance is taken as the mean of its batches'
     variances, which misses the spread between batches of one person or one camera (in
-    folder order, ``mars_mini`` short recipe seed 1: 60.5 mAP against 63.3 shuffled).
+    folder order, ``mars_mini`` short recipe seed 1: 60.5 mAP against 62.6 shuffled).
     """
     embedding_path = torch.nn.Sequential(model.backbone, model.reduction, model.neck)
     embedding_path.train(model.training)  # update_bn restores the mode it finds
@@ -261,9 +262,10 @@ class PseudoLabeller(Callback):
         may be a person or that camera's look (the reason the quality counts only cross-camera
         clusters, :mod:`reidkit.adaptation.pseudo_labels`): trained on, it teaches the model to
         tighten what it already groups. On ``mars_mini``'s train tracklets, where 4 of 16
-        people meet a second camera, every round trained on every cluster ended below direct
-        transfer on the short recipe (57.8 and 62.8 against 61.8 and 68.0 mAP); trained on
-        cross-camera clusters only, no round beat round 0 and the source model was kept.
+        people meet a second camera, training on every cluster ended below direct transfer on
+        both seeds of the short recipe (57.8 and 62.8 against 61.8 and 68.0 mAP, before the
+        linking guard of :meth:`_links_more`); on cross-camera clusters only, no round beat
+        round 0 and the source model was kept.
         """
         assert self.labels is not None, "the labeller clusters before the first round"
         if self._cross_camera_only():

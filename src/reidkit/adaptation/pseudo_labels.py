@@ -49,7 +49,10 @@ light, background, angle) as a person: a model trained to tighten such clusters 
 silhouette while it forgets how to match across cameras (measured on ``mars_mini``'s train
 split, whose clusters were its tracklets and never left their camera: silhouette 0.70 -> 0.80
 while mAP fell 61.8 -> 52.9). Only a
-cluster that two cameras agree on is evidence about identity, so only those count. The DBSCAN
+cluster that two cameras agree on is evidence about identity, so only those count, only those
+train (:meth:`~reidkit.adaptation.loop.PseudoLabeller.training_crops`), and a round is kept
+only when it puts more crops in them than round 0 did: the silhouette of the clusters a round
+trained on rises anyway. The DBSCAN
 radius, which shapes the pseudo-labels rather than judges a model, is still picked by the
 clustering's own ``coverage x silhouette`` (:attr:`Clustering.structure`).
 """
