@@ -1,7 +1,9 @@
 """The adaptation loop on Lightning: every epoch is one round of cluster -> train.
 
+Before round 1 the source model takes the site's BatchNorm statistics (:func:`site_batchnorm`).
 A round starts from a clustering of all target crops made with the current model (the source
-model for round 1): the crops in clusters are trained on for one pass, P clusters x K crops per
+model for round 1): the crops in clusters (on two or more cameras, in clusters two cameras saw:
+:meth:`PseudoLabeller.training_crops`) are trained on for one pass, P clusters x K crops per
 batch, against the round's proxy memory (:mod:`reidkit.adaptation.memory`); outliers wait for a
 later round. At the end of the round the crops are embedded and clustered again, which both
 scores the model just trained (the label-free quality of :mod:`reidkit.adaptation.pseudo_labels`)
