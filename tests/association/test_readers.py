@@ -138,6 +138,44 @@ def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
         read_tracks(site, path)
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "bbox": {"leftX": NaN, '
+            '"topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: box \(nan, 1, nan, 8\) is not finite",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "confidence": "high", '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1's confidence 'high' is not a finite number",
+        ),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"frames.jsonl:1: JSON nested too deep"),
+    ],
+)
+def test_hostile_deepstream_lines_are_one_line(tmp_path: Path, message: str, expected: str) -> None:
+    site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
+    path = tmp_path / "frames.jsonl"
+    path.write_text(message + "\n")
+    with pytest.raises(SiteError, match=expected):
+        read_tracks(site, path)
+
+
+def test_deepstream_tracked_only_objects_count_as_unknown_confidence(tmp_path: Path) -> None:
+    """DeepStream marks an object the tracker kept without a detection with confidence -0.1."""
+    site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
+    path = tmp_path / "frames.jsonl"
+    box = {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}
+    lines = [
+        {"sensorId": "cam-1", "timestamp": t, "objects": [{"id": 1, "confidence": c, "bbox": box}]}
+        for t, c in ((1, 0.5), (2, -0.1))
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (track,) = read_tracks(site, path)
+    assert track.confidence.tolist() == [0.5, 1.0]
+
+
 def test_ground_truth_counted_from_the_same_frame_base(tmp_path: Path) -> None:
     (tmp_path / "gt.txt").write_text("1,3,10,20,30,60,1,1,1\n2,3,10,20,30,60,0,1,1\n")
     (tmp_path / "site.yaml").write_text(

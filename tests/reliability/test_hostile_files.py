@@ -1,9 +1,12 @@
 """Hostile files that were accepted silently or ended in a traceback: truncated archives (a query
-set evaluated on part of its queries without a word) and non-UTF-8 manifests."""
+set evaluated on part of its queries without a word), non-UTF-8 manifests and checkpoints that
+carry code."""
 
 from __future__ import annotations
 
 import io
+import os
+import pickle
 import tarfile
 import zipfile
 from pathlib import Path
@@ -177,3 +180,27 @@ def test_manifest_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
     manifest = tmp_path / "site.csv"
     manifest.write_bytes(b"\xef\xbb\xbfpath,camera,timestamp,track_id\na.jpg,1,0,t\n")
     assert [m.track_id for m in read_manifest(manifest)] == ["t"]
+
+
+class _RunsCode:
+    """Unpickled, it would run a shell command: what a booby-trapped ``.pth`` carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_carries_code_is_refused_unrun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    trapped = tmp_path / "trapped.pth"
+    trapped.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
+    code = main(["evaluate", "-e", str(empty_spec(tmp_path)), f"evaluate.checkpoint={trapped}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "trapped.pth' holds Python objects beyond tensors" in err[0]
+    assert "weights_only" not in err[0]  # torch's own advice would be to load it unsafely
+    assert not marker.exists()

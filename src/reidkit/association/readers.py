@@ -215,6 +215,8 @@ def _track_id(value: float, where: str) -> str:
 def _box(
     x: float, y: float, w: float, h: float, camera: Camera, where: str
 ) -> tuple[float, float, float, float]:
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise SiteError(f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) is not finite; fix the box")
     if w <= 0 or h <= 0:
         raise SiteError(f"{where}: box width and height must be > 0, got {w:g} x {h:g}")
     known = camera.width is not None and camera.height is not None
@@ -270,6 +272,10 @@ def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> 
             message = json.loads(text)
         except ValueError as exc:
             raise SiteError(f"{where}: not a JSON object ({exc.msg}); one frame per line") from None
+        except RecursionError:  # nesting deeper than any frame message
+            raise SiteError(
+                f"{where}: JSON nested too deep; one flat frame message per line"
+            ) from None
         if not isinstance(message, dict):
             raise SiteError(f"{where}: not a JSON object; one frame message per line")
         sensor = message.get("sensorId")
@@ -319,10 +325,20 @@ def _deepstream_object(
     bbox = item["bbox"]
     try:
         left, top, right, bottom = (float(bbox[k]) for k in ("leftX", "topY", "rightX", "bottomY"))
-        confidence = float(item.get("confidence", 1.0))
     except (KeyError, TypeError, ValueError):
         raise SiteError(f"{where}: object {item.get('id')!r} has a bbox without numeric leftX, "
                         "topY, rightX, bottomY") from None  # fmt: skip
+    try:
+        confidence = float(item.get("confidence", 1.0))
+    except (TypeError, ValueError):
+        confidence = math.nan
+    if not math.isfinite(confidence):
+        raise SiteError(
+            f"{where}: object {item['id']!r}'s confidence {item.get('confidence')!r} is not a "
+            "finite number"
+        )
+    if confidence < 0:  # DeepStream's -0.1: tracked, not detected; unknown, as in MOT files
+        confidence = 1.0
     embedding = None
     vector = item.get("embedding")
     if isinstance(vector, dict):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,15 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
             )
         blob = _open_sealed(blob, key, path)
     try:
-        checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols before it refuses
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text advises weights_only=False: never for us
+        raise CheckpointError(
+            f"checkpoint '{path}' holds Python objects beyond tensors and plain values, which "
+            "could run code when loaded, so it is refused; use a checkpoint written by reidkit "
+            "or export plain weights (a state_dict of tensors) from a source you trust"
+        ) from None
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({first_line(exc)})") from None
     return checkpoint
