@@ -22,7 +22,11 @@ from reidkit.adaptation import (
     site_batchnorm,
 )
 from reidkit.adaptation.loop import MIN_MIRROR_AGREEMENT
-from reidkit.adaptation.pseudo_labels import MAX_CLUSTER_SHARE, mirror_agreement
+from reidkit.adaptation.pseudo_labels import (
+    MAX_CLUSTER_SHARE,
+    cross_camera_members,
+    mirror_agreement,
+)
 from reidkit.data import ImageDataset, ImageRecord, load_split
 from reidkit.data.preprocessing import resolve_preprocessing
 from reidkit.data.transforms import build_eval_transform
@@ -265,17 +269,35 @@ def test_site_batchnorm_takes_the_target_crops_statistics(adapt_inputs) -> None:
 
 
 def test_a_round_is_kept_only_when_it_links_more_crops_across_cameras(embedded) -> None:
-    """A round whose silhouette rose on the same cross-camera share (what training on its own
-    clusters does anyway) is not kept; one that links more crops and scores higher is."""
+    """A round whose silhouette rose on the same cross-camera clusters (what training on its
+    own clusters does anyway) is not kept; one that links clearly more crops and scores higher
+    is. "Clearly" is counted in tracks where the crops have them: one more person's two tracks
+    joining across cameras is a rise that 32 tracks' own moves can give by chance, while the
+    same rise over 256 single crops is not."""
     records, _ = embedded
-    labeller = PseudoLabeller(
-        records, lambda image: image, AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
-    )
-    assert len(np.unique(labeller.cameras)) == 2
+    pids = np.array([r.pid for r in records])
+    cameras = np.array([r.camid for r in records])
+    people = np.unique(pids)
+    assert len(people) == 16 and len(np.unique(cameras)) == 2
     module = SimpleNamespace(model=torch.nn.Linear(2, 2))
-    labels = np.zeros(len(records), dtype=int)
-    for number, (linked, silhouette) in enumerate([(0.3, 0.6), (0.3, 0.9), (0.35, 0.7)]):
-        found = Clustering(labels, 10, 1.0, linked, silhouette)
-        labeller._record(number, found, module)
-        assert labeller.best["round"] == (0 if number < 2 else 2)
-    assert labeller.stale_rounds == 0 and labeller.best["quality"] == pytest.approx(0.245)
+
+    def linking(count: int, silhouette: float) -> Clustering:
+        """The first ``count`` people one cluster each over both cameras, the others one
+        cluster per camera."""
+        joint = np.isin(pids, people[:count])
+        _, labels = np.unique(np.where(joint, pids * 10, pids * 10 + cameras), return_inverse=True)
+        linked = float(cross_camera_members(labels, cameras).mean())
+        return Clustering(labels, int(labels.max()) + 1, 1.0, linked, silhouette)
+
+    settings = AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
+    crops = PseudoLabeller(records, lambda image: image, settings)
+    tracked = PseudoLabeller(
+        records, lambda image: image, settings, tracks=[f"{r.pid}-{r.camid}" for r in records]
+    )
+    rounds = [(4, 0.6), (4, 0.9), (5, 0.7), (8, 0.7)]
+    for number, (count, silhouette) in enumerate(rounds):
+        crops._record(number, linking(count, silhouette), module)
+        tracked._record(number, linking(count, silhouette), module)
+        assert crops.best["round"] == [0, 0, 2, 3][number]
+        assert tracked.best["round"] == [0, 0, 0, 3][number]
+    assert crops.best["quality"] == pytest.approx(0.35) == tracked.best["quality"]

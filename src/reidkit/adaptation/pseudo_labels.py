@@ -350,6 +350,38 @@ def cross_camera_members(labels: np.ndarray, cameras: np.ndarray) -> np.ndarray:
     return kept & multi_camera[np.maximum(labels, 0)]
 
 
+#: One-sided 97.5 % point of the normal distribution: how far above its own spread a rise of the
+#: cross-camera share must be to count (:func:`links_more`).
+LINK_EVIDENCE_Z = 1.96
+
+
+def links_more(before: np.ndarray, after: np.ndarray, units: Sequence[np.ndarray]) -> bool:
+    """Whether ``after`` puts more crops in cross-camera clusters than ``before`` by more than
+    chance: a one-sided paired z-test over ``units`` (the crops of each track, or single
+    crops), each weighing as many crops as it holds. ``before`` and ``after`` say for every
+    crop whether its cluster was seen by two or more cameras (:func:`cross_camera_members`).
+
+    A track's crops always share a label, so the share moves in steps of whole tracks: on a
+    gallery of 32 tracklets, one more tracklet joining a cross-camera cluster lifts it by a
+    few points, whether the tracklet joined its own person or a stranger. The test asks the
+    rise to clear the spread of the tracks' own moves (standard error of the weighted mean of
+    their changes) by :data:`LINK_EVIDENCE_Z`; a rise that every unit shares clears it.
+    """
+    weights = np.array([len(unit) for unit in units], dtype=np.float64)
+    change = np.array(
+        [after[unit].mean() - before[unit].mean() for unit in units], dtype=np.float64
+    )
+    total = weights.sum()
+    rise = float(weights @ change / total)
+    if rise <= 0:
+        return False
+    count = len(units)
+    if count < 2:
+        return True
+    variance = float((weights**2) @ (change - rise) ** 2) / total**2 * count / (count - 1)
+    return rise > LINK_EVIDENCE_Z * variance**0.5
+
+
 def _scored(
     labels: np.ndarray, feats: Tensor, cameras: np.ndarray | None, splits: int, eps: float
 ) -> Clustering:
