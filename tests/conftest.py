@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,28 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+#: The type of the :func:`run_main` fixture: ``run_main("train", "-e", ...)``.
+RunMain = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture[str]) -> RunMain:
+    """``reidkit`` run by its own ``main`` in this process, captured as :func:`run_cli` captures
+    a child: the same exit code, output and error lines, without the seconds a new Python
+    spends importing torch (about 5 per call here, a few minutes over the suite). What a process
+    boundary changes (signals, kills, a server's lifetime, what leaks into a crash) stays with
+    :func:`run_cli`."""
+    from reidkit.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()  # what the test printed before is not the command's
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["reidkit", *args], code, captured.out, captured.err)
+
+    return run
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

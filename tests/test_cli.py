@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, empty_spec, run_cli, tiny_overrides
+from tests.conftest import RunMain, assert_one_line_error, empty_spec, tiny_overrides
 
 
 def _copy(synth_root: Path, tmp_path: Path) -> Path:
@@ -60,18 +60,18 @@ def _missing_train_folder(data: Path) -> str:
     ],
 )
 def test_dataset_errors_are_one_line(
-    damage: Callable[[Path], str], synth_root: Path, tmp_path: Path
+    damage: Callable[[Path], str], synth_root: Path, tmp_path: Path, run_main: RunMain
 ) -> None:
     data = _copy(synth_root, tmp_path)
     overrides = tiny_overrides(synth_root, tmp_path / "results")
     overrides = [o.replace(str(synth_root), str(data)) for o in overrides]
     named = damage(data)
-    result = run_cli("train", "-e", str(empty_spec(tmp_path)), *overrides)
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), *overrides)
     assert_one_line_error(result, named)
     assert not list((tmp_path / "results").rglob("*.pth"))
 
 
-def test_hostile_archive_is_refused(synth_root: Path, tmp_path: Path) -> None:
+def test_hostile_archive_is_refused(synth_root: Path, tmp_path: Path, run_main: RunMain) -> None:
     archive = tmp_path / "train.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(synth_root / "bounding_box_train", arcname="bounding_box_train")
@@ -80,12 +80,12 @@ def test_hostile_archive_is_refused(synth_root: Path, tmp_path: Path) -> None:
         *tiny_overrides(synth_root, tmp_path / "results"),
         f"dataset.train_dataset_dir={archive}",
     ]
-    result = run_cli("train", "-e", str(empty_spec(tmp_path)), *overrides)
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), *overrides)
     assert_one_line_error(result, "train.tar.gz", "..")
     assert not (tmp_path.parent / "escape").exists()
 
 
-def test_archive_dataset_trains(synth_root: Path, tmp_path: Path) -> None:
+def test_archive_dataset_trains(synth_root: Path, tmp_path: Path, run_main: RunMain) -> None:
     archive = tmp_path / "sample_train.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(synth_root / "bounding_box_train", arcname="bounding_box_train")
@@ -94,10 +94,10 @@ def test_archive_dataset_trains(synth_root: Path, tmp_path: Path) -> None:
         f"dataset.train_dataset_dir={archive}",
         "train.num_epochs=1",
     ]
-    result = run_cli("train", "-e", str(empty_spec(tmp_path)), *overrides)
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), *overrides)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "results" / "train" / "reid_model_latest.pth").is_file()
 
 
-def test_missing_spec_file_is_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("train", "-e", str(tmp_path / "nope.yaml")), "nope.yaml")
+def test_missing_spec_file_is_one_line(tmp_path: Path, run_main: RunMain) -> None:
+    assert_one_line_error(run_main("train", "-e", str(tmp_path / "nope.yaml")), "nope.yaml")

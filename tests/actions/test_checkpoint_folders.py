@@ -16,7 +16,7 @@ from reidkit.config.loading import apply_overrides, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError
 from reidkit.export import runtime
-from tests.conftest import run_cli
+from tests.conftest import RunMain
 
 Trained = tuple[ExperimentSpec, Path]
 
@@ -108,13 +108,15 @@ def test_onnx_evaluation_runs_on_the_first_of_gpu_ids(
     assert asked == [3]
 
 
-def test_the_choice_is_printed_once_by_the_cli(trained: Trained, tmp_path: Path) -> None:
+def test_the_choice_is_printed_once_by_the_cli(
+    trained: Trained, tmp_path: Path, run_main: RunMain
+) -> None:
     """It was printed and logged, so a terminal showed it twice (``make demo``)."""
     spec, _ = trained
     spec_file = tmp_path / "spec.yaml"
     save_spec(spec, spec_file)
     folder = spec.action_dir("train")
-    result = run_cli(
+    result = run_main(
         "evaluate", "-e", str(spec_file), f"results_dir={tmp_path}",
         f"evaluate.checkpoint={folder}",
     )  # fmt: skip

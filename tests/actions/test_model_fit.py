@@ -20,7 +20,7 @@ from reidkit.actions.train import train
 from reidkit.config.loading import apply_overrides, load_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import RunMain, assert_one_line_error
 
 Trained = tuple[ExperimentSpec, Path]
 
@@ -69,17 +69,17 @@ def test_a_spec_without_input_size_takes_the_cards_and_says_so(
 
 
 def test_a_spec_that_sets_another_input_size_is_refused_by_the_cli(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, run_main: RunMain
 ) -> None:
     spec_file = tmp_path / "spec.yaml"
     bare = _spec_without_model_keys(trained, tmp_path)
     written = bare.model_dump(mode="json", exclude_unset=True)
     assert "model" not in written
     spec_file.write_text(yaml.safe_dump(written))
-    result = run_cli("evaluate", "-e", str(spec_file), "model.input_height=128")
+    result = run_main("evaluate", "-e", str(spec_file), "model.input_height=128")
     assert_one_line_error(result, "model.input_height=64", "128")
     assert "model.input_width" not in result.stderr  # the width was left to the card
-    assert run_cli("evaluate", "-e", str(spec_file)).returncode == 0
+    assert run_main("evaluate", "-e", str(spec_file)).returncode == 0
 
 
 def test_resume_refuses_a_checkpoint_the_spec_would_not_build(

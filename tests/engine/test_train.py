@@ -26,7 +26,15 @@ from reidkit.models.card import model_weights, read_card
 from reidkit.models.checkpoint_file import load_checkpoint
 from reidkit.models.digest import weights_digest
 from reidkit.models.restore import restore_model
-from tests.conftest import REPO, SHARED, assert_one_line_error, empty_spec, run_cli, tiny_overrides
+from tests.conftest import (
+    REPO,
+    SHARED,
+    RunMain,
+    assert_one_line_error,
+    empty_spec,
+    run_cli,
+    tiny_overrides,
+)
 
 
 def _rows(folder: Path) -> list[dict[str, str]]:
@@ -188,7 +196,9 @@ def test_checkpoint_that_does_not_fit_the_spec(tiny_spec: ExperimentSpec) -> Non
         load_checked_embedder(other, result.checkpoint, "evaluate.checkpoint")
 
 
-def test_killed_run_resumes_without_losing_an_epoch(synth_root: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_without_losing_an_epoch(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
     results = tmp_path / "results"
     args = [
         "train",
@@ -214,7 +224,7 @@ def test_killed_run_resumes_without_losing_an_epoch(synth_root: Path, tmp_path: 
     done_before = [int(r["epoch"]) for r in _rows(folder)]
     assert 2 <= done_before[-1] < 6, done_before
 
-    resumed = run_cli(*args)
+    resumed = run_main(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     epochs = [int(r["epoch"]) for r in _rows(folder)]
@@ -225,14 +235,16 @@ def test_killed_run_resumes_without_losing_an_epoch(synth_root: Path, tmp_path: 
     assert checkpoint["epoch"] == 5  # Lightning's 0-based index of the last epoch
 
 
-def test_num_classes_mismatch_is_one_line(synth_root: Path, tmp_path: Path) -> None:
+def test_num_classes_mismatch_is_one_line(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
     overrides = [*tiny_overrides(synth_root, tmp_path), "dataset.num_classes=751"]
-    result = run_cli("train", "-e", str(empty_spec(tmp_path)), *overrides)
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), *overrides)
     assert_one_line_error(result, "dataset.num_classes", "751", "dataset.num_classes=12")
 
 
-def test_bad_override_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("train", "-e", str(empty_spec(tmp_path)), "train.optim.base_lrr=0.1")
+def test_bad_override_is_one_line(tmp_path: Path, run_main: RunMain) -> None:
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), "train.optim.base_lrr=0.1")
     assert_one_line_error(result, "train.optim.base_lrr", "train.optim.base_lr")
 
 
@@ -243,8 +255,10 @@ CUHK03 = SHARED / "data/cuhk03_detected"
 @pytest.mark.skipif(
     not (TAO_SPEC.is_file() and CUHK03.is_dir()), reason="shared CUHK03 data not present"
 )
-def test_tao_reference_spec_refuses_imagenet_download_offline(tmp_path: Path) -> None:
-    result = run_cli("train", "-e", str(TAO_SPEC), f"results_dir={tmp_path}")
+def test_tao_reference_spec_refuses_imagenet_download_offline(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    result = run_main("train", "-e", str(TAO_SPEC), f"results_dir={tmp_path}")
     assert_one_line_error(result, "model.pretrain_choice", "pretrained_model_path")
 
 

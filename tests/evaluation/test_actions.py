@@ -16,7 +16,7 @@ from reidkit.actions.infer import infer
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import CheckpointError, DatasetError
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import RunMain, assert_one_line_error
 
 Trained = tuple[ExperimentSpec, Path]
 
@@ -119,11 +119,13 @@ def test_query_without_any_valid_match_is_refused(trained: Trained, tmp_path: Pa
         evaluate(apply_overrides(spec, overrides))
 
 
-def test_cli_evaluate_with_wrong_backbone_is_one_line(trained: Trained, tmp_path: Path) -> None:
+def test_cli_evaluate_with_wrong_backbone_is_one_line(
+    trained: Trained, tmp_path: Path, run_main: RunMain
+) -> None:
     spec, checkpoint = trained
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
-    result = run_cli(
+    result = run_main(
         "evaluate", "-e", str(spec_file), f"evaluate.checkpoint={checkpoint}",
         "model.backbone=resnet_34", f"results_dir={tmp_path}",
     )  # fmt: skip

@@ -34,7 +34,7 @@ from reidkit.gallery.factory import open_gallery
 from reidkit.models import restore_model
 from reidkit.serve.app import create_app
 from reidkit.serve.tokens import create_token
-from tests.conftest import run_cli
+from tests.conftest import RunMain
 from tests.export.conftest import embed_by_hand, make_checkpoint
 from tests.serve.conftest import Server
 
@@ -125,10 +125,10 @@ def test_evaluate_and_inference_run_it_as_tao_would_feed_it(
     assert np.abs(ours - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
 
 
-def test_evaluate_and_inference_cli(tao: TaoModel, tmp_path: Path) -> None:
+def test_evaluate_and_inference_cli(tao: TaoModel, tmp_path: Path, run_main: RunMain) -> None:
     spec = str(_spec_file(tao, tmp_path))
     for action in ("evaluate", "inference"):
-        result = run_cli(action, "-e", spec)
+        result = run_main(action, "-e", spec)
         assert result.returncode == 0, result.stderr
         assert len(_notes(result.stdout + result.stderr)) == 1, result.stderr
 
@@ -157,13 +157,13 @@ def test_gallery_add_and_search_python(tao: TaoModel, tmp_path: Path) -> None:
     assert [h.distance for h in hits] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
-def test_gallery_add_and_search_cli(tao: TaoModel, tmp_path: Path) -> None:
+def test_gallery_add_and_search_cli(tao: TaoModel, tmp_path: Path, run_main: RunMain) -> None:
     spec = str(_spec_file(tao, tmp_path))
-    added = run_cli("gallery", "add", "-e", spec)
+    added = run_main("gallery", "add", "-e", spec)
     assert added.returncode == 0, added.stderr  # was: TypeError from data/transforms.py
     assert len(_notes(added.stdout + added.stderr)) == 1
     probe = sorted((tao.data / "bounding_box_test").glob("*.jpg"))[0]
-    found = run_cli("gallery", "search", "-e", spec, f"gallery.query=[{probe}]")
+    found = run_main("gallery", "search", "-e", spec, f"gallery.query=[{probe}]")
     assert found.returncode == 0, found.stderr
     assert len(_notes(found.stdout + found.stderr)) == 1
     assert probe.name in found.stdout
@@ -203,9 +203,9 @@ def test_serve_python(tao: TaoModel, tmp_path: Path, caplog: pytest.LogCaptureFi
     assert Path(hits[0]["path"]).name == probe.name and hits[0]["distance"] < 1e-4
 
 
-def test_serve_cli(tao: TaoModel, tmp_path: Path) -> None:
+def test_serve_cli(tao: TaoModel, tmp_path: Path, run_main: RunMain) -> None:
     spec = _spec_file(tao, tmp_path)
-    assert run_cli("gallery", "add", "-e", str(spec)).returncode == 0
+    assert run_main("gallery", "add", "-e", str(spec)).returncode == 0
     tokens = tmp_path / "tokens.json"
     token = create_token(tokens, "desk", ["search"])
     server = Server(tao.onnx, tmp_path / "gallery", tokens)

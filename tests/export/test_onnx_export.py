@@ -22,7 +22,7 @@ from reidkit.evaluation.features import extract_embeddings
 from reidkit.export import ExportResult, load_embedder
 from reidkit.export import onnx as onnx_export
 from reidkit.models.restore import restore_model
-from tests.conftest import assert_one_line_error, empty_spec, run_cli, tiny_overrides
+from tests.conftest import RunMain, assert_one_line_error, empty_spec, tiny_overrides
 from tests.export.conftest import make_checkpoint
 
 
@@ -189,6 +189,6 @@ def test_file_beyond_tolerance_is_not_kept(
     assert status["status"] == "FAILURE"
 
 
-def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
-    result = run_cli("export", "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}")
+def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path: Path, run_main: RunMain) -> None:
+    result = run_main("export", "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}")
     assert_one_line_error(result, "export.checkpoint is not set")

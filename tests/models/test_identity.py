@@ -25,7 +25,7 @@ from reidkit.models import ReidModel, restore_model
 from reidkit.models.card import CARD_KEY, IDENTITY_FIELDS, model_weights
 from reidkit.models.checkpoint_file import read_checkpoint_object, save_checkpoint
 from reidkit.models.digest import weights_digest
-from tests.conftest import assert_one_line_error, empty_spec, run_cli, tiny_overrides
+from tests.conftest import RunMain, assert_one_line_error, empty_spec, tiny_overrides
 
 Trained = tuple[ExperimentSpec, Path]
 
@@ -149,7 +149,7 @@ def test_a_foreign_onnx_file_is_identified_by_its_bytes(trained: Trained, tmp_pa
 
 
 def test_a_gallery_refuses_a_retrained_model_in_one_line(
-    trained: Trained, retrained: Path, synth_root: Path, tmp_path: Path
+    trained: Trained, retrained: Path, synth_root: Path, tmp_path: Path, run_main: RunMain
 ) -> None:
     spec, checkpoint = trained
     crops = synth_root / "bounding_box_test"
@@ -165,5 +165,5 @@ def test_a_gallery_refuses_a_retrained_model_in_one_line(
     assert gallery_add(filled).added > 0
     query = sorted(crops.glob("*.jpg"))[0]
     for verb, extra in (("add", f"gallery.crops={crops}"), ("search", f"gallery.query=[{query}]")):
-        refused = run_cli("gallery", verb, *common, f"gallery.checkpoint={retrained}", extra)
+        refused = run_main("gallery", verb, *common, f"gallery.checkpoint={retrained}", extra)
         assert_one_line_error(refused, str(tmp_path / "gallery"))

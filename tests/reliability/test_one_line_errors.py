@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import RunMain, assert_one_line_error
 
 
 @pytest.mark.parametrize(
@@ -17,27 +17,29 @@ from tests.conftest import assert_one_line_error, run_cli
         (["--seed", "-1"], "--seed -1 is outside"),
     ],
 )
-def test_bad_dataset_synth_arguments(tmp_path: Path, flags: list[str], needle: str) -> None:
-    result = run_cli("dataset", "synth", "--out", str(tmp_path / "d"), *flags)
+def test_bad_dataset_synth_arguments(
+    tmp_path: Path, flags: list[str], needle: str, run_main: RunMain
+) -> None:
+    result = run_main("dataset", "synth", "--out", str(tmp_path / "d"), *flags)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "d").exists()
 
 
-def test_non_utf8_and_alias_bomb_specs(tmp_path: Path) -> None:
+def test_non_utf8_and_alias_bomb_specs(tmp_path: Path, run_main: RunMain) -> None:
     latin = tmp_path / "latin1.yaml"
     latin.write_bytes("results_dir: /tmp/caf\xe9\n".encode("latin-1"))
-    assert_one_line_error(run_cli("validate", "-e", str(latin), "train"), "is not UTF-8 text")
+    assert_one_line_error(run_main("validate", "-e", str(latin), "train"), "is not UTF-8 text")
     bomb = tmp_path / "bomb.yaml"
     lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
     lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     bomb.write_text("\n".join(lines) + "\n")
-    assert_one_line_error(run_cli("train", "-e", str(bomb)), "expands to more than 100000 values")
+    assert_one_line_error(run_main("train", "-e", str(bomb)), "expands to more than 100000 values")
 
 
-def test_results_dir_that_is_a_file(tmp_path: Path) -> None:
+def test_results_dir_that_is_a_file(tmp_path: Path, run_main: RunMain) -> None:
     blocker = tmp_path / "results"
     blocker.write_text("x")
     spec = tmp_path / "spec.yaml"
     spec.write_text("{}\n")
-    result = run_cli("evaluate", "-e", str(spec), f"results_dir={blocker}")
+    result = run_main("evaluate", "-e", str(spec), f"results_dir={blocker}")
     assert_one_line_error(result, f"'{blocker / 'evaluate'}'")

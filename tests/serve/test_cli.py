@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from reidkit.serve.tokens import TokenStore
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import RunMain, assert_one_line_error, run_cli
 from tests.serve.conftest import Model, Server, Tokens
 
 
@@ -19,9 +19,9 @@ def _spec(folder: Path) -> Path:
     return path
 
 
-def test_token_is_printed_once_and_only_its_hash_is_kept(tmp_path: Path) -> None:
+def test_token_is_printed_once_and_only_its_hash_is_kept(tmp_path: Path, run_main: RunMain) -> None:
     spec = _spec(tmp_path)
-    result = run_cli(
+    result = run_main(
         "serve", "token", "-e", str(spec), "--name", "desk", "--scopes", "search,write"
     )
     assert result.returncode == 0, result.stderr
@@ -33,26 +33,28 @@ def test_token_is_printed_once_and_only_its_hash_is_kept(tmp_path: Path) -> None
     caller = TokenStore(path).verify(token)
     assert caller is not None and caller.scopes == {"search", "write"}
 
-    again = run_cli("serve", "token", "-e", str(spec), "--name", "desk")
+    again = run_main("serve", "token", "-e", str(spec), "--name", "desk")
     assert_one_line_error(again, "already has a token named 'desk'")
-    assert_one_line_error(run_cli("serve", "token", "-e", str(spec)), "--name")
+    assert_one_line_error(run_main("serve", "token", "-e", str(spec)), "--name")
     assert_one_line_error(
-        run_cli("serve", "token", "-e", str(spec), "--name", "x", "--scopes", "root"), "scopes"
+        run_main("serve", "token", "-e", str(spec), "--name", "x", "--scopes", "root"), "scopes"
     )
 
 
-def test_bad_serve_settings_are_one_line_errors(tmp_path: Path, onnx_model: Path) -> None:
+def test_bad_serve_settings_are_one_line_errors(
+    tmp_path: Path, onnx_model: Path, run_main: RunMain
+) -> None:
     spec = _spec(tmp_path)
-    assert_one_line_error(run_cli("serve", "-e", str(spec)), "serve.model is not set")
+    assert_one_line_error(run_main("serve", "-e", str(spec)), "serve.model is not set")
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"not really")
-    result = run_cli(
+    result = run_main(
         "serve", "-e", str(spec), f"serve.model={checkpoint}", f"serve.gallery_uri={tmp_path}/g"
     )
     assert_one_line_error(result, "is a checkpoint", "reidkit export")
-    assert_one_line_error(run_cli("serve", "-e", str(spec), "serve.port=0"), "serve.port")
+    assert_one_line_error(run_main("serve", "-e", str(spec), "serve.port=0"), "serve.port")
     tokens = tmp_path / "absent-tokens.json"
-    result = run_cli(
+    result = run_main(
         "serve", "-e", str(spec), f"serve.model={onnx_model}",
         f"serve.gallery_uri={tmp_path / 'g'}", f"serve.token_file={tokens}",
     )  # fmt: skip
@@ -113,15 +115,17 @@ def test_gallery_filled_by_the_cli_from_the_checkpoint_is_served_from_its_onnx(
     assert hits[0]["path"] == str(query.resolve())
 
 
-def test_tokens_are_listed_without_secrets_and_revoked_by_name(tmp_path: Path) -> None:
+def test_tokens_are_listed_without_secrets_and_revoked_by_name(
+    tmp_path: Path, run_main: RunMain
+) -> None:
     spec = _spec(tmp_path)
     made = {
-        name: run_cli("serve", "token", "-e", str(spec), "--name", name, "--scopes", scopes)
+        name: run_main("serve", "token", "-e", str(spec), "--name", name, "--scopes", scopes)
         for name, scopes in (("desk", "search"), ("dpo", "admin"))
     }
     path = tmp_path / "results" / "serve" / "tokens.json"
     stored = json.loads(path.read_text())["tokens"]
-    listed = run_cli("serve", "token", "-e", str(spec), "--list")
+    listed = run_main("serve", "token", "-e", str(spec), "--list")
     assert listed.returncode == 0, listed.stderr
     rows = [line.split("\t") for line in listed.stdout.splitlines()]
     assert rows == [[e["name"], ",".join(e["scopes"]), e["created"]] for e in stored]
@@ -130,18 +134,18 @@ def test_tokens_are_listed_without_secrets_and_revoked_by_name(tmp_path: Path) -
         for secret in (entry["salt"], entry["sha256"], result.stdout.strip()):
             assert secret not in listed.stdout + listed.stderr
 
-    revoked = run_cli("serve", "token", "-e", str(spec), "--revoke", "desk")
+    revoked = run_main("serve", "token", "-e", str(spec), "--revoke", "desk")
     assert revoked.returncode == 0 and "revoked" in revoked.stderr
     assert TokenStore(path).verify(made["desk"].stdout.strip()) is None
     assert TokenStore(path).verify(made["dpo"].stdout.strip()) is not None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not list(path.parent.glob("*.tmp*"))  # rewritten atomically, nothing left beside it
-    after = run_cli("serve", "token", "-e", str(spec), "--list").stdout
+    after = run_main("serve", "token", "-e", str(spec), "--list").stdout
     assert [line.split("\t")[0] for line in after.splitlines()] == ["dpo"]
     assert_one_line_error(
-        run_cli("serve", "token", "-e", str(spec), "--revoke", "desk"), "no token named 'desk'"
+        run_main("serve", "token", "-e", str(spec), "--revoke", "desk"), "no token named 'desk'"
     )
     assert_one_line_error(
-        run_cli("serve", "token", "-e", str(spec), "--list", "--name", "x"), "one of --list"
+        run_main("serve", "token", "-e", str(spec), "--list", "--name", "x"), "one of --list"
     )
-    assert_one_line_error(run_cli("serve", "-e", str(spec), "--list"), "'reidkit serve token'")
+    assert_one_line_error(run_main("serve", "-e", str(spec), "--list"), "'reidkit serve token'")

@@ -214,7 +214,8 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         source, later = labeller.reports[0], labeller.reports[1:]
         raise AdaptationError(
             "no adaptation round beat the source model: none both linked more crops across "
-            f"cameras ({source.linked:.2f}; rounds: {', '.join(f'{r.linked:.2f}' for r in later)})"
+            f"cameras than chance would ({source.linked:.2f}; rounds: "
+            f"{', '.join(f'{r.linked:.2f}' for r in later)})"
             f" and scored a higher label-free quality ({source.quality:.3f}; rounds: "
             f"{', '.join(f'{r.quality:.3f}' for r in later)}); nothing written: keep using the "
             "source model"

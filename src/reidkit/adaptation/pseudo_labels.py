@@ -51,8 +51,8 @@ split, whose clusters were its tracklets and never left their camera: silhouette
 while mAP fell 61.8 -> 52.9). Only a
 cluster that two cameras agree on is evidence about identity, so only those count, only those
 train (:meth:`~reidkit.adaptation.loop.PseudoLabeller.training_crops`), and a round is kept
-only when it puts more crops in them than round 0 did: the silhouette of the clusters a round
-trained on rises anyway. The DBSCAN
+only when it puts more crops in them than round 0 did, by more than chance (:func:`links_more`):
+the silhouette of the clusters a round trained on rises anyway. The DBSCAN
 radius, which shapes the pseudo-labels rather than judges a model, is still picked by the
 clustering's own ``coverage x silhouette`` (:attr:`Clustering.structure`).
 """
