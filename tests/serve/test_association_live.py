@@ -120,6 +120,7 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
     for bad, says in [
         ({**body, "camera": "roof"}, "camera 'roof' is not in the calibrated site"),
         ({**body, "embeddings": [[1.0, 0.0]]}, "rows of 64 numbers"),
+        ({**body, "embeddings": [[1.0] * 64, [1.0] * 63]}, "rows of 64 numbers"),  # ragged
         ({**body, "embeddings": [[0.0] * 64]}, "not all zeros"),
         ({**body, "crops": ["aGVsbG8="]}, "exactly one"),
         ({k: v for k, v in body.items() if k != "embeddings"} | {"crops": ["%%"]}, "not base64"),

@@ -220,9 +220,9 @@ def _seconds(moment: datetime | float) -> float:
 
 
 def _rows(rows: list[list[float]], dim: int) -> np.ndarray:
-    matrix = np.asarray(rows, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[1] != dim or len(matrix) == 0:
+    if not rows or any(len(row) != dim for row in rows):  # ragged rows make no matrix
         raise HTTPException(422, f"embeddings must be rows of {dim} numbers (the served model's)")
+    matrix = np.asarray(rows, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1)
     if not np.isfinite(norms).all() or (norms == 0).any():
         raise HTTPException(422, "embeddings must be finite and not all zeros")
