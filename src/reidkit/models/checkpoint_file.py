@@ -99,11 +99,14 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
         with warnings.catch_warnings():  # torch warns of pickle protocols before it refuses
             warnings.simplefilter("ignore", UserWarning)
             checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text advises weights_only=False: never for us
+    except pickle.UnpicklingError:
+        # torch's text (the same for a damaged file and for a refused object) goes on to advise
+        # weights_only=False: never for a file like this
         raise CheckpointError(
-            f"checkpoint '{path}' holds Python objects beyond tensors and plain values, which "
-            "could run code when loaded, so it is refused; use a checkpoint written by reidkit "
-            "or export plain weights (a state_dict of tensors) from a source you trust"
+            f"checkpoint '{path}' cannot be read: it is damaged, not a PyTorch file, or holds "
+            "Python objects beyond tensors and plain values, refused because loading them could "
+            "run code; use a checkpoint written by reidkit, or plain weights (a state_dict of "
+            "tensors) from a source you trust"
         ) from None
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({first_line(exc)})") from None
