@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from reidkit.adaptation import (
     OUTLIER,
+    AdaptationError,
     AdaptSettings,
     Clustering,
     ClusterSettings,
@@ -301,3 +302,14 @@ def test_a_round_is_kept_only_when_it_links_more_crops_across_cameras(embedded) 
         assert crops.best["round"] == [0, 0, 2, 3][number]
         assert tracked.best["round"] == [0, 0, 0, 3][number]
     assert crops.best["quality"] == pytest.approx(0.35) == tracked.best["quality"]
+
+
+def test_a_checkpoint_of_an_older_guard_is_refused_in_one_line(embedded) -> None:
+    """Resuming needs round 0's cross-camera links, which older checkpoints did not keep."""
+    records, _ = embedded
+    settings = AdaptSettings(ClusterSettings(), False, 16, 4, 0, 0)
+    state = PseudoLabeller(records, lambda image: image, settings).state_dict()
+    PseudoLabeller(records, lambda image: image, settings).load_state_dict(state)
+    del state["source_links"]
+    with pytest.raises(AdaptationError, match="started by an older reidkit"):
+        PseudoLabeller(records, lambda image: image, settings).load_state_dict(state)

@@ -202,7 +202,13 @@ class PseudoLabeller(Callback):
         self.reports = [RoundReport(**r) for r in state_dict["reports"]]
         labels = state_dict["labels"]
         self.labels = labels.numpy() if labels is not None else None
-        links = state_dict.get("source_links")
+        if "source_links" not in state_dict:
+            raise AdaptationError(
+                "the adaptation being resumed was started by an older reidkit, whose checkpoint "
+                "lacks round 0's cross-camera links; start it again (another results_dir, or "
+                "remove the adapt folder's checkpoint)"
+            )
+        links = state_dict["source_links"]
         self.source_links = links.numpy() if links is not None else None
         self.best = dict(state_dict["best"])
         self.stale_rounds = int(state_dict["stale_rounds"])
