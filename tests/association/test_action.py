@@ -71,6 +71,7 @@ def test_a_deepstream_site_in_global_ids_out(synthetic_site: Path, tmp_path: Pat
     calibration = json.loads((folder / "calibration.json").read_text())
     assert len(calibration["camera_scales"]) == 6
     assert min(min(scale) for scale in calibration["camera_scales"].values()) > 0
+    assert len(calibration["site_mean"]) == len(next(iter(calibration["camera_means"].values())))
     assert len(calibration["camera_means"]) == 6 and calibration["threshold_source"] in (
         "site",
         "stability",

@@ -24,7 +24,7 @@ from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
-from reidkit.evaluation.cameras import FLAT_SPREAD, standardise_by_camera
+from reidkit.evaluation.cameras import FLAT_SPREAD, SITE, standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 
@@ -101,24 +101,56 @@ def test_site_threshold_is_the_normal_fit_of_proven_strangers() -> None:
 
 def test_camera_standardisation_equals_a_per_camera_standard_scaler() -> None:
     """Each camera with enough tracks standardised by its own statistics (checked against
-    scikit-learn's StandardScaler fitted per camera), a camera with too few left as it is;
-    every row unit length."""
+    scikit-learn's StandardScaler fitted per camera), a camera with too few by the site's (a
+    StandardScaler fitted on every row); every row unit length."""
     rng = np.random.default_rng(0)
     cameras = np.array([0] * 12 + [1] * 9 + [2] * 3)
     raw = rng.normal(size=(24, 6)) * rng.uniform(0.1, 3.0, size=(3, 6))[cameras] + cameras[:, None]
     raw = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
     out, means, scales = standardise_by_camera(raw, cameras)
-    assert sorted(means) == sorted(scales) == [0, 1]
-    expected = raw.astype(np.float64).copy()
+    assert sorted(means) == sorted(scales) == [SITE, 0, 1]
+    expected = StandardScaler().fit(raw.astype(np.float64)).transform(raw.astype(np.float64))
     for camera in (0, 1):
         rows = cameras == camera
         expected[rows] = StandardScaler().fit_transform(raw[rows].astype(np.float64))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    few, few_means, _ = standardise_by_camera(raw[:5], cameras[:5])  # under 8 rows in all
+    assert few_means == {}
+    np.testing.assert_allclose(few, raw[:5], atol=1e-6)
     again, _, _ = standardise_by_camera(raw, cameras, means, scales)  # as a live assigner does
     np.testing.assert_allclose(again, out, atol=1e-6)
     centred_only, _, _ = standardise_by_camera(raw, cameras, means, {})  # an old calibration
     assert not np.allclose(centred_only, out, atol=1e-3)
+
+
+def test_strangers_of_two_small_cameras_do_not_join_each_other_first() -> None:
+    """Two cameras saw ten people each and two small cameras two people each, all sharing the
+    model's common direction. Were the small cameras left as they are, each of their tracks
+    would be nearest to the other small camera's stranger (both keep the common direction the
+    large cameras lose); on the site's statistics each is nearest to its own person."""
+    rng = np.random.default_rng(3)
+    looks = rng.normal(size=(10, 32))
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
+    common = rng.normal(size=32)
+    common /= np.linalg.norm(common)
+    cameras = np.array([0] * 10 + [1] * 10 + [2, 2, 3, 3])
+    people = np.array([*range(10), *range(10), 0, 1, 2, 3])
+    raw = 2.0 * common + looks[people] + 0.2 * rng.normal(size=(24, 32))
+    raw = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    standardised, means, scales = standardise_by_camera(raw, cameras)
+    assert sorted(means) == [SITE, 0, 1]
+    own_only = {key: value for key, value in means.items() if key != SITE}
+    small_left_alone, _, _ = standardise_by_camera(raw, cameras, own_only, scales)
+
+    def nearest(embeddings: np.ndarray) -> np.ndarray:
+        similarity = embeddings @ embeddings.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity[20:].argmax(1)
+
+    assert people[nearest(standardised)].tolist() == [0, 1, 2, 3]
+    assert cameras[nearest(small_left_alone)].tolist() == [2, 2, 2, 2]  # small-camera strangers
+    assert not (people[nearest(small_left_alone)] == people[20:]).any()
 
 
 def test_a_dimension_a_camera_never_used_does_not_blow_up_a_later_track() -> None:
@@ -162,7 +194,7 @@ def test_a_camera_that_compresses_looks_is_matched_once_its_spread_is_taken_out(
     assert separable(standardised) and not separable(centred)
     tracks = track_set(cameras, [(k * 100.0, k * 100.0 + 1) for k in range(20)], raw)
     result, calibration, _ = associate_site(tracks, np.zeros((2, 2)))
-    assert calibration.source == "stability" and sorted(calibration.camera_scales) == [0, 1]
+    assert calibration.source == "stability" and sorted(calibration.camera_scales) == [SITE, 0, 1]
     assert (result.labels[:, None] == result.labels[None, :]).tolist() == same.tolist()
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from reidkit.association.cluster import associate_site, holds_constraints
 from reidkit.association.constraints import Rules, TrackSet
@@ -13,9 +14,9 @@ from reidkit.association.epfl import EpflSite
 from reidkit.association.metrics import detections, identity_scores
 from reidkit.association.online import ClosedTrack, MemoryIdentityStore, OnlineAssigner
 from reidkit.association.readers import read_ground_truth, read_tracks
-from reidkit.association.shared import load_calibration
+from reidkit.association.shared import LiveAssociationError, load_calibration
 from reidkit.association.site import load_site
-from reidkit.evaluation.cameras import standardise_by_camera
+from reidkit.evaluation.cameras import SITE, standardise_by_camera
 from tests.association.conftest import simulated_embeddings
 
 
@@ -121,3 +122,34 @@ def test_a_calibration_written_before_camera_spreads_still_drives_a_live_assigne
     as_new, _, _ = standardise_by_camera(raw, np.array([0]), new.camera_means, new.camera_scales)
     np.testing.assert_allclose(as_old[0], np.array([0.5, 0.6]) / np.hypot(0.5, 0.6), rtol=1e-5)
     np.testing.assert_allclose(as_new[0], np.array([1.0, 0.3]) / np.hypot(1.0, 0.3), rtol=1e-5)
+
+
+def test_a_camera_without_statistics_of_its_own_takes_the_sites_live_too(
+    tmp_path: Path,
+) -> None:
+    """calibration.json keeps the site's statistics beside the cameras': a live track from a
+    camera that had too few tracks for its own is standardised as the offline run did it, and
+    statistics of different lengths are one line, not a broadcasting error mid-request."""
+    rng = np.random.default_rng(4)
+    raw = rng.normal(size=(20, 6)) + 1.0
+    raw = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    cameras = np.array([0] * 16 + [1] * 4)
+    offline, means, scales = standardise_by_camera(raw, cameras)
+    record = {
+        "cameras": ["big", "small"],
+        "threshold": 0.5,
+        "min_transit_s": [[0, 0], [0, 0]],
+        "camera_means": {"big": means[0].tolist()},
+        "camera_scales": {"big": scales[0].tolist()},
+        "site_mean": means[SITE].tolist(),
+        "site_scale": scales[SITE].tolist(),
+    }
+    (tmp_path / "calibration.json").write_text(json.dumps(record))
+    calibration = load_calibration(tmp_path / "calibration.json")
+    live, _, _ = standardise_by_camera(
+        raw[16:], cameras[16:], calibration.camera_means, calibration.camera_scales
+    )
+    np.testing.assert_allclose(live, offline[16:], atol=1e-5)
+    (tmp_path / "bad.json").write_text(json.dumps(record | {"site_mean": [0.1, 0.2]}))
+    with pytest.raises(LiveAssociationError, match="not vectors of one length"):
+        load_calibration(tmp_path / "bad.json")

@@ -43,6 +43,7 @@ from reidkit.association.site import Site, load_site
 from reidkit.association.tracks import Track, split_at_gaps
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
+from reidkit.evaluation.cameras import SITE
 from reidkit.gallery.factory import open_gallery
 from reidkit.outputs import write_json
 
@@ -218,12 +219,17 @@ def _calibration_record(calibration: Calibration, site: Site) -> dict[str, Any]:
         "veto": calibration.veto,
         "ground_gate": calibration.ground_gate,
         "proven_different_pairs": calibration.proven_pairs,
-        "camera_means": {
-            names[camera]: [round(float(v), 6) for v in mean]
-            for camera, mean in calibration.camera_means.items()
-        },
-        "camera_scales": {
-            names[camera]: [round(float(v), 6) for v in scale]
-            for camera, scale in calibration.camera_scales.items()
-        },
+        "camera_means": _by_camera(calibration.camera_means, names),
+        "camera_scales": _by_camera(calibration.camera_scales, names),
+        # what a camera without statistics of its own is standardised with
+        "site_mean": _vector(calibration.camera_means.get(SITE)),
+        "site_scale": _vector(calibration.camera_scales.get(SITE)),
     }
+
+
+def _by_camera(statistics: dict[int, np.ndarray], names: list[str]) -> dict[str, list[float]]:
+    return {names[key]: _vector(value) for key, value in statistics.items() if key != SITE}
+
+
+def _vector(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else [round(float(v), 6) for v in values]

@@ -390,7 +390,8 @@ class Calibration:
 
     ``threshold`` None means the stability cut decided identities. ``camera_means`` and
     ``camera_scales`` are the per-camera statistics embeddings were standardised with (camera
-    index -> vector, :func:`standardise_by_camera`), empty when not standardised.
+    index -> vector, and the site's under :data:`~reidkit.evaluation.cameras.SITE` for cameras
+    without their own; :func:`standardise_by_camera`), empty when not standardised.
     """
 
     threshold: float | None

@@ -38,7 +38,7 @@ from reidkit.association.online import (
     OnlineAssigner,
 )
 from reidkit.errors import ReidkitError
-from reidkit.evaluation.cameras import standardise_by_camera
+from reidkit.evaluation.cameras import SITE, standardise_by_camera
 from reidkit.gallery.store import EventLog
 
 #: The event log of live identities in a gallery's storage.
@@ -182,9 +182,17 @@ def load_calibration(path: str | Path) -> LiveCalibration:
             cameras.index(name): np.asarray(scale, dtype=np.float32)
             for name, scale in record.get("camera_scales", {}).items()
         }
+        for key, table in (("site_mean", means), ("site_scale", scales)):
+            if record.get(key) is not None:  # absent before small cameras took the site's
+                table[SITE] = np.asarray(record[key], dtype=np.float32)
         transit = np.asarray(record["min_transit_s"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LiveAssociationError(f"{path}: not a calibration.json ({exc}); {fix}") from None
+    shapes = {vector.shape for table in (means, scales) for vector in table.values()}
+    if len(shapes) > 1 or any(len(shape) != 1 for shape in shapes):
+        raise LiveAssociationError(
+            f"{path}: its camera and site statistics are not vectors of one length; {fix}"
+        )
     if transit.shape != (len(cameras), len(cameras)):
         raise LiveAssociationError(f"{path}: min_transit_s is not a camera x camera table; {fix}")
     if threshold is None:
