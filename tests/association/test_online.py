@@ -150,6 +150,7 @@ def test_a_camera_without_statistics_of_its_own_takes_the_sites_live_too(
         raw[16:], cameras[16:], calibration.camera_means, calibration.camera_scales
     )
     np.testing.assert_allclose(live, offline[16:], atol=1e-5)
-    (tmp_path / "bad.json").write_text(json.dumps(record | {"site_mean": [0.1, 0.2]}))
-    with pytest.raises(LiveAssociationError, match="not vectors of one length"):
-        load_calibration(tmp_path / "bad.json")
+    for bad in ({"site_mean": [0.1, 0.2]}, {"site_scale": [0.0] * 6}, {"site_mean": [1e400] * 6}):
+        (tmp_path / "bad.json").write_text(json.dumps(record | bad))
+        with pytest.raises(LiveAssociationError, match="not finite vectors of one length"):
+            load_calibration(tmp_path / "bad.json")

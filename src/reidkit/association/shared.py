@@ -188,10 +188,15 @@ def load_calibration(path: str | Path) -> LiveCalibration:
         transit = np.asarray(record["min_transit_s"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LiveAssociationError(f"{path}: not a calibration.json ({exc}); {fix}") from None
-    shapes = {vector.shape for table in (means, scales) for vector in table.values()}
-    if len(shapes) > 1 or any(len(shape) != 1 for shape in shapes):
+    vectors = [*means.values(), *scales.values()]
+    if (
+        len({vector.shape for vector in vectors}) > 1
+        or any(vector.ndim != 1 or not np.isfinite(vector).all() for vector in vectors)
+        or any((scale <= 0).any() for scale in scales.values())
+    ):
         raise LiveAssociationError(
-            f"{path}: its camera and site statistics are not vectors of one length; {fix}"
+            f"{path}: its camera and site statistics are not finite vectors of one length "
+            f"(with positive spreads); {fix}"
         )
     if transit.shape != (len(cameras), len(cameras)):
         raise LiveAssociationError(f"{path}: min_transit_s is not a camera x camera table; {fix}")
