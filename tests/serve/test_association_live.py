@@ -77,6 +77,7 @@ def test_replay_through_two_servers_matches_the_offline_replay(
     folder, calibration = calibrated_site
     tracks, track_set, site = _site_tracks(folder)
     _, learned, _ = associate_site(track_set, site.min_transit_matrix())
+    learned.live_threshold = json.loads(calibration.read_text())["live_threshold"]
     expected, _ = replay(track_set, site.min_transit_matrix(), learned)
 
     gallery = tmp_path / "gallery"

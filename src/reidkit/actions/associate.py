@@ -32,6 +32,7 @@ from reidkit.association.metrics import (
     identity_scores,
     motmetrics_identity,
 )
+from reidkit.association.online import calibrate_live_threshold
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.results import (
     gallery_labels,
@@ -94,6 +95,14 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
         strangers_per_track=settings.strangers_per_track,
         centre_cameras=settings.camera_centring,
         ground_gate=site.ground_gate,
+    )
+    calibration.live_threshold = calibrate_live_threshold(
+        track_set,
+        site.min_transit_matrix(),
+        calibration,
+        evidence,
+        result.labels,
+        settings.strangers_per_track,
     )
     global_ids = (result.labels + 1).tolist()
     metrics = _score(truth, tracks, global_ids, site) if truth else {}
@@ -216,6 +225,7 @@ def _calibration_record(calibration: Calibration, site: Site) -> dict[str, Any]:
         "min_transit_s": site.min_transit_matrix().tolist(),
         "threshold": calibration.threshold,
         "threshold_source": calibration.source,
+        "live_threshold": calibration.live_threshold,
         "veto": calibration.veto,
         "ground_gate": calibration.ground_gate,
         "proven_different_pairs": calibration.proven_pairs,

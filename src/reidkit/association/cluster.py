@@ -401,6 +401,9 @@ class Calibration:
     camera_means: dict[int, np.ndarray]
     proven_pairs: int
     camera_scales: dict[int, np.ndarray] = field(default_factory=dict)
+    #: the stricter threshold a live assigner joins tracks under (None: ``threshold``); see
+    #: :func:`reidkit.association.online.calibrate_live_threshold`
+    live_threshold: float | None = None
 
 
 def associate_site(

@@ -19,6 +19,12 @@ within the threshold of that one (and with no cannot-link between them), is merg
 the later id is absorbed into the earlier and a :class:`Correction` says so, so a live
 consumer can relabel what it showed.
 
+A live decision is final where an offline merge is not: a track that joins the wrong identity
+stays there, while a track kept apart is joined later by a correction. So the live assigner
+joins under a threshold of its own, measured on the site's recording by
+:func:`calibrate_live_threshold`: of the offline threshold and stricter ones, the one under
+which replaying the recording agrees best with the offline result.
+
 Where identities live is an :class:`IdentityStore`: :class:`MemoryIdentityStore` holds them in
 this process; a store over the gallery backend lets several service processes assign against
 one shared state (the live endpoint's job).
@@ -28,17 +34,24 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
-from reidkit.association.cluster import Calibration
-from reidkit.association.constraints import Rules, TrackSet, pair_evidence
+from reidkit.association.cluster import Calibration, learn_threshold
+from reidkit.association.constraints import PairEvidence, Rules, TrackSet, pair_evidence
+from reidkit.association.metrics import pairwise_scores
 from reidkit.evaluation.cameras import standardise_by_camera
 
 #: Identities looked at per closing track (nearest centroids first).
 CANDIDATES = 16
+#: How much stricter than offline the live threshold may be: each admits this share of the
+#: strangers per track the offline threshold admits (:func:`calibrate_live_threshold`).
+LIVE_STRICTNESS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
+#: Closing tracks a live calibration replays at most (the first to close): its cost is
+#: bounded on a day of any length, and this many decisions show how a threshold behaves.
+LIVE_CALIBRATION_TRACKS = 1000
 #: Share of the ground gate within which a live decision trusts a shared place. Offline
 #: weighs every same-place pair against all the others (closest first, cannot-links
 #: refusing the rest); a track deciding alone acts only on a place that is clearly shared.
@@ -321,8 +334,9 @@ def replay(
     tracks: TrackSet, min_transit: np.ndarray, calibration: Calibration
 ) -> tuple[np.ndarray, np.ndarray]:
     """A site's tracks fed to a live assigner in closing order, with an offline run's
-    calibration: the final global id of each track (corrections applied) and the seconds each
-    decision took. What a site replayed through the live service should answer."""
+    calibration (its live threshold where it has one): the final global id of each track
+    (corrections applied) and the seconds each decision took. What a site replayed through
+    the live service should answer."""
     centred, _, _ = standardise_by_camera(
         tracks.embeddings, tracks.cameras, calibration.camera_means, calibration.camera_scales
     )
@@ -330,7 +344,7 @@ def replay(
         raise ValueError("a live assigner needs a distance threshold (open set 'stability')")
     live = OnlineAssigner(
         Rules(min_transit, calibration.ground_gate),
-        calibration.threshold,
+        calibration.live_threshold or calibration.threshold,
         veto=calibration.veto,
         store=MemoryIdentityStore(dim=centred.shape[1]),
     )
@@ -352,6 +366,57 @@ def replay(
     return np.array([final_identity(given[i], renamed) for i in range(len(tracks))]), np.array(
         seconds
     )
+
+
+def calibrate_live_threshold(
+    tracks: TrackSet,
+    min_transit: np.ndarray,
+    calibration: Calibration,
+    evidence: PairEvidence,
+    offline_labels: np.ndarray,
+    strangers_per_track: float = 1.0,
+) -> float | None:
+    """The threshold a live assigner on this site joins a closing track under.
+
+    Offline, average linkage merges closest first over the whole recording, so a threshold
+    that admits ``strangers_per_track`` strangers per track costs little there. A live
+    decision is final: a track joined to the wrong identity stays (corrections only merge
+    identities), and it then blocks its own person's later tracks through the cannot-links.
+    A track kept apart costs less, since a later track that shows two identities are one
+    merges them. How much stricter the live threshold should be depends on the site (its
+    crowd, its cameras), so it is measured on the recording itself: the thresholds admitting
+    :data:`LIVE_STRICTNESS` times as many strangers are each replayed on the first
+    :data:`LIVE_CALIBRATION_TRACKS` tracks to close, and the one whose identities agree best
+    with the offline result (pairwise F1; on a tie the more lenient) is kept. The offline
+    result is the reference: no ground truth is needed. ``evidence`` is the offline run's
+    (its proven-different pairs give the thresholds). None when offline had no threshold
+    learned from the site (the stability cut, or a threshold the user set, which is kept).
+    """
+    if calibration.threshold is None or calibration.source != "site":
+        return None
+    standardised, _, _ = standardise_by_camera(
+        tracks.embeddings, tracks.cameras, calibration.camera_means, calibration.camera_scales
+    )
+    learned_on = TrackSet(tracks.cameras, tracks.start, tracks.end, standardised, tracks.ground)
+    first = np.sort(np.argsort(tracks.end, kind="stable")[:LIVE_CALIBRATION_TRACKS])
+    recording = TrackSet(
+        tracks.cameras[first],
+        tracks.start[first],
+        tracks.end[first],
+        tracks.embeddings[first],
+        [tracks.ground[i] for i in first],
+    )
+    best: tuple[float, float] | None = None
+    for share in LIVE_STRICTNESS:
+        threshold, _ = learn_threshold(learned_on, evidence, share * strangers_per_track)
+        if threshold is None:
+            return None
+        trial = replace(calibration, threshold=threshold, live_threshold=None)
+        live, _ = replay(recording, min_transit, trial)
+        agreement = pairwise_scores(offline_labels[first], live)["pair_F1"]
+        if best is None or agreement > best[0]:
+            best = (agreement, threshold)
+    return None if best is None else best[1]
 
 
 def final_identity(identity: int, renamed: dict[int, int]) -> int:

@@ -173,7 +173,12 @@ def load_calibration(path: str | Path) -> LiveCalibration:
     try:
         record = json.loads(path.read_text())
         cameras = tuple(str(c) for c in record["cameras"])
-        threshold = record["threshold"]
+        # the live assigner's own where the run measured one (see calibrate_live_threshold)
+        threshold = _optional_number(record.get("live_threshold"))
+        if threshold is None:
+            threshold = _optional_number(record["threshold"])
+        veto = _optional_number(record.get("veto"))
+        ground_gate = _optional_number(record.get("ground_gate"))
         means = {
             cameras.index(name): np.asarray(mean, dtype=np.float32)
             for name, mean in record["camera_means"].items()
@@ -206,15 +211,26 @@ def load_calibration(path: str | Path) -> LiveCalibration:
             "the site proves different); rerun reidkit associate with associate.open_set: site "
             "or associate.match_threshold"
         )
+    if not all(np.isfinite(v) for v in (threshold, veto, ground_gate) if v is not None):
+        raise LiveAssociationError(f"{path}: a threshold, veto or ground gate is not finite; {fix}")
     return LiveCalibration(
         cameras=cameras,
-        threshold=float(threshold),
-        veto=None if record.get("veto") is None else float(record["veto"]),
-        ground_gate=None if record.get("ground_gate") is None else float(record["ground_gate"]),
+        threshold=threshold,
+        veto=veto,
+        ground_gate=ground_gate,
         camera_means=means,
         min_transit=transit,
         camera_scales=scales,
     )
+
+
+def _optional_number(value: object) -> float | None:
+    """``value`` as a float, None as None; anything else raises ValueError or TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
 
 
 @dataclass(frozen=True)
