@@ -35,8 +35,9 @@ homographies; no camera standardisation; the model card's threshold), the **Metr
 baseline (HDBSCAN + co-existence Hungarian, :mod:`reidkit.association.baselines`), a **plain
 threshold** on mean embeddings (the card's threshold with a model, else the one ours learned),
 and the bounds: **every track alone** and the ground-truth **oracle**. The live assigner is
-replayed on the same tracks (in closing order, with the offline run's calibration) and
-compared with the offline result. Prints the tables and writes
+replayed on the same tracks (in closing order, with the offline run's calibration and the
+live threshold it measures, as ``reidkit associate`` writes them) and compared with the
+offline result. Prints the tables and writes
 ``benchmarks/results/associate.json``.
 """
 
@@ -222,8 +223,12 @@ def methods(track_set, min_transit, truth, card_threshold: float | None) -> dict
     )
     from reidkit.association.cluster import associate_site
     from reidkit.association.constraints import TrackSet
+    from reidkit.association.online import calibrate_live_threshold
 
-    ours, calibration, _ = associate_site(track_set, min_transit)
+    ours, calibration, evidence = associate_site(track_set, min_transit)
+    calibration.live_threshold = calibrate_live_threshold(
+        track_set, min_transit, calibration, evidence, ours.labels
+    )
     flat = TrackSet(
         track_set.cameras,
         track_set.start,
@@ -705,6 +710,7 @@ def live_part(work: Path, tracks_count: int, cameras: int, rate: float, clients)
     embeddings, _ = track_embeddings(tracks, site, embedder=None, transform=None, full_height=256)
     track_set = TrackSet.from_tracks(tracks, embeddings, site.names)
     _, learned, _ = associate_site(track_set, site.min_transit_matrix())
+    learned.live_threshold = json.loads(calibration.read_text())["live_threshold"]
     expected, _ = replay(track_set, site.min_transit_matrix(), learned)
 
     onnx = served_model(work, embeddings.shape[1])
