@@ -342,9 +342,10 @@ def replay(
     )
     if calibration.threshold is None:
         raise ValueError("a live assigner needs a distance threshold (open set 'stability')")
+    own = calibration.live_threshold
     live = OnlineAssigner(
         Rules(min_transit, calibration.ground_gate),
-        calibration.live_threshold or calibration.threshold,
+        own if own is not None else calibration.threshold,
         veto=calibration.veto,
         store=MemoryIdentityStore(dim=centred.shape[1]),
     )
