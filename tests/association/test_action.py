@@ -175,6 +175,11 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert_one_line_error(
         associate(f"associate.site={site}"), "a.txt:1: frame 21 of track 1 has no image"
     )
+    (tmp_path / "site" / "a.txt").write_text("1,1,5,10,16,40\n")
+    shutil.copy(tmp_path / "site" / "a" / "000001.jpg", tmp_path / "site" / "a" / "1.png")
+    assert_one_line_error(
+        associate(f"associate.site={site}"), "holds two images of frame 1 (000001.jpg, 1.png)"
+    )
     aicity = tmp_path / "aicity.txt"
     aicity.write_text("7 1 0 5 10 16 40 -1 -1\n")
     assert_one_line_error(

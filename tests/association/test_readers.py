@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,14 +153,35 @@ def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
             r"frames.jsonl:1: object 1's confidence 'high' is not a finite number",
         ),
         ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"frames.jsonl:1: JSON nested too deep"),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1714550400123, "objects": []}',
+            r"frames.jsonl:1: time 1714550400123 is outside 1970..2200 \(unix seconds, not milli",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": null, '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object id None is neither text nor a whole number",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": [[1], [2]], '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1's embedding holds a non-number",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": [1e39, 1], '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1's embedding is zero or not a finite float32",
+        ),
+        ("[1, 2, 3]", r"frames.jsonl:1: not a JSON object; one frame message per line"),
     ],
 )
 def test_hostile_deepstream_lines_are_one_line(tmp_path: Path, message: str, expected: str) -> None:
     site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
     path = tmp_path / "frames.jsonl"
     path.write_text(message + "\n")
-    with pytest.raises(SiteError, match=expected):
-        read_tracks(site, path)
+    with pytest.raises(SiteError, match=expected), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy warning would be a second line on stderr
+        read_tracks(site, path, tracks_format="auto")
 
 
 def test_deepstream_tracked_only_objects_count_as_unknown_confidence(tmp_path: Path) -> None:
@@ -174,6 +196,10 @@ def test_deepstream_tracked_only_objects_count_as_unknown_confidence(tmp_path: P
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     (track,) = read_tracks(site, path)
     assert track.confidence.tolist() == [0.5, 1.0]
+    # the same lines as a Windows editor saves them: a byte-order mark and CRLF are not data
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    (again,) = read_tracks(site, path)
+    assert again.confidence.tolist() == [0.5, 1.0] and again.times.tolist() == [1.0, 2.0]
 
 
 def test_ground_truth_counted_from_the_same_frame_base(tmp_path: Path) -> None:
@@ -185,6 +211,12 @@ def test_ground_truth_counted_from_the_same_frame_base(tmp_path: Path) -> None:
     assert [t.frames.tolist() for t in truth] == [[1]]  # the ignored row (7th column 0) is skipped
     (tmp_path / "gt.txt").write_text("0,3,10,20,30,60,1,1,1\n")
     with pytest.raises(SiteError, match=r"gt.txt:1: frame 0 is before camera c0's frame_base 1"):
+        read_ground_truth(load_site(tmp_path / "site.yaml"))
+    (tmp_path / "gt.txt").write_text("# nothing annotated yet\n")  # scoring asked, nothing to score
+    with pytest.raises(SiteError, match=r"ground truth .*site.yaml's ground_truth: files holds no"):
+        read_ground_truth(load_site(tmp_path / "site.yaml"))
+    (tmp_path / "gt.txt").write_text(f"{10**12},3,10,20,30,60,1,1,1\n")  # a frame of year 5138
+    with pytest.raises(SiteError, match=r"gt.txt:1: frame 1000000000000 of camera c0: time .* is"):
         read_ground_truth(load_site(tmp_path / "site.yaml"))
 
 

@@ -61,6 +61,18 @@ def test_transit_windows_name_known_cameras_and_hold_both_ways(tmp_path: Path) -
     bad = cameras + "transit:\n  - {cameras: [a, x], min_s: 20}\n"
     with pytest.raises(SiteError, match=r"site.yaml:5: transit names camera 'x'"):
         load_site(write(tmp_path, bad))
+    # a second window for a pair would silently replace the first: which one did the user mean?
+    twice = (
+        cameras + "transit:\n  - {cameras: [a, b], min_s: 20}\n  - {cameras: [b, a], min_s: 9}\n"
+    )
+    with pytest.raises(SiteError, match=r"site.yaml:6: a second transit window from camera 'b'"):
+        load_site(write(tmp_path, twice))
+
+
+def test_a_clock_outside_1970_to_2200_is_a_unit_mistake(tmp_path: Path) -> None:
+    path = write(tmp_path, "cameras:\n  a: {fps: 5, frame_base: 1, clock_origin: 1714550400000}\n")
+    with pytest.raises(SiteError, match=r"site.yaml:2: time 1714550400000 is outside 1970..2200"):
+        load_site(path)
 
 
 def test_homography_from_a_file_maps_feet_to_the_ground(tmp_path: Path) -> None:

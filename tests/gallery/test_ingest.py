@@ -72,7 +72,7 @@ def test_manifest_rows_and_bad_rows(tmp_path):
         "path,camera,timestamp,track_id\na.jpg,1,0,\n": r"csv:2: track_id is empty",
         "path,camera,timestamp,track_id\na.jpg,1,0, \n": r"csv:2: track_id is empty",
         "path,camera,timestamp,track_id\na.jpg,-1,0,t\n": r"csv:2: camera -1 is outside",
-        "path,camera,timestamp,track_id\na.jpg,1,3000-01-01,t\n": r"csv:2: timestamp .* 1970",
+        "path,camera,timestamp,track_id\na.jpg,1,3000-01-01,t\n": r"csv:2: time .* 1970",
         "path,camera,timestamp,track_id\na.jpg,1,1767225600000,t\n": r"csv:2: .*milliseconds",
         f"path,camera,timestamp,track_id\na.jpg,1,0,{'t' * 129}\n": r"csv:2: track_id is 129",
         f"path,camera,timestamp,track_id\na.jpg,1,0,{'t' * 200_000}\n": r"csv:2: field larger",

@@ -126,6 +126,7 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
         ({**body, "crops": ["aGVsbG8="]}, "exactly one"),
         ({k: v for k, v in body.items() if k != "embeddings"} | {"crops": ["%%"]}, "not base64"),
         ({**body, "start": 200.0}, "ends before it starts"),
+        ({**body, "start": 1.7e12, "end": 1.7e12}, "outside 1970..2200"),  # milliseconds
     ]:
         response = writer.post("/v1/tracks", json=bad)
         assert response.status_code == 422 and says in response.text, response.text

@@ -94,9 +94,15 @@ class _FrameIndex:
         if folder not in self._listed:
             files: dict[int, Path] = {}
             if folder.is_dir():
-                for path in folder.iterdir():
-                    if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit():
-                        files[int(path.stem)] = path
+                for path in sorted(folder.iterdir()):
+                    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.stem.isdigit():
+                        continue
+                    other = files.setdefault(int(path.stem), path)
+                    if other != path:  # which one did the tracker mean?
+                        raise SiteError(
+                            f"frames folder '{folder}' holds two images of frame "
+                            f"{int(path.stem)} ({other.name}, {path.name}); keep one"
+                        )
             self._listed[folder] = files
         return self._listed[folder]
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from reidkit.association.site import Camera, Site, SiteError
 from reidkit.association.tracks import Track
-from reidkit.config.times import parse_time
+from reidkit.config.times import parse_time, within_clock
+from reidkit.gallery import validation
 from reidkit.gallery.factory import is_milvus_uri, open_gallery
 
 #: Largest tracks file read (bytes): a day of a busy camera is a few hundred MB of text.
@@ -80,6 +81,13 @@ class _TrackBuilder:
         """One detection; its time is the camera clock's for ``frame`` unless given."""
         if time is None:
             time = float(camera.frame_time(np.array([frame]))[0])
+            try:
+                within_clock(time)
+            except ValueError as exc:
+                raise SiteError(
+                    f"{where}: frame {frame} of camera {camera.name}: {exc}; fix the frame or "
+                    f"cameras.{camera.name}.clock_origin in the site file"
+                ) from None
         rows = self.rows[(camera.name, track_id)]
         if rows.frames and frame <= rows.frames[-1]:
             raise SiteError(
@@ -147,7 +155,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise SiteError(f"cannot read tracks file '{path}' ({exc.strerror or exc})") from None
     if size > MAX_TRACKS_BYTES:
         raise SiteError(f"tracks file '{path}' is larger than {MAX_TRACKS_BYTES} bytes; split it")
-    with open(path, encoding="utf-8", errors="strict") as handle:
+    with open(path, encoding="utf-8-sig", errors="strict") as handle:  # a BOM is not data
         number = 0
         try:
             for number, line in enumerate(handle, 1):  # number names an undecodable line
@@ -347,14 +355,30 @@ def _deepstream_object(
         if not isinstance(vector, list) or not 0 < len(vector) <= MAX_EMBEDDING_DIM:
             raise SiteError(f"{where}: object {item['id']!r}'s embedding must be a list of numbers")
         try:
-            embedding = np.asarray(vector, dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                embedding = np.asarray(vector, dtype=np.float32)
         except (TypeError, ValueError):
+            embedding = None
+        if embedding is None or embedding.ndim != 1:
             raise SiteError(
                 f"{where}: object {item['id']!r}'s embedding holds a non-number"
             ) from None
         if not np.all(np.isfinite(embedding)) or not np.any(embedding):
-            raise SiteError(f"{where}: object {item['id']!r}'s embedding is zero or not finite")
-    return str(item["id"]), (left, top, right - left, bottom - top), confidence, embedding
+            raise SiteError(
+                f"{where}: object {item['id']!r}'s embedding is zero or not a finite float32"
+            )
+    box = (left, top, right - left, bottom - top)
+    return _object_id(item["id"], where), box, confidence, embedding
+
+
+def _object_id(value: object, where: str) -> str:
+    """A DeepStream object's tracker id as text: a string or a whole number, as trackers send."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise SiteError(f"{where}: object id {value!r} is neither text nor a whole number")
+    try:
+        return validation.track_id(str(value))
+    except ValueError as exc:
+        raise SiteError(f"{where}: {exc}") from None
 
 
 def read_epfl(path: str | Path, camera: Camera) -> list[Track]:
@@ -395,6 +419,11 @@ def read_tracks(
         return read_gallery(str(tracks), site)
     if tracks is not None:
         path = Path(tracks)
+        if path.is_dir():
+            raise SiteError(
+                f"tracks '{path}' is a folder without gallery.json; give a tracks file or a "
+                "gallery folder in associate.tracks"
+            )
         if not path.is_file():
             raise SiteError(f"tracks file '{path}' does not exist; fix associate.tracks")
         kind = _sniff(path) if tracks_format == "auto" else tracks_format
@@ -473,10 +502,17 @@ def read_ground_truth(site: Site, truth: str | Path | None = None) -> list[Track
         for camera in site.cameras.values():
             if camera.ground_truth is not None:
                 read_mot(camera.ground_truth, camera, ground_truth=True, builder=builder)
+    if not builder.rows:  # asked to score, and nothing to score against
+        source = truth if truth is not None else f"{site.source}'s ground_truth: files"
+        raise SiteError(f"ground truth {source} holds no rows; fix it, or leave it out to skip "
+                        "scoring")  # fmt: skip
     return builder.tracks(site)
 
 
 def _sniff(path: Path) -> str:
+    """``deepstream`` for JSON (by name or by its first character), else ``aicity``."""
+    if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
+        return "deepstream"
     for _, text in _lines(path):
-        return "deepstream" if text.startswith("{") else "aicity"
+        return "deepstream" if text.startswith(("{", "[")) else "aicity"
     raise SiteError(f"tracks file '{path}' is empty")

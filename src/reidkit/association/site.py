@@ -240,6 +240,11 @@ def site_from_dict(
             raise SiteError(f"{where}: transit needs two different cameras, got '{a}' twice")
         pairs = [(a, b), (b, a)] if entry.both_ways else [(a, b)]
         for pair in pairs:
+            if pair in transit:
+                raise SiteError(
+                    f"{where}: a second transit window from camera '{pair[0]}' to '{pair[1]}'; "
+                    "give each camera pair one window"
+                )
             transit[pair] = (entry.min_s, entry.max_s)
     return Site(cameras, source, transit, parsed.ground_gate)
 

@@ -9,9 +9,26 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
+#: Times lie in 1970..2200 UTC: earlier or later is a unit mistake (milliseconds as seconds)
+#: or a garbled value, and a time out there cannot even be written back as a date.
+TIME_MIN = 0.0
+TIME_MAX = datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+def within_clock(seconds: float) -> float:
+    """``seconds`` when it is a finite time in 1970..2200 UTC, else ``ValueError`` saying why."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"time {seconds} is not a finite number")
+    if not TIME_MIN <= seconds < TIME_MAX:
+        raise ValueError(
+            f"time {seconds:.15g} is outside 1970..2200 (unix seconds, not milliseconds)"
+        )
+    return seconds
+
 
 def parse_time(text: str) -> float:
-    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``)."""
+    """Unix seconds from ``"1767225600.5"`` or ISO-8601 (``"2026-01-01T08:00:00+01:00"``),
+    within 1970..2200 (:func:`within_clock`)."""
     text = str(text).strip()
     try:
         value = float(text)
@@ -22,10 +39,10 @@ def parse_time(text: str) -> float:
             raise ValueError(f"time {text!r} is neither unix seconds nor ISO-8601") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+        return within_clock(moment.timestamp())
     if not math.isfinite(value):
         raise ValueError(f"time {text!r} is not a finite number")
-    return value
+    return within_clock(value)
 
 
 def time_as_text(value: object) -> object:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
+from reidkit.config.times import TIME_MAX, TIME_MIN, within_clock
+
 #: Cameras are numbered 0..CAMERA_MAX: a site has tens or hundreds, so a larger number is a
 #: column mix-up (a timestamp or a track in the camera column), not a camera.
 CAMERA_MAX = 1_000_000
-#: Crop times lie in 1970..2200: earlier or later is a unit mistake (milliseconds as seconds)
-#: or a garbled cell, and a crop dated there would never fall in a retention window.
-TIME_MIN = 0.0
-TIME_MAX = datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp()
 #: The longest track id (the API's limit: a longer stored id could never be forgotten over HTTP).
 TRACK_ID_MAX = 128
 #: The smallest age a forget by age accepts. Retention policies are counted in days; an age
@@ -37,14 +35,12 @@ def camera(value: int) -> int:
 
 
 def timestamp(seconds: float) -> float:
-    """Unix seconds of a crop, finite and within 1970..2200 UTC."""
-    if not math.isfinite(seconds):
-        raise ValueError(f"timestamp {seconds} is not a finite number")
-    if not TIME_MIN <= seconds < TIME_MAX:
-        raise ValueError(
-            f"timestamp {seconds:.0f} is outside 1970..2200 (unix seconds, not milliseconds)"
-        )
-    return seconds
+    """Unix seconds of a crop, finite and within 1970..2200 UTC: earlier or later is a unit
+    mistake or a garbled cell, and a crop dated there would never fall in a retention window."""
+    try:
+        return within_clock(seconds)
+    except ValueError as exc:
+        raise ValueError(f"timestamp: {exc}") from None
 
 
 def track_id(value: str) -> str:

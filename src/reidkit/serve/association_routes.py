@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import math
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -41,6 +40,7 @@ from reidkit.association.shared import (
     LiveAssociationError,
     load_calibration,
 )
+from reidkit.config.times import within_clock
 from reidkit.data.images import decode_rgb
 from reidkit.errors import ImageRefused, ReidkitError
 from reidkit.gallery.factory import open_backend
@@ -212,11 +212,12 @@ LiveDep = Annotated[_Live, Depends(_live)]
 
 
 def _seconds(moment: datetime | float) -> float:
-    if isinstance(moment, datetime):
-        return as_utc(moment).timestamp()  # type: ignore[union-attr]
-    if not math.isfinite(moment):
-        raise HTTPException(422, "start and end must be finite times")
-    return float(moment)
+    aware = as_utc(moment) if isinstance(moment, datetime) else None
+    seconds = aware.timestamp() if aware is not None else float(moment)  # type: ignore[arg-type]
+    try:
+        return within_clock(seconds)
+    except ValueError as exc:
+        raise HTTPException(422, f"start and end: {exc}") from None
 
 
 def _rows(rows: list[list[float]], dim: int) -> np.ndarray:
