@@ -5,23 +5,31 @@ and HTTP (issue 25).
   ``POST /v1/gallery`` accept exactly the same camera, time and track id, with the same values,
   and refuse the rest in one line naming ``file:line`` or the field;
 * any manifest bytes give crops or one ``file:line`` ``GalleryError``, never another exception;
-* a forget's age: any text is refused with a 422 or is an age of at least the documented minimum.
+* a forget's age: any text is refused with a 422 or is an age of at least the documented minimum;
+* any DeepStream frame messages give tracks whose every value is usable, or one ``file:line``
+  ``SiteError`` (``reidkit associate``'s JSON lines).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import HTTPException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from reidkit.association.readers import read_tracks
+from reidkit.association.site import SiteError, site_from_dict
+from reidkit.config.times import within_clock
 from reidkit.gallery import validation
 from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import GalleryError
@@ -130,3 +138,105 @@ def test_any_forget_age_is_at_least_the_minimum_or_refused(age: str) -> None:
         assert "under the minimum of 1h" in str(refused)
         return
     assert parsed >= validation.MIN_FORGET_AGE
+
+
+# DeepStream / Metropolis frame messages (``reidkit associate``'s JSON lines): each field either
+# as a tracker sends it or any other JSON value, NaN and infinities included.
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**40), 10**40))
+
+
+def mostly(good: st.SearchStrategy, hostile: st.SearchStrategy) -> st.SearchStrategy:
+    """``good`` three times in four: enough whole messages are sound that the tracks they give
+    are checked too, not only the refusals."""
+    return st.sampled_from([True, True, True, False]).flatmap(lambda ok: good if ok else hostile)
+
+
+EDGES = ("leftX", "topY", "rightX", "bottomY")
+boxes = st.tuples(st.floats(0, 600), st.floats(0, 400), st.floats(1, 40), st.floats(1, 80)).map(
+    lambda b: dict(zip(EDGES, (b[0], b[1], b[0] + b[2], b[1] + b[3]), strict=True))
+)
+vectors = st.lists(st.floats(-2, 2), min_size=4, max_size=4)
+frame_objects = st.fixed_dictionaries(
+    {
+        "id": mostly(st.sampled_from(["7", 7, "8"]), json_values),
+        "bbox": mostly(
+            boxes, st.one_of(st.fixed_dictionaries(dict.fromkeys(EDGES, numbers)), json_values)
+        ),
+    },
+    optional={
+        "confidence": mostly(st.floats(-1, 1), st.one_of(numbers, json_values)),
+        "embedding": mostly(
+            st.one_of(vectors, vectors.map(lambda v: {"vector": v})),
+            st.one_of(st.lists(st.one_of(numbers, json_values), max_size=5), json_values),
+        ),
+    },
+)
+frame_messages = st.fixed_dictionaries(
+    {
+        "sensorId": mostly(st.just("cam-1"), json_values),
+        "timestamp": mostly(st.floats(1.7e9, 1.7e9 + 60), st.one_of(times, numbers, json_values)),
+        "objects": mostly(st.lists(frame_objects, max_size=3), json_values),
+    },
+    optional={"id": mostly(st.integers(0, 100), st.one_of(numbers, json_values))},
+)
+FRAME_SITE = site_from_dict(
+    {"cameras": {"cam-1": {"fps": 30, "frame_base": 0, "width": 640, "height": 480}}}
+)
+
+
+@FAST
+@given(messages=st.lists(frame_messages, min_size=1, max_size=4))
+@example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e12, "objects": []}])  # milliseconds
+@example(
+    messages=[
+        {
+            "sensorId": "cam-1",
+            "timestamp": 1.7e9,
+            "objects": [
+                {
+                    "id": "7",
+                    "bbox": dict.fromkeys(EDGES, 1.0) | {"rightX": 9.0, "bottomY": 9.0},
+                    "embedding": [[1.0], [2.0]],
+                }
+            ],
+        }
+    ]
+)
+def test_any_frame_message_gives_sound_tracks_or_one_line(messages: list[dict]) -> None:
+    """Whatever a message broker hands over gives tracks whose every value is usable, or one
+    ``SiteError`` line naming the file; never another exception, nor a numpy warning (a second
+    line on stderr)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frames.jsonl"
+        path.write_text("".join(json.dumps(m, allow_nan=True) + "\n" for m in messages))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                tracks = read_tracks(FRAME_SITE, path)
+            except SiteError as refused:
+                assert "\n" not in str(refused) and str(path) in str(refused), str(refused)
+                return
+    for track in tracks:
+        validation.track_id(track.track_id)
+        assert np.isfinite(track.times).all() and (np.diff(track.frames) > 0).all()
+        for seconds in track.times:
+            within_clock(float(seconds))
+        x, _, w, h = track.boxes.T
+        assert (w > 0).all() and (h > 0).all() and (x + w > 0).all() and (x < 640).all()
+        assert ((track.confidence >= 0) & (track.confidence <= 1)).all()
+        if track.embeddings is not None:
+            rows = track.embeddings[~np.isnan(track.embeddings).all(1)]
+            assert np.isfinite(rows).all() and (np.abs(rows).sum(1) > 0).all()

@@ -436,6 +436,11 @@ def read_tracks(
                 f"{path}: a MOTChallenge file holds one camera; name it under that camera's "
                 "tracks: in the site file, or give an AI City or DeepStream file here"
             )
+    if not builder.rows and tracks is not None:
+        raise SiteError(
+            f"tracks file '{tracks}' holds no detection (and the cameras' tracks: files none); "
+            "it needs one row, or one object of a frame message, per detection"
+        )
     if not builder.rows:
         raise SiteError(
             f"{site.source}: no tracks; give each camera a tracks: file or set associate.tracks"
