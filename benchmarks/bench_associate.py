@@ -20,6 +20,8 @@ labelled in its ``set`` column:
      norms per track (no model).
 2. **Real crops without time**: MARS-mini test tracklets, CUHK03 test (one tracklet per
    identity and camera), PKU val (same); pairwise precision / recall and crop-weighted IDF1.
+   The same sets again with each tracklet cut into runs of consecutive crops (2, 2 and 4), as
+   a tracker that loses people hands them over: one person then has several tracks per camera.
    Appearance is all these sets have, so their figures hang on one model's embeddings: each
    is measured with the short recipe's models of several training seeds
    (``--crop-model-seeds``) and the table gives their mean, the JSON each seed's.
@@ -385,7 +387,23 @@ def crop_sets() -> dict[str, list[tuple[str, str, list[Path]]]]:
         "MARS-mini test tracklets": mars,
         "CUHK03 test (tracklet = id x camera)": cuhk,
         "PKU val (tracklet = id x camera)": pku,
+        "MARS-mini test tracklets, each cut in 2": fragmented(mars, 2),
+        "CUHK03 test, each tracklet cut in 2": fragmented(cuhk, 2),
+        "PKU val, each tracklet cut in 4": fragmented(pku, 4),
     }
+
+
+def fragmented(
+    tracklets: list[tuple[str, str, list[Path]]], parts: int
+) -> list[tuple[str, str, list[Path]]]:
+    """Each tracklet cut into ``parts`` runs of consecutive crops, as a tracker that loses a
+    person now and then hands over one person's visit as several tracks."""
+    np = _np()
+    return [
+        (pid, cam, [files[i] for i in run])
+        for pid, cam, files in tracklets
+        for run in np.array_split(np.arange(len(files)), min(parts, len(files)))
+    ]
 
 
 def crops_part(name: str, tracklets, model, model_seed: int) -> list[dict]:
