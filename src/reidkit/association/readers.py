@@ -509,8 +509,9 @@ def read_ground_truth(site: Site, truth: str | Path | None = None) -> list[Track
                 read_mot(camera.ground_truth, camera, ground_truth=True, builder=builder)
     if not builder.rows:  # asked to score, and nothing to score against
         source = truth if truth is not None else f"{site.source}'s ground_truth: files"
-        raise SiteError(f"ground truth {source} holds no rows; fix it, or leave it out to skip "
-                        "scoring")  # fmt: skip
+        raise SiteError(
+            f"ground truth {source} holds no rows; fix it, or leave it out to skip scoring"
+        )
     return builder.tracks(site)
 
 
