@@ -237,11 +237,42 @@ def test_stability_cut_matches_an_independent_excess_of_mass(seed: int) -> None:
     rng = np.random.default_rng(seed)
     people = rng.integers(0, 6, size=30)
     embeddings = simulated_embeddings(people, noise=0.6, seed=seed, dim=16)
-    tracks = track_set(np.arange(30) % 3, [(k * 10.0, k * 10.0 + 1) for k in range(30)], embeddings)
-    labels = associate(tracks, Rules(np.zeros((3, 3))), threshold=None, neighbours=29).labels
+    # every track its own camera: no pair of one camera's tracks is joined before the tree
+    tracks = track_set(np.arange(30), [(k * 10.0, k * 10.0 + 1) for k in range(30)], embeddings)
+    labels = associate(tracks, Rules(np.zeros((30, 30))), threshold=None, neighbours=29).labels
     mine = [set(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)]
     expected = reference_stability_cut(embeddings.astype(np.float64))
     assert sorted(map(sorted, (g for g in mine if len(g) >= 2))) == sorted(map(sorted, expected))
+
+
+def test_a_trackers_pieces_of_one_visit_are_one_person_under_the_stability_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight people, each seen by two cameras, and a tracker that cut every visit in two: the
+    two pieces of a visit are nearly the same look, a person's two cameras differ more. Left
+    to the stability cut, each visit's tight pair would be the most stable group and stay a
+    person of its own; joined first as one camera's mutual nearest tracks, each person is one
+    identity across both cameras (the known answer), and nothing joins across people."""
+    rng = np.random.default_rng(5)
+    looks = rng.normal(size=(8, 32))
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
+    people = np.repeat(np.arange(8), 4)  # per person: camera 0 twice, camera 1 twice
+    cameras = np.tile([0, 0, 1, 1], 8)
+    # noise of norm about 0.8 between a person's two visits, 0.1 between a visit's two pieces
+    per_visit = rng.normal(size=(8, 2, 32)).repeat(2, axis=1).reshape(32, 32)
+    visit = looks[people] + 0.8 / np.sqrt(32) * per_visit
+    pieces = visit + 0.1 / np.sqrt(32) * rng.normal(size=(32, 32))
+    pieces = (pieces / np.linalg.norm(pieces, axis=1, keepdims=True)).astype(np.float32)
+    tracks = track_set(cameras, [(k * 100.0, k * 100.0 + 1) for k in range(32)], pieces)
+    rules = Rules(np.zeros((2, 2)))
+    joined = associate(tracks, rules, threshold=None)
+    assert (joined.labels[:, None] == joined.labels[None, :]).tolist() == (
+        people[:, None] == people[None, :]
+    ).tolist()
+    monkeypatch.setattr("reidkit.association.cluster._join_camera_twins", lambda *_: 0)
+    apart = associate(tracks, rules, threshold=None)
+    assert apart.identities == 16  # every visit its own "person": one camera's pieces only
+    assert all(len(set(cameras[apart.labels == k])) == 1 for k in range(apart.identities))
 
 
 @st.composite

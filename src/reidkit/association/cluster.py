@@ -24,7 +24,9 @@ every camera proves to be two people (two tracks at one moment in one camera) gi
 distribution of stranger distances on this site, with its cameras and its crowd, and the
 threshold admits a fixed expected number of strangers per track. Sets where nothing proves
 two tracks different (crops without time) are cut where the tree is most stable instead
-(:func:`stability_cut`). Nothing here is tuned to a data set.
+(:func:`stability_cut`), after joining the pairs of one camera's tracks that are each other's
+nearest (a tracker's pieces of one visit, :func:`_join_camera_twins`). Nothing here is tuned
+to a data set.
 
 Candidate merges come from each track's nearest neighbours (a blocked matrix product whose
 block holds a fixed number of similarities), which keeps 10,000 tracks within seconds.
@@ -214,12 +216,41 @@ def associate(
             continue
         groups.merge(ra, rb)
         result.merges_by_place += 1
+    if threshold is None:
+        result.merges_by_appearance += _join_camera_twins(groups, tracks)
     roots = np.array([groups.find(i) for i in range(total)])
     if total > 1:
         limit = np.inf if threshold is None else threshold
         _link_by_appearance(groups, tracks, limit, neighbours, result)
     result.labels = groups.labels() if threshold is not None else stability_cut(roots, groups.log)
     return result
+
+
+def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
+    """Join each pair of one camera's tracks that are each other's nearest track (before the
+    stability cut's tree); returns how many pairs were joined.
+
+    A tracker that loses someone for a moment hands one visit over as several tracks, and a
+    person who comes back is seen again by the same view. Such pieces are far closer to each
+    other than to anything else, and the stability cut, which keeps the groups that hold
+    together longest, would keep them apart as people of their own (BENCHMARKS.md: the
+    crop-only sets with each tracklet cut in pieces). Two tracks of one camera that are each
+    other's nearest among all the site's tracks are taken as one person, never across a
+    cannot-link. The rule has no parameter to tune to a set.
+    """
+    if len(tracks) < 3:
+        return 0
+    nearest = nearest_neighbours(tracks.embeddings, 1)[:, 0]
+    rows = np.arange(len(nearest))
+    twins = (nearest[nearest] == rows) & (rows < nearest)
+    twins &= tracks.cameras[nearest] == tracks.cameras
+    joined = 0
+    for a, b in zip(rows[twins].tolist(), nearest[twins].tolist(), strict=True):
+        root_a, root_b = groups.find(a), groups.find(b)
+        if root_a != root_b and root_b not in groups.cannot[root_a]:
+            groups.merge(root_a, root_b)
+            joined += 1
+    return joined
 
 
 def _link_by_appearance(
