@@ -238,7 +238,7 @@ def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
     other's nearest among all the site's tracks are taken as one person, never across a
     cannot-link. The rule has no parameter to tune to a set.
     """
-    if len(tracks) < 3:
+    if len(tracks) < 3:  # two tracks are each other's nearest whatever they look like
         return 0
     nearest = nearest_neighbours(tracks.embeddings, 1)[:, 0]
     rows = np.arange(len(nearest))
