@@ -34,7 +34,8 @@ from reidkit.gallery.store import GalleryError
 INT64 = 2**63
 KEYS = all_keys()
 DEFAULTS = ExperimentSpec().model_dump(mode="json")
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# As many examples as the profile says (tests/conftest.py): 200 in the suite.
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _default(key: str) -> object:

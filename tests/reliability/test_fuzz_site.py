@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -36,7 +37,8 @@ from reidkit.gallery.store import GalleryError
 from reidkit.serve.routes.gallery import _parse_age
 from reidkit.serve.schemas import CropMeta
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# As many examples as the profile says (tests/conftest.py): 200 in the suite.
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text a CSV file can hold (no lone surrogates); the csv module quotes the rest.
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=140)
 moments = st.datetimes(
@@ -192,6 +194,8 @@ frame_messages = st.fixed_dictionaries(
     },
     optional={"id": mostly(st.integers(0, 100), st.one_of(numbers, json_values))},
 )
+#: The smallest sound object of a frame message.
+DOT = {"id": "7", "bbox": {"leftX": 0.0, "topY": 0.0, "rightX": 1.0, "bottomY": 1.0}}
 FRAME_SITE = site_from_dict(
     {"cameras": {"cam-1": {"fps": 30, "frame_base": 0, "width": 640, "height": 480}}}
 )
@@ -200,6 +204,15 @@ FRAME_SITE = site_from_dict(
 @FAST
 @given(messages=st.lists(frame_messages, min_size=1, max_size=4))
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e12, "objects": []}])  # milliseconds
+@example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": math.inf}])
+@example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": 10**400}])
+@example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT], "id": 2.0**63}])
+@example(
+    messages=[
+        {"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT | {"confidence": c}]}
+        for c in (2.0, 3.4028235677973366e38)
+    ]
+)
 @example(
     messages=[
         {

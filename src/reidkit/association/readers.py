@@ -43,6 +43,9 @@ from reidkit.gallery.factory import is_milvus_uri, open_gallery
 MAX_TRACKS_BYTES = 8 * 2**30
 #: Largest embedding accepted in a JSON line.
 MAX_EMBEDDING_DIM = 8192
+#: Largest frame number: beyond it float64 (times, MOT files' columns) no longer tells
+#: consecutive frames apart.
+MAX_FRAME = 2**53
 
 
 @dataclass
@@ -78,7 +81,12 @@ class _TrackBuilder:
         embedding: np.ndarray | None = None,
         time: float | None = None,
     ) -> None:
-        """One detection; its time is the camera clock's for ``frame`` unless given."""
+        """One detection; its time is the camera clock's for ``frame`` unless given.
+
+        A confidence above 1 counts as 1: some detectors score past 1 (DPM in MOTChallenge),
+        and pooling weighs crops by confidence, so one such crop must not outweigh the rest.
+        """
+        confidence = min(confidence, 1.0)
         if time is None:
             time = float(camera.frame_time(np.array([frame]))[0])
             try:
@@ -194,9 +202,11 @@ def _is_number(text: str) -> bool:
 
 
 def _frame(value: float, camera: Camera, where: str) -> int:
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise SiteError(f"{where}: frame {value} is not a whole number")
     frame = int(value)
+    if frame > MAX_FRAME:
+        raise SiteError(f"{where}: frame {frame} is past 2**53, no camera's frame number")
     if frame < camera.frame_base:
         fix = (
             f"set cameras.{camera.name}.frame_base: 0 in the site file if this camera's files "
@@ -297,10 +307,8 @@ def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> 
             time = parse_time(stamp)
         except ValueError as exc:
             raise SiteError(f"{where}: {exc}") from None
-        frame_value = message.get("id")
-        try:
-            frame = _frame(float(frame_value), camera, where)
-        except (TypeError, ValueError):
+        frame = _message_frame(message.get("id"), camera, where)
+        if frame is None:  # no frame number: the camera's clock gives it
             frame = round((time - camera.origin) * camera.fps) + camera.frame_base
         objects = message.get("objects", [])
         if not isinstance(objects, list):
@@ -311,6 +319,20 @@ def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> 
             builder.add(
                 where, camera, track_id, frame, box, confidence, embedding=embedding, time=time
             )
+
+
+def _message_frame(value: object, camera: Camera, where: str) -> int | None:
+    """The frame number a message's ``id`` gives, or None where it gives none: brokers send
+    the frame id as a number, as text, or not at all (then the timestamp places the frame)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an integer past float: no frame of any camera
+        number = math.inf
+    except (TypeError, ValueError):
+        return None
+    return _frame(number, camera, where)
 
 
 def _deepstream_object(
