@@ -36,6 +36,7 @@ from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import GalleryError
 from reidkit.serve.routes.gallery import _parse_age
 from reidkit.serve.schemas import CropMeta
+from tests.strategies import json_values, mostly, numbers
 
 # As many examples as the profile says (tests/conftest.py): 200 in the suite.
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,28 +145,6 @@ def test_any_forget_age_is_at_least_the_minimum_or_refused(age: str) -> None:
 
 # DeepStream / Metropolis frame messages (``reidkit associate``'s JSON lines): each field either
 # as a tracker sends it or any other JSON value, NaN and infinities included.
-json_values = st.recursive(
-    st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(-(10**20), 10**20),
-        st.floats(allow_nan=True, allow_infinity=True),
-        st.text(max_size=12),
-    ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**40), 10**40))
-
-
-def mostly(good: st.SearchStrategy, hostile: st.SearchStrategy) -> st.SearchStrategy:
-    """``good`` three times in four: enough whole messages are sound that the tracks they give
-    are checked too, not only the refusals."""
-    return st.sampled_from([True, True, True, False]).flatmap(lambda ok: good if ok else hostile)
-
-
 EDGES = ("leftX", "topY", "rightX", "bottomY")
 boxes = st.tuples(st.floats(0, 600), st.floats(0, 400), st.floats(1, 40), st.floats(1, 80)).map(
     lambda b: dict(zip(EDGES, (b[0], b[1], b[0] + b[2], b[1] + b[3]), strict=True))

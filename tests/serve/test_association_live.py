@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from reidkit.association.cluster import associate_site
@@ -33,6 +36,7 @@ from reidkit.gallery.factory import open_gallery
 from reidkit.gallery.store import CropMeta
 from tests.association.conftest import make_synthetic_site
 from tests.conftest import empty_spec, run_cli
+from tests.strategies import json_values, mostly, numbers
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,72 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
     answer = writer.post("/v1/tracks", json=with_crops)
     assert answer.status_code == 200 and answer.json()["global_id"] >= 1, answer.text
     assert answer.json()["seq"] == 1  # the refused requests logged nothing
+
+
+_rows = st.lists(st.lists(st.floats(-2, 2), min_size=64, max_size=64), min_size=1, max_size=3)
+_positions = st.lists(
+    st.tuples(st.floats(1.7e9, 1.8e9), st.floats(-50, 50), st.floats(-50, 50)), max_size=3
+)
+#: Closing tracks as a pipeline sends them, each field now and then any JSON value instead;
+#: now and then crops in place of the embeddings, or a key the API does not have.
+track_bodies = st.fixed_dictionaries(
+    {
+        "camera": mostly(st.sampled_from(["0", "1", "2", "3"]), json_values),
+        "track_id": mostly(st.text(min_size=1, max_size=5), json_values),
+        "start": mostly(st.floats(1.7e9, 1.7e9 + 3600), st.one_of(numbers, json_values)),
+        "end": mostly(st.floats(1.7e9 + 3600, 1.7e9 + 7200), st.one_of(numbers, json_values)),
+        "embeddings": mostly(
+            _rows, st.one_of(st.lists(st.lists(numbers, max_size=65), max_size=3), json_values)
+        ),
+    },
+    optional={
+        "ground": mostly(
+            _positions, st.one_of(st.lists(st.lists(numbers, max_size=4), max_size=3), json_values)
+        )
+    },
+).flatmap(
+    lambda body: st.sampled_from(
+        [body] * 6
+        + [body | {"unknown": 1}]
+        + [
+            {k: v for k, v in body.items() if k != "embeddings"} | {"crops": crops}
+            for crops in ([], ["%%"], [""], ["aGVsbG8="])
+        ]
+    )
+)
+
+
+def test_any_closing_track_gets_an_id_or_a_422_never_a_500(
+    calibrated_site, start_server, tokens, tmp_path
+) -> None:
+    """Whatever a pipeline POSTs to /v1/tracks, NaN and infinities included: a global id, or a
+    422 that says why; never a 500, and the server keeps answering. (A validation error whose
+    input held an infinity was a 500: the 422 echoed the input, which JSON cannot hold.)"""
+    _, calibration = calibrated_site
+    server = start_server(tmp_path / "gallery", f"serve.association_calibration={calibration}")
+    writer = server.client(tokens.write)
+    answered: list[int] = []
+
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(body=track_bodies)
+    @example(body={"camera": "0", "track_id": "1", "start": 1.7e9, "end": 1.7e9 + 1,
+                   "embeddings": [[1.0] * 64], "ground": [[math.inf]]})  # fmt: skip
+    def check(body: dict[str, Any]) -> None:
+        response = writer.post(
+            "/v1/tracks",
+            content=json.dumps(body, allow_nan=True),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code in (200, 422), (response.status_code, response.text)
+        if response.status_code == 422:
+            assert response.json()["detail"], response.text
+        else:
+            assert response.json()["global_id"] >= 1, response.text
+            answered.append(response.json()["seq"])
+
+    check()
+    assert answered == sorted(answered) and len(answered) >= 20  # sound tracks were decided
+    assert server.process.poll() is None and "Traceback" not in server.log.read_text()
 
 
 def test_a_hits_person_across_cameras(start_server, tokens, tmp_path) -> None:
