@@ -22,6 +22,8 @@ labelled in its ``set`` column:
    identity and camera), PKU val (same); pairwise precision / recall and crop-weighted IDF1.
    The same sets again with each tracklet cut into runs of consecutive crops (2, 2 and 4), as
    a tracker that loses people hands them over: one person then has several tracks per camera.
+   And all six again with every second person kept in one camera only, as a site sees many
+   people once.
    Appearance is all these sets have, so their figures hang on one model's embeddings: each
    is measured with the short recipe's models of several training seeds
    (``--crop-model-seeds``) and the table gives their mean, the JSON each seed's.
@@ -383,7 +385,7 @@ def crop_sets() -> dict[str, list[tuple[str, str, list[Path]]]]:
             by_camera[path.name.split("_")[0]].append(path)  # <camera>_<view>.png
         pku += [(person.name, cam, files) for cam, files in sorted(by_camera.items())]
     mars = [(str(pid), str(cam), files) for pid, cam, files in mars_tracklets()]
-    return {
+    sets = {
         "MARS-mini test tracklets": mars,
         "CUHK03 test (tracklet = id x camera)": cuhk,
         "PKU val (tracklet = id x camera)": pku,
@@ -391,6 +393,7 @@ def crop_sets() -> dict[str, list[tuple[str, str, list[Path]]]]:
         "CUHK03 test, each tracklet cut in 2": fragmented(cuhk, 2),
         "PKU val, each tracklet cut in 4": fragmented(pku, 4),
     }
+    return sets | {f"{name}, half in one camera": half_in_one_camera(t) for name, t in sets.items()}
 
 
 def fragmented(
@@ -403,6 +406,24 @@ def fragmented(
         (pid, cam, [files[i] for i in run])
         for pid, cam, files in tracklets
         for run in np.array_split(np.arange(len(files)), min(parts, len(files)))
+    ]
+
+
+def half_in_one_camera(
+    tracklets: list[tuple[str, str, list[Path]]],
+) -> list[tuple[str, str, list[Path]]]:
+    """Every second person (in identity order) kept in one camera only, the first of theirs:
+    a site sees many people in one camera only, and such a person must stay one identity of
+    their own rather than join a look-alike seen elsewhere."""
+    people = sorted({pid for pid, _, _ in tracklets})
+    first_camera = {}
+    for pid, cam, _ in tracklets:
+        first_camera.setdefault(pid, cam)
+    alone = set(people[1::2])
+    return [
+        (pid, cam, files)
+        for pid, cam, files in tracklets
+        if pid not in alone or cam == first_camera[pid]
     ]
 
 
