@@ -175,6 +175,7 @@ frame_messages = st.fixed_dictionaries(
 )
 #: The smallest sound object of a frame message.
 DOT = {"id": "7", "bbox": {"leftX": 0.0, "topY": 0.0, "rightX": 1.0, "bottomY": 1.0}}
+WIDE = {"leftX": -19416859.0, "topY": 0.0, "rightX": 1, "bottomY": 1}
 FRAME_SITE = site_from_dict(
     {"cameras": {"cam-1": {"fps": 30, "frame_base": 0, "width": 640, "height": 480}}}
 )
@@ -186,6 +187,9 @@ FRAME_SITE = site_from_dict(
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": math.inf}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": 10**400}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT], "id": 2.0**63}])
+@example(  # float32 rounds this box's right edge onto the frame's left edge
+    messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT | {"bbox": WIDE}]}]
+)
 @example(
     messages=[
         {"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT | {"confidence": c}]}

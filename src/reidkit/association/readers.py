@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from reidkit.gallery.factory import is_milvus_uri, open_gallery
 MAX_TRACKS_BYTES = 8 * 2**30
 #: Largest embedding accepted in a JSON line.
 MAX_EMBEDDING_DIM = 8192
+#: A box as a track keeps it (float32: x, y, w, h); packing rounds as numpy's cast does.
+_FLOAT32_BOX = struct.Struct("<4f")
 #: Largest frame number: beyond it float64 (times, MOT files' columns) no longer tells
 #: consecutive frames apart.
 MAX_FRAME = 2**53
@@ -233,6 +236,12 @@ def _track_id(value: float, where: str) -> str:
 def _box(
     x: float, y: float, w: float, h: float, camera: Camera, where: str
 ) -> tuple[float, float, float, float]:
+    try:  # the checks below hold for what a track keeps: float32
+        x, y, w, h = _FLOAT32_BOX.unpack(_FLOAT32_BOX.pack(x, y, w, h))
+    except OverflowError:
+        raise SiteError(
+            f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) is past float32's range; fix the box"
+        ) from None
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise SiteError(f"{where}: box ({x:g}, {y:g}, {w:g}, {h:g}) is not finite; fix the box")
     if w <= 0 or h <= 0:
