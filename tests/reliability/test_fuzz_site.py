@@ -187,6 +187,8 @@ FRAME_SITE = site_from_dict(
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": math.inf}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": 10**400}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT], "id": 2.0**63}])
+@example(messages=[{"sensorId": "cam\n1", "timestamp": 1.7e9, "objects": ["\n", "\n|1|2|3|4"]}])
+@example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": ["x" * 200 + "|1|2|3|4"]}])
 @example(  # float32 rounds this box's right edge onto the frame's left edge
     messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT | {"bbox": WIDE}]}]
 )

@@ -354,9 +354,10 @@ def _deepstream_object(
             left, top, right, bottom = (float(v) for v in parts[1:5])
         except (ValueError, IndexError):
             raise SiteError(
-                f"{where}: object '{item[:60]}' is not id|left|top|right|bottom"
+                f"{where}: object {item[:60]!r} is not id|left|top|right|bottom"
             ) from None
-        return parts[0].strip(), (left, top, right - left, bottom - top), 1.0, None
+        box = (left, top, right - left, bottom - top)
+        return _object_id(parts[0].strip(), where), box, 1.0, None
     if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("bbox"), dict):
         raise SiteError(
             f"{where}: an object needs 'id' and 'bbox' {{leftX, topY, rightX, bottomY}}"

@@ -160,7 +160,7 @@ class Site:
         found = self.cameras.get(name)
         if found is None:
             raise SiteError(
-                f"{where}: camera '{name}' is not in {self.source} (cameras: "
+                f"{where}: camera {name!r} is not in {self.source} (cameras: "
                 f"{', '.join(self.cameras)}); add it under cameras: or fix the camera id"
             )
         return found
