@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from reidkit.association.readers import read_tracks
-from reidkit.association.site import SiteError, site_from_dict
+from reidkit.association.site import Site, SiteError, site_from_dict
 from reidkit.config.times import within_clock
 from reidkit.gallery import validation
 from reidkit.gallery.ingest import read_manifest
@@ -217,13 +217,70 @@ def test_any_frame_message_gives_sound_tracks_or_one_line(messages: list[dict]) 
     """Whatever a message broker hands over gives tracks whose every value is usable, or one
     ``SiteError`` line naming the file; never another exception, nor a numpy warning (a second
     line on stderr)."""
+    text = "".join(json.dumps(m, allow_nan=True) + "\n" for m in messages)
+    _assert_sound_tracks_or_one_line(FRAME_SITE, "frames.jsonl", text, as_camera_file=False)
+
+
+def _row_cell(good: st.SearchStrategy) -> st.SearchStrategy:
+    """A text cell: as a tracker writes it three times in four, else any number or word."""
+    hostile = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.integers(-(10**30), 10**30).map(str),
+        st.sampled_from(["inf", "-inf", "nan", "1e300", "-1", "0", "1.5", "1e-300"]),
+        st.text(max_size=6),
+    )
+    return mostly(good, hostile)
+
+
+_box_cells = (
+    _row_cell(st.floats(0, 600).map(repr)),
+    _row_cell(st.floats(0, 400).map(repr)),
+    _row_cell(st.floats(1, 40).map(repr)),
+    _row_cell(st.floats(1, 80).map(repr)),
+)
+_ids = _row_cell(st.integers(0, 3).map(str))
+_frames = _row_cell(st.integers(1, 50).map(str))
+#: A detection's cells: frame, track id, x, y, w, h, and a last number (MOTChallenge's
+#: confidence; AI City's world x and y).
+row_cells = st.tuples(_frames, _ids, *_box_cells, _row_cell(st.floats(-1, 1).map(repr)))
+ROW_CAMERA = {"fps": 30, "frame_base": 1, "width": 640, "height": 480, "clock_origin": 1.7e9}
+
+
+@FAST
+@given(rows=st.lists(row_cells, min_size=1, max_size=6), camera_file=st.booleans())
+@example(rows=[("1", "1e200", "0", "0", "1", "1", "0")], camera_file=True)  # a 201-digit id
+@example(rows=[("1", "0", "0", "0", "1", "1", "inf")], camera_file=False)  # a world x of inf
+def test_any_mot_or_aicity_rows_give_sound_tracks_or_one_line(
+    rows: list[tuple[str, ...]], camera_file: bool
+) -> None:
+    """Whatever a tracker writes in a MOTChallenge file (one camera's ``tracks:``) or an AI City
+    file (``associate.tracks``): tracks whose every value is usable, or one ``file:line``
+    ``SiteError``."""
+    if camera_file:
+        text = "".join(",".join(row) + "\n" for row in rows)
+        site = {"cameras": {"1": ROW_CAMERA | {"tracks": "tracks.txt"}}}
+    else:  # AI City: camera, id, frame, box, world x and y
+        text = "".join(" ".join(["1", r[1], r[0], *r[2:6], r[6], r[6]]) + "\n" for r in rows)
+        site = {"cameras": {"1": ROW_CAMERA}}
+    _assert_sound_tracks_or_one_line(site, "tracks.txt", text, as_camera_file=camera_file)
+
+
+def _assert_sound_tracks_or_one_line(
+    site: Site | dict, name: str, text: str, *, as_camera_file: bool
+) -> None:
+    """``text`` as a tracks file gives tracks whose every value is usable (ids by the gallery's
+    rules, times on the clock, boxes inside the 640x480 frame, confidences in [0, 1], finite
+    embeddings and ground positions), or one ``SiteError`` line naming the file; never another
+    exception, nor a numpy warning (a second line on stderr)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "frames.jsonl"
-        path.write_text("".join(json.dumps(m, allow_nan=True) + "\n" for m in messages))
+        path = Path(folder) / name
+        path.write_text(text)
+        if isinstance(site, dict):
+            site = site_from_dict(site, folder)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             try:
-                tracks = read_tracks(FRAME_SITE, path)
+                tracks = read_tracks(site) if as_camera_file else read_tracks(site, path)
             except SiteError as refused:
                 assert "\n" not in str(refused) and str(path) in str(refused), str(refused)
                 return
@@ -235,6 +292,8 @@ def test_any_frame_message_gives_sound_tracks_or_one_line(messages: list[dict]) 
         x, _, w, h = track.boxes.T
         assert (w > 0).all() and (h > 0).all() and (x + w > 0).all() and (x < 640).all()
         assert ((track.confidence >= 0) & (track.confidence <= 1)).all()
+        if track.ground is not None:
+            assert not np.isinf(track.ground).any()  # NaN: no position
         if track.embeddings is not None:
             rows = track.embeddings[~np.isnan(track.embeddings).all(1)]
             assert np.isfinite(rows).all() and (np.abs(rows).sum(1) > 0).all()

@@ -46,9 +46,9 @@ MAX_TRACKS_BYTES = 8 * 2**30
 MAX_EMBEDDING_DIM = 8192
 #: A box as a track keeps it (float32: x, y, w, h); packing rounds as numpy's cast does.
 _FLOAT32_BOX = struct.Struct("<4f")
-#: Largest frame number: beyond it float64 (times, MOT files' columns) no longer tells
-#: consecutive frames apart.
-MAX_FRAME = 2**53
+#: Largest frame number or numeric track id: beyond it float64 (times, the columns of MOT
+#: and AI City files) no longer tells consecutive whole numbers apart.
+MAX_WHOLE = 2**53
 
 
 @dataclass
@@ -208,7 +208,7 @@ def _frame(value: float, camera: Camera, where: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise SiteError(f"{where}: frame {value} is not a whole number")
     frame = int(value)
-    if frame > MAX_FRAME:
+    if frame > MAX_WHOLE:
         raise SiteError(f"{where}: frame {frame} is past 2**53, no camera's frame number")
     if frame < camera.frame_base:
         fix = (
@@ -230,6 +230,8 @@ def _track_id(value: float, where: str) -> str:
             f"{where}: track id {value:g} is not a tracker id (a whole number >= 0); pass "
             "tracks, not untracked detections"
         )
+    if value > MAX_WHOLE:
+        raise SiteError(f"{where}: track id {value:g} is past 2**53, no tracker's id")
     return str(int(value))
 
 
@@ -286,6 +288,11 @@ def read_aicity(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None
         ground = None
         if len(values) >= 9 and not (values[7] == -1 and values[8] == -1):
             ground = (values[7], values[8])
+            if not all(math.isfinite(v) for v in ground):
+                raise SiteError(
+                    f"{where}: world position ({ground[0]:g}, {ground[1]:g}) is not finite; "
+                    "give -1 -1 where there is none"
+                )
         box = _box(*values[3:7], camera, where)
         builder.add(where, camera, _track_id(values[1], where), frame, box, 1.0, ground=ground)
 
