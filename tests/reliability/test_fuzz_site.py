@@ -7,7 +7,8 @@ and HTTP (issue 25).
 * any manifest bytes give crops or one ``file:line`` ``GalleryError``, never another exception;
 * a forget's age: any text is refused with a 422 or is an age of at least the documented minimum;
 * any DeepStream frame messages give tracks whose every value is usable, or one ``file:line``
-  ``SiteError`` (``reidkit associate``'s JSON lines).
+  ``SiteError`` (``reidkit associate``'s JSON lines); so do any MOTChallenge and AI City rows;
+* any site file gives a site or one ``SiteError`` line.
 """
 
 from __future__ import annotations
@@ -297,3 +298,71 @@ def _assert_sound_tracks_or_one_line(
         if track.embeddings is not None:
             rows = track.embeddings[~np.isnan(track.embeddings).all(1)]
             assert np.isfinite(rows).all() and (np.abs(rows).sum(1) > 0).all()
+
+
+_identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+_site_camera = st.fixed_dictionaries(
+    {
+        "fps": mostly(st.just(25), st.one_of(numbers, json_values)),
+        "frame_base": mostly(st.just(0), json_values),
+    },
+    optional={
+        "clock_origin": mostly(
+            st.just("2024-05-01T08:00:00Z"), st.one_of(numbers, json_values, st.text(max_size=20))
+        ),
+        "width": mostly(st.just(640), st.one_of(numbers, json_values)),
+        "height": mostly(st.just(480), st.one_of(numbers, json_values)),
+        "homography": mostly(
+            st.just(_identity),
+            st.one_of(
+                st.lists(st.lists(numbers, min_size=3, max_size=3), min_size=3, max_size=3),
+                json_values,
+            ),
+        ),
+    },
+)
+_camera_names = mostly(st.sampled_from(["a", "b", "c"]), st.text(max_size=6))
+_transit = st.fixed_dictionaries(
+    {
+        "cameras": mostly(st.lists(_camera_names, min_size=2, max_size=2), json_values),
+        "min_s": mostly(st.floats(0, 100), st.one_of(numbers, json_values)),
+    },
+    optional={
+        "max_s": mostly(st.floats(100, 200), st.one_of(numbers, json_values)),
+        "both_ways": json_values,
+    },
+)
+site_files = st.fixed_dictionaries(
+    {
+        "cameras": mostly(
+            st.dictionaries(_camera_names, _site_camera, min_size=1, max_size=3), json_values
+        )
+    },
+    optional={
+        "transit": mostly(st.lists(_transit, max_size=3), json_values),
+        "ground_gate": mostly(st.floats(0.1, 5), st.one_of(numbers, json_values)),
+    },
+)
+
+
+@FAST
+@given(data=st.one_of(site_files, json_values))
+@example(data={"cameras": {"\n": {"fps": 25, "frame_base": None}}})  # a key holding a newline
+@example(
+    data={
+        "cameras": {"a\nb": {"fps": 25, "frame_base": 0}},
+        "transit": [{"cameras": ["x", "y"], "min_s": 1}],
+    }
+)
+def test_any_site_file_gives_a_site_or_one_line(data: object) -> None:
+    """Whatever a site file's YAML holds (what ``load_site`` hands over once the YAML is read):
+    a site, or one ``SiteError`` line, even where a key or camera name holds a newline; never
+    another exception, nor a numpy warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            site = site_from_dict(data, tempfile.gettempdir())
+        except SiteError as refused:
+            assert "\n" not in str(refused), str(refused)
+            return
+    assert site.cameras and all(camera.fps > 0 for camera in site.cameras.values())

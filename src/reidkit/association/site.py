@@ -161,7 +161,7 @@ class Site:
         if found is None:
             raise SiteError(
                 f"{where}: camera {name!r} is not in {self.source} (cameras: "
-                f"{', '.join(self.cameras)}); add it under cameras: or fix the camera id"
+                f"{', '.join(map(repr, self.cameras))}); add it under cameras: or fix the camera id"
             )
         return found
 
@@ -211,14 +211,14 @@ def site_from_dict(
         where = _where(source, lines, keys)
         dotted = ".".join(keys) or "site"
         if error["type"] == "extra_forbidden":
-            problem = f"unknown key '{dotted}'; remove it or fix its spelling"
+            problem = f"unknown key {dotted!r}; remove it or fix its spelling"
         elif error["type"] == "missing":
-            problem = f"'{dotted}' is required"
+            problem = f"{dotted!r} is required"
             if keys[-1] == "frame_base":
                 problem += " (0 or 1: the number of the first frame in this camera's files)"
         else:
             message = error["msg"].removeprefix("Value error, ")
-            problem = f"'{dotted}': got {error.get('input')!r}; {message}"
+            problem = f"{dotted!r}: got {error.get('input')!r}; {message}"
         raise SiteError(f"{where}: {problem}") from None
     root = Path(root)
     cameras = {
@@ -230,19 +230,19 @@ def site_from_dict(
         for name in entry.cameras:
             if name not in cameras:
                 raise SiteError(
-                    f"{where}: transit names camera '{name}', which is not under cameras: "
-                    f"({', '.join(cameras)}); fix the name"
+                    f"{where}: transit names camera {name!r}, which is not under cameras: "
+                    f"({', '.join(map(repr, cameras))}); fix the name"
                 )
         if entry.max_s is not None and entry.max_s < entry.min_s:
             raise SiteError(f"{where}: transit max_s {entry.max_s} is below min_s {entry.min_s}")
         a, b = entry.cameras
         if a == b:
-            raise SiteError(f"{where}: transit needs two different cameras, got '{a}' twice")
+            raise SiteError(f"{where}: transit needs two different cameras, got {a!r} twice")
         pairs = [(a, b), (b, a)] if entry.both_ways else [(a, b)]
         for pair in pairs:
             if pair in transit:
                 raise SiteError(
-                    f"{where}: a second transit window from camera '{pair[0]}' to '{pair[1]}'; "
+                    f"{where}: a second transit window from camera {pair[0]!r} to {pair[1]!r}; "
                     "give each camera pair one window"
                 )
             transit[pair] = (entry.min_s, entry.max_s)
@@ -266,7 +266,7 @@ def _camera(
         value = getattr(entry, key)
         paths[key] = None if value is None else _resolve(root, value)
     if paths["frames"] is not None and paths["crops"] is not None:
-        raise SiteError(f"{where('crops')}: give frames or crops for camera '{name}', not both")
+        raise SiteError(f"{where('crops')}: give frames or crops for camera {name!r}, not both")
     for key in ("frames", "crops"):
         if paths[key] is not None and not paths[key].is_dir():
             raise SiteError(f"{where(key)}: {key} folder '{paths[key]}' does not exist")
