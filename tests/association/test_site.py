@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,23 @@ def test_homography_from_a_file_maps_feet_to_the_ground(tmp_path: Path) -> None:
     )
     with pytest.raises(SiteError, match=r"site.yaml:5: the homography is not an invertible"):
         load_site(singular)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_a_homography_is_judged_whatever_its_scale(tmp_path: Path, scale: float) -> None:
+    """A homography is defined up to scale: the same camera in other units maps feet to the
+    same ground point, and a singular matrix stays refused at any scale."""
+
+    def site_with(matrix: np.ndarray) -> Path:
+        homography = json.dumps(matrix.tolist())  # a YAML flow list
+        text = f"cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    homography: {homography}\n"
+        return write(tmp_path, text)
+
+    matrix = np.loadtxt(EPFL / "terrace" / "c0" / "Homography.txt") * scale
+    feet = matrix @ np.array([120.0, 170.0, 1.0])
+    box = np.array([[100.0, 50.0, 40.0, 120.0]])
+    camera = load_site(site_with(matrix)).cameras["c0"]
+    assert camera.to_ground(box)[0] == pytest.approx(feet[:2] / feet[2])
+    singular = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 1.0, 1.0]]) * scale
+    with pytest.raises(SiteError, match=r"site.yaml:5: the homography is not an invertible"):
+        load_site(site_with(singular))

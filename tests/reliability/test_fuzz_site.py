@@ -348,6 +348,17 @@ site_files = st.fixed_dictionaries(
 @FAST
 @given(data=st.one_of(site_files, json_values))
 @example(data={"cameras": {"\n": {"fps": 25, "frame_base": None}}})  # a key holding a newline
+@example(  # the determinant of this invertible homography overflows float64
+    data={
+        "cameras": {
+            "a": {
+                "fps": 25,
+                "frame_base": 0,
+                "homography": [[0, 0, 1.7e302], [0, 200, 0], [5541, 0, 0]],
+            }
+        }
+    }
+)
 @example(
     data={
         "cameras": {"a\nb": {"fps": 25, "frame_base": 0}},

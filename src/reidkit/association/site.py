@@ -295,9 +295,21 @@ def _homography(value: str | list[list[float]], root: Path, where: str) -> np.nd
     if numbers.size != 9 or (isinstance(value, list) and any(len(r) != 3 for r in value)):
         raise SiteError(f"{where}: a homography is 3x3 (9 numbers), got {numbers.size}")
     matrix = numbers.reshape(3, 3)
-    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+    if not np.all(np.isfinite(matrix)) or not _invertible(matrix):
         raise SiteError(f"{where}: the homography is not an invertible finite 3x3 matrix")
     return matrix
+
+
+def _invertible(matrix: np.ndarray) -> bool:
+    """Whether a homography maps the image plane one to one. A homography is defined up to
+    scale, so the test must not depend on it (a determinant threshold refused the same camera
+    given in kilometres, and overflowed for huge entries): the condition number of the matrix
+    scaled to entries of at most 1, against float64's precision."""
+    largest = float(np.abs(matrix).max())
+    if largest == 0.0:
+        return False
+    with np.errstate(all="ignore"):  # a singular matrix's condition number is inf, not a warning
+        return bool(np.linalg.cond(matrix / largest) < 1e12)
 
 
 def _resolve(root: Path, value: str) -> Path:
