@@ -275,6 +275,38 @@ def test_a_trackers_pieces_of_one_visit_are_one_person_under_the_stability_cut(
     assert all(len(set(cameras[apart.labels == k])) == 1 for k in range(apart.identities))
 
 
+@pytest.mark.parametrize("seed", [2, 4, 6, 8])
+def test_a_set_cut_in_pieces_gets_the_identities_of_the_uncut_set(seed: int) -> None:
+    """Eight people seen four times each (twice by camera 0, once by cameras 1 and 2), then the
+    same visits each handed over in two nearly identical pieces: the stability cut counts a
+    visit's pieces as one sighting, so the pieces stay together and the visits are grouped as
+    the uncut set's are. Counted in tracks, each visit was a candidate identity of its own and
+    the cut set came out with more identities than the uncut one (every seed here)."""
+    rng = np.random.default_rng(seed)
+    looks = rng.normal(size=(8, 32))
+    people = np.repeat(np.arange(8), 4)
+    cameras = np.tile([0, 0, 1, 2], 8)
+    visits = looks[people] / np.linalg.norm(looks[people], axis=1, keepdims=True)
+    visits = visits + 0.9 / np.sqrt(32) * rng.normal(size=(32, 32))
+    visits /= np.linalg.norm(visits, axis=1, keepdims=True)
+    pieces = visits.repeat(2, axis=0) + 1e-3 * rng.normal(size=(64, 32))
+    pieces /= np.linalg.norm(pieces, axis=1, keepdims=True)
+    rules = Rules(np.zeros((3, 3)))
+
+    def labels(cams: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        spans = [(k * 100.0, k * 100.0 + 1) for k in range(len(cams))]
+        tracks = track_set(cams, spans, embeddings.astype(np.float32))
+        return associate(tracks, rules, threshold=None).labels
+
+    whole = labels(cameras, visits)
+    cut = labels(cameras.repeat(2), pieces)
+    assert (cut[::2] == cut[1::2]).all()
+    visits_cut = cut[::2]
+    assert (whole[:, None] == whole[None, :]).tolist() == (
+        visits_cut[:, None] == visits_cut[None, :]
+    ).tolist()
+
+
 @st.composite
 def random_sites(draw) -> tuple[TrackSet, np.ndarray]:
     count = draw(st.integers(2, 40))

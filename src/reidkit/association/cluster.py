@@ -59,8 +59,9 @@ NEIGHBOURS = 24
 BLOCK_ELEMENTS = 1 << 24
 #: Tracks a camera needs before its mean and spread are taken as the camera's own.
 MIN_CAMERA_TRACKS = 8
-#: Smallest identity the stability cut keeps (one person seen twice).
-MIN_IDENTITY_TRACKS = 2
+#: Smallest identity the stability cut keeps, in sightings: one person seen twice. A sighting is
+#: one of the tree's starting groups (a track, or the tracks joined before the tree as one visit).
+MIN_IDENTITY_SIGHTINGS = 2
 
 
 @dataclass
@@ -346,27 +347,28 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
     The tree is the average-linkage merges in ``log`` (union-find roots: the two merged and
     the one kept, and the distance) over the starting groups ``roots`` (each track's root). A
     group's stability is how long, in ``1 / distance``, its tracks stay together before it
-    joins another group of :data:`MIN_IDENTITY_TRACKS` or more; a group is kept when it is
+    joins another group of :data:`MIN_IDENTITY_SIGHTINGS` or more; a group is kept when it is
     more stable than the best cut of its sub-groups (Campello et al., 2013). Unlike a global
     threshold this adapts to how tight each identity is, which is all a set without time has
     to go on. Groups never merged (refused, or too far) are cut at the largest merge distance.
+
+    Size is counted in sightings (starting groups), not tracks: a visit a tracker handed over
+    in pieces, joined before the tree, is one sighting. Counted in tracks, each such visit
+    would be a candidate identity of its own, every merge of two visits a split, and the
+    selection, whose levels grow as ``1 / distance``, would keep a person's tight one-camera
+    visits apart rather than the person (BENCHMARKS.md: MARS-mini cut in 2, 36 to 42 identities
+    for 16 people). Counted in sightings, a set cut in pieces gives the tree of the uncut set.
     """
     members: dict[int, list[int]] = {}
     for track, root in enumerate(roots.tolist()):
         members.setdefault(root, []).append(track)
+    sightings = dict.fromkeys(members, 1)
     cluster_of: dict[int, int] = {}
     reached: dict[int, float] = {}
     clusters: list[_Condensed] = []
 
-    def open_cluster(node: int, level: float) -> int:
-        """The condensed cluster of ``node``; a starting group of 2+ enters the tree here."""
-        if node not in cluster_of:
-            clusters.append(_Condensed(len(members[node]) * level, len(members[node]), []))
-            cluster_of[node] = len(clusters) - 1
-        return cluster_of[node]
-
     def close(node: int, level: float) -> int:
-        cid = open_cluster(node, level)
+        cid = cluster_of[node]  # a node of two sightings or more was made by a merge below
         clusters[cid].stability = clusters[cid].entry_sum - clusters[cid].size * level
         clusters[cid].members = members[node]
         return cid
@@ -375,14 +377,14 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
         # average linkage under constraints may invert; the tree's levels must not
         distance = max(distance, reached.get(a, 0.0), reached.get(b, 0.0))
         level = 1.0 / max(distance, 1e-6)
-        big = [n for n in (a, b) if len(members[n]) >= MIN_IDENTITY_TRACKS]
+        big = [n for n in (a, b) if sightings[n] >= MIN_IDENTITY_SIGHTINGS]
         size = len(members[a]) + len(members[b])
         if len(big) == 2:
             children = [close(n, level) for n in big]
             clusters.append(_Condensed(size * level, size, children))
             cid = len(clusters) - 1
         elif big:
-            cid = open_cluster(big[0], level)
+            cid = cluster_of[big[0]]
             clusters[cid].entry_sum += (size - len(members[big[0]])) * level
             clusters[cid].size = size
         else:
@@ -390,12 +392,13 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
             cid = len(clusters) - 1
         gone = b if kept == a else a
         members[kept] = members[a] + members[b] if kept == a else members[b] + members[a]
-        del members[gone]
+        sightings[kept] = sightings[a] + sightings[b]
+        del members[gone], sightings[gone]
         cluster_of.pop(gone, None)
         cluster_of[kept] = cid
         reached[kept] = distance
     top_level = 1.0 / max(max(reached.values(), default=1.0), 1e-6)
-    tops = [close(n, top_level) for n in list(members) if len(members[n]) >= MIN_IDENTITY_TRACKS]
+    tops = [close(n, top_level) for n in members if sightings[n] >= MIN_IDENTITY_SIGHTINGS]
     best: dict[int, tuple[float, list[int]]] = {}
     for cid, node in enumerate(clusters):  # children are always created before their parents
         below = sum(best[c][0] for c in node.children)
@@ -407,8 +410,8 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
     labels = np.full(len(roots), -1, dtype=np.int64)
     for number, cid in enumerate(k for top in tops for k in best[top][1]):
         labels[clusters[cid].members] = number
-    alone = labels < 0
-    labels[alone] = labels.max() + 1 + np.arange(alone.sum())
+    alone = labels < 0  # a sighting in no kept group is a person of its own, pieces together
+    labels[alone] = labels.max() + 1 + np.unique(roots[alone], return_inverse=True)[1]
     return first_seen_labels(labels)
 
 
