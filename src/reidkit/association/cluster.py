@@ -237,7 +237,8 @@ def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
     together longest, would keep them apart as people of their own (BENCHMARKS.md: the
     crop-only sets with each tracklet cut in pieces). Two tracks of one camera that are each
     other's nearest among all the site's tracks are taken as one person, never across a
-    cannot-link. The rule has no parameter to tune to a set.
+    cannot-link, and the pair enters the tree as one sighting (:func:`stability_cut`). The
+    rule has no parameter to tune to a set.
     """
     if len(tracks) < 3:  # two tracks are each other's nearest whatever they look like
         return 0
