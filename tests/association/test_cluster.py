@@ -21,7 +21,7 @@ from reidkit.association.cluster import (
 )
 from reidkit.association.constraints import Rules, TrackSet, pair_evidence
 from reidkit.association.epfl import EpflSite
-from reidkit.association.metrics import detections, identity_scores
+from reidkit.association.metrics import detections, identity_scores, weighted_identity_f1
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import load_site
 from reidkit.evaluation.cameras import FLAT_SPREAD, SITE, standardise_by_camera
@@ -233,7 +233,11 @@ def reference_stability_cut(points: np.ndarray) -> list[set[int]]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_stability_cut_matches_an_independent_excess_of_mass(seed: int) -> None:
+def test_stability_cut_matches_an_independent_excess_of_mass(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cut alone: no sighting released afterwards
+    monkeypatch.setattr("reidkit.association.cluster._release_outsiders", lambda labels, *_: labels)
     rng = np.random.default_rng(seed)
     people = rng.integers(0, 6, size=30)
     embeddings = simulated_embeddings(people, noise=0.6, seed=seed, dim=16)
@@ -305,6 +309,46 @@ def test_a_set_cut_in_pieces_gets_the_identities_of_the_uncut_set(seed: int) -> 
     assert (whole[:, None] == whole[None, :]).tolist() == (
         visits_cut[:, None] == visits_cut[None, :]
     ).tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_person_seen_once_is_released_from_a_look_alikes_identity(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifteen people seen by two cameras and fifteen seen once: average linkage joins some of
+    the people seen once to a look-alike's pair, though neither of the pair has them among
+    its two nearest tracks. Released, more of them are people of their own and the score
+    against the truth rises; no person seen twice is split by it, and afterwards every
+    sighting of an identity of three sightings or more is among some other member's nearest."""
+    people = np.concatenate([np.repeat(np.arange(15), 2), np.arange(15, 30)])
+    cameras = np.concatenate([np.tile([0, 1], 15), np.zeros(15, dtype=int)])
+    embeddings = simulated_embeddings(people, noise=1.0, seed=seed, dim=32)
+    tracks = track_set(cameras, [(k * 100.0, k * 100.0 + 1) for k in range(45)], embeddings)
+    rules = Rules(np.zeros((2, 2)))
+    released = associate(tracks, rules, threshold=None).labels
+    monkeypatch.setattr("reidkit.association.cluster._release_outsiders", lambda labels, *_: labels)
+    kept = associate(tracks, rules, threshold=None).labels
+
+    def seen_once_alone(labels: np.ndarray) -> int:
+        return sum(int((labels == labels[k]).sum() == 1) for k in range(30, 45))
+
+    def seen_twice_split(labels: np.ndarray) -> int:
+        return int((labels[0:30:2] != labels[1:30:2]).sum())
+
+    sizes = np.ones(45)
+    assert seen_once_alone(released) > seen_once_alone(kept)
+    assert weighted_identity_f1(people, released, sizes) > weighted_identity_f1(people, kept, sizes)
+    assert seen_twice_split(released) == seen_twice_split(kept)
+    nearest = np.argsort(-(embeddings @ embeddings.T) + 10 * np.eye(45), axis=1)
+    twin = nearest[:, 0]  # one camera's mutual nearest tracks are one sighting
+    twin = np.where((twin[twin] == np.arange(45)) & (cameras[twin] == cameras), twin, -1)
+    for label in np.unique(released):
+        members = np.flatnonzero(released == label)
+        sightings = {min(track, twin[track]) if twin[track] >= 0 else track for track in members}
+        for track in members if len(sightings) >= 3 else []:
+            sighting = [track, twin[track]]
+            others = members[~np.isin(members, sighting)]
+            assert np.isin(nearest[others, : len(members) - 1], sighting).any()
 
 
 @st.composite

@@ -25,8 +25,9 @@ distribution of stranger distances on this site, with its cameras and its crowd,
 threshold admits a fixed expected number of strangers per track. Sets where nothing proves
 two tracks different (crops without time) are cut where the tree is most stable instead
 (:func:`stability_cut`), after joining the pairs of one camera's tracks that are each other's
-nearest (a tracker's pieces of one visit, :func:`_join_camera_twins`). Nothing here is tuned
-to a data set.
+nearest (a tracker's pieces of one visit, :func:`_join_camera_twins`), and a sighting that no
+other member of its identity has among its nearest tracks is released as a person of its own
+(:func:`_release_outsiders`). Nothing here is tuned to a data set.
 
 Candidate merges come from each track's nearest neighbours (a blocked matrix product whose
 block holds a fixed number of similarities), which keeps 10,000 tracks within seconds.
@@ -105,7 +106,8 @@ def learn_threshold(
 
 
 def nearest_neighbours(embeddings: np.ndarray, count: int) -> np.ndarray:
-    """``[T, count]`` indices of each row's most similar other rows (unit vectors)."""
+    """``[T, count]`` indices of each row's most similar other rows (unit vectors), nearest
+    first."""
     total = len(embeddings)
     count = min(count, total - 1)
     if count <= 0:
@@ -117,7 +119,8 @@ def nearest_neighbours(embeddings: np.ndarray, count: int) -> np.ndarray:
         rows = np.arange(len(block))
         block[rows, start + rows] = -np.inf
         top = np.argpartition(-block, count - 1, axis=1)[:, :count]
-        out[start : start + rows_per_block] = top
+        rank = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+        out[start : start + rows_per_block] = np.take_along_axis(top, rank, axis=1)
     return out
 
 
@@ -217,17 +220,21 @@ def associate(
             continue
         groups.merge(ra, rb)
         result.merges_by_place += 1
+    near = nearest_neighbours(tracks.embeddings, neighbours)
     if threshold is None:
-        result.merges_by_appearance += _join_camera_twins(groups, tracks)
+        result.merges_by_appearance += _join_camera_twins(groups, tracks.cameras, near)
     roots = np.array([groups.find(i) for i in range(total)])
     if total > 1:
         limit = np.inf if threshold is None else threshold
-        _link_by_appearance(groups, tracks, limit, neighbours, result)
-    result.labels = groups.labels() if threshold is not None else stability_cut(roots, groups.log)
+        _link_by_appearance(groups, near, limit, result)
+    if threshold is not None:
+        result.labels = groups.labels()
+    else:
+        result.labels = _release_outsiders(stability_cut(roots, groups.log), roots, near)
     return result
 
 
-def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
+def _join_camera_twins(groups: _Groups, cameras: np.ndarray, near: np.ndarray) -> int:
     """Join each pair of one camera's tracks that are each other's nearest track (before the
     stability cut's tree); returns how many pairs were joined.
 
@@ -238,14 +245,14 @@ def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
     crop-only sets with each tracklet cut in pieces). Two tracks of one camera that are each
     other's nearest among all the site's tracks are taken as one person, never across a
     cannot-link, and the pair enters the tree as one sighting (:func:`stability_cut`). The
-    rule has no parameter to tune to a set.
+    rule has no parameter to tune to a set. ``near``: each track's nearest tracks, nearest first.
     """
-    if len(tracks) < 3:  # two tracks are each other's nearest whatever they look like
+    if len(cameras) < 3:  # two tracks are each other's nearest whatever they look like
         return 0
-    nearest = nearest_neighbours(tracks.embeddings, 1)[:, 0]
+    nearest = near[:, 0]
     rows = np.arange(len(nearest))
     twins = (nearest[nearest] == rows) & (rows < nearest)
-    twins &= tracks.cameras[nearest] == tracks.cameras
+    twins &= cameras[nearest] == cameras
     joined = 0
     for a, b in zip(rows[twins].tolist(), nearest[twins].tolist(), strict=True):
         root_a, root_b = groups.find(a), groups.find(b)
@@ -256,10 +263,10 @@ def _join_camera_twins(groups: _Groups, tracks: TrackSet) -> int:
 
 
 def _link_by_appearance(
-    groups: _Groups, tracks: TrackSet, threshold: float, neighbours: int, result: Association
+    groups: _Groups, near: np.ndarray, threshold: float, result: Association
 ) -> None:
-    """Average-linkage merges under ``threshold``, cannot-links respected (step 2)."""
-    near = nearest_neighbours(tracks.embeddings, neighbours)
+    """Average-linkage merges under ``threshold``, cannot-links respected (step 2); candidate
+    pairs are each track and its ``near`` tracks."""
     for i, row in enumerate(near):
         ri = groups.find(i)
         for j in row.tolist():
@@ -413,6 +420,41 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
         labels[clusters[cid].members] = number
     alone = labels < 0  # a sighting in no kept group is a person of its own, pieces together
     labels[alone] = labels.max() + 1 + np.unique(roots[alone], return_inverse=True)[1]
+    return first_seen_labels(labels)
+
+
+def _release_outsiders(labels: np.ndarray, roots: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """``labels`` with each sighting that no other member of its identity counts among its
+    ``n - 1`` nearest tracks (``n``: the identity's tracks) made an identity of its own.
+
+    Average linkage joins a group to another by their average distance, so a person seen once
+    can join the identity of a look-alike while no member of it has them near: they were
+    nearer to that group than to any other, not near to anyone in it. If the identity were one
+    person, each member's ``n - 1`` nearest tracks would be the others; a sighting (a starting
+    group of the tree, as in :func:`stability_cut`) that is in no member's list is released,
+    and an identity that lost one is asked again at its new size, until none is released.
+    Identities of two sightings are left as the cut kept them (no third member to ask), and so
+    are those larger than the neighbour lists ``near`` hold. k-reciprocal neighbours (Zhong et
+    al., 2017) test the same thing for a query; here ``k`` is the identity's own size, not a
+    parameter.
+    """
+    labels = labels.copy()
+    fresh = labels.max() + 1 if len(labels) else 0
+    released = True
+    while released:
+        released = False
+        order = np.argsort(labels, kind="stable")
+        for members in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
+            size, sightings = len(members), np.unique(roots[members])
+            if len(sightings) < 3 or size - 1 > near.shape[1]:
+                continue
+            named = near[members, : size - 1]
+            for root in sightings.tolist():
+                own = roots[members] == root
+                if not np.isin(named[~own], members[own]).any():
+                    labels[members[own]] = fresh
+                    fresh += 1
+                    released = True
     return first_seen_labels(labels)
 
 
