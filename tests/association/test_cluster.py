@@ -351,6 +351,13 @@ def test_a_person_seen_once_is_released_from_a_look_alikes_identity(
             assert np.isin(nearest[others, : len(members) - 1], sighting).any()
 
 
+@pytest.mark.parametrize("open_set", ["stability", "auto"])
+def test_no_tracks_give_no_identities(open_set: str) -> None:
+    tracks = TrackSet(np.zeros(0, int), np.zeros(0), np.zeros(0), np.zeros((0, 8), np.float32), [])
+    result, _, _ = associate_site(tracks, np.zeros((1, 1)), open_set=open_set)
+    assert result.labels.tolist() == [] and result.identities == 0
+
+
 @st.composite
 def random_sites(draw) -> tuple[TrackSet, np.ndarray]:
     count = draw(st.integers(2, 40))

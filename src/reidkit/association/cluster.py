@@ -419,7 +419,7 @@ def stability_cut(roots: np.ndarray, log: list[tuple[int, int, int, float]]) -> 
     for number, cid in enumerate(k for top in tops for k in best[top][1]):
         labels[clusters[cid].members] = number
     alone = labels < 0  # a sighting in no kept group is a person of its own, pieces together
-    labels[alone] = labels.max() + 1 + np.unique(roots[alone], return_inverse=True)[1]
+    labels[alone] = labels.max(initial=-1) + 1 + np.unique(roots[alone], return_inverse=True)[1]
     return first_seen_labels(labels)
 
 
@@ -439,7 +439,7 @@ def _release_outsiders(labels: np.ndarray, roots: np.ndarray, near: np.ndarray) 
     parameter.
     """
     labels = labels.copy()
-    fresh = labels.max() + 1 if len(labels) else 0
+    fresh = labels.max(initial=-1) + 1
     released = True
     while released:
         released = False
