@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import norm
 from sklearn.preprocessing import StandardScaler
 
-from reidkit.association.baselines import metropolis_style, threshold_links
+from reidkit.association.baselines import best_threshold, metropolis_style, threshold_links
 from reidkit.association.cluster import (
     associate,
     associate_site,
@@ -83,6 +83,25 @@ def test_same_place_at_one_moment_joins_tracks_that_look_different() -> None:
     assert result.labels.tolist() == [0, 0, 1] and result.merges_by_place == 1
     vetoed = associate(tracks, rules, threshold=0.2, veto=0.5, evidence=evidence)
     assert vetoed.labels.tolist() == [0, 1, 2]
+
+
+def test_best_threshold_is_the_grid_point_the_answers_rate_highest() -> None:
+    # three people 120 degrees apart, each seen by two cameras 0.1 rad apart, hours apart
+    angles = [0.0, 0.1, 2.1, 2.2, 4.2, 4.3]
+    tracks = track_set([0, 1] * 3, [(3600.0 * k, 3600.0 * k + 5) for k in range(6)], unit(*angles))
+    truth = np.repeat([7, 8, 9], 2)
+    sizes = np.ones(6)
+    grid = [3.99, 0.001, 0.5]  # everyone one person (average distance ~2) / all alone / right
+
+    def idf1(labels: np.ndarray) -> float:
+        return weighted_identity_f1(truth, labels, sizes)
+
+    labels, threshold = best_threshold(tracks, np.zeros((2, 2)), idf1, grid)
+    assert threshold == 0.5 and idf1(labels) == pytest.approx(100.0)
+    fewest, threshold = best_threshold(
+        tracks, np.zeros((2, 2)), lambda found: -len(set(found.tolist())), grid
+    )
+    assert threshold == 3.99 and len(set(fewest.tolist())) == 1
 
 
 def test_site_threshold_is_the_normal_fit_of_proven_strangers() -> None:

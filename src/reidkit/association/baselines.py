@@ -15,9 +15,14 @@
   the threshold are one identity (connected components), no constraints.
 * :func:`every_track_alone` (lower bound) and :func:`oracle` (upper bound: each track takes
   the ground-truth identity most of its detections have).
+* :func:`best_threshold` (upper bound of a *known* threshold): our clustering at the one
+  distance threshold, of a grid, that scores best against the answers. No site can choose its
+  threshold that way; the bound says what knowing it would be worth, set by set.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -25,7 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import HDBSCAN
 
-from reidkit.association.cluster import BLOCK_ELEMENTS
+from reidkit.association.cluster import BLOCK_ELEMENTS, associate_site
 from reidkit.association.constraints import TrackSet, nearby_pairs, shared_distance
 
 TRAJECTORY_WEIGHT = 0.15
@@ -41,6 +46,26 @@ def oracle(truth: np.ndarray) -> np.ndarray:
     """Upper bound: the ground-truth identity of each track, as labels."""
     _, labels = np.unique(truth, return_inverse=True)
     return labels
+
+
+def best_threshold(
+    tracks: TrackSet,
+    min_transit: np.ndarray,
+    score: Callable[[np.ndarray], float],
+    thresholds: Iterable[float],
+) -> tuple[np.ndarray, float]:
+    """Upper bound of any single threshold: (labels, threshold) of :func:`associate_site` at
+    the ``match_threshold`` among ``thresholds`` whose labels ``score`` rates highest (the
+    first on a tie). ``score`` knows the answers, which is what makes this a bound."""
+    best: tuple[float, np.ndarray, float] | None = None
+    for threshold in thresholds:
+        labels = associate_site(tracks, min_transit, match_threshold=float(threshold))[0].labels
+        value = score(labels)
+        if best is None or value > best[0]:
+            best = (value, labels, float(threshold))
+    if best is None:
+        raise ValueError("best_threshold needs at least one threshold")
+    return best[1], best[2]
 
 
 def threshold_links(tracks: TrackSet, threshold: float) -> np.ndarray:
