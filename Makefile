@@ -18,7 +18,9 @@ install: $(STAMP)
 
 # Synthesise a small multi-camera dataset, train a few epochs (prints rank-1 and mAP), then
 # evaluate the checkpoint with plots and export it to a verified ONNX file; index the test
-# crops in a gallery, create an admin token and print the command that serves them.
+# crops in a gallery and search it; associate a synthetic site's tracks into one global id per
+# person (scored against its ground truth); create an admin token and print the command that
+# serves the gallery.
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(VENV)/bin/reidkit dataset synth --out $(DEMO)/synth --ids 60 --cameras 4 --images-per-id 12
@@ -36,6 +38,9 @@ demo: $(STAMP)
 	@echo "== Search for person 0001 (a training identity, never added to the gallery):"
 	@$(VENV)/bin/reidkit gallery search -e examples/demo.yaml \
 		gallery.query=[$(DEMO)/synth/bounding_box_train/0001_c1s1_002683_00.jpg]
+	@echo "== A multi-camera site (synthetic tracks with embeddings): tracks in, one id per person out:"
+	$(VENV)/bin/reidkit dataset synth --site --out $(DEMO)/site --tracks 300 --cameras 6 --hours 1
+	$(VENV)/bin/reidkit associate -e examples/demo_site.yaml
 	@echo "Admin token for the page (shown once):"
 	@$(VENV)/bin/reidkit serve token -e examples/demo.yaml --name demo-admin --scopes admin
 	@echo "Serve the demo gallery and its page (then open http://127.0.0.1:8080/):"
