@@ -41,11 +41,9 @@ threshold** on mean embeddings (the card's threshold with a model, else the one 
 and the bounds: **every track alone** and the ground-truth **oracle**; on the crop-only sets
 also the **best single threshold** (ours at the one ``match_threshold`` of
 :data:`THRESHOLD_GRID` the answers rate best: what knowing the threshold is worth). The live
-assigner is
-replayed on the same tracks (in closing order, with the offline run's calibration and the
-live threshold it measures, as ``reidkit associate`` writes them) and compared with the
-offline result. Prints the tables and writes
-``benchmarks/results/associate.json``.
+assigner is replayed on the same tracks (in closing order, with the offline run's calibration
+and the live threshold it measures, as ``reidkit associate`` writes them) and compared with the
+offline result. Prints the tables and writes ``benchmarks/results/associate.json``.
 """
 
 from __future__ import annotations
