@@ -91,7 +91,7 @@ def test_best_threshold_is_the_grid_point_the_answers_rate_highest() -> None:
     tracks = track_set([0, 1] * 3, [(3600.0 * k, 3600.0 * k + 5) for k in range(6)], unit(*angles))
     truth = np.repeat([7, 8, 9], 2)
     sizes = np.ones(6)
-    grid = [3.99, 0.001, 0.5]  # everyone one person (average distance ~2) / all alone / right
+    grid = [3.99, 0.001, 0.5]  # everyone one person (strangers ~3 apart) / all alone / right
 
     def idf1(labels: np.ndarray) -> float:
         return weighted_identity_f1(truth, labels, sizes)
