@@ -531,3 +531,20 @@ def test_deeply_nested_json_is_a_4xx_not_a_dropped_connection(
             detail = response.json()["detail"]  # one line, or FastAPI's list of field errors
             assert isinstance(detail, list) or "\n" not in detail, detail
         assert admin.get("/healthz").json()["gallery_size"] == len(stored)
+
+
+def test_an_age_past_the_calendar_is_a_422_and_erases_nothing(
+    tmp_path: Path, start_server, tokens: Tokens, crops: list[Crop]
+) -> None:
+    """``older_than`` beyond what a date holds (over timedelta's 999,999,999 days, a cutoff
+    before year 1, more digits than int() reads) was a 500 with a traceback in the log."""
+    server: Server = start_server(tmp_path / "gallery")
+    with server.client(tokens.write) as writer:
+        assert writer.post("/v1/gallery", **upload_form(crops[:2])).json()["added"] == 2
+    with server.client(tokens.admin) as admin:
+        for age in ("1000000000d", "999999999d", "99999999999s", "9" * 5000 + "d"):
+            refused = admin.delete("/v1/gallery", params={"older_than": age})
+            assert refused.status_code == 422, (age[:20], refused.text)
+            assert refused.json() == {"detail": "older_than reaches back before year 1"}
+        assert admin.get("/v1/gallery/stats").json()["size"] == 2
+    assert "Traceback" not in server.log.read_text()

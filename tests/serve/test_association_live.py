@@ -131,6 +131,11 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
         ({k: v for k, v in body.items() if k != "embeddings"} | {"crops": ["%%"]}, "not base64"),
         ({**body, "start": 200.0}, "ends before it starts"),
         ({**body, "start": 1.7e12, "end": 1.7e12}, "outside 1970..2200"),  # milliseconds
+        # ground rows out of time order interpolate to nonsense; outside the span, they place
+        # the person where the track never saw them: either could join two people by place
+        ({**body, "ground": [[103.0, 1.0, 1.0], [101.0, 2.0, 2.0]]}, "in time order"),
+        ({**body, "ground": [[101.0, 1.0, 1.0], [104.5, 2.0, 2.0]]}, "within the track's"),
+        ({**body, "ground": [[99.0, 1.0, 1.0]]}, "within the track's start..end"),
     ]:
         response = writer.post("/v1/tracks", json=bad)
         assert response.status_code == 422 and says in response.text, response.text
@@ -141,14 +146,16 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
         Image.new("RGB", (32, 64), colour).save(buffer, format="JPEG")
         encoded.append(base64.b64encode(buffer.getvalue()).decode())
     with_crops = {k: v for k, v in body.items() if k != "embeddings"} | {"crops": encoded}
+    with_crops["ground"] = [[100.0, 1.0, 1.0], [100.0, 1.5, 1.0], [104.0, 2.0, 2.0]]
     answer = writer.post("/v1/tracks", json=with_crops)
     assert answer.status_code == 200 and answer.json()["global_id"] >= 1, answer.text
     assert answer.json()["seq"] == 1  # the refused requests logged nothing
 
 
 _rows = st.lists(st.lists(st.floats(-2, 2), min_size=64, max_size=64), min_size=1, max_size=3)
+#: sound ground rows: the one moment inside every generated span (start <= it <= end)
 _positions = st.lists(
-    st.tuples(st.floats(1.7e9, 1.8e9), st.floats(-50, 50), st.floats(-50, 50)), max_size=3
+    st.tuples(st.just(1.7e9 + 3600), st.floats(-50, 50), st.floats(-50, 50)), max_size=3
 )
 #: Closing tracks as a pipeline sends them, each field now and then any JSON value instead;
 #: now and then crops in place of the embeddings, or a key the API does not have.
@@ -362,3 +369,79 @@ def test_groups_decide_as_tracks_one_at_a_time_and_a_failed_group_keeps_nothing(
     assert [outcomes[0], outcomes[2]] == one_by_one[start : start + 2]
     assert flaky.read(0) == alone.log.read(0)[: len(flaky.read(0))]
     assert len(flaky.read(0)) > end
+
+
+def test_a_resent_track_gets_the_identity_it_got_and_logs_nothing(
+    calibrated_site, start_server, tokens, tmp_path
+) -> None:
+    """A pipeline resending a closing track whose answer never came (here the same track 12
+    times at once, over two servers on one gallery) gets one identity, and the log holds the
+    track once. Each copy used to be a new identity, cannot-linked to the others for good (one
+    camera, one moment): ghosts no later track could merge back."""
+    _, calibration = calibrated_site
+    gallery = tmp_path / "gallery"
+    option = f"serve.association_calibration={calibration}"
+    writers = [start_server(gallery, option).client(tokens.write) for _ in range(2)]
+    body = {"camera": "1", "track_id": "17", "start": 1.7e9, "end": 1.7e9 + 6.0,
+            "embeddings": [[0.5] * 64, [0.4] * 64]}  # fmt: skip
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda n: writers[n % 2].post("/v1/tracks", json=body), range(12)))
+    assert all(answer.status_code == 200 for answer in answers), answers[0].text
+    assert {(answer.json()["global_id"], answer.json()["seq"]) for answer in answers} == {(1, 1)}
+    assert sorted(answer.json()["reason"] for answer in answers) == ["new"] + ["repeat"] * 11
+    # the tracker's id again later (a new track of the same id), and a retry of it
+    later = {**body, "start": 1.7e9 + 60, "end": 1.7e9 + 66}
+    for reason in ("appearance", "repeat"):
+        answer = writers[1].post("/v1/tracks", json=later)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["global_id"], answer.json()["reason"]) == (1, reason)
+    log = SqliteEventLog(gallery / f"{LOG_NAME}.sqlite").read(0)
+    assert [record["op"] for _, record in log] == ["create", "attach"]
+
+
+def test_a_cursor_past_the_log_end_and_rows_that_cancel_out_are_refused(
+    calibrated_site, start_server, tokens, tmp_path
+) -> None:
+    """``since`` beyond the identity log's end (a cursor of another gallery, or a log restored
+    from a backup) was answered back as ``last_seq``, so a consumer skipped every correction
+    until the log caught up with it; rows whose mean is zero (a row and its negative) pooled
+    to a zero vector, which the camera's standardisation turned into minus its mean: every
+    such track of a camera looked alike. Both are 422s now, and log nothing."""
+    _, calibration = calibrated_site
+    server = start_server(tmp_path / "gallery", f"serve.association_calibration={calibration}")
+    reader, writer = server.client(tokens.search), server.client(tokens.write)
+    row = [0.5] * 32 + [-0.2] * 32
+    body = {"camera": "0", "track_id": "9", "start": 1.7e9, "end": 1.7e9 + 4.0,
+            "embeddings": [row, [-x for x in row]]}  # fmt: skip
+    cancelled = writer.post("/v1/tracks", json=body)
+    assert cancelled.status_code == 422 and "cancel out" in cancelled.text, cancelled.text
+    assert reader.get("/v1/corrections").json() == {"corrections": [], "last_seq": 0}
+    assert reader.get("/v1/corrections", params={"since": 1}).status_code == 422
+    answer = writer.post("/v1/tracks", json={**body, "embeddings": [row]})
+    assert answer.status_code == 200 and answer.json()["seq"] == 1, answer.text
+    assert reader.get("/v1/corrections", params={"since": 1}).json()["last_seq"] == 1
+    for since in (2, 10**12):
+        refused = reader.get("/v1/corrections", params={"since": since})
+        assert refused.status_code == 422, refused.text
+        assert "past the end of the identity log" in refused.json()["detail"]
+    assert server.process.poll() is None and "Traceback" not in server.log.read_text()
+
+
+def test_a_broken_calibration_is_a_422_without_the_servers_path(
+    start_server, tokens, tmp_path
+) -> None:
+    """A calibration file the service cannot use is named by its setting in the 422 a client
+    gets, never by where it lies on the server (as gallery errors leave the gallery's out)."""
+    broken = tmp_path / "private" / "calibration.json"
+    broken.parent.mkdir()
+    broken.write_text('{"cameras": [')
+    server = start_server(tmp_path / "gallery", f"serve.association_calibration={broken}")
+    body = {"camera": "0", "track_id": "1", "start": 1.7e9, "end": 1.7e9 + 1.0,
+            "embeddings": [[1.0] * 64]}  # fmt: skip
+    for response in (
+        server.client(tokens.write).post("/v1/tracks", json=body),
+        server.client(tokens.search).get("/v1/corrections"),
+    ):
+        assert response.status_code == 422, response.text
+        assert "serve.association_calibration: not a calibration.json" in response.text
+        assert str(tmp_path) not in response.text

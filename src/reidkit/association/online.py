@@ -12,7 +12,9 @@ measures how much):
   offline linkage between one track and a group) under the threshold;
 * never an identity one of whose tracks it cannot be (the same cannot-links as offline,
   computed by the same code: :func:`reidkit.association.constraints.pair_evidence`);
-* else a new identity.
+* else a new identity;
+* a track already decided (the same key, camera and span: a client's retry) gets the
+  identity it now has, and nothing changes.
 
 When a track joins an identity, any other identity it stands at one place with, or that is now
 within the threshold of that one (and with no cannot-link between them), is merged into it:
@@ -87,7 +89,7 @@ class Assignment:
     """The global id of a closing track, how it was decided, and any corrections it caused."""
 
     global_id: int
-    reason: str  # "place", "appearance" or "new"
+    reason: str  # "place", "appearance", "new", or "repeat" (the track was decided before)
     distance: float | None
     corrections: tuple[Correction, ...] = ()
 
@@ -281,6 +283,9 @@ class OnlineAssigner:
 
     def assign(self, track: ClosedTrack) -> Assignment:
         """The global id of ``track`` (now stored under it) and the corrections it caused."""
+        repeated = self._holder(track)
+        if repeated is not None:
+            return Assignment(repeated, "repeat", None)
         candidates = [c for c in self._candidates(track) if not c.cannot]
         at_place = [c for c in candidates if np.isfinite(c.place) and not self._vetoed(c.distance)]
         if at_place:
@@ -294,6 +299,19 @@ class OnlineAssigner:
         others = [c for c in candidates if c.identity != chosen.identity]
         identity, corrections = self._merge_into(chosen.identity, others)
         return Assignment(identity, reason, chosen.distance, tuple(corrections))
+
+    def _holder(self, track: ClosedTrack) -> int | None:
+        """The identity already holding this very track (same key, camera and span), if any.
+
+        A client that sends a track again because its answer never came (a timeout, a
+        restart) must get the identity it got, not a new one: a second copy of a track shares
+        its camera and moment with the first, so the cannot-links would keep it apart for
+        good, a ghost identity that no later track could merge back."""
+        same = (track.key, track.camera, track.start, track.end)
+        for identity, other in self.store.overlapping(track.start, track.end):
+            if (other.key, other.camera, other.start, other.end) == same:
+                return identity
+        return None
 
     def _merge_into(self, identity: int, others: list[_Candidate]) -> tuple[int, list[Correction]]:
         """Merge into ``identity`` every other candidate the new track proves to be the same

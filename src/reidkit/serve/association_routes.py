@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import pathlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -50,6 +51,8 @@ from reidkit.serve.gallery_access import as_utc
 
 #: Most embedding rows one track may bring (a minute of a 25 fps camera is 1,500).
 MAX_TRACK_ROWS = 4096
+#: Seconds a ground row's time may lie outside its track's span (float rounding of ISO times).
+GROUND_TIME_SLACK = 1e-3
 
 router = APIRouter(tags=["association"])
 
@@ -84,7 +87,10 @@ class CorrectionOut(BaseModel):
 
 class TrackAnswer(BaseModel):
     global_id: int
-    reason: str = Field(description="'place', 'appearance' or 'new'.")
+    reason: str = Field(
+        description="'place', 'appearance', 'new', or 'repeat' (this very track was decided "
+        "before: a retry gets the identity it has now, and nothing is logged)."
+    )
     distance: float | None = Field(description="Distance to the identity chosen (or nearest).")
     seq: int = Field(description="The identity log's position after this decision.")
     corrections: list[CorrectionOut]
@@ -132,7 +138,14 @@ class _Live:
                     "live association is off: set serve.association_calibration to an "
                     "associate run's calibration.json"
                 )
-            calibration = load_calibration(settings.association_calibration)
+            where = settings.association_calibration
+            try:
+                calibration = load_calibration(where)
+            except LiveAssociationError as exc:  # clients get the setting, not a server path
+                message = str(exc).replace(
+                    str(pathlib.Path(where)), "serve.association_calibration"
+                )
+                raise LiveAssociationError(message) from None
             self.association = LiveAssociation(
                 self._gallery().backend.event_log(LOG_NAME), calibration, self.services.model.dim
             )
@@ -230,6 +243,32 @@ def _rows(rows: list[list[float]], dim: int) -> np.ndarray:
     return matrix
 
 
+def _ground(
+    rows: list[tuple[float, float, float]] | None, start: float, end: float
+) -> np.ndarray | None:
+    """The track's (time, x, y) rows, or a 422 for rows that would mislead the place rules.
+
+    Positions are compared at the moments two tracks share by interpolating each track's
+    rows in time, which silently gives nonsense for rows out of time order; and a row outside
+    the track's own span places the person where the track never saw them. Either could join
+    two people by place (a merge no later track undoes), so they are refused, not repaired.
+    Times may stray from ``start``..``end`` by a millisecond: ISO times and float seconds
+    round differently."""
+    if not rows:
+        return None
+    ground = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(ground).all():
+        raise HTTPException(422, "ground positions must be finite")
+    times = ground[:, 0]
+    if np.any(np.diff(times) < 0):
+        raise HTTPException(422, "ground rows must be in time order (their first column)")
+    if times[0] < start - GROUND_TIME_SLACK or times[-1] > end + GROUND_TIME_SLACK:
+        raise HTTPException(
+            422, "ground times must lie within the track's start..end (unix seconds)"
+        )
+    return ground
+
+
 async def _embed_crops(services: Services, crops: list[str]) -> np.ndarray:
     limit = services.settings.max_images
     if not crops or len(crops) > limit:
@@ -270,9 +309,9 @@ async def close_track(
     else:
         rows = await _embed_crops(services, track.crops or [])
     embedding = pool(rows, np.ones(len(rows), dtype=np.float32))
-    ground = None if not track.ground else np.asarray(track.ground, dtype=np.float64)
-    if ground is not None and not np.isfinite(ground).all():
-        raise HTTPException(422, "ground positions must be finite")
+    if np.linalg.norm(embedding) < 0.5:  # pool gives a zero vector when the unit rows sum to 0
+        raise HTTPException(422, "embeddings cancel out (their mean is zero): no look to match")
+    ground = _ground(track.ground, start, end)
     decision = await live.decide(
         lambda association: association.track(
             track.camera, track.track_id, start, end, embedding, ground
@@ -297,8 +336,23 @@ async def corrections(
     caller: Annotated[Any, Depends(require("search"))],
     since: Annotated[int, Query(ge=0, le=2**62, description="Last seq seen (0: all).")] = 0,
 ) -> CorrectionsAnswer:
-    """Merges (absorbed -> kept) logged after ``since``, oldest first."""
-    found, last = await live.call(lambda association: association.corrections(since))
+    """Merges (absorbed -> kept) logged after ``since``, oldest first.
+
+    A ``since`` past the log's end is a 422, not an empty answer: echoed back as
+    ``last_seq``, it would have the consumer skip every correction until the log caught up
+    with it (a cursor from another gallery, or a log restored from a backup)."""
+
+    def poll(association: LiveAssociation) -> tuple[list[dict[str, int]], int]:
+        found, last = association.corrections(since)
+        if last == since > 0 and not association.log.read(since - 1):  # no record ``since``
+            raise HTTPException(
+                422,
+                f"since={since} is past the end of the identity log (a cursor from another "
+                "gallery, or a log restored from a backup); poll again from since=0",
+            )
+        return found, last
+
+    found, last = await live.call(poll)
     return CorrectionsAnswer(corrections=[CorrectionOut(**c) for c in found], last_seq=last)
 
 

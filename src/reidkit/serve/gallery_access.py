@@ -236,7 +236,10 @@ class GalleryService:
         answer says what was selected and warns when nothing matched."""
         before = None
         if older_than is not None:  # the API's age becomes the gallery's absolute cutoff
-            before = datetime.now(timezone.utc) - older_than
+            try:
+                before = datetime.now(timezone.utc) - older_than
+            except OverflowError:  # a cutoff before year 1: no date, and no crop that old
+                raise RequestRefused("older_than reaches back before year 1") from None
         selection = Selection(
             track_ids=() if track_id is None else (track_id,),
             paths=() if path is None else (path,),

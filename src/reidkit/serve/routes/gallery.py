@@ -24,10 +24,16 @@ _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def _parse_age(text: str) -> timedelta:
+    """The age ``older_than`` names; 422 for one that is no age, or longer than the calendar
+    (``timedelta`` overflows past 999,999,999 days, ``int`` refuses over 4,300 digits: both
+    were a 500)."""
     match = _AGE.match(text)
     if match is None:
         raise HTTPException(422, "older_than must be a number and a unit, e.g. 30d, 12h, 90m")
-    return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+    except (OverflowError, ValueError):
+        raise HTTPException(422, "older_than reaches back before year 1") from None
 
 
 @router.post("/gallery", status_code=201)
