@@ -71,6 +71,8 @@ def test_cli_forget_refuses_accidents_and_warns_on_no_match(market_site, tmp_pat
         (("gallery.forget_tracks=['0001']", "--yes"), "--yes confirms --all only"),
         (("gallery.forget_tracks=['0001']", "--all", "--yes"), "--all erases everything"),
         (("gallery.retention_days=0.01",), "gallery.retention_days: an age of 864s is under"),
+        (("gallery.retention_days=1e12",), "gallery.retention_days"),  # was an OverflowError
+        (("gallery.retention_days=inf",), "gallery.retention_days"),
         (("gallery.forget_tracks=['']",), "gallery.forget_tracks: track_id is empty"),
     ]
     for arguments, message in refusals:

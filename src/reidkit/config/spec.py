@@ -457,7 +457,10 @@ class GallerySpec(_Section):
         "time span.",
     )
     retention_days: float | None = Field(
-        None, gt=0.0, description="forget: also every crop older than this many days."
+        None,
+        gt=0.0,
+        le=100_000.0,  # 270 years: before any crop's time (1970..2200), and within timedelta
+        description="forget: also every crop older than this many days.",
     )
     rebuild_drop_missing: bool = Field(
         False,
