@@ -395,6 +395,11 @@ def test_a_resent_track_gets_the_identity_it_got_and_logs_nothing(
         answer = writers[1].post("/v1/tracks", json=later)
         assert answer.status_code == 200, answer.text
         assert (answer.json()["global_id"], answer.json()["reason"]) == (1, reason)
+    # the same id over a span that overlaps the decided one without being it: one tracker id
+    # at one moment is one person, so it is refused rather than made a second identity
+    stretched = writers[0].post("/v1/tracks", json={**body, "end": 1.7e9 + 9.0})
+    assert stretched.status_code == 422, stretched.text
+    assert "track 17 of camera 1 was decided with the span" in stretched.json()["detail"]
     log = SqliteEventLog(gallery / f"{LOG_NAME}.sqlite").read(0)
     assert [record["op"] for _, record in log] == ["create", "attach"]
 

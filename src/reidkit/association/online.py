@@ -14,7 +14,8 @@ measures how much):
   computed by the same code: :func:`reidkit.association.constraints.pair_evidence`);
 * else a new identity;
 * a track already decided (the same key, camera and span: a client's retry) gets the
-  identity it now has, and nothing changes.
+  identity it now has, and nothing changes; one of the same key and camera that overlaps it
+  in time without being it is refused (:class:`TrackConflict`).
 
 When a track joins an identity, any other identity it stands at one place with, or that is now
 within the threshold of that one (and with no cannot-link between them), is merged into it:
@@ -44,6 +45,7 @@ import numpy as np
 from reidkit.association.cluster import Calibration, learn_threshold
 from reidkit.association.constraints import PairEvidence, Rules, TrackSet, pair_evidence
 from reidkit.association.metrics import pairwise_scores
+from reidkit.errors import ReidkitError
 from reidkit.evaluation.cameras import standardise_by_camera
 
 #: Identities looked at per closing track (nearest centroids first).
@@ -124,6 +126,17 @@ class IdentityStore(Protocol):
     def merge(self, kept: int, absorbed: int) -> None:
         """Move every track of ``absorbed`` into ``kept``; ``absorbed`` ceases to exist."""
         ...
+
+
+class TrackConflict(ReidkitError):
+    """A closing track that overlaps a decided track of the same key and camera."""
+
+
+def _name(key: object) -> str:
+    """A track key as a message names it: ``[camera, id]`` lists as ``id of camera camera``."""
+    if isinstance(key, list | tuple) and len(key) == 2:
+        return f"{key[1]} of camera {key[0]}"
+    return str(key)
 
 
 @dataclass
@@ -283,7 +296,7 @@ class OnlineAssigner:
 
     def assign(self, track: ClosedTrack) -> Assignment:
         """The global id of ``track`` (now stored under it) and the corrections it caused."""
-        repeated = self._holder(track)
+        repeated = self._decided_before(track)
         if repeated is not None:
             return Assignment(repeated, "repeat", None)
         candidates = [c for c in self._candidates(track) if not c.cannot]
@@ -300,17 +313,26 @@ class OnlineAssigner:
         identity, corrections = self._merge_into(chosen.identity, others)
         return Assignment(identity, reason, chosen.distance, tuple(corrections))
 
-    def _holder(self, track: ClosedTrack) -> int | None:
+    def _decided_before(self, track: ClosedTrack) -> int | None:
         """The identity already holding this very track (same key, camera and span), if any.
 
         A client that sends a track again because its answer never came (a timeout, a
         restart) must get the identity it got, not a new one: a second copy of a track shares
         its camera and moment with the first, so the cannot-links would keep it apart for
-        good, a ghost identity that no later track could merge back."""
-        same = (track.key, track.camera, track.start, track.end)
+        good, a ghost identity that no later track could merge back. For the same reason a
+        track of the same key and camera whose span overlaps a decided one's without being
+        it (a tracker's update of a closed track, or a client's bug) is refused with
+        :class:`TrackConflict`: one tracker id at one moment is one person."""
         for identity, other in self.store.overlapping(track.start, track.end):
-            if (other.key, other.camera, other.start, other.end) == same:
+            if other.key != track.key or other.camera != track.camera:
+                continue
+            if (other.start, other.end) == (track.start, track.end):
                 return identity
+            raise TrackConflict(
+                f"track {_name(track.key)} was decided with the span {other.start}..{other.end} "
+                f"(identity {identity}); a track of the same id overlapping it must be that "
+                "track: send it again with the same start and end, or under a new track id"
+            )
         return None
 
     def _merge_into(self, identity: int, others: list[_Candidate]) -> tuple[int, list[Correction]]:
