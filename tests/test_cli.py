@@ -101,3 +101,17 @@ def test_archive_dataset_trains(synth_root: Path, tmp_path: Path, run_main: RunM
 
 def test_missing_spec_file_is_one_line(tmp_path: Path, run_main: RunMain) -> None:
     assert_one_line_error(run_main("train", "-e", str(tmp_path / "nope.yaml")), "nope.yaml")
+
+
+def test_overrides_may_follow_options(tmp_path: Path, run_main: RunMain) -> None:
+    """``KEY=VALUE`` after an option was "unrecognized arguments" (argparse ends a ``*``
+    positional at the first option); an argument that is neither is still refused."""
+    spec = str(empty_spec(tmp_path))
+    made = run_main("serve", "token", "-e", spec, "--name", "bob", f"results_dir={tmp_path}")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "serve" / "tokens.json").is_file()
+    listed = run_main("serve", "token", "-e", spec, "--list", f"results_dir={tmp_path}")
+    assert listed.returncode == 0 and listed.stdout.startswith("bob\t"), listed
+    with pytest.raises(SystemExit) as refused:
+        run_main("serve", "token", "-e", spec, "--name", "eve", "--bogus")
+    assert refused.value.code == 2

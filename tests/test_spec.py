@@ -106,3 +106,67 @@ def test_action_dirs_follow_tao_layout() -> None:
     spec = load_spec(None, ["results_dir=out", "evaluate.results_dir=elsewhere"])
     assert spec.action_dir("train") == Path("out/train")
     assert spec.action_dir("evaluate") == Path("elsewhere")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        # Each passed the spec and then failed its action, with a traceback unless noted.
+        "dataset.val_batch_size=9223372036854775808",  # train: torch's batch sampler
+        "evaluate.batch_size=1000000000000000000000000000000",
+        "inference.batch_size=9223372036854775808",
+        "train.seed=9223372036854775808",  # train: numpy takes 0..2**32-1
+        "train.seed=4294967296",
+        "automl.seed=4294967296",  # automl: optuna's samplers take 0..2**32-1
+        "train.id_warmup_epochs=inf",  # train: round(inf) in the sampler
+        "train.freeze_backbone_epochs=.inf",
+        "train.optim.center_lr=1e308",  # train: overflows the centers' float32 optimizer
+        "gallery.fps=1e-300",  # gallery add: crop times past what a clock can print
+        "gallery.fps=inf",  # gallery add: every crop silently stamped time_origin
+        # train: every input nan (mean) or 0 (std); stopped at the loss, blaming the lr
+        "dataset.pixel_mean=[.nan,0.45,0.4]",
+        "dataset.pixel_std=[0.2,.inf,0.2]",
+        "gallery.cameras=[]",  # gallery search: no camera searched, no hits, exit 0
+    ],
+)
+def test_values_that_crashed_an_action_are_refused(override: str) -> None:
+    key = override.split("=", 1)[0]
+    with pytest.raises(SpecError) as info:
+        load_spec(None, [override])
+    message = str(info.value)
+    assert f"'{key}'" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.seed=0",
+        "train.seed=4294967295",
+        "automl.seed=4294967295",  # later trials' seeds wrap round
+        "dataset.val_batch_size=65536",
+        "train.optim.center_lr=10",
+        "train.id_warmup_epochs=10000",
+        "gallery.fps=0.001",
+        "gallery.fps=1000",
+    ],
+)
+def test_bounds_keep_the_values_in_use(override: str) -> None:
+    load_spec(None, [override])
+
+
+def test_unquoted_yaml_dates_and_times_are_times_in_utc() -> None:
+    """YAML reads ``2026-03-02`` unquoted as a date and ``2026-03-02T08:00:00Z`` as a datetime;
+    both are the times they say (a date: its midnight, UTC). The date was refused as "not a
+    valid string"."""
+    spec = load_spec(
+        None,
+        [
+            "gallery.start=2026-03-02",
+            "gallery.end=2026-03-02T08:00:00Z",
+            "gallery.time_origin=2020-01-01",
+        ],
+    )
+    assert spec.gallery.start == "2026-03-02T00:00:00+00:00"
+    assert spec.gallery.end == "2026-03-02T08:00:00+00:00"
+    assert spec.gallery.time_origin == "2020-01-01T00:00:00+00:00"

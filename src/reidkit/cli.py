@@ -294,10 +294,23 @@ def _log_to_stderr() -> None:
         handler.addFilter(redactor)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser``'s reading of ``argv``, with ``KEY=VALUE`` overrides allowed after options
+    too (``reidkit serve token -e spec --name bob results_dir=out``): argparse stops a ``*``
+    positional at the first option and calls what follows unrecognised."""
+    args, rest = parser.parse_known_args(argv)
+    later = [item for item in rest if "=" in item and not item.startswith("-")]
+    if len(later) < len(rest) or (later and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if later:
+        args.overrides = [*args.overrides, *later]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one action; exit 0 on success, 2 on a user error, 128 + signal when interrupted."""
     _log_to_stderr()
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
 
     def say(line: str) -> None:
         print(f"reidkit {args.action}: {line}", file=sys.stderr)

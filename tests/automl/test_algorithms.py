@@ -42,3 +42,11 @@ def test_resumed_and_parallel_studies_do_not_replay_draws(algorithm: str) -> Non
     # The same seed gives the same study from scratch: results stay reproducible.
     fresh = optuna.create_study(sampler=make_sampler(spec))
     assert _draws(fresh, 6) == draws
+
+
+def test_a_seed_at_the_top_of_its_range_wraps_round_for_later_trials() -> None:
+    """Trial n is seeded with ``seed + n``; past numpy's 2**32 - 1 that was optuna's traceback
+    ("Seed must be between 0 and 2**32 - 1") from the second trial on."""
+    spec = load_spec(None, ["automl.automl_algorithm=random", "train.seed=4294967295"])
+    study = optuna.create_study(sampler=make_sampler(spec))
+    assert len(set(_draws(study, 3))) == 3

@@ -25,7 +25,7 @@ from reidkit.config.spec import ExperimentSpec
 from reidkit.data import prepare_splits
 from reidkit.data.dataset import relabel
 from reidkit.data.sampler import IdentitySampler
-from reidkit.engine.distributed import trainer_devices
+from reidkit.engine.distributed import LAUNCHER_VARIABLES, trainer_devices
 from reidkit.errors import SpecError
 from reidkit.runlock import LOCK_FILE
 from tests.conftest import REPO, tiny_overrides
@@ -156,3 +156,15 @@ def test_a_launcher_world_size_that_disagrees_with_the_spec_is_one_line(
     settings = trainer_devices(accelerator="cpu", precision="32", num_processes=1, num_nodes=2)
     assert (settings["devices"], settings["num_nodes"], settings["sync_batchnorm"]) == (1, 2, False)
     assert settings["strategy"].process_group_backend == "gloo"
+
+
+def test_several_nodes_without_a_launcher_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a launcher's variables, ``train.num_nodes=2`` waited for a second node for ever
+    (a rendezvous on 127.0.0.1 as node 0)."""
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SpecError, match=r"train.num_nodes is 2 but no launcher"):
+        trainer_devices(accelerator="cpu", precision="32", num_nodes=2)
+    assert trainer_devices(accelerator="cpu", precision="32")["num_nodes"] == 1
+    monkeypatch.setenv("NODE_RANK", "1")  # by hand, as docs/scale-out.md shows
+    assert trainer_devices(accelerator="cpu", precision="32", num_nodes=2)["num_nodes"] == 2

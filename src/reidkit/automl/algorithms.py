@@ -35,7 +35,8 @@ class PerTrialSeedSampler(BaseSampler):
 
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         if self._current is None or self._current[0] != trial.number:
-            self._current = (trial.number, self._make(self._seed + trial.number))
+            # samplers take seeds below 2**32 (numpy's); a seed near the top wraps round
+            self._current = (trial.number, self._make((self._seed + trial.number) % 2**32))
         return self._current[1]
 
     def infer_relative_search_space(

@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reidkit.config.times import time_as_text
 from reidkit.errors import did_you_mean
+
+#: Largest evaluation batch: torch's batch sampler refuses one over sys.maxsize with a traceback,
+#: and 65536 crops of 256x128 are already 24 GiB of input.
+MAX_EVAL_BATCH = 65_536
+
+#: Largest seed: numpy (seeded by Lightning and optuna) takes 0..2**32-1.
+MAX_SEED = 2**32 - 1
+
+#: A normalisation constant: nan or inf turns every input into nan or 0, and training then stops
+#: blaming the learning rate.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 BackboneName = Literal[
     "resnet_18",
@@ -108,20 +119,25 @@ class DatasetSpec(_Section):
     query_dataset_dir: str | None = Field(None, description="Query split: folder or archive.")
     num_classes: int = Field(751, ge=1, description="Number of train identities.")
     batch_size: int = Field(64, ge=2, description="Train batch size (P x K images).")
-    val_batch_size: int = Field(128, ge=1, description="Batch size for validation and testing.")
+    val_batch_size: int = Field(
+        128,
+        ge=1,
+        le=MAX_EVAL_BATCH,
+        description="Batch size for validation and testing.",
+    )
     num_workers: int = Field(8, ge=0, le=128, description="Data loader worker processes.")
     device_cache: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Keep the decoded train set on the training device and augment whole "
         "batches there: 'on', 'off', or 'auto' (only on a GPU with room for it).",
     )
-    pixel_mean: list[float] = Field(
+    pixel_mean: list[FiniteFloat] = Field(
         default_factory=lambda: [0.485, 0.456, 0.406],
         min_length=3,
         max_length=3,
         description="Per-channel RGB mean (0-1 scale) subtracted before the network.",
     )
-    pixel_std: list[float] = Field(
+    pixel_std: list[FiniteFloat] = Field(
         default_factory=lambda: [0.226, 0.226, 0.226],
         min_length=3,
         max_length=3,
@@ -201,7 +217,12 @@ class OptimSpec(_Section):
         "the run. 0 = TAO's cosine.",
     )
     center_loss_weight: float = Field(5e-4, ge=0.0, description="Weight of the center loss.")
-    center_lr: float = Field(0.5, gt=0.0, description="SGD lr of the center-loss centers.")
+    center_lr: float = Field(
+        0.5,
+        gt=0.0,
+        le=10.0,  # beyond float32 (3.4e38) the centers' optimizer fails with a traceback
+        description="SGD lr of the center-loss centers.",
+    )
     triplet_loss_margin: float = Field(0.3, ge=0.0, le=10.0, description="0 = soft margin.")
     large_fc_lr: bool = Field(False, description="Classifier lr x2 (Swin recipe).")
     cosine_margin: float = Field(0.5, ge=0.0, le=2.0, description="Margin of margin-based heads.")
@@ -237,7 +258,9 @@ class TrainSpec(_Section):
     )
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU indices to use.")
     num_nodes: int = Field(1, ge=1, le=1024, description="Machines in a multi-node DDP run.")
-    seed: int = Field(1234, ge=0, description="Seed of weights init, sampling and augmentation.")
+    seed: int = Field(
+        1234, ge=0, le=MAX_SEED, description="Seed of weights init, sampling and augmentation."
+    )
     num_epochs: int = Field(10, ge=1, le=10000, description="Training epochs.")
     checkpoint_interval: int = Field(1, ge=1, description="Epochs between periodic checkpoints.")
     validation_interval: int = Field(1, ge=1, description="Epochs between validations.")
@@ -261,6 +284,7 @@ class TrainSpec(_Section):
     id_warmup_epochs: float = Field(
         0.0,
         ge=0.0,
+        le=10_000.0,  # as train.num_epochs; inf cannot become a count of batches
         description="reidkit: epochs at the start trained on random batches with the ID loss "
         "only (every identity's classifier learns from the first steps); the P x K sampler and "
         "the metric losses take over after. 0 = TAO's behaviour.",
@@ -268,6 +292,7 @@ class TrainSpec(_Section):
     freeze_backbone_epochs: float = Field(
         0.0,
         ge=0.0,
+        le=10_000.0,  # as train.num_epochs; inf cannot become a count of steps
         description="reidkit: epochs at the start during which the backbone's weights are not "
         "updated (its BatchNorm statistics still adapt), so the new head learns before its "
         "gradients reach the pretrained features (fast-reid's freeze_iters). 0 = TAO's behaviour.",
@@ -293,7 +318,7 @@ class _EmbeddingActionSpec(_Section):
     query_dataset: str | None = Field(
         None, description="Query folder or archive; null = dataset.query_dataset_dir."
     )
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(128, ge=1, le=MAX_EVAL_BATCH, description="Images per forward pass.")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
     results_dir: str | None = Field(None, description="Output folder of the action.")
 
@@ -418,7 +443,12 @@ class GallerySpec(_Section):
         "1970-01-01T00:00:00Z",
         description="add: ISO-8601 time of frame 0 of Market-style names.",
     )
-    fps: float = Field(25.0, gt=0.0, description="add: frame rate of Market-style frame numbers.")
+    fps: float = Field(
+        25.0,
+        ge=0.001,  # 1 frame per 17 min; 1e-300 put crop times past any clock (traceback)
+        le=1000.0,  # inf would stamp every crop with time_origin
+        description="add: frame rate of Market-style frame numbers.",
+    )
     batch_size: int = Field(64, ge=1, description="Crops per forward pass.")
     thumbnails: bool = Field(True, description="add: store a small JPEG of each crop.")
     gpu_ids: list[int] = Field(default_factory=lambda: [0], description="GPU used (the first).")
@@ -429,7 +459,11 @@ class GallerySpec(_Section):
         False, description="search: the query crops are one track; return one merged list."
     )
     top_k: int = Field(10, ge=1, le=1000, description="search: hits per query.")
-    cameras: list[int] | None = Field(None, description="search: only these cameras.")
+    cameras: list[int] | None = Field(
+        None,
+        min_length=1,  # [] would search no camera and find nothing, silently; null = all
+        description="search: only these cameras; null = all.",
+    )
     start: str | None = Field(None, description="search: earliest time (ISO-8601 or unix).")
     end: str | None = Field(None, description="search: latest time (ISO-8601 or unix).")
     re_ranking: bool = Field(
@@ -678,7 +712,12 @@ class AutomlSpec(_Section):
         None, description="Optuna storage URL; null = sqlite automl.db in the results folder."
     )
     study_name: str | None = Field(None, description="Study name; null = '<model_name>_automl'.")
-    seed: int | None = Field(None, ge=0, description="Sampler seed; null = train.seed.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Sampler seed; null = train.seed.",
+    )
     heartbeat_interval: int = Field(
         10, ge=1, le=3600, description="Seconds between trial heartbeats; 2 missed = trial lost."
     )

@@ -7,7 +7,7 @@ camera clocks, DeepStream messages): a time without a zone is UTC.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timezone
 
 #: Times lie in 1970..2200 UTC: earlier or later is a unit mistake (milliseconds as seconds)
 #: or a garbled value, and a time out there cannot even be written back as a date.
@@ -47,10 +47,13 @@ def parse_time(text: str) -> float:
 
 def time_as_text(value: object) -> object:
     """A YAML value meant as a time, as text: YAML reads an unquoted ISO-8601 time as a
-    datetime and ``1767225600`` as a number (a pydantic ``mode="before"`` validator's body)."""
+    datetime, an unquoted ``2026-03-02`` as a date (its midnight, UTC) and ``1767225600`` as
+    a number (a pydantic ``mode="before"`` validator's body)."""
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return aware.isoformat()
+    if isinstance(value, date):
+        return datetime.combine(value, time(), tzinfo=timezone.utc).isoformat()
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value)
     return value

@@ -45,6 +45,10 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 # process it started has died, before Lightning's observer SIGKILLs everything (its default: at
 # once, leaving no error line and a status.json stuck at RUNNING).
 LOST_CHILD_GRACE_S = 60
+# Environment variables by which a launcher gives a process its place in a multi-node run
+# (torchrun, SLURM, LSF, Open MPI, or by hand), the ones Lightning's cluster environments read.
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
+                      "SLURM_NTASKS", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE")  # fmt: skip
 # Words of the errors gloo and NCCL raise when a peer process is gone.
 _LOST_PEER = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timeout")
 
@@ -104,7 +108,15 @@ def trainer_devices(
 
 
 def _check_launcher_world_size(per_node: int, num_nodes: int) -> None:
-    """A launcher's ``WORLD_SIZE`` must be the spec's processes per node times nodes."""
+    """A launcher's ``WORLD_SIZE`` must be the spec's processes per node times nodes, and
+    several nodes need a launcher at all: without one, Lightning takes this machine for node 0
+    of a rendezvous on 127.0.0.1 and waits for the other nodes for ever."""
+    if num_nodes > 1 and not any(os.environ.get(name) for name in LAUNCHER_VARIABLES):
+        raise SpecError(
+            f"train.num_nodes is {num_nodes} but no launcher set this process's place in the "
+            "run (torchrun, srun, or MASTER_ADDR, MASTER_PORT and NODE_RANK on each node: "
+            "docs/scale-out.md); start it through one, or set train.num_nodes=1"
+        )
     launched = os.environ.get("WORLD_SIZE")
     if launched and launched.isdigit() and int(launched) != per_node * num_nodes:
         raise SpecError(

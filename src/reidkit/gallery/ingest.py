@@ -58,10 +58,17 @@ def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:
             "in a CSV manifest (path,camera,timestamp,track_id)"
         )
     _, camera = parsed
+    try:  # the manifest's and the API's rules: a frame number can put a crop past any clock
+        timestamp = validation.timestamp(origin + int(frame.group(1)) / fps)
+    except ValueError as exc:
+        raise GalleryError(
+            f"crop '{path}': frame {frame.group(1)} at gallery.fps {fps:g} from "
+            f"gallery.time_origin gives a {exc}; check the name, fps and time_origin"
+        ) from None
     return CropMeta(
         path=str(path.resolve()),
         camera=camera,
-        timestamp=origin + int(frame.group(1)) / fps,
+        timestamp=timestamp,
         track_id=path.name.split("_", 1)[0],  # as written ("0042"), the way users will type it
     )
 

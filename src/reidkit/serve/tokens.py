@@ -55,7 +55,7 @@ def _read(path: Path) -> list[dict]:
     except FileNotFoundError:
         raise TokenFileError(
             f"token file '{path}' does not exist; create a token with "
-            f"'reidkit serve token --file {path} --name NAME'"
+            "'reidkit serve token -e SPEC --name NAME' (serve.token_file names the file)"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenFileError(f"token file '{path}' is unreadable ({exc}); recreate it") from None
