@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reidkit.association.features import track_embeddings
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.site import SiteError, load_site, site_from_dict
 from reidkit.association.tracks import split_at_gaps
@@ -66,6 +67,9 @@ def test_mot_rows_become_tracks_in_site_time(tmp_path: Path) -> None:
         ),
         ("1,7,10,20,0,60\n", r"c0.txt:1: box width and height must be > 0"),
         ("1,-1,10,20,30,60\n", r"c0.txt:1: track id -1 is not a tracker id"),
+        # float() reads "1_0" as 10: a silently different frame
+        ("1,7,10,20,30,60\n1_0,7,10,20,30,60\n", r"c0.txt:2: '1_0' is not a number"),
+        ("1e300,7,10,20,30,60\n", r"c0.txt:1: frame 1e\+300 is past 2\*\*53"),  # not 300 digits
     ],
 )
 def test_bad_mot_rows_are_one_line_naming_file_and_line(
@@ -87,6 +91,10 @@ def test_aicity_rows_use_world_coordinates_and_refuse_unknown_cameras(tmp_path: 
     assert tracks[1].ground is None  # no world coordinates, no homography
     path.write_text("1 4 0 10 20 30 60 1.5 2.5\n9 4 0 10 20 30 60 1.5 2.5\n")
     with pytest.raises(SiteError, match=r"aicity.txt:2: camera '9' is not in site"):
+        read_tracks(site, path)
+    # finite, but its squared distance to anyone overflows (a numpy warning, a wrong ground gate)
+    path.write_text("1 4 0 10 20 30 60 1.5 2.5\n2 5 1 10 20 30 60 1e308 2.5\n")
+    with pytest.raises(SiteError, match=r"aicity.txt:2: world position \(1e\+308, 2.5\) is past"):
         read_tracks(site, path)
 
 
@@ -129,6 +137,15 @@ def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
         [0.6, 0.8]
     )
     assert tracks["13"].embeddings is None and tracks["13"].boxes[0].tolist() == [100, 20, 30, 60]
+    # a gap shorter than the 33 ms between the frames cuts off the frame without an embedding:
+    # the error names the part and the key that cut it (it blamed the file alone)
+    parts = split_at_gaps([twelve], max_gap_s=0.01)
+    assert (
+        len(track_embeddings(parts[:1], site, embedder=None, transform=None, full_height=256)[0])
+        == 1
+    )
+    with pytest.raises(SiteError, match=r"track 12 \(part 2, after cuts at gaps over associate"):
+        track_embeddings(parts, site, embedder=None, transform=None, full_height=256)
     path.write_text('{"sensorId": "cam-9", "timestamp": 1, "objects": []}\n')
     with pytest.raises(SiteError, match=r"frames.jsonl:1: camera 'cam-9' is not in site"):
         read_tracks(site, path)
@@ -173,6 +190,32 @@ def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
             r"frames.jsonl:1: object 1's embedding is zero or not a finite float32",
         ),
         ("[1, 2, 3]", r"frames.jsonl:1: not a JSON object; one frame message per line"),
+        # json refuses an integer of over 4300 digits with a ValueError that is no JSONDecodeError
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "id": ' + "9" * 5000 + ', "objects": []}',
+            r"frames.jsonl:1: not a JSON object \(a number too long\); one frame per line",
+        ),
+        # finite float32 values whose length overflows (or vanishes) where pooling divides by it
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": [1e30, 1], '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1's embedding has length inf, outside \[1e-06",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": [1e-44, '
+            '1e-44], "bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1's embedding has length 0, outside \[1e-06",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "bbox": {"leftX": true, '
+            '"topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object 1 has a bbox without numeric leftX",
+        ),
+        (
+            '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": "7\\nx", '
+            '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+            r"frames.jsonl:1: object id '7\\nx' holds a control character",
+        ),
     ],
 )
 def test_hostile_deepstream_lines_are_one_line(tmp_path: Path, message: str, expected: str) -> None:
@@ -182,6 +225,37 @@ def test_hostile_deepstream_lines_are_one_line(tmp_path: Path, message: str, exp
     with pytest.raises(SiteError, match=expected), warnings.catch_warnings():
         warnings.simplefilter("error")  # a numpy warning would be a second line on stderr
         read_tracks(site, path, tracks_format="auto")
+
+
+def test_deepstream_time_and_embedding_width_must_agree_across_rows(tmp_path: Path) -> None:
+    """A message's timestamp gives its time, its id its frame: a track whose frames go forward
+    while its clock goes back, or two tracks embedded by models of two widths, is refused at
+    its line, not found later without a file to name."""
+    site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
+    path = tmp_path / "frames.jsonl"
+    box = {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}
+
+    def write(*rows: tuple[int, float, int, list[float]]) -> None:
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {"sensorId": "cam-1", "id": frame, "timestamp": time,
+                     "objects": [{"id": track, "bbox": box, "embedding": vector}]}
+                ) + "\n"
+                for frame, time, track, vector in rows
+            )
+        )  # fmt: skip
+
+    write((3, 2.0, 1, [1.0, 0.0]), (4, 1.0, 1, [1.0, 0.0]))
+    with pytest.raises(SiteError, match=r"frames.jsonl:2: track 1's time 1.000 is before .*:1\)"):
+        read_tracks(site, path)
+    write((3, 1.0, 1, [1.0, 0.0]), (4, 2.0, 2, [1.0, 0.0, 0.0]))
+    with pytest.raises(
+        SiteError, match=r"frames.jsonl:2: embeddings of 3 values, but .*frames.jsonl:1 has 2; "
+    ):
+        read_tracks(site, path)
+    write((3, 1.0, 1, [1.0, 0.0]), (4, 1.0, 1, [0.0, 1.0]), (5, 2.0, 2, [0.0, 1.0]))
+    assert [t.track_id for t in read_tracks(site, path)] == ["1", "2"]  # equal times are fine
 
 
 def test_deepstream_tracked_only_objects_count_as_unknown_confidence(tmp_path: Path) -> None:
@@ -235,3 +309,23 @@ def test_a_track_id_cannot_reach_outside_the_crops_folder(tmp_path: Path) -> Non
         SiteError, match=r"frames.jsonl:1: track id '../../etc' cannot name a folder"
     ):
         plan_crops(read_tracks(site, path), site, per_track=4, full_height=128)
+
+
+def test_a_line_too_long_to_parse_is_refused_before_it_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file within the size limit can be one line of gigabytes, whose parse would exhaust
+    memory (a 100 MB line took 1.5 GB): lines are read at most MAX_LINE_CHARS at a time."""
+    from reidkit.association import readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_CHARS", 200)
+    site = site_from_dict({"cameras": {"cam-1": {"fps": 30, "frame_base": 0}}})
+    path = tmp_path / "frames.jsonl"
+    box = {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}
+    line = {"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "bbox": box}]}
+    path.write_text(json.dumps(line) + "\n")
+    assert len(read_tracks(site, path)) == 1
+    long = line | {"timestamp": 2, "objects": [{"id": 1, "bbox": box, "embedding": [1.0] * 100}]}
+    path.write_text(json.dumps(line) + "\n" + json.dumps(long) + "\n")
+    with pytest.raises(SiteError, match=r"frames.jsonl:2: line longer than 200 characters"):
+        read_tracks(site, path)

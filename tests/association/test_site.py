@@ -114,3 +114,63 @@ def test_a_homography_is_judged_whatever_its_scale(tmp_path: Path, scale: float)
     singular = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 1.0, 1.0]]) * scale
     with pytest.raises(SiteError, match=r"site.yaml:5: the homography is not an invertible"):
         load_site(site_with(singular))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # YAML keeps the last of two equal keys: a camera pasted twice would replace the first
+        (
+            "cameras:\n  c0: {fps: 25, frame_base: 0}\n  c0: {fps: 5, frame_base: 1}\n",
+            r"site.yaml:3: key 'cameras.c0' is given twice; keep one",
+        ),
+        (
+            "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    fps: 5\n",
+            r"site.yaml:5: key 'cameras.c0.fps' is given twice",
+        ),
+        # pydantic reads true as 1: one frame per second, silently
+        (
+            "cameras:\n  c0:\n    fps: true\n    frame_base: 0\n",
+            r"site.yaml:3: 'cameras.c0.fps': got True; a number, not true/false",
+        ),
+        (
+            "cameras:\n  c0:\n    fps: 25\n    frame_base: true\n",
+            r"site.yaml:4: 'cameras.c0.frame_base': got True; a number, not true/false",
+        ),
+        # a gate of infinity joins everyone seen at one moment
+        (
+            "cameras:\n  c0: {fps: 25, frame_base: 0}\nground_gate: .inf\n",
+            r"site.yaml:3: 'ground_gate': got inf; Input should be a finite number",
+        ),
+    ],
+)
+def test_silently_misread_values_are_refused_at_their_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(SiteError, match=expected):
+        load_site(write(tmp_path, text))
+
+
+def test_a_homography_file_that_is_no_small_plain_file_is_refused(tmp_path: Path) -> None:
+    """A link to /dev/zero read whole never ends (the run was killed for memory); a folder or a
+    large file is no homography either."""
+    text = "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    homography: H.txt\n"
+    (tmp_path / "H.txt").symlink_to("/dev/zero")
+    with pytest.raises(SiteError, match=r"site.yaml:5: cannot read homography .*not a plain file"):
+        load_site(write(tmp_path, text))
+    (tmp_path / "H.txt").unlink()
+    (tmp_path / "H.txt").write_text("1 0 0 0 1 0 0 0 1\n" + "#" * 100_000)
+    with pytest.raises(SiteError, match=r"site.yaml:5: cannot read homography .*larger than"):
+        load_site(write(tmp_path, text))
+
+
+def test_a_homography_of_huge_entries_maps_feet_without_overflow(tmp_path: Path) -> None:
+    """Defined up to scale, a homography of entries near float64's limit is the identity; the
+    feet it maps must stay finite (it overflowed, with a warning on stderr, and lost the ground
+    positions of every box)."""
+    text = "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    homography: [[1e308, 0, 0], "
+    text += "[0, 1e308, 0], [0, 0, 1e308]]\n"
+    camera = load_site(write(tmp_path, text)).cameras["c0"]
+    with np.errstate(all="raise"):
+        ground = camera.to_ground(np.array([[100.0, 50.0, 40.0, 120.0]]))
+    assert ground.tolist() == [[120.0, 170.0]]

@@ -8,7 +8,8 @@ and HTTP (issue 25).
 * a forget's age: any text is refused with a 422 or is an age of at least the documented minimum;
 * any DeepStream frame messages give tracks whose every value is usable, or one ``file:line``
   ``SiteError`` (``reidkit associate``'s JSON lines); so do any MOTChallenge and AI City rows;
-* any site file gives a site or one ``SiteError`` line.
+* any site file gives a site or one ``SiteError`` line;
+* ``reidkit associate`` checks its gallery and results folder before it writes its first output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from fastapi import HTTPException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -37,6 +39,8 @@ from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import GalleryError
 from reidkit.serve.routes.gallery import _parse_age
 from reidkit.serve.schemas import CropMeta
+from tests.association.conftest import make_synthetic_site
+from tests.conftest import RunMain, assert_one_line_error
 from tests.strategies import json_values, mostly, numbers
 
 # As many examples as the profile says (tests/conftest.py): 200 in the suite.
@@ -185,6 +189,23 @@ FRAME_SITE = site_from_dict(
 @FAST
 @given(messages=st.lists(frame_messages, min_size=1, max_size=4))
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e12, "objects": []}])  # milliseconds
+@example(  # frame ids forward, the clock backward
+    messages=[
+        {"sensorId": "cam-1", "timestamp": 1.7e9 - i, "objects": [DOT], "id": i} for i in (1, 2)
+    ]
+)
+@example(  # two tracks embedded by models of two widths
+    messages=[
+        {
+            "sensorId": "cam-1",
+            "timestamp": 1.7e9,
+            "objects": [DOT | {"id": str(n), "embedding": [1.0] * n} for n in (2, 3)],
+        }
+    ]
+)
+@example(  # finite float32 values whose length is not
+    messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT | {"embedding": [3e38]}]}]
+)
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": math.inf}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [], "id": 10**400}])
 @example(messages=[{"sensorId": "cam-1", "timestamp": 1.7e9, "objects": [DOT], "id": 2.0**63}])
@@ -285,9 +306,12 @@ def _assert_sound_tracks_or_one_line(
             except SiteError as refused:
                 assert "\n" not in str(refused) and str(path) in str(refused), str(refused)
                 return
+    widths = {t.embeddings.shape[1] for t in tracks if t.embeddings is not None}
+    assert len(widths) <= 1, widths  # one model's embeddings, or no distance means anything
     for track in tracks:
         validation.track_id(track.track_id)
         assert np.isfinite(track.times).all() and (np.diff(track.frames) > 0).all()
+        assert (np.diff(track.times) >= 0).all()  # splitting at gaps and pooling assume it
         for seconds in track.times:
             within_clock(float(seconds))
         x, _, w, h = track.boxes.T
@@ -298,6 +322,9 @@ def _assert_sound_tracks_or_one_line(
         if track.embeddings is not None:
             rows = track.embeddings[~np.isnan(track.embeddings).all(1)]
             assert np.isfinite(rows).all() and (np.abs(rows).sum(1) > 0).all()
+            with np.errstate(all="ignore"):  # the length pooling divides by, as it computes it
+                lengths = np.linalg.norm(rows, axis=1)
+            assert (np.isfinite(lengths) & (lengths >= 1e-6)).all(), lengths
 
 
 _identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -377,3 +404,60 @@ def test_any_site_file_gives_a_site_or_one_line(data: object) -> None:
             assert "\n" not in str(refused), str(refused)
             return
     assert site.cameras and all(camera.fps > 0 for camera in site.cameras.values())
+
+
+@pytest.fixture(scope="module")
+def small_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic site whose tracks bring their embeddings (no model), made by the CLI."""
+    return make_synthetic_site(
+        tmp_path_factory.mktemp("site"), cameras=2, tracks=12, hours=0.2, dim=16, seed=5
+    )
+
+
+def test_associate_checks_the_gallery_and_its_folder_before_writing_anything(
+    small_site: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """Both were found only after global_ids.csv and mot/ were written (exit 2 with a folder
+    half this run's, half the previous one's); each is now one line with nothing written."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"associate:\n  site: {small_site / 'site.yaml'}\n  tracks: {small_site / 'tracks.jsonl'}\n"
+    )
+    site = ["-e", str(spec)]
+    folder = tmp_path / "results" / "associate"
+    result = run_main("associate", *site, f"results_dir={tmp_path / 'results'}",
+                      f"associate.gallery={tmp_path / 'no_gallery'}")  # fmt: skip
+    assert_one_line_error(result, "no_gallery", "is not a gallery")
+    assert not (folder / "global_ids.csv").exists() and not (folder / "mot").exists()
+    (folder / "timeline.png").mkdir(parents=True)  # a folder where a file goes
+    result = run_main("associate", *site, f"results_dir={tmp_path / 'results'}")
+    assert_one_line_error(result, str(folder), "'timeline.png' of the wrong kind")
+    assert not (folder / "global_ids.csv").exists() and not (folder / "mot").exists()
+    (folder / "timeline.png").rmdir()
+    assert run_main("associate", *site, f"results_dir={tmp_path / 'results'}").returncode == 0
+    assert (folder / "global_ids.csv").is_file() and (folder / "timeline.png").is_file()
+
+
+def test_associate_refuses_two_cameras_that_make_one_file_name(
+    small_site: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """``a/b`` and ``a_b`` are both written to mot/a_b.txt: the second silently replaced the
+    first camera's MOT file."""
+    site = yaml.safe_load((small_site / "site.yaml").read_text())
+    first, second = list(site["cameras"])
+    site["cameras"] = {"a/b": site["cameras"][first], "a_b": site["cameras"][second]}
+    for window in site["transit"]:
+        window["cameras"] = [{first: "a/b", second: "a_b"}[c] for c in window["cameras"]]
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    renamed = {first: "a/b", second: "a_b"}
+    with open(small_site / "tracks.jsonl") as source, open(tmp_path / "t.jsonl", "w") as out:
+        for line in source:
+            message = json.loads(line)
+            out.write(json.dumps(message | {"sensorId": renamed[message["sensorId"]]}) + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"associate:\n  site: {tmp_path / 'site.yaml'}\n  tracks: {tmp_path / 't.jsonl'}\n"
+    )
+    result = run_main("associate", "-e", str(spec), f"results_dir={tmp_path / 'results'}")
+    assert_one_line_error(result, "site.yaml", "'a/b' and 'a_b'", "mot/a_b.txt")
+    assert not (tmp_path / "results" / "associate" / "global_ids.csv").exists()

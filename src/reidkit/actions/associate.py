@@ -35,12 +35,13 @@ from reidkit.association.metrics import (
 from reidkit.association.online import calibrate_live_threshold
 from reidkit.association.readers import read_ground_truth, read_tracks
 from reidkit.association.results import (
+    camera_file_name,
     gallery_labels,
     plot_timeline,
     write_global_ids,
     write_mot,
 )
-from reidkit.association.site import Site, load_site
+from reidkit.association.site import Site, SiteError, load_site
 from reidkit.association.tracks import Track, split_at_gaps
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
@@ -74,6 +75,7 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     if not settings.site:
         raise SpecError("associate.site is not set; point it at the site's site.yaml")
     site = load_site(settings.site)
+    _check_camera_files(site)
     tracks = split_at_gaps(
         read_tracks(site, settings.tracks, settings.tracks_format), settings.max_gap_s
     )
@@ -106,7 +108,10 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     )
     global_ids = (result.labels + 1).tolist()
     metrics = _score(truth, tracks, global_ids, site) if truth else {}
+    # the gallery is checked before anything is written: a missing one is a spec error
+    labels = _gallery_labels(settings.gallery, site, tracks, global_ids)
     folder = run.folder
+    _check_outputs(folder)
     write_global_ids(folder / "global_ids.csv", tracks, global_ids, crops)
     write_mot(folder / "mot", tracks, global_ids)
     plot_timeline(folder / "timeline.png", tracks, global_ids, site.names)
@@ -116,7 +121,7 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     write_json(folder / "calibration.json", _calibration_record(calibration, site))
     if metrics:
         write_json(folder / "metrics.json", metrics)
-    labelled = _label_gallery(settings.gallery, site, tracks, global_ids)
+    labelled = _label_gallery(settings.gallery, labels)
     summary = (
         f"{len(tracks)} tracks -> {result.identities} identities "
         f"({result.merges_by_place} joined by place, {result.merges_by_appearance} by "
@@ -139,21 +144,69 @@ def _associate(spec: ExperimentSpec, run: ActionRun) -> AssociationResult:
     )
 
 
-def _label_gallery(
+#: The files ``associate`` writes into its folder (``mot/`` beside them).
+OUTPUT_FILES = (
+    "global_ids.csv",
+    "timeline.png",
+    "transit.json",
+    "calibration.json",
+    "metrics.json",
+)
+
+
+def _check_camera_files(site: Site) -> None:
+    """Refuse two cameras whose names make one file name (``a/b`` and ``a_b``): the second
+    camera's ``mot/<camera>.txt`` would silently replace the first's."""
+    files: dict[str, str] = {}
+    for name in site.names:
+        other = files.setdefault(camera_file_name(name), name)
+        if other != name:
+            raise SiteError(
+                f"{site.source}: cameras {other!r} and {name!r} would both be written to "
+                f"mot/{camera_file_name(name)}.txt; rename one of them"
+            )
+
+
+def _check_outputs(folder: Path) -> None:
+    """Refuse, before the first output is written, a folder where one output cannot go (a
+    folder named like a file, a file named ``mot``): found at its own turn it would leave the
+    outputs before it replaced and the rest from the previous run."""
+    blocked = [folder / name for name in OUTPUT_FILES if (folder / name).is_dir()]
+    if (folder / "mot").exists() and not (folder / "mot").is_dir():
+        blocked.append(folder / "mot")
+    if blocked:
+        raise SpecError(
+            f"results folder '{folder}' holds '{blocked[0].name}' of the wrong kind (a folder "
+            "for a file, or a file for the mot folder); remove it or set associate.results_dir "
+            "to another folder"
+        )
+
+
+def _gallery_labels(
     uri: str | None, site: Site, tracks: list[Track], global_ids: list[int]
-) -> int | None:
-    """Write each track's global id onto its crops in the gallery at ``uri`` (audited);
-    returns how many crops were labelled (None without a gallery)."""
+) -> dict[int, str] | None:
+    """The global id of each of the gallery's crops at ``uri`` that belongs to these tracks
+    (None without a gallery). Read before any output is written, so a gallery that is missing
+    or holds none of the tracks stops the run with nothing written half-way."""
     if uri is None:
         return None
     with open_gallery(uri) as gallery:
         labels = gallery_labels(gallery.crops(), tracks, global_ids, site.gallery_cameras())
-        if not labels:
-            raise SpecError(
-                f"associate.gallery: no crop of '{uri}' belongs to these tracks (matched by crop "
-                "path, else camera number + track id); check the gallery's camera numbers and "
-                "track ids"
-            )
+    if not labels:
+        raise SpecError(
+            f"associate.gallery: no crop of '{uri}' belongs to these tracks (matched by crop "
+            "path, else camera number + track id); check the gallery's camera numbers and "
+            "track ids"
+        )
+    return labels
+
+
+def _label_gallery(uri: str | None, labels: dict[int, str] | None) -> int | None:
+    """Write the global ids of :func:`_gallery_labels` onto the gallery's crops (audited);
+    returns how many crops were labelled (None without a gallery)."""
+    if uri is None or labels is None:
+        return None
+    with open_gallery(uri) as gallery:
         return gallery.assign_identities(labels)
 
 

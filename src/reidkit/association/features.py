@@ -239,8 +239,12 @@ def track_embeddings(
             continue
         camera = site.cameras[track.camera]
         have = np.flatnonzero(np.isfinite(track.embeddings).all(1))
-        if len(have) == 0:
-            raise SiteError(f"{track.source}: track {track.track_id} brings no finite embedding")
+        if len(have) == 0:  # a pipeline may embed only some frames; a short gap cuts them off
+            raise SiteError(
+                f"{track.source}: track {track.track_id} (part {track.part + 1}, after cuts at "
+                "gaps over associate.max_gap_s) brings no finite embedding; send embeddings "
+                "with its detections, or raise associate.max_gap_s if it cut this part off"
+            )
         weights = crop_weights(track.boxes[have], track.confidence[have], camera, full_height)
         pooled[number] = pool(track.embeddings[have], weights)
         counts[number] = len(have)

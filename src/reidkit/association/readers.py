@@ -42,8 +42,19 @@ from reidkit.gallery.factory import is_milvus_uri, open_gallery
 
 #: Largest tracks file read (bytes): a day of a busy camera is a few hundred MB of text.
 MAX_TRACKS_BYTES = 8 * 2**30
+#: Longest line read (characters): a frame message of 200 objects with 2048-d embeddings is
+#: about 4 MB; parsing a 100 MB line took 1.5 GB, so a line of gigabytes, well within a file
+#: of MAX_TRACKS_BYTES, would exhaust memory instead of being refused.
+MAX_LINE_CHARS = 64 * 2**20
 #: Largest embedding accepted in a JSON line.
 MAX_EMBEDDING_DIM = 8192
+#: Shortest embedding accepted: pooling divides each row by its length (in float32, guarded
+#: at 1e-12), so a row that overflows float32 there or nearly vanishes would silently drop out
+#: of its track or outweigh it; no model's output is that short.
+MIN_EMBEDDING_NORM = 1e-6
+#: Largest world coordinate (AI City Xworld / Yworld) accepted: a 1,000 km site in
+#: millimetres; past it, squared distances between positions overflow float64.
+MAX_WORLD = 1e12
 #: A box as a track keeps it (float32: x, y, w, h); packing rounds as numpy's cast does.
 _FLOAT32_BOX = struct.Struct("<4f")
 #: Largest frame number or numeric track id: beyond it float64 (times, the columns of MOT
@@ -106,6 +117,12 @@ class _TrackBuilder:
                 f"{rows.frames[-1]} ({rows.last_line}); a track's frames must increase: sort "
                 "the file by frame or fix the duplicated row"
             )
+        if rows.times and time < rows.times[-1]:  # a message's own clock, against its frame id
+            raise SiteError(
+                f"{where}: track {track_id}'s time {time:.3f} is before its previous row's "
+                f"{rows.times[-1]:.3f} ({rows.last_line}) although its frame number increases; "
+                "fix the timestamp or the frame id"
+            )
         rows.first_line = rows.first_line or where
         rows.last_line = where
         rows.frames.append(frame)
@@ -117,12 +134,14 @@ class _TrackBuilder:
 
     def tracks(self, site: Site) -> list[Track]:
         out = [self._track(site.cameras[name], track_id) for name, track_id in self.rows]
+        _one_width(out)
         out.sort(key=lambda t: (site.names.index(t.camera), t.start, t.track_id))
         return out
 
     def tracks_of(self, camera: Camera) -> list[Track]:
         """The tracks of a builder that read one camera only."""
         out = [self._track(camera, track_id) for _, track_id in self.rows]
+        _one_width(out)
         return sorted(out, key=lambda t: (t.start, t.track_id))
 
     def _track(self, camera: Camera, track_id: str) -> Track:
@@ -141,6 +160,22 @@ class _TrackBuilder:
             ground=ground,
             embeddings=_embedding_rows(rows.embeddings, rows.first_line),
             source=rows.first_line,
+        )
+
+
+def _one_width(tracks: list[Track]) -> None:
+    """Refuse embeddings of two widths across tracks, naming the first row of each: they come
+    from two models (or a cut-off vector), and a distance between them means nothing. Checked
+    here, where every track still knows its file and line."""
+    first: dict[int, str] = {}
+    for track in tracks:
+        if track.embeddings is not None:
+            first.setdefault(track.embeddings.shape[1], track.source)
+    if len(first) > 1:
+        (width, where), (other, other_where) = list(first.items())[:2]
+        raise SiteError(
+            f"{other_where}: embeddings of {other} values, but {where} has {width}; every "
+            "embedding must come from one model"
         )
 
 
@@ -167,9 +202,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     if size > MAX_TRACKS_BYTES:
         raise SiteError(f"tracks file '{path}' is larger than {MAX_TRACKS_BYTES} bytes; split it")
     with open(path, encoding="utf-8-sig", errors="strict") as handle:  # a BOM is not data
-        number = 0
+        number = 0  # lines read: number + 1 names an undecodable line
         try:
-            for number, line in enumerate(handle, 1):  # number names an undecodable line
+            while line := handle.readline(MAX_LINE_CHARS + 1):
+                number += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise SiteError(
+                        f"{path}:{number}: line longer than {MAX_LINE_CHARS} characters; one "
+                        "row or frame message per line"
+                    )
                 text = line.strip()
                 if text and not text.startswith("#"):
                     yield number, text
@@ -187,6 +228,8 @@ def _numbers(text: str, where: str, needed: int, layout: str) -> list[float]:
             "the right associate.tracks_format"
         )
     try:
+        if "_" in text:  # float() reads "1_0" as 10; no tracker writes that
+            raise ValueError(text)
         values = [float(v) for v in fields]
     except ValueError:
         bad = next(v for v in fields if not _is_number(v))
@@ -197,6 +240,8 @@ def _numbers(text: str, where: str, needed: int, layout: str) -> list[float]:
 
 
 def _is_number(text: str) -> bool:
+    if "_" in text:
+        return False
     try:
         float(text)
     except ValueError:
@@ -209,7 +254,7 @@ def _frame(value: float, camera: Camera, where: str) -> int:
         raise SiteError(f"{where}: frame {value} is not a whole number")
     frame = int(value)
     if frame > MAX_WHOLE:
-        raise SiteError(f"{where}: frame {frame} is past 2**53, no camera's frame number")
+        raise SiteError(f"{where}: frame {value:g} is past 2**53, no camera's frame number")
     if frame < camera.frame_base:
         fix = (
             f"set cameras.{camera.name}.frame_base: 0 in the site file if this camera's files "
@@ -293,6 +338,11 @@ def read_aicity(path: str | Path, site: Site, *, builder: _TrackBuilder) -> None
                     f"{where}: world position ({ground[0]:g}, {ground[1]:g}) is not finite; "
                     "give -1 -1 where there is none"
                 )
+            if max(abs(v) for v in ground) > MAX_WORLD:
+                raise SiteError(
+                    f"{where}: world position ({ground[0]:g}, {ground[1]:g}) is past "
+                    f"{MAX_WORLD:g}, on no site's ground plane; give -1 -1 where there is none"
+                )
         box = _box(*values[3:7], camera, where)
         builder.add(where, camera, _track_id(values[1], where), frame, box, 1.0, ground=ground)
 
@@ -304,8 +354,9 @@ def read_deepstream(path: str | Path, site: Site, *, builder: _TrackBuilder) -> 
         where = f"{path}:{number}"
         try:
             message = json.loads(text)
-        except ValueError as exc:
-            raise SiteError(f"{where}: not a JSON object ({exc.msg}); one frame per line") from None
+        except ValueError as exc:  # a JSONDecodeError, or an integer too long to convert
+            problem = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number too long"
+            raise SiteError(f"{where}: not a JSON object ({problem}); one frame per line") from None
         except RecursionError:  # nesting deeper than any frame message
             raise SiteError(
                 f"{where}: JSON nested too deep; one flat frame message per line"
@@ -371,6 +422,8 @@ def _deepstream_object(
         )
     bbox = item["bbox"]
     try:
+        if any(isinstance(bbox.get(k), bool) for k in ("leftX", "topY", "rightX", "bottomY")):
+            raise TypeError("true/false is no coordinate")
         left, top, right, bottom = (float(bbox[k]) for k in ("leftX", "topY", "rightX", "bottomY"))
     except (KeyError, TypeError, ValueError):
         raise SiteError(f"{where}: object {item.get('id')!r} has a bbox without numeric leftX, "
@@ -391,8 +444,13 @@ def _deepstream_object(
     if isinstance(vector, dict):
         vector = vector.get("vector")
     if vector is not None:
-        if not isinstance(vector, list) or not 0 < len(vector) <= MAX_EMBEDDING_DIM:
+        if not isinstance(vector, list) or not vector:
             raise SiteError(f"{where}: object {item['id']!r}'s embedding must be a list of numbers")
+        if len(vector) > MAX_EMBEDDING_DIM:
+            raise SiteError(
+                f"{where}: object {item['id']!r}'s embedding has {len(vector)} values; at most "
+                f"{MAX_EMBEDDING_DIM}"
+            )
         try:
             with np.errstate(over="ignore"):  # beyond float32: inf, refused below
                 embedding = np.asarray(vector, dtype=np.float32)
@@ -406,6 +464,13 @@ def _deepstream_object(
             raise SiteError(
                 f"{where}: object {item['id']!r}'s embedding is zero or not a finite float32"
             )
+        with np.errstate(over="ignore", under="ignore"):  # computed as pooling computes it
+            norm = float(np.linalg.norm(embedding))
+        if not MIN_EMBEDDING_NORM <= norm < math.inf:
+            raise SiteError(
+                f"{where}: object {item['id']!r}'s embedding has length {norm:g}, outside "
+                f"[{MIN_EMBEDDING_NORM:g}, float32's range); send the model's output unscaled"
+            )
     box = (left, top, right - left, bottom - top)
     return _object_id(item["id"], where), box, confidence, embedding
 
@@ -414,6 +479,8 @@ def _object_id(value: object, where: str) -> str:
     """A DeepStream object's tracker id as text: a string or a whole number, as trackers send."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise SiteError(f"{where}: object id {value!r} is neither text nor a whole number")
+    if isinstance(value, str) and not value.isprintable():  # a line break would split messages
+        raise SiteError(f"{where}: object id {value!r} holds a control character; fix the id")
     try:
         return validation.track_id(str(value))
     except ValueError as exc:

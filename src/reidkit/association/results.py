@@ -77,7 +77,7 @@ def write_mot(folder: Path, tracks: Sequence[Track], global_ids: Sequence[int]) 
         boxes = np.concatenate([tracks[i].boxes for i in rows])
         confidence = np.concatenate([tracks[i].confidence for i in rows])
         order = np.lexsort((ids, frames))
-        path = Path(folder) / f"{_safe_name(camera)}.txt"
+        path = Path(folder) / f"{camera_file_name(camera)}.txt"
         with atomic_open(path, "w") as handle:
             for k in order:
                 x, y, w, h = boxes[k]
@@ -89,8 +89,9 @@ def write_mot(folder: Path, tracks: Sequence[Track], global_ids: Sequence[int]) 
     return written
 
 
-def _safe_name(camera: str) -> str:
-    """A camera name usable as a file name (no separators, no leading dot)."""
+def camera_file_name(camera: str) -> str:
+    """A camera name usable as a file name (no separators, no leading dot): ``mot/<this>.txt``.
+    Two names can give one file name (``a/b``, ``a_b``); ``associate`` refuses such a site."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in camera)
     return cleaned.lstrip(".") or "camera"
 

@@ -46,8 +46,20 @@ class SiteError(ReidkitError):
     """The site file, or a tracks file read with it, is wrong; the message names file:line."""
 
 
+#: Largest homography file read (bytes): nine numbers; a bigger file (or a device such as
+#: /dev/zero behind a link) is not one, and reading it whole would hang or exhaust memory.
+MAX_HOMOGRAPHY_BYTES = 64 * 2**10
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_bool(value: object) -> object:
+    """Refuse true/false where a number belongs: pydantic reads ``fps: true`` as 1 fps."""
+    if isinstance(value, bool):
+        raise ValueError("a number, not true/false")
+    return value
 
 
 class CameraEntry(_Strict):
@@ -77,6 +89,8 @@ class CameraEntry(_Strict):
         None, description="MOTChallenge ground truth of this camera (ids are global ids)."
     )
 
+    _numbers = field_validator("fps", "frame_base", "width", "height", mode="before")(_no_bool)
+
     @field_validator("clock_origin", mode="before")
     @classmethod
     def _time_as_text(cls, value: object) -> object:
@@ -95,6 +109,8 @@ class TransitEntry(_Strict):
     )
     both_ways: bool = Field(True, description="The window holds in both directions.")
 
+    _numbers = field_validator("min_s", "max_s", mode="before")(_no_bool)
+
 
 class SiteFile(_Strict):
     """``site.yaml``: cameras, their clocks, geometry and files; camera-pair transit windows."""
@@ -104,9 +120,12 @@ class SiteFile(_Strict):
     ground_gate: float | None = Field(
         None,
         gt=0.0,
+        allow_inf_nan=False,
         description="Ground-plane distance (homography units) under which two cameras see the "
         "same person at one moment; null = learned from the tracks.",
     )
+
+    _numbers = field_validator("ground_gate", mode="before")(_no_bool)
 
 
 @dataclass(frozen=True)
@@ -188,7 +207,7 @@ def load_site(path: str | Path) -> Site:
     if not path.is_file():
         raise SiteError(f"site file '{path}' does not exist; set associate.site to a site.yaml")
     data = load_yaml_file(path, what="site file")
-    lines = _key_lines(path.read_text(encoding="utf-8-sig"))
+    lines = _key_lines(path.read_text(encoding="utf-8-sig"), str(path))
     return site_from_dict(data, path.parent, source=str(path), lines=lines)
 
 
@@ -286,6 +305,12 @@ def _homography(value: str | list[list[float]], root: Path, where: str) -> np.nd
     if isinstance(value, str):
         path = _resolve(root, value)
         try:
+            if path.exists() and not path.is_file():
+                raise OSError(0, "not a plain file")
+            if path.stat().st_size > MAX_HOMOGRAPHY_BYTES:
+                raise OSError(
+                    0, f"larger than {MAX_HOMOGRAPHY_BYTES} bytes; a homography is 9 numbers"
+                )
             numbers = np.array(path.read_text().split(), dtype=np.float64)
         except (OSError, ValueError) as exc:
             problem = exc.strerror if isinstance(exc, OSError) else "it holds a non-number"
@@ -297,7 +322,8 @@ def _homography(value: str | list[list[float]], root: Path, where: str) -> np.nd
     matrix = numbers.reshape(3, 3)
     if not np.all(np.isfinite(matrix)) or not _invertible(matrix):
         raise SiteError(f"{where}: the homography is not an invertible finite 3x3 matrix")
-    return matrix
+    # defined up to scale: kept with entries of at most 1, so mapping feet cannot overflow
+    return matrix / np.abs(matrix).max()
 
 
 def _invertible(matrix: np.ndarray) -> bool:
@@ -325,8 +351,12 @@ def _where(source: str, lines: dict[tuple[str, ...], int], keys: tuple[str, ...]
     return source
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """1-based line of every key path (list items by index) in a YAML document."""
+def _key_lines(text: str, source: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every key path (list items by index) in a YAML document.
+
+    A key given twice in one mapping is refused here: YAML loaders keep the last one silently,
+    so a camera pasted twice, or a second ``fps:``, would quietly replace the first.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -336,8 +366,15 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     while stack:
         node, keys = stack.pop()
         if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
                 path = (*keys, str(key.value))
+                if path[-1] in seen and path[-1] != "<<":
+                    raise SiteError(
+                        f"{source}:{key.start_mark.line + 1}: key {'.'.join(path)!r} is given "
+                        "twice; keep one (YAML would silently keep the last)"
+                    )
+                seen.add(path[-1])
                 found[path] = key.start_mark.line + 1
                 stack.append((value, path))
         elif isinstance(node, yaml.SequenceNode):
