@@ -426,3 +426,23 @@ def test_an_index_naming_crops_the_gallery_lacks_is_refused_in_one_line(tmp_path
         with pytest.raises(GalleryError, match="names crops the gallery does not hold") as err:
             gallery.search(vectors[300:310], k=5)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_an_emptied_or_deleted_database_is_refused_not_reset(tmp_path, damage):
+    """Connecting would create a fresh meta.sqlite and the repair would then delete every
+    column as uncommitted: the crops must stay on disk and the open be refused in one line."""
+    vectors, metas = site(12)
+    folder = tmp_path / "g"
+    with open_gallery(folder, CARD, create=True) as gallery:
+        gallery.add(vectors, metas)
+    database = folder / "meta.sqlite"
+    if damage == "emptied":
+        database.write_bytes(b"")
+    else:
+        database.unlink()
+    before = _folder_digest(folder)
+    with pytest.raises(GalleryError, match="missing or unreadable; restore") as err:
+        open_gallery(folder, CARD)
+    assert "\n" not in str(err.value)
+    assert _folder_digest(folder) == before

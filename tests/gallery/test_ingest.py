@@ -122,3 +122,28 @@ def test_unreadable_crop_refused_gallery_unchanged(crops, tmp_path):
         assert gallery.stats().size == 3
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     assert after == before
+
+
+def test_manifest_repeated_columns_repeated_crops_and_line_breaks_refused(tmp_path):
+    """A repeated column would silently read its last cell, a crop listed twice would keep the
+    first row's camera and time, and a quote left open would swallow lines into a path: each is
+    one line naming file:line."""
+    manifest = tmp_path / "site.csv"
+    cases = {
+        "path,path,camera,timestamp,track_id\na.jpg,b.jpg,1,0,t\n": r"csv:1: column\(s\) path",
+        "path,camera,timestamp,track_id\na.jpg,1,0,t\nb.jpg,1,0,t\n./a.jpg,2,5,u\n": (
+            r"csv:4: crop '.*a\.jpg' is already listed on line 2; list each crop once"
+        ),
+        'path,camera,timestamp,track_id\n"a.jpg\nb.jpg",1,0,t\n': r"csv:3: path has a line break",
+    }
+    for text, message in cases.items():
+        manifest.write_text(text)
+        with pytest.raises(GalleryError, match=message) as err:
+            read_manifest(manifest)
+        assert "\n" not in str(err.value)
+
+
+def test_crops_setting_that_names_a_file_says_so(crops):
+    crop = next(crops.iterdir())
+    with pytest.raises(GalleryError, match=r"gallery\.crops '.*' is a file, not a folder"):
+        crops_in_folder(crop, ORIGIN)

@@ -268,7 +268,9 @@ class EmbeddedBackend(Backend):
             if self._staged_version is not None:
                 self.data.mkdir(exist_ok=True)
             try:
-                self._connect()
+                # A recorded version's database must be there: connecting would create an
+                # empty one, and the repair would then delete every column as uncommitted.
+                self._connect(existing=version is None and self._staged_version is None)
             except (sqlite3.DatabaseError, FileNotFoundError):
                 if version is None and self._read_manifest()[1] != self._version:
                     continue  # another process switched versions while we opened this one
@@ -293,10 +295,12 @@ class EmbeddedBackend(Backend):
         self._settings = Settings(None, None, self._format_version)
         self._load()
 
-    def _connect(self) -> None:
+    def _connect(self, *, existing: bool = False) -> None:
         if not self.data.is_dir():
             raise FileNotFoundError(self.data)
         database = str(self.data / "meta.sqlite")
+        if existing and os.stat(database).st_size < _SQLITE_HEADER:  # missing: FileNotFoundError
+            raise sqlite3.DatabaseError("not a database")
         if self.read_only:  # never creates the file, a journal or anything beside it
             database = f"file:{quote(database)}?mode=ro"
         self._db = sqlite3.connect(

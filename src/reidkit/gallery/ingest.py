@@ -75,6 +75,11 @@ def meta_from_name(path: Path, origin: float, fps: float = 25.0) -> CropMeta:
 
 def crops_in_folder(folder: Path, origin: float, fps: float = 25.0) -> list[CropMeta]:
     """Every image directly in ``folder`` (sorted by name), with metadata from its name."""
+    if folder.exists() and not folder.is_dir():
+        raise GalleryError(
+            f"gallery.crops '{folder}' is a file, not a folder; name the folder of crops (or "
+            "list the crops in gallery.manifest)"
+        )
     if not folder.is_dir():
         raise GalleryError(f"crop folder '{folder}' does not exist; check the path")
     files = sorted(
@@ -94,6 +99,8 @@ def _manifest_row(path: Path, line: int, row: dict[Any, Any], columns: int) -> C
             raise ValueError(f"the row has {cells} cells, the header {columns}")
         if not row["path"].strip():
             raise ValueError("path is empty")
+        if any(c in row["path"] for c in "\r\n"):
+            raise ValueError("path has a line break (a quote left open?)")
         try:
             camera = int(row["camera"])
         except ValueError:
@@ -138,10 +145,24 @@ def read_manifest(path: Path) -> list[CropMeta]:
                 f"{path}:1: missing column(s) {', '.join(missing)}; the header must be "
                 f"{','.join(MANIFEST_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
             )
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise GalleryError(
+                f"{path}:1: column(s) {', '.join(repeated)} appear more than once; name each "
+                "column once"
+            )
         reader.fieldnames = header
+        lines: dict[str, int] = {}
         try:
             for row in reader:
-                metas.append(_manifest_row(path, reader.line_num, row, len(header)))
+                meta = _manifest_row(path, reader.line_num, row, len(header))
+                if meta.path in lines:
+                    raise GalleryError(
+                        f"{path}:{reader.line_num}: crop '{meta.path}' is already listed on line "
+                        f"{lines[meta.path]}; list each crop once"
+                    )
+                lines[meta.path] = reader.line_num
+                metas.append(meta)
         except csv.Error as exc:  # e.g. a cell over csv's field size limit
             line = reader.line_num + 1  # the line being read when csv gave up
             raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
