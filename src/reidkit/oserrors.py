@@ -9,6 +9,8 @@ do; anything else (a bug, a flaky network mount without a path) keeps its traceb
 from __future__ import annotations
 
 import errno
+import os
+import stat
 
 # errno -> (what happened, what to do about it)
 _USER_ERRNOS: dict[int, tuple[str, str]] = {
@@ -24,6 +26,30 @@ _USER_ERRNOS: dict[int, tuple[str, str]] = {
     errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
     errno.EFBIG: ("the file is too large for the file system", "choose another folder"),
 }
+
+
+# What a path is when it is neither a regular file nor a folder, by its stat mode.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (a device, a
+    FIFO, a socket), else None.
+
+    Such a path is not missing, and saying it does not exist sends the user looking in the
+    wrong place. Only ``os.stat`` looks at it: opened for reading, a FIFO waits for a writer
+    for ever and a device such as ``/dev/zero`` never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
 
 
 def describe_os_error(exc: OSError) -> str | None:

@@ -10,6 +10,7 @@ behind, a full-size checkpoint among them; the next run in that folder removes i
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -32,7 +33,7 @@ def staged_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")  # _STAGED
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         os.close(os.open(staged, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as exc:
         raise _naming(exc, path) from None
@@ -50,6 +51,19 @@ def staged_path(path: Path) -> Iterator[Path]:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents; a file standing in its place is ENOTDIR.
+
+    ``mkdir`` reports a file where the folder goes as EEXIST, which reads "it already exists"
+    to the user (as if the folder were there); it is raised as what it is, a part of the path
+    that is a file, naming ``folder`` (:func:`reidkit.oserrors.describe_os_error`).
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
 
 
 # The names :func:`staged_path` gives: ".<target>.<writer's pid>.<12 hex digits>.tmp".

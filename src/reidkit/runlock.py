@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reidkit.errors import ReidkitError
-from reidkit.outputs import remove_stale_staged
+from reidkit.outputs import make_folder, remove_stale_staged
 
 log = logging.getLogger("reidkit")
 
@@ -63,7 +63,7 @@ def run_lock(folder: Path, action: str) -> Iterator[LockHolder]:
     folder = Path(folder)
     path = folder / LOCK_FILE
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise FolderLockError(

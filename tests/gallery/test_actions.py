@@ -18,6 +18,7 @@ from reidkit.gallery.factory import open_gallery
 from reidkit.models.checkpoint_file import read_checkpoint_object, save_checkpoint
 from tests.conftest import empty_spec
 from tests.export.conftest import make_checkpoint
+from tests.gallery.conftest import folder_bytes
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,35 @@ def test_other_model_and_bad_input_refused(site, tmp_path, capsys):
         assert _run(site, tmp_path, verb, *overrides) == 2, overrides
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_failed_first_add_leaves_no_gallery_and_an_existing_one_unchanged(site, tmp_path, capsys):
+    crops = tmp_path / "crops"
+    shutil.copytree(site["crops"], crops)
+    damaged = sorted(crops.glob("*.jpg"))[5]
+    damaged.write_bytes(damaged.read_bytes()[:300])  # a JPEG cut short, among good ones
+    add = ("add", f"gallery.crops={crops}")
+
+    # A gallery the add would create, two folders deep: neither folder remains.
+    new = tmp_path / "site" / "gallery"
+    assert _run(site, tmp_path, *add, f"gallery.uri={new}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0], err
+    assert not (tmp_path / "site").exists()
+
+    # An empty folder given as gallery.uri stays, and stays empty.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(site, tmp_path, *add, f"gallery.uri={empty}") == 2
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+    # A gallery that existed is left exactly as it was.
+    assert _run(site, tmp_path, "add", f"gallery.crops={site['crops']}") == 0
+    before = folder_bytes(tmp_path / "gallery")
+    capsys.readouterr()
+    assert _run(site, tmp_path, *add) == 2
+    assert str(damaged) in capsys.readouterr().err
+    assert folder_bytes(tmp_path / "gallery") == before
 
 
 def test_evaluate_reports_roc_and_threshold(site, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.error import URLError
 
@@ -108,6 +109,18 @@ def test_lightning_checkpoint_loads_the_model_part(tmp_path: Path) -> None:
 def test_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nope\.pth' do not exist; fix model\.pretrained"):
         load_pretrained(backbone_from(small_spec()), tmp_path / "nope.pth")
+
+
+def test_a_device_or_fifo_is_not_a_file_of_weights(tmp_path: Path) -> None:
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)  # never opened: reading one waits for a writer
+    for path, kind in ((Path("/dev/null"), "a character device"), (fifo, "a FIFO (named pipe)")):
+        with pytest.raises(CheckpointError) as refused:
+            load_pretrained(backbone_from(small_spec()), path)
+        assert str(refused.value) == (
+            f"pretrained weights '{path}' are {kind}, not a regular file; "
+            "fix model.pretrained_model_path"
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Hostile files that were accepted silently or ended in a traceback: truncated archives (a query
-set evaluated on part of its queries without a word), non-UTF-8 manifests and checkpoints that
-carry code."""
+set evaluated on part of its queries without a word), non-UTF-8 manifests, checkpoints that
+carry code, and checkpoints that are cut short, empty, a device or a FIFO."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from PIL import Image
 from reidkit.cli import main
 from reidkit.data.market import load_split
 from reidkit.data.sources import resolve_dataset
-from reidkit.errors import DatasetError
+from reidkit.errors import CheckpointError, DatasetError
 from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import GalleryError
-from tests.conftest import empty_spec
+from reidkit.models.checkpoint_file import read_checkpoint_object
+from tests.conftest import assert_one_line_error, empty_spec, run_cli
 from tests.export.conftest import make_checkpoint
 
 NAMES = [f"query/{pid:04d}_c1s1_{pid:06d}_00.jpg" for pid in range(1, 6)]
@@ -204,3 +205,63 @@ def test_a_checkpoint_that_carries_code_is_refused_unrun(
     assert "trapped.pth' cannot be read" in err[0] and "holds Python objects" in err[0]
     assert "weights_only" not in err[0]  # torch's own advice would be to load it unsafely
     assert not marker.exists()
+
+
+#: What every refusal of a damaged checkpoint file tells the user to do.
+REPLACE = "copy it again, or point at a checkpoint that reidkit train wrote (or its run folder)"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a real checkpoint, saved as ``reidkit train`` saves them."""
+    spec = make_checkpoint(tmp_path_factory.mktemp("real"), "model.backbone=resnet_18")
+    return Path(spec.export.checkpoint).read_bytes()
+
+
+@pytest.mark.parametrize("kept", [0, 100, -100])
+def test_an_empty_or_truncated_checkpoint_says_so_and_what_to_do(
+    tmp_path: Path, checkpoint_bytes: bytes, kept: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(checkpoint_bytes[:kept])  # nothing, its first 100 bytes, all but its end
+    spec = str(empty_spec(tmp_path))
+    for action in ("evaluate", "export"):
+        code = main([action, "-e", spec, f"results_dir={tmp_path}", f"{action}.checkpoint={cut}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        size = len(checkpoint_bytes[:kept])
+        what = "is empty (0 bytes)" if not kept else f"is truncated ({size:,} bytes, its end is"
+        assert f"checkpoint '{cut}' {what}" in err[0] and err[0].endswith(REPLACE), err[0]
+
+
+def test_a_checkpoint_path_that_is_a_device_says_so(tmp_path: Path) -> None:
+    for action in ("evaluate", "export"):
+        result = run_cli(
+            action, "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}",
+            f"{action}.checkpoint=/dev/null",
+        )  # fmt: skip
+        assert_one_line_error(
+            result, f"{action}.checkpoint '/dev/null' is a character device, not a regular file"
+        )
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint_object("/dev/null", None)
+    assert str(refused.value).startswith(
+        "checkpoint '/dev/null' is a character device, not a regular file;"
+    )
+
+
+def test_a_checkpoint_path_that_is_a_fifo_says_so_and_never_waits_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "model.pth"
+    os.mkfifo(fifo)
+    result = run_cli(
+        "evaluate", "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}",
+        f"evaluate.checkpoint={fifo}",
+        timeout=120,  # opened for reading, a FIFO would wait for a writer for ever
+    )  # fmt: skip
+    assert_one_line_error(
+        result, f"evaluate.checkpoint '{fifo}' is a FIFO (named pipe), not a regular file"
+    )
+    with pytest.raises(CheckpointError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        read_checkpoint_object(fifo, None)  # stat only: returns at once, as the CLI did

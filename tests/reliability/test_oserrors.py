@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from reidkit.data import synthesize
 from reidkit.oserrors import describe_os_error
+from reidkit.outputs import atomic_open
+from tests.conftest import RunMain, assert_one_line_error, empty_spec
+from tests.export.conftest import make_checkpoint
 
 
 def _raised(action) -> OSError:
@@ -28,6 +32,42 @@ def test_file_in_the_way_and_folder_as_a_file(tmp_path: Path) -> None:
     error = _raised(lambda: tmp_path.write_text("x"))
     message = f"cannot use '{tmp_path}': it is a folder, not a file; name a file"
     assert describe_os_error(error) == message
+
+
+def test_a_file_where_an_output_folder_goes_is_named_as_a_file(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, where a folder would be made")
+    not_a_folder = "a part of the path is a file, not a folder; fix the path"
+    with pytest.raises(OSError) as raised, atomic_open(blocker / "out.json") as handle:
+        handle.write("{}")
+    assert describe_os_error(raised.value) == f"cannot use '{blocker}': {not_a_folder}"
+
+    # What a user sees: inference told to write its output inside that file.
+    synthesize(tmp_path / "data", ids=3, cameras=2, images_per_id=2, height=64, width=32, seed=1)
+    spec = make_checkpoint(tmp_path, "model.backbone=resnet_18")
+    result = run_main(
+        "inference", "-e", str(empty_spec(tmp_path)),
+        f"results_dir={tmp_path / 'results'}",
+        "model.backbone=resnet_18", "model.input_height=64", "model.input_width=32",
+        "model.feat_dim=64", "dataset.num_workers=0",
+        f"dataset.test_dataset_dir={tmp_path / 'data' / 'bounding_box_test'}",
+        f"dataset.query_dataset_dir={tmp_path / 'data' / 'query'}",
+        f"inference.checkpoint={spec.export.checkpoint}",
+        f"inference.output_file={blocker / 'embeddings.json'}",
+    )  # fmt: skip
+    assert_one_line_error(result, f"'{blocker}'", not_a_folder)
+    assert "already exists" not in result.stderr
+
+    # ... and a run whose results folder is taken by a file.
+    results = tmp_path / "results"
+    (results / "export").write_text("a file, where the export folder goes")
+    result = run_main(
+        "export", "-e", str(empty_spec(tmp_path)), f"results_dir={results}",
+        f"export.checkpoint={spec.export.checkpoint}",
+    )  # fmt: skip
+    assert_one_line_error(result, f"'{results / 'export'}'", "Not a directory")
 
 
 def test_unrelated_errors_keep_their_traceback() -> None:

@@ -63,6 +63,7 @@ from reidkit.models import ReidModel
 from reidkit.models.card import ModelCard
 from reidkit.models.digest import file_digest
 from reidkit.models.restore import read_checkpoint_card, restore_model
+from reidkit.outputs import make_folder
 
 log = logging.getLogger("reidkit")
 
@@ -234,7 +235,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
     output = (
         Path(settings.output_file) if settings.output_file else run.folder / "adapted_model.pth"
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(output.parent)
     trainer.save_checkpoint(output, weights_only=True)
     message = (
         f"kept round {best['round']} of {len(labeller.reports) - 1} (quality {best['quality']:.3f} "

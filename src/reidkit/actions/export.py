@@ -29,6 +29,7 @@ from reidkit.data import (
 from reidkit.errors import ExportError
 from reidkit.export.onnx import CHECK_BATCHES, ExportResult, random_check_images, write_verified
 from reidkit.models.restore import restore_model
+from reidkit.outputs import make_folder
 
 log = logging.getLogger("reidkit")
 
@@ -111,7 +112,7 @@ def _check_images(spec: ExperimentSpec, preprocessing: Preprocessing) -> tuple[T
 
 def _make_dir(folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
     except OSError as exc:
         raise ExportError(
             f"export.onnx_file: cannot create folder '{folder}' ({exc.strerror}); choose a "

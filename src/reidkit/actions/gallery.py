@@ -32,7 +32,7 @@ from reidkit.errors import SpecError
 from reidkit.evaluation.features import Embedder
 from reidkit.evaluation.rerank import re_rank
 from reidkit.gallery import validation
-from reidkit.gallery.factory import open_gallery
+from reidkit.gallery.factory import open_gallery, undone_if_left_empty
 from reidkit.gallery.front import Gallery
 from reidkit.gallery.ingest import (
     IMAGE_SUFFIXES,
@@ -115,7 +115,8 @@ def gallery_add(spec: ExperimentSpec) -> AddResult:
             origin = _time(settings.time_origin, "time_origin") or 0.0
             metas = crops_in_folder(Path(settings.crops or ""), origin, settings.fps)
         embedder, card = _model(spec)
-        with open_gallery(_uri(spec), card, create=True) as gallery:
+        uri = _uri(spec)
+        with undone_if_left_empty(uri), open_gallery(uri, card, create=True) as gallery:
             added, skipped = add_crops(
                 gallery,
                 embedder,

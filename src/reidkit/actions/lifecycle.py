@@ -30,6 +30,7 @@ from reidkit.engine.ranks import is_launch_primary
 from reidkit.errors import ReidkitError, first_line
 from reidkit.interrupts import RunInterrupted
 from reidkit.oserrors import describe_os_error
+from reidkit.outputs import make_folder
 from reidkit.runlock import run_lock
 
 log = logging.getLogger("reidkit")
@@ -127,7 +128,7 @@ def run_action(spec: ExperimentSpec, action: str, *, exclusive: bool = True) -> 
             if exclusive and primary:
                 held.enter_context(run_lock(folder, action))
             else:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_folder(folder)
             run = ActionRun(
                 action,
                 folder,

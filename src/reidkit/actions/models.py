@@ -31,6 +31,7 @@ from reidkit.evaluation.features import Embedder
 from reidkit.export.runtime import load_embedder
 from reidkit.models.card import ModelCard
 from reidkit.models.digest import file_digest
+from reidkit.oserrors import special_file_kind
 from reidkit.outputs import read_json, write_json
 
 log = logging.getLogger("reidkit")
@@ -110,6 +111,10 @@ def resolve_checkpoint(path: str | Path, key: str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if kind := special_file_kind(path):
+        raise CheckpointError(
+            f"{key} '{path}' is {kind}, not a regular file; point it at a model or a run folder"
+        )
     if not path.is_dir():
         raise CheckpointError(f"{key} '{path}' does not exist; point it at a model or a run folder")
     chosen, why = _model_in_folder(path, key)

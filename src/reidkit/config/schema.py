@@ -28,6 +28,7 @@ from reidkit.config.automl_meta import (
 from reidkit.config.loading import read_yaml_mapping, spec_from_dict
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError
+from reidkit.outputs import make_folder
 
 ACTIONS = ("train", "evaluate", "inference", "export", "gallery", "serve", "associate", "adapt")
 
@@ -226,7 +227,7 @@ def _template_text(action: str, schema: dict[str, Any]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     path.write_text(text)
     return path
 

@@ -9,11 +9,15 @@ folder gallery never loads pymilvus.
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reidkit.gallery.front import Gallery
-from reidkit.gallery.store import Backend
+from reidkit.gallery.store import Backend, GalleryError
 
 
 def is_milvus_uri(uri: str) -> bool:
@@ -56,3 +60,52 @@ def open_gallery(
     except BaseException:
         backend.close()
         raise
+
+
+@contextmanager
+def undone_if_left_empty(uri: str | Path) -> Iterator[None]:
+    """Remove what the block created of a new folder gallery at ``uri`` if the block fails
+    before the gallery holds a crop.
+
+    A first ``gallery add`` that fails (a damaged crop, Ctrl-C while it starts) would otherwise
+    leave an empty gallery bound to its model behind: a search then finds an empty gallery
+    instead of being told there is none, and an add with another model is refused. Only what
+    the block created goes: the topmost folder of ``uri`` it made, or the files it made in a
+    folder that existed (an empty one, as ``gallery.uri`` allows). A gallery that existed is
+    left alone, and so is a new one that holds crops: a rerun completes it
+    (:func:`reidkit.gallery.ingest.add_crops`). A Milvus gallery is its server's business.
+    """
+    folder = Path(uri)
+    if is_milvus_uri(str(uri)) or (folder / "gallery.json").exists():
+        yield
+        return
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    top = missing[-1] if missing else None
+    existed = set(os.listdir(folder)) if top is None and folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if _holds_no_crop(folder):
+            if top is not None:
+                shutil.rmtree(top, ignore_errors=True)
+            elif folder.is_dir():
+                for name in set(os.listdir(folder)) - existed:
+                    made = folder / name
+                    if made.is_dir() and not made.is_symlink():
+                        shutil.rmtree(made, ignore_errors=True)
+                    else:
+                        made.unlink(missing_ok=True)
+        raise
+
+
+def _holds_no_crop(folder: Path) -> bool:
+    """Whether the folder gallery at ``folder`` is provably empty: not yet a gallery (its
+    ``gallery.json`` is written last), or one of no crop. One that cannot be opened counts as
+    holding crops: what cannot be checked is kept."""
+    if not (folder / "gallery.json").is_file():
+        return True
+    try:
+        with open_gallery(folder) as gallery:
+            return gallery.stats().size == 0
+    except (GalleryError, OSError):
+        return False

@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from reidkit.errors import CheckpointError, first_line
+from reidkit.oserrors import special_file_kind
 from reidkit.outputs import atomic_open
 from reidkit.redaction import resolve_secret
 
@@ -29,6 +31,10 @@ _MAGIC = b"REIDKIT-AESGCM-1\n"
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
+# torch.save writes a zip archive, whose directory is at its end: a file cut short lacks it.
+_ZIP_MAGIC = b"PK\x03\x04"
+# What to do about a checkpoint file that is damaged: the copy, or another file.
+_REPLACE = "copy it again, or point at a checkpoint that reidkit train wrote (or its run folder)"
 
 
 def _derive_key(passphrase: str, salt: bytes) -> bytes:
@@ -84,10 +90,16 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
     ``weights_only`` unpickling: a file holding code objects is refused, never run.
     """
     path = Path(path)
+    if kind := special_file_kind(path):
+        raise CheckpointError(
+            f"checkpoint '{path}' is {kind}, not a regular file; check the path in the spec"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist; check the path in the spec")
     key = resolve_secret(encryption_key, "encryption_key")
     blob = path.read_bytes()
+    if not blob:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes); {_REPLACE}")
     if blob.startswith(_MAGIC):
         if not key:
             raise CheckpointError(
@@ -95,6 +107,11 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
                 "set encryption_key to the key it was written with"
             )
         blob = _open_sealed(blob, key, path)
+    if blob.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(io.BytesIO(blob)):
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated ({len(blob):,} bytes, its end is missing); "
+            f"{_REPLACE}"
+        )
     try:
         with warnings.catch_warnings():  # torch warns of pickle protocols before it refuses
             warnings.simplefilter("ignore", UserWarning)
@@ -109,7 +126,9 @@ def read_checkpoint_object(path: str | Path, encryption_key: str | None) -> Any:
             "tensors) from a source you trust"
         ) from None
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"checkpoint '{path}' cannot be read ({first_line(exc)})") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is damaged or not a checkpoint ({first_line(exc)}); {_REPLACE}"
+        ) from None
     return checkpoint
 
 

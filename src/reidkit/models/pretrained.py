@@ -19,6 +19,7 @@ from reidkit.errors import CheckpointError, first_line
 from reidkit.models.backbones import Backbone, StateDict
 from reidkit.models.card import has_model_prefix, is_reidkit_checkpoint, model_weights
 from reidkit.models.checkpoint_file import read_checkpoint_object
+from reidkit.oserrors import special_file_kind
 
 # Wrapper keys under which training scripts nest the weights (reidkit/timm: "state_dict",
 # original Swin/SOLIDER releases: "model").
@@ -58,6 +59,11 @@ def load_pretrained(
     ``encryption_key`` is opened with it, exactly as evaluate and export open it.
     """
     path = Path(path)
+    if kind := special_file_kind(path):
+        raise CheckpointError(
+            f"pretrained weights '{path}' are {kind}, not a regular file; "
+            "fix model.pretrained_model_path"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"pretrained weights '{path}' do not exist; fix model.pretrained_model_path"
