@@ -17,7 +17,8 @@ labelled in its ``set`` column:
      EPFL c0/c1, camera 2 crops for c2/c3, alternating) or one MARS-mini *test* identity (one
      of its tracklets per camera), linked into a crops folder; several seeds pick the ids;
    * **simulated**: a random unit look per person, a camera cast, and noise of several
-     norms per track (no model).
+     norms per track (no model);
+   and each again with every second person kept in one camera only (the same embeddings).
 2. **Real crops without time**: MARS-mini test tracklets, CUHK03 test (one tracklet per
    identity and camera), PKU val (same); pairwise precision / recall and crop-weighted IDF1.
    The same sets again with each tracklet cut into runs of consecutive crops (2, 2 and 4), as
@@ -292,13 +293,7 @@ def epfl_part(
     np = _np()
     from reidkit.association.epfl import epfl_cameras, write_epfl_site
     from reidkit.association.features import crop_transform, track_embeddings
-    from reidkit.association.metrics import (
-        detections,
-        hota_scores,
-        identity_scores,
-        motmetrics_identity,
-        pairwise_scores,
-    )
+    from reidkit.association.metrics import detections
     from reidkit.association.readers import read_ground_truth, read_tracks
     from reidkit.association.site import load_site, site_from_dict
 
@@ -328,15 +323,41 @@ def epfl_part(
             tracks, crop_site, embedder=embedder, transform=transform, full_height=card.input_height
         )
         source = "CUHK03" if appearance == "cuhk03" else "MARS-mini"
-        label = f"EPFL {scene}: real paths + real {source} test crops (seed {seed})"
+        label = f"EPFL {scene}: real paths + real {source} test crops"
     else:
         noise = float(appearance.split("=")[1])
         embeddings = simulated_looks(
             people, np.array([site.names.index(t.camera) for t in tracks]), noise, seed
         )
-        label = f"EPFL {scene}: real paths + simulated looks, noise {noise} (seed {seed})"
+        label = f"EPFL {scene}: real paths + simulated looks, noise {noise}"
     embed_seconds = time.perf_counter() - started
+    full = (tracks, people, true, embeddings)
+    rows = _epfl_rows(f"{label} (seed {seed})", *full, site, card_threshold, scored)
+    rows[0]["embed_seconds"] = round(embed_seconds, 1)
+    # people seen by one camera only, on the same embeddings (the truth is the tracks' own)
+    kept = people_seen_once(people.tolist(), [t.camera for t in tracks])
+    kept_tracks = [tracks[k] for k in kept]
+    kept_true = detections(kept_tracks, people[kept].tolist(), site)
+    half = (kept_tracks, people[kept], kept_true, embeddings[kept])
+    label = f"{label}, half in one camera (seed {seed})"
+    rows += _epfl_rows(label, *half, site, card_threshold, scored=False)
+    for row in rows:
+        row |= {"part": "epfl", "scene": scene, "appearance": appearance, "seed": seed}
+    return rows
+
+
+def _epfl_rows(
+    label: str, tracks, people, true, embeddings, site, card_threshold, scored: bool
+) -> list[dict]:
+    """One row per method on one EPFL track set (``true``: the ground truth's detections)."""
     from reidkit.association.constraints import TrackSet
+    from reidkit.association.metrics import (
+        detections,
+        hota_scores,
+        identity_scores,
+        motmetrics_identity,
+        pairwise_scores,
+    )
 
     track_set = TrackSet.from_tracks(tracks, embeddings, site.names)
     found = methods(track_set, site.min_transit_matrix(), people, card_threshold)
@@ -345,10 +366,6 @@ def epfl_part(
         predicted = detections(tracks, labels.tolist(), site)
         row = {
             "set": label,
-            "part": "epfl",
-            "scene": scene,
-            "appearance": appearance,
-            "seed": seed,
             "method": method,
             "tracks": len(tracks),
             "identities": len(set(labels.tolist())),
@@ -368,7 +385,6 @@ def epfl_part(
         "threshold_source": calibration.source,
         "threshold": calibration.threshold,
         "ground_gate": calibration.ground_gate,
-        "embed_seconds": round(embed_seconds, 1),
     }
     return rows
 
@@ -414,22 +430,27 @@ def fragmented(
     ]
 
 
+def people_seen_once(people: list, cameras: list[str]) -> list[int]:
+    """Indices of the tracks kept when every second person (in identity order) is kept in
+    one camera only, the first of theirs: a site sees many people in one camera only, and such
+    a person must stay one identity of their own rather than join a look-alike seen elsewhere."""
+    first_camera: dict = {}
+    for person, camera in zip(people, cameras, strict=True):
+        first_camera.setdefault(person, camera)
+    alone = set(sorted(first_camera)[1::2])
+    return [
+        k
+        for k, (person, camera) in enumerate(zip(people, cameras, strict=True))
+        if person not in alone or camera == first_camera[person]
+    ]
+
+
 def half_in_one_camera(
     tracklets: list[tuple[str, str, list[Path]]],
 ) -> list[tuple[str, str, list[Path]]]:
-    """Every second person (in identity order) kept in one camera only, the first of theirs:
-    a site sees many people in one camera only, and such a person must stay one identity of
-    their own rather than join a look-alike seen elsewhere."""
-    people = sorted({pid for pid, _, _ in tracklets})
-    first_camera = {}
-    for pid, cam, _ in tracklets:
-        first_camera.setdefault(pid, cam)
-    alone = set(people[1::2])
-    return [
-        (pid, cam, files)
-        for pid, cam, files in tracklets
-        if pid not in alone or cam == first_camera[pid]
-    ]
+    """The tracklets :func:`people_seen_once` keeps."""
+    people = [pid for pid, _, _ in tracklets]
+    return [tracklets[k] for k in people_seen_once(people, [cam for _, cam, _ in tracklets])]
 
 
 def crops_part(name: str, tracklets, model, model_seed: int) -> list[dict]:

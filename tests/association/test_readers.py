@@ -184,6 +184,16 @@ def test_deepstream_lines_bring_embeddings_and_time(tmp_path: Path) -> None:
             '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
             r"frames.jsonl:1: object 1's embedding holds a non-number",
         ),
+        # text and booleans are not numbers, although a cast to float32 reads them as such
+        *(
+            (
+                '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": '
+                + vector
+                + ', "bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',
+                r"frames.jsonl:1: object 1's embedding holds a non-number \(text, true/false",
+            )
+            for vector in ("[0.5, true]", "[true, false]", '["0.5", 1]', "[null, 1]")
+        ),
         (
             '{"sensorId": "cam-1", "timestamp": 1, "objects": [{"id": 1, "embedding": [1e39, 1], '
             '"bbox": {"leftX": 1, "topY": 1, "rightX": 5, "bottomY": 9}}]}',

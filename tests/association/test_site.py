@@ -164,6 +164,32 @@ def test_a_homography_file_that_is_no_small_plain_file_is_refused(tmp_path: Path
         load_site(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_feet_above_the_homographys_horizon_have_no_ground_place(
+    tmp_path: Path, sign: float
+) -> None:
+    """EPFL laboratory c2's horizon crosses the image near row 38: a foot above it maps to a
+    finite point mirrored behind the camera, which must not count as a place (it could tie
+    two people together); feet below it map as before. A homography is defined up to scale,
+    sign included, so the negated matrix (the same map) leaves out the same feet."""
+    matrix = np.loadtxt(EPFL / "laboratory" / "c2" / "Homography.txt") * sign
+    homography = json.dumps(matrix.tolist())
+    text = f"cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    homography: {homography}\n"
+    camera = load_site(write(tmp_path, text)).cameras["c0"]
+    boxes = np.array([[80.0, 0.0, 40.0, 20.0], [80.0, 80.0, 40.0, 120.0]])  # feet y 20, 200
+    behind = matrix @ np.array([100.0, 20.0, 1.0])
+    assert np.isfinite(behind[:2] / behind[2]).all()  # the mirrored point the map gives
+    ground = camera.to_ground(boxes)
+    assert np.isnan(ground[0]).all()
+    feet = matrix @ np.array([100.0, 200.0, 1.0])
+    assert ground[1] == pytest.approx(feet[:2] / feet[2])
+    # a camera looking straight down has no horizon across its rows: every foot is kept
+    text = "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    homography: [[0.01, 0, 0], "
+    text += "[0, 0.01, 0], [0, 0, -1]]\n"
+    overhead = load_site(write(tmp_path, text)).cameras["c0"]
+    assert overhead.to_ground(boxes).tolist() == [[-1.0, -0.2], [-1.0, -2.0]]
+
+
 def test_a_homography_of_huge_entries_maps_feet_without_overflow(tmp_path: Path) -> None:
     """Defined up to scale, a homography of entries near float64's limit is the identity; the
     feet it maps must stay finite (it overflowed, with a warning on stderr, and lost the ground

@@ -136,6 +136,11 @@ def test_writes_need_the_write_scope_and_bad_tracks_are_refused(
         ({**body, "ground": [[103.0, 1.0, 1.0], [101.0, 2.0, 2.0]]}, "in time order"),
         ({**body, "ground": [[101.0, 1.0, 1.0], [104.5, 2.0, 2.0]]}, "within the track's"),
         ({**body, "ground": [[99.0, 1.0, 1.0]]}, "within the track's start..end"),
+        # booleans and text are no numbers, though lax validation reads them as 1.0 and 0.5
+        ({**body, "embeddings": [[True] + [0.0] * 63]}, "valid number"),
+        ({**body, "embeddings": [["0.5"] + [0.0] * 63]}, "valid number"),
+        ({**body, "ground": [[101.0, True, 1.0]]}, "valid number"),
+        ({**body, "start": True}, "valid number"),
     ]:
         response = writer.post("/v1/tracks", json=bad)
         assert response.status_code == 422 and says in response.text, response.text

@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -451,15 +452,12 @@ def _deepstream_object(
                 f"{where}: object {item['id']!r}'s embedding has {len(vector)} values; at most "
                 f"{MAX_EMBEDDING_DIM}"
             )
-        try:
-            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
-                embedding = np.asarray(vector, dtype=np.float32)
-        except (TypeError, ValueError):
-            embedding = None
-        if embedding is None or embedding.ndim != 1:
+        embedding = _vector(vector)
+        if embedding is None:
             raise SiteError(
-                f"{where}: object {item['id']!r}'s embedding holds a non-number"
-            ) from None
+                f"{where}: object {item['id']!r}'s embedding holds a non-number (text, "
+                "true/false, null or a list); send the model's output as JSON numbers"
+            )
         if not np.all(np.isfinite(embedding)) or not np.any(embedding):
             raise SiteError(
                 f"{where}: object {item['id']!r}'s embedding is zero or not a finite float32"
@@ -473,6 +471,27 @@ def _deepstream_object(
             )
     box = (left, top, right - left, bottom - top)
     return _object_id(item["id"], where), box, confidence, embedding
+
+
+def _vector(values: list[Any]) -> np.ndarray | None:
+    """A JSON list of numbers as float32, or None when it holds anything else.
+
+    A cast straight to float32 reads ``"0.5"`` as 0.5 and ``true`` as 1.0, so a broker that
+    sends text or booleans would be embedded as if it had sent numbers. Numbers, and only
+    numbers, give an integer or float array; booleans mixed with numbers are caught by a type
+    check, run only where a value is exactly 0 or 1 (the only values they can become), so a
+    usual vector costs no loop in Python.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nesting
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "fi":
+        return None
+    if ((array == 0) | (array == 1)).any() and any(type(value) is bool for value in values):
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused by the caller
+        return array.astype(np.float32)
 
 
 def _object_id(value: object, where: str) -> str:

@@ -149,7 +149,19 @@ class Camera:
         return self.origin + (np.asarray(frames, dtype=np.float64) - self.frame_base) / self.fps
 
     def to_ground(self, boxes: np.ndarray) -> np.ndarray | None:
-        """Ground-plane positions of the feet (bottom centre) of ``x, y, w, h`` boxes."""
+        """Ground-plane positions of the feet (bottom centre) of ``x, y, w, h`` boxes; NaN
+        (unknown) for feet on or above the homography's horizon.
+
+        A homography maps the whole image plane, but only the part below its horizon (the
+        image line it sends to infinity, where the third coordinate is 0) looks at the ground
+        in front of the camera. A point above it maps to a finite but mirrored position behind
+        the camera, which could tie two people to one place. Feet are on the ground, so they
+        lie on the side of the horizon that holds the bottom of any upright image, the side
+        where the third coordinate has the sign of its ``y`` term (the image row grows
+        downwards). A foot on the other side comes from a wrong homography or a wrong box,
+        and its place is left unknown rather than made up. With no ``y`` term the map has no
+        horizon across the rows (a camera looking straight down), and nothing is left out.
+        """
         if self.homography is None:
             return None
         feet = np.stack(
@@ -157,7 +169,11 @@ class Camera:
         )
         mapped = feet @ self.homography.T
         with np.errstate(divide="ignore", invalid="ignore"):
-            return mapped[:, :2] / mapped[:, 2:3]
+            ground = mapped[:, :2] / mapped[:, 2:3]
+        front = np.sign(self.homography[2, 1])
+        if front:
+            ground[mapped[:, 2] * front <= 0] = np.nan
+        return ground
 
 
 @dataclass(frozen=True)

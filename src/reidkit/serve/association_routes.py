@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from reidkit.association.features import pool
@@ -56,6 +56,10 @@ GROUND_TIME_SLACK = 1e-3
 
 router = APIRouter(tags=["association"])
 
+#: A JSON number and nothing else: lax validation reads ``true`` as 1.0 and ``"0.5"`` as 0.5,
+#: and a pipeline sending booleans or text would be embedded as if it had sent numbers.
+Number = Annotated[float, Strict()]
+
 
 class ClosedTrackIn(BaseModel):
     """One closed track of one camera."""
@@ -64,15 +68,15 @@ class ClosedTrackIn(BaseModel):
 
     camera: str = Field(min_length=1, max_length=128, description="Camera name in site.yaml.")
     track_id: str = Field(min_length=1, max_length=128, description="The tracker's local id.")
-    start: datetime | float = Field(description="First sighting: ISO 8601 or unix seconds.")
-    end: datetime | float = Field(description="Last sighting: ISO 8601 or unix seconds.")
-    embeddings: list[list[float]] | None = Field(
+    start: datetime | Number = Field(description="First sighting: ISO 8601 or unix seconds.")
+    end: datetime | Number = Field(description="Last sighting: ISO 8601 or unix seconds.")
+    embeddings: list[list[Number]] | None = Field(
         None, max_length=MAX_TRACK_ROWS, description="The pipeline's embeddings, one per row."
     )
     crops: list[str] | None = Field(
         None, description="Crops as base64 JPEG/PNG (instead of embeddings): the model embeds."
     )
-    ground: list[tuple[float, float, float]] | None = Field(
+    ground: list[tuple[Number, Number, Number]] | None = Field(
         None,
         max_length=MAX_TRACK_ROWS,
         description="Ground-plane positions (time, x, y) in the site's homography units.",
