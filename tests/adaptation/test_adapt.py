@@ -3,6 +3,7 @@ result that evaluate and export take like any trained checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import replace
@@ -125,6 +126,12 @@ def test_random_noise_crops_stop_with_one_line(
         ({"adapt__target": "EMPTY"}, ("holds no",)),
         ({"adapt__checkpoint": "NOWHERE"}, ("does not exist",)),
         ({"adapt__source_dataset": "TARGET"}, ("has 16 identities", "trained on 10")),
+        # sampler softmax lets the spec take any batch size; adapt's P x K batches cannot
+        # (a ZeroDivisionError traceback in round 1 before).
+        (
+            {"dataset__sampler": "softmax", "dataset__batch_size": 2},
+            ("dataset.batch_size 2 must be a multiple of dataset.num_instances 4",),
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -256,3 +263,33 @@ def test_clusters_that_never_span_two_cameras_stop_with_one_line(
     monkeypatch.setattr(loop, "cluster", by_camera)
     line = _cli(adapt_spec, capsys)
     assert "was seen by two cameras" in line and "cross_camera_training=false" in line
+
+
+@pytest.mark.parametrize("batch", [1, 255])
+def test_a_batch_of_one_crop_in_the_site_batchnorm_pass_is_left_out(
+    adapt_spec: ExperimentSpec, capsys: pytest.CaptureFixture, batch: int
+) -> None:
+    """The site's BatchNorm statistics are taken in training mode, which refuses a batch of one
+    crop: ``dataset.val_batch_size`` 1, or 256 crops in batches of 255, stopped adapt with a
+    ValueError traceback before round 0."""
+    spec = apply_overrides(adapt_spec, {"dataset.val_batch_size": batch, "adapt.num_epochs": 1})
+    # Statistics of batches of two may leave no structure: that is a one-line refusal.
+    with contextlib.suppress(AdaptationError):
+        adapt(spec)
+    assert "source model:" in capsys.readouterr().out  # round 0 was embedded and clustered
+
+
+def test_a_source_model_with_nan_weights_is_named_as_broken(
+    adapt_spec: ExperimentSpec, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It embeds every crop as NaN; adapt called the crops "no identity structure" and sent
+    the user to check that they are person crops."""
+    from reidkit.models.checkpoint_file import load_checkpoint, save_checkpoint
+
+    broken = load_checkpoint(adapt_spec.adapt.checkpoint or "", None)
+    name = next(k for k, v in broken["state_dict"].items() if v.is_floating_point())
+    broken["state_dict"][name].fill_(float("nan"))
+    source = tmp_path / "nan.pth"
+    save_checkpoint(broken, source, None)
+    line = _cli(adapt_spec, capsys, adapt__checkpoint=source)
+    assert f"adapt.checkpoint '{source}' holds NaN or infinite weights" in line, line

@@ -133,3 +133,14 @@ def test_non_utf8_file_names_load(tmp_path: Path, write_image) -> None:
     assert [os.fsencode(r.path) for r in records] == [raw]
     verify_images(records)
     assert ImageDataset(records, TO_TENSOR)[0][1] == 1
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (7, 200), (300, 2)])
+def test_jpegs_under_eight_pixels_wide_or_high_pass_the_up_front_check(
+    tmp_path: Path, write_image, size: tuple[int, int]
+) -> None:
+    """The check decodes JPEGs at 1/8 scale; a side under 8 pixels asked Pillow for a size of
+    0 and every action stopped with a ZeroDivisionError traceback."""
+    path = write_image(tmp_path / "0001_c1s1_000001_00.jpg", size)
+    verify_images([_record(path)])
+    assert decode_rgb(path, "image").size == size

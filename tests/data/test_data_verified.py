@@ -137,3 +137,16 @@ def test_file_names_that_are_not_utf8_are_recorded(
     decodes.clear()
     verify_images(_records(images), cache=VerifiedImages(cache.db_file))
     assert decodes == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "dangling_link"])
+def test_a_file_that_is_gone_is_refused_by_name_not_taken_as_checked(
+    tmp_path: Path, images: list[Path], kind: str
+) -> None:
+    """A file with no stamp (a manifest row naming a file that is gone, a link whose target
+    moved) once matched "no record" and was skipped as checked; it reached the loader."""
+    gone = tmp_path / "data" / "0001_c1s1_999999_00.jpg"
+    if kind == "dangling_link":
+        gone.symlink_to(tmp_path / "moved" / "crop.jpg")
+    with pytest.raises(DatasetError, match=f"^1 images cannot be read: '{re.escape(str(gone))}'"):
+        verify_images(_records([*images, gone]), cache=VerifiedImages(tmp_path / "c.sqlite"))

@@ -171,3 +171,95 @@ def test_re_ranking_neighbourhood_larger_than_the_data_is_one_line(
     spec = _evaluate_spec(trained, tmp_path, **ranking)
     with pytest.raises(SpecError, match=r"re_ranking.k1 900 / re_ranking.k2 6 need at least 901"):
         evaluate(spec)
+
+
+def test_crops_a_few_pixels_wide_are_evaluated(
+    trained: Trained, tmp_path: Path, run_main: RunMain
+) -> None:
+    """Far-away people give crops a few pixels wide; the up-front check (JPEGs decoded at 1/8
+    scale) stopped evaluate on them with a ZeroDivisionError traceback."""
+    spec, checkpoint = trained
+    folders = {}
+    for split, source in (
+        ("query", spec.dataset.query_dataset_dir),
+        ("gallery", spec.dataset.test_dataset_dir),
+    ):
+        folders[split] = tmp_path / split
+        folders[split].mkdir()
+        for image in sorted(Path(source).iterdir()):
+            Image.open(image).resize((5, 7)).save(folders[split] / image.name)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    result = run_main(
+        "evaluate", "-e", str(spec_file), f"evaluate.checkpoint={checkpoint}",
+        f"evaluate.query_dataset={folders['query']}", f"evaluate.test_dataset={folders['gallery']}",
+        f"results_dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())["mAP"] > 0
+
+
+def test_a_checkpoint_with_nan_weights_is_one_line_not_nan_results(
+    trained: Trained, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A diverged or damaged checkpoint embeds every image as NaN: evaluate stopped with a
+    traceback, inference wrote NaN (not JSON) for every image and exited 0."""
+    from reidkit.models.checkpoint_file import load_checkpoint, save_checkpoint
+
+    spec, checkpoint = trained
+    broken = load_checkpoint(checkpoint, None)
+    weights = broken["state_dict"]
+    first = next(k for k, v in weights.items() if v.is_floating_point() and v.dim() > 1)
+    weights[first].fill_(float("nan"))
+    nan_model = tmp_path / "nan.pth"
+    save_checkpoint(broken, nan_model, None)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    for action in ("evaluate", "inference"):
+        result = run_main(
+            action, "-e", str(spec_file), f"{action}.checkpoint={nan_model}",
+            f"results_dir={tmp_path / action}",
+        )  # fmt: skip
+        assert_one_line_error(result, f"{action}.checkpoint '{nan_model}'", "NaN or infinity")
+    assert not (tmp_path / "inference" / "inference" / "inference.json").exists()
+    assert not (tmp_path / "evaluate" / "evaluate" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "key", "target", "needle"),
+    [
+        (
+            "inference",
+            "inference.output_file",
+            "inference/status.json",
+            "the run's own status.json",
+        ),
+        ("evaluate", "evaluate.output_cmc_curve_plot", "evaluate/metrics.json", "metrics.json"),
+        ("evaluate", "evaluate.output_roc_curve_plot", "CHECKPOINT", "the model"),
+        ("inference", "inference.output_file", "CHECKPOINT", "the model"),
+    ],
+)
+def test_an_output_named_like_a_record_another_output_or_the_model_is_refused(
+    trained: Trained,
+    tmp_path: Path,
+    run_main: RunMain,
+    action: str,
+    key: str,
+    target: str,
+    needle: str,
+) -> None:
+    """Every output is written whole and renamed into place, so a collision was silent: the
+    embeddings JSON replaced by the run's status record, the metrics by a PNG, exit 0."""
+    spec, checkpoint = trained
+    model = tmp_path / "model.pth"
+    shutil.copy(checkpoint, model)
+    before = model.read_bytes()
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    output = model if target == "CHECKPOINT" else tmp_path / "out" / target
+    result = run_main(
+        action, "-e", str(spec_file), f"{action}.checkpoint={model}",
+        f"results_dir={tmp_path / 'out'}", f"{key}={output}",
+    )  # fmt: skip
+    assert_one_line_error(result, f"{key} '{output}'", needle)
+    assert model.read_bytes() == before

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+import torch
 from lightning.pytorch import Trainer
 
 from reidkit.actions.lifecycle import ActionRun, run_action
@@ -54,7 +55,7 @@ from reidkit.engine.distributed import trainer_devices
 from reidkit.engine.health import NumericalHealth
 from reidkit.engine.module import build_optimizer
 from reidkit.engine.progress import training_progress_bar
-from reidkit.errors import CheckpointError
+from reidkit.errors import CheckpointError, SpecError
 from reidkit.gallery.factory import is_milvus_uri, open_gallery
 from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import CropMeta
@@ -93,6 +94,7 @@ def adapt(spec: ExperimentSpec) -> AdaptResult:
 
 def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
     settings = spec.adapt
+    _require_pk_batches(spec)
     source, fed = _source_model(spec)
     crops = target_crops(spec)
     cameras = sorted({c.camid for c in crops})
@@ -114,6 +116,7 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
         + f"; camera proxies {'on' if camera_proxies else 'off'}"
     )
     model, source_card = restore_model(source, spec.encryption_key, spec.model.neck_feat)
+    _require_finite_weights(model, source)
     labelled = _source_crops(spec, source_card)
     model.train()
     lightning.seed_everything(spec.train.seed, verbose=False)
@@ -253,6 +256,39 @@ def _adapt(spec: ExperimentSpec, run: ActionRun) -> AdaptResult:
     return AdaptResult(
         output, run.folder, best["round"], best["quality"], source_quality, list(labeller.reports)
     )
+
+
+def _require_pk_batches(spec: ExperimentSpec) -> None:
+    """Adaptation always trains P pseudo-identities x K crops, whatever ``dataset.sampler``
+    says: the spec lets ``sampler: softmax`` take any batch size, and a batch smaller than
+    ``dataset.num_instances`` stopped the first round with a ZeroDivisionError traceback."""
+    data = spec.dataset
+    if data.batch_size % data.num_instances:
+        raise SpecError(
+            f"dataset.batch_size {data.batch_size} must be a multiple of dataset.num_instances "
+            f"{data.num_instances}: adapt trains batches of P pseudo-identities x K crops; set "
+            f"dataset.batch_size={-(-data.batch_size // data.num_instances) * data.num_instances}"
+            " or lower dataset.num_instances"
+        )
+
+
+def _require_finite_weights(model: ReidModel, source: Path) -> None:
+    """Refuse a source model holding NaN or infinity (a diverged training, a damaged copy).
+
+    Such a model embeds every crop as NaN, which clusters into nothing: adapt refused it as
+    crops "with no identity structure" and advised checking that they are person crops.
+    """
+    broken = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if broken:
+        raise CheckpointError(
+            f"adapt.checkpoint '{source}' holds NaN or infinite weights ({len(broken)} tensors, "
+            f"e.g. {broken[0]}): it is broken (a diverged training?); point adapt.checkpoint at "
+            "an earlier checkpoint"
+        )
 
 
 def _source_model(spec: ExperimentSpec) -> tuple[Path, Preprocessing]:

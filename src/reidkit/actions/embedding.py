@@ -11,13 +11,15 @@ from pathlib import Path
 
 import torch
 
+from reidkit.actions.lifecycle import EXPERIMENT, PENDING, STATUS
 from reidkit.actions.models import load_checked_embedder, resolve_checkpoint
 from reidkit.config.spec import ExperimentSpec
 from reidkit.data import ImageRecord, prepare_splits, resolve_preprocessing
 from reidkit.engine.datamodule import eval_loader
-from reidkit.errors import CheckpointError
+from reidkit.errors import CheckpointError, SpecError
 from reidkit.evaluation.features import Embeddings, extract_embeddings
 from reidkit.models.card import ModelCard
+from reidkit.runlock import LOCK_FILE
 
 
 def select_device(gpu_ids: list[int]) -> torch.device:
@@ -68,8 +70,50 @@ def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
 
     def embed(records: list[ImageRecord]) -> Embeddings:
         loader = eval_loader(spec, records, settings.batch_size, resolve_preprocessing(card=card))
-        return extract_embeddings(embedder, loader, device, flip)
+        embedded = extract_embeddings(embedder, loader, device, flip)
+        require_finite(embedded, records, model, f"{action}.checkpoint")
+        return embedded
 
     return EmbeddedSplits(
         embed(splits.query), embed(splits.gallery), splits.query, splits.gallery, card, model
     )
+
+
+def require_finite(embedded: Embeddings, records: list[ImageRecord], model: Path, key: str) -> None:
+    """Refuse embeddings holding NaN or infinity, naming the model and the first images.
+
+    A model whose weights hold NaN (a training that diverged, a damaged copy) embeds every image
+    as NaN: evaluate stopped with a traceback, and inference wrote ``NaN`` (not even JSON) for
+    every image with exit 0.
+    """
+    bad = (~torch.isfinite(embedded.features).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(f"'{records[i].path}'" for i in bad[:3])
+        raise CheckpointError(
+            f"{key} '{model}' embeds {len(bad)} of {len(records)} images as NaN or infinity "
+            f"(e.g. {shown}): its weights are broken (a diverged training?); point {key} at an "
+            "earlier checkpoint"
+        )
+
+
+def require_distinct_outputs(data: EmbeddedSplits, folder: Path, outputs: dict[str, Path]) -> None:
+    """Refuse an output path that is another output, the model, or one of the run's records.
+
+    ``outputs`` maps what names each file (a spec key, or the file's own name for the fixed
+    ones) to its path. Each file is written whole and renamed into place, so a collision is
+    silent: ``inference.output_file=<results>/inference/status.json`` lost the embeddings to
+    the run's status record with exit 0, and an ``evaluate.output_cmc_curve_plot`` named
+    ``metrics.json`` replaced the metrics with a PNG.
+    """
+    taken = {(folder / name).resolve(): f"the run's own {name}" for name in (EXPERIMENT, STATUS)}
+    taken |= {(folder / name).resolve(): f"the run's own {name}" for name in PENDING.values()}
+    taken[(folder / LOCK_FILE).resolve()] = f"the run's lock {LOCK_FILE}"
+    taken[data.model.resolve()] = f"the model '{data.model}'"
+    for key, path in outputs.items():
+        resolved = path.resolve()
+        if resolved in taken:
+            raise SpecError(
+                f"{key} '{path}' is {taken[resolved]}, which this run writes or reads too; "
+                "name another file"
+            )
+        taken[resolved] = f"where {key} goes"

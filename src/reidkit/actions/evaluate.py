@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.embedding import EmbeddedSplits, embed_splits
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits, require_distinct_outputs
 from reidkit.actions.lifecycle import ActionRun, run_action
-from reidkit.actions.models import record_calibration
+from reidkit.actions.models import CALIBRATION, record_calibration
 from reidkit.actions.run_record import EvaluateOutcome
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
@@ -52,6 +52,22 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     folder = run.folder
     settings, ranking = spec.evaluate, spec.re_ranking
     data = embed_splits(spec, "evaluate")
+    plot_files = {
+        "evaluate.output_cmc_curve_plot": settings.output_cmc_curve_plot
+        or folder / "cmc_curve.png",
+        "evaluate.output_sampled_matches_plot": (
+            settings.output_sampled_matches_plot or folder / "sampled_matches.png"
+        ),
+        "evaluate.output_roc_curve_plot": settings.output_roc_curve_plot
+        or folder / "roc_curve.png",
+    }
+    plots_at = {key: Path(value) for key, value in plot_files.items()}
+    require_distinct_outputs(
+        data,
+        folder,
+        {name: folder / name for name in ("metrics.json", "model_card.json", CALIBRATION)}
+        | plots_at,
+    )
     q, g = data.query, data.gallery
     distances = None
     if ranking.re_ranking:
@@ -84,18 +100,11 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     write_json(folder / "model_card.json", card.to_dict())
     record_calibration(folder, data.model, card)
     plots = [
-        plot_cmc_curve(
-            result.cmc, Path(settings.output_cmc_curve_plot or folder / "cmc_curve.png")
-        ),
-        _matches_plot(
-            spec,
-            data,
-            distances,
-            Path(settings.output_sampled_matches_plot or folder / "sampled_matches.png"),
-        ),
+        plot_cmc_curve(result.cmc, plots_at["evaluate.output_cmc_curve_plot"]),
+        _matches_plot(spec, data, distances, plots_at["evaluate.output_sampled_matches_plot"]),
         plot_roc_curve(
             *roc.points(),
-            Path(settings.output_roc_curve_plot or folder / "roc_curve.png"),
+            plots_at["evaluate.output_roc_curve_plot"],
             {
                 rate: (roc.true_match_rate(roc.threshold_at(rate)), roc.threshold_at(rate))
                 for rate in sorted({*DEFAULT_FALSE_MATCH_RATES, target})

@@ -374,13 +374,26 @@ class PseudoLabeller(Callback):
         return clustering, feats
 
     def _loader(self, shuffle_seed: int | None = None) -> DataLoader:
-        """All target crops as evaluation sees them: in order, or shuffled by ``shuffle_seed``."""
+        """All target crops as evaluation sees them: in order, or shuffled by ``shuffle_seed``
+        for :func:`site_batchnorm`.
+
+        That pass runs BatchNorm in training mode, which refuses a batch of one crop (the
+        neck's BatchNorm1d has one value per channel): with ``dataset.val_batch_size`` 1, or a
+        crop count one above a multiple of it (65 crops in batches of 64), the action stopped
+        with a traceback. Its batches hold at least two crops, and a last batch of one is left
+        out of the statistics (one crop of a shuffled pass).
+        """
+        batch_size, drop_last = self.settings.embed_batch_size, False
+        if shuffle_seed is not None:
+            batch_size = max(2, batch_size)
+            drop_last = len(self.crops) > batch_size and len(self.crops) % batch_size == 1
         return DataLoader(
             ImageDataset(self.crops, self.embed_transform),
-            batch_size=self.settings.embed_batch_size,
+            batch_size=batch_size,
             shuffle=shuffle_seed is not None,
             generator=None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed),
             num_workers=self.settings.workers,
+            drop_last=drop_last,
         )
 
     def _embed(self, pl_module: LightningModule, mirrored: bool = False) -> Tensor:

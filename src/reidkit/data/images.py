@@ -116,7 +116,9 @@ def _decode(source: bytes | Path, max_pixels: int, draft: bool) -> Image.Image:
         if width * height > max_pixels:
             raise _Refusal(_too_large(f"{width}x{height} = {width * height} pixels", max_pixels))
         if draft:
-            image.draft("RGB", (width // 8, height // 8))
+            # At least 1x1: Pillow divides by the size asked for, and a crop under 8 pixels
+            # wide or high (a far-away person) made every action's up-front check crash.
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
         image.load()
         if not draft:
             _make_upright(image)

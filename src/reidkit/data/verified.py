@@ -83,7 +83,13 @@ class VerifiedImages:
         except (sqlite3.Error, OSError) as exc:
             log.debug("image check cache %s not used: %s", self.db_file, exc)
             known = {}
-        return [p for p, k in zip(paths, keys, strict=True) if known.get(k) != self._stamps.get(k)]
+        # A file that cannot be stat'ed (gone, a dangling link) has no stamp, and neither has
+        # it a record: it must still be decoded, so that it is refused by name up front.
+        return [
+            p
+            for p, k in zip(paths, keys, strict=True)
+            if k not in self._stamps or known.get(k) != self._stamps[k]
+        ]
 
     def remember(self, clean: Sequence[Path]) -> None:
         """Record the files of the last :meth:`unverified` call that are known to decode."""
