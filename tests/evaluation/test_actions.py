@@ -88,6 +88,28 @@ def test_inference_writes_every_image_and_matches(trained: Trained, tmp_path: Pa
     assert len(distances) == spec.re_ranking.max_rank
 
 
+def test_inference_searches_for_people_the_gallery_does_not_hold(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """Inference ranks the gallery for each query and scores nothing, so a query of people
+    the gallery may not hold (the usual search) is embedded and ranked; evaluate, which
+    scores, still refuses it (it was refused for both as "not the same dataset")."""
+    spec, checkpoint = trained
+    source = Path(spec.dataset.query_dataset_dir)
+    query = tmp_path / "unknown"
+    query.mkdir()
+    for image in sorted(source.iterdir())[:3]:
+        shutil.copy(image, query / ("9999" + image.name[image.name.index("_") :]))
+    overrides = {"results_dir": str(tmp_path), "inference.checkpoint": str(checkpoint)}
+    result = infer(apply_overrides(spec, overrides | {"inference.query_dataset": str(query)}))
+    matches = json.loads(result.matches_file.read_text())
+    assert len(matches) == 3 and all(m["matches"] for m in matches)
+    assert all(Path(m["img_path"]).parent == query and m["pid"] == 9999 for m in matches)
+    scored = {"evaluate.checkpoint": str(checkpoint), "evaluate.query_dataset": str(query)}
+    with pytest.raises(DatasetError, match="no image of their id in the gallery"):
+        evaluate(apply_overrides(spec, {"results_dir": str(tmp_path)} | scored))
+
+
 def test_missing_checkpoint_and_unset_key(trained: Trained, tmp_path: Path) -> None:
     spec, _ = trained
     with pytest.raises(CheckpointError, match=r"evaluate.checkpoint is not set"):

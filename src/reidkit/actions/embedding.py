@@ -65,6 +65,7 @@ def embed_splits(spec: ExperimentSpec, action: str) -> EmbeddedSplits:
         spec, train=False,
         query_dir=settings.query_dataset or spec.dataset.query_dataset_dir,
         gallery_dir=settings.test_dataset or spec.dataset.test_dataset_dir,
+        scored=action == "evaluate",
     )  # fmt: skip
     flip = spec.model.with_flip_feature
 

@@ -102,7 +102,7 @@ def _check_images(spec: ExperimentSpec, preprocessing: Preprocessing) -> tuple[T
     if not (data.query_dataset_dir and data.test_dataset_dir):
         source = "random pixels (dataset query/gallery dirs not set)"
         return random_check_images(preprocessing, count), source
-    splits = prepare_splits(spec, train=False, verify=False)
+    splits = prepare_splits(spec, train=False, verify=False, scored=False)
     records = (splits.query + splits.gallery)[:count]
     dataset = ImageDataset(records, build_eval_transform(preprocessing))
     images = torch.stack([dataset[i][0] for i in range(len(records))])

@@ -70,11 +70,15 @@ def prepare_splits(
     query_dir: str | None = None,
     gallery_dir: str | None = None,
     verify: bool = True,
+    scored: bool = True,
 ) -> ReidSplits:
     """Resolve, load and check the splits a run needs, and log their sizes.
 
     ``query_dir`` / ``gallery_dir`` override ``dataset.query_dataset_dir`` /
     ``dataset.test_dataset_dir`` (evaluate and inference pass their own keys here).
+    ``scored``: the run scores the query against the gallery (train's validation, evaluate),
+    so every query identity must have a gallery image. Inference only embeds and ranks, and
+    searching for people the gallery may not hold is what it is for.
     """
     root = extract_root(spec)
     limits = ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
@@ -89,7 +93,8 @@ def prepare_splits(
     gallery = gallery_dir or data.test_dataset_dir
     splits.query = _load(query, "dataset.query_dataset_dir", "query", root, limits)
     splits.gallery = _load(gallery, "dataset.test_dataset_dir", "gallery", root, limits)
-    check_query_in_gallery(splits.query, splits.gallery)
+    if scored:
+        check_query_in_gallery(splits.query, splits.gallery)
     if verify:
         # Decoding releases the GIL, so more threads help on big machines; 8 saturates disks.
         workers = min(8, os.cpu_count() or 1)
