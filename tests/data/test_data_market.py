@@ -141,6 +141,37 @@ def test_load_split_names_bad_file_names(tmp_path: Path, write_image) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "twin", ["0001_c1s1_000001_00.png", "0001_C1S1_000001_00.jpg", "0001_c1s1_000001_00.JPG"]
+)
+def test_one_crop_under_two_names_is_refused(tmp_path: Path, write_image, twin: str) -> None:
+    """A crop left beside its conversion (or a copy differing in case) was two crops: it was
+    ranked twice and moved mAP without a word."""
+    write_image(tmp_path / "0001_c1s1_000001_00.jpg")
+    write_image(tmp_path / "0002_c2s1_000002_00.jpg")
+    write_image(tmp_path / twin)
+    with pytest.raises(DatasetError, match=r"are one crop under two names .* keep one$"):
+        load_split(tmp_path, "query", keep_distractors=False)
+
+
+@pytest.mark.parametrize("target", ["gone.jpg", "self"])
+def test_a_link_to_nothing_named_as_an_image_is_refused(
+    tmp_path: Path, write_image, target: str
+) -> None:
+    """A link whose target moved (or that points at itself) was skipped: the split was
+    evaluated on fewer images than the folder holds, and all such links read as 'no images'."""
+    write_image(tmp_path / "0001_c1s1_000001_00.jpg")
+    link = tmp_path / "0002_c2s1_000002_00.jpg"
+    link.symlink_to(link if target == "self" else tmp_path / target)
+    with pytest.raises(DatasetError, match=r"0002_c2s1_000002_00.jpg' is a link to nothing"):
+        load_split(tmp_path, "gallery", keep_distractors=True)
+    (tmp_path / "elsewhere").mkdir()
+    write_image(tmp_path / "elsewhere" / "x.jpg")
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere" / "x.jpg")  # a link to an image is an image
+    assert len(load_split(tmp_path, "gallery", keep_distractors=True)) == 2
+
+
 def _records(pids: list[int], folder: str = "/data/train") -> list[ImageRecord]:
     return [ImageRecord(Path(folder) / f"{p:04d}_c1_{i}.jpg", p, 1) for i, p in enumerate(pids)]
 

@@ -116,14 +116,36 @@ def _camera_and_track(name: str) -> tuple[int, str | None] | None:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` by name; hidden files and other suffixes are strays."""
-    return [
-        entry
-        for entry in sorted(folder.iterdir(), key=lambda p: p.name)
-        if not entry.name.startswith(".")
-        and entry.suffix.lower() in IMAGE_SUFFIXES
-        and entry.is_file()
-    ]
+    """Image files directly in ``folder`` by name; hidden files and other suffixes are strays.
+
+    Two kinds of entry would change a score without a word, so they are refused by name:
+    - a link named as an image whose target is gone (or that points at itself): skipped, it
+      left the split smaller than the folder says (a dataset moved, its links not);
+    - one crop under two names that differ only in case or suffix (``x.png`` left beside its
+      ``x.jpg``): each was a crop of its own, counted twice in every rank and in mAP.
+    """
+    images: list[Path] = []
+    seen: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not entry.is_file():
+            if entry.is_symlink() and not entry.exists():
+                raise DatasetError(
+                    f"image '{entry}' is a link to nothing (its target is gone, or it points "
+                    "at itself); restore its target or remove the link"
+                )
+            continue
+        crop = entry.with_suffix("").name.lower()
+        if crop in seen:
+            raise DatasetError(
+                f"images '{seen[crop].name}' and '{entry.name}' in '{folder}' are one crop "
+                "under two names (they differ only in case or suffix) and would count twice; "
+                "keep one"
+            )
+        seen[crop] = entry
+        images.append(entry)
+    return images
 
 
 def _identity_folders(folder: Path) -> list[tuple[int, Path]] | None:
