@@ -115,3 +115,15 @@ def test_overrides_may_follow_options(tmp_path: Path, run_main: RunMain) -> None
     with pytest.raises(SystemExit) as refused:
         run_main("serve", "token", "-e", spec, "--name", "eve", "--bogus")
     assert refused.value.code == 2
+
+
+@pytest.mark.parametrize("site", [[], ["--site"]])
+def test_dataset_synth_with_an_empty_out_is_one_line(
+    site: list[str], tmp_path: Path, run_main: RunMain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out "$DIR"`` with DIR unset: before, the dataset was written into the current
+    folder, reported as "wrote synthetic dataset to :", exit 0."""
+    monkeypatch.chdir(tmp_path)
+    result = run_main("dataset", "synth", "--out", "", "--ids", "3", *site)
+    assert_one_line_error(result, "--out", "empty")
+    assert list(tmp_path.iterdir()) == []

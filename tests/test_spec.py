@@ -10,6 +10,7 @@ import yaml
 from reidkit.config.loading import apply_overrides, load_spec, save_spec
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError
+from tests.conftest import RunMain, assert_one_line_error
 
 TAO_SPEC = Path(__file__).resolve().parents[2] / "shared/reference/tao_spec_cuhk03_resnet.yaml"
 
@@ -91,6 +92,18 @@ def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
         load_spec(path)
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_a_spec_path_that_is_a_folder_or_a_device_says_what_it_is(
+    tmp_path: Path, run_main: RunMain
+) -> None:
+    """Before, "does not exist": the user looked for a missing file that was there."""
+    folder = tmp_path / "spec.yaml"
+    folder.mkdir()
+    for action in (["validate"], ["train"]):
+        result = run_main(*action, "-e", str(folder))
+        assert_one_line_error(result, str(folder), "is a folder, not a file")
+    assert_one_line_error(run_main("validate", "-e", "/dev/null"), "is a character device")
 
 
 def test_save_round_trip_and_apply_overrides(tmp_path: Path) -> None:

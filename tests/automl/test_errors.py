@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,22 @@ def test_an_unusable_storage_is_refused(spec: ExperimentSpec) -> None:
     bad = apply_overrides(spec, {"automl.storage": "nosuchdb://host/study"})
     with pytest.raises(SpecError, match=r"automl\.storage: cannot open 'nosuchdb://host/study'"):
         run_automl(bad)
+
+
+def test_a_database_that_is_not_an_optuna_study_is_one_line(spec: ExperimentSpec) -> None:
+    """Another program's SQLite file with a ``studies`` table of its own: before, optuna's
+    StorageInternalError traceback, exit 1."""
+    other = Path(spec.results_dir).parent / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE studies (code TEXT, title TEXT)")
+        db.execute("INSERT INTO studies VALUES ('S1', 'kept')")
+    bad = apply_overrides(spec, {"automl.storage": f"sqlite:///{other}"})
+    with pytest.raises(
+        SpecError, match=r"automl\.storage: cannot open .*inventory\.db.*study_name"
+    ):
+        run_automl(bad)
+    with sqlite3.connect(other) as db:
+        assert db.execute("SELECT * FROM studies").fetchall() == [("S1", "kept")]
 
 
 def test_search_space_respects_the_number_of_identities(spec: ExperimentSpec) -> None:

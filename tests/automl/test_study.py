@@ -19,7 +19,14 @@ from reidkit.actions.automl import automl as run_automl
 from reidkit.automl import open_study, storage_url
 from reidkit.config.loading import load_spec, save_spec
 from reidkit.config.spec import ExperimentSpec
-from tests.conftest import FOREGROUND_SIGINT, REPO, tiny_overrides
+from tests.conftest import (
+    FOREGROUND_SIGINT,
+    REPO,
+    RunMain,
+    assert_one_line_error,
+    empty_spec,
+    tiny_overrides,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +225,70 @@ def test_infeasible_draw_is_a_failed_trial_and_the_study_goes_on(
         "batch but the train set has 12"
     )
     assert result.best_trial == 1 and result.trials == 2
+
+
+def test_a_rerun_with_another_metric_is_refused_and_keeps_the_study(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A study's values are one metric's: a rerun that scored its new trials by another one
+    ranked a mAP against the earlier trials' rank-1 and reported the best of the mix (as the
+    new metric in ``status.json``), exit 0."""
+    overrides = [
+        *tiny_overrides(synth_root, tmp_path / "results"),
+        "train.steps_per_epoch=2",
+        "automl.automl_enabled=true",
+        "automl.automl_hyperparameters=[train.optim.base_lr]",
+        "automl.automl_algorithm=random",
+        "automl.automl_max_epochs=1",
+    ]
+    spec_file = empty_spec(tmp_path)
+    first = run_main(
+        "automl", "-e", str(spec_file), *overrides, "automl.automl_max_recommendations=1"
+    )
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "results" / "automl"
+    board = (folder / "leaderboard.csv").read_text()
+
+    again = [*overrides, "automl.automl_max_recommendations=2", "automl.metric=mAP"]
+    result = run_main("automl", "-e", str(spec_file), *again)
+
+    assert_one_line_error(result, "automl.metric", "'mAP'", "'cmc_rank_1'", "automl.study_name")
+    assert (folder / "leaderboard.csv").read_text() == board
+    assert not (folder / "trial_001").exists()
+    # The same metric still opens the study (it already holds its one trial).
+    same = run_main(
+        "automl", "-e", str(spec_file), *overrides, "automl.automl_max_recommendations=1"
+    )
+    assert same.returncode == 0, same.stderr
+
+
+def test_a_new_study_in_a_used_folder_never_takes_over_its_trials(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A second study in the same results folder (another automl.study_name, or automl.db
+    deleted to start again): its trial 0 "resumed" the first study's finished trial_000 and
+    scored that old model for its own, different parameters, without training; the first
+    study's leaderboard and best_spec.yaml were then overwritten."""
+    overrides = [
+        *tiny_overrides(synth_root, tmp_path / "results"),
+        "train.steps_per_epoch=2",
+        "automl.automl_enabled=true",
+        "automl.automl_hyperparameters=[train.optim.base_lr]",
+        "automl.automl_algorithm=random",
+        "automl.automl_max_epochs=1",
+        "automl.automl_max_recommendations=1",
+    ]
+    spec_file = empty_spec(tmp_path)
+    first = run_main("automl", "-e", str(spec_file), *overrides)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "results" / "automl"
+    # The study database takes the second study in; every other file stays as it was.
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix not in (".lock", ".db")]
+    kept = {p: p.read_bytes() for p in files}
+
+    other = [*overrides, "automl.automl_hyperparameters=[dataset.re_prob]"]
+    result = run_main("automl", "-e", str(spec_file), *other, "automl.study_name=second")
+
+    assert_one_line_error(result, str(folder / "trial_000"), "results_dir")
+    assert "resuming from" not in result.stderr
+    assert {p: p.read_bytes() for p in kept} == kept

@@ -22,13 +22,14 @@ from reidkit.config.schema import (
     ACTIONS,
     build_schema,
     schema_node,
+    template_relpath,
     validate_spec_file,
     write_schemas,
 )
 from reidkit.config.spec import AutomlSpec
 from reidkit.engine.recorder import VALIDATION_KEYS
 from reidkit.errors import SpecError
-from tests.conftest import SHARED
+from tests.conftest import SHARED, RunMain, assert_one_line_error
 
 TAO_SPEC = SHARED / "reference" / "tao_spec_cuhk03_resnet.yaml"
 PACKAGED = Path(str(schema.PACKAGED))
@@ -161,3 +162,28 @@ def test_every_broken_section_is_reported_and_bad_files_are_lines(tmp_path: Path
     assert "does not exist" in validate_spec_file(tmp_path / "missing.yaml")[0]
     with pytest.raises(SpecError, match=r"action 'deploy'.*allowed: train, evaluate"):
         validate_spec_file(TAO_SPEC, "deploy")
+
+
+def test_schema_with_an_empty_out_is_one_line(
+    tmp_path: Path, run_main: RunMain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out "$DIR"`` with DIR unset: before, 17 files went into the current folder, reported
+    as "wrote 17 files under ", exit 0."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_main("schema", "--out", ""), "--out", "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_schema_replaces_a_linked_template_and_never_writes_through_it(tmp_path: Path) -> None:
+    """A template a user linked to their own spec: before, the link was followed and the
+    user's spec overwritten with the template."""
+    mine = tmp_path / "my_spec.yaml"
+    mine.write_text("train: {num_epochs: 7}\n")
+    template = tmp_path / "out" / template_relpath("train")
+    template.parent.mkdir(parents=True)
+    template.symlink_to(mine)
+
+    write_schemas(tmp_path / "out")
+
+    assert mine.read_text() == "train: {num_epochs: 7}\n"
+    assert not template.is_symlink() and "num_epochs" in template.read_text()

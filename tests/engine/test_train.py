@@ -327,3 +327,79 @@ def test_ema_checkpoint_holds_the_moving_average_of_the_steps(tiny_spec: Experim
     # The card names the averaged weights the file holds, not the live ones of the last step.
     assert read_card(checkpoint, "ema").weights_digest == card.weights_digest
     assert card.weights_digest == weights_digest(model_weights(checkpoint))
+
+
+def test_a_softmax_batch_larger_than_the_train_set_is_one_line(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """The random-batch sampler drops a last partial batch: one larger than the whole train set
+    left no batch at all, and the run said "trained 0 epochs" with exit 0 and no checkpoint."""
+    overrides = [
+        *tiny_overrides(synth_root, tmp_path),
+        "dataset.sampler=softmax",
+        "dataset.batch_size=4096",
+    ]
+    result = run_main("train", "-e", str(empty_spec(tmp_path)), *overrides)
+    assert_one_line_error(result, "dataset.batch_size", "4096", "train images")
+    assert json.loads((tmp_path / "train" / "status.json").read_text())["status"] == "FAILURE"
+
+
+def test_a_damaged_latest_checkpoint_names_the_older_one_to_resume_from(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A rerun resumes from ``reid_model_latest.pth`` on its own; when that file is cut short
+    the refusal said only "copy it again, or point at a checkpoint": the periodic checkpoint
+    beside it, from which the run can go on, went unnamed."""
+    args = [
+        "train",
+        "-e",
+        str(empty_spec(tmp_path)),
+        *tiny_overrides(synth_root, tmp_path / "results"),
+        "train.num_epochs=1",
+        "train.steps_per_epoch=2",
+    ]
+    assert run_main(*args).returncode == 0
+    folder = tmp_path / "results" / "train"
+    latest = folder / "reid_model_latest.pth"
+    latest.write_bytes(latest.read_bytes()[:100_000])
+    (periodic,) = folder.glob("model_001_*.pth")
+    kept = periodic.read_bytes()
+
+    again = [a.replace("train.num_epochs=1", "train.num_epochs=2") for a in args]
+    result = run_main(*again)
+
+    assert_one_line_error(
+        result,
+        "is truncated",
+        f"train.resume_training_checkpoint_path={periodic}",
+    )
+    assert periodic.read_bytes() == kept
+    resumed = run_main(*again, f"train.resume_training_checkpoint_path={periodic}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(r["epoch"]) for r in _rows(folder)] == [1, 2]
+
+
+def test_a_resume_with_another_learning_rate_is_refused(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """Resuming restores the optimiser's own learning rates and weight decays: a rerun with
+    another ``train.optim.base_lr`` trained on at the old one, exit 0, while its
+    experiment.yaml recorded the new one."""
+    args = [
+        "train",
+        "-e",
+        str(empty_spec(tmp_path)),
+        *tiny_overrides(synth_root, tmp_path / "results"),
+        "train.num_epochs=1",
+        "train.steps_per_epoch=2",
+    ]
+    assert run_main(*args).returncode == 0
+    folder = tmp_path / "results" / "train"
+    rows = _rows(folder)
+
+    again = [a.replace("train.num_epochs=1", "train.num_epochs=2") for a in args]
+    result = run_main(*again, "train.optim.base_lr=0.1")
+
+    assert_one_line_error(result, "train.optim", "0.1", "model.pretrained_model_path")
+    assert _rows(folder) == rows
+    assert run_main(*again).returncode == 0  # the same settings resume

@@ -25,8 +25,11 @@ def synth(
     """Write a Market-1501-style dataset under ``out`` (or, with ``site``, a multi-camera site
     of tracks with transit times, for scale tests); returns its one-line summary.
 
-    Arguments are checked first, so a bad one is a one-line error naming its flag.
+    Arguments are checked first, so a bad one is a one-line error naming its flag. An empty
+    ``out`` (``--out "$DIR"`` with DIR unset) is refused: as a path it is the current folder.
     """
+    if not str(out).strip():
+        raise SpecError("dataset synth --out is empty; name the folder to write the dataset to")
     if site:
         site_bounds = {
             "--cameras": (cameras, 2, 10_000),

@@ -8,6 +8,7 @@ lives apart from both verbs so that neither imports the other.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,22 @@ from reidkit.actions.run_record import TrainOutcome
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec, TrainSpec
 from reidkit.data import prepare_splits
-from reidkit.engine.checkpoints import LATEST_NAME, ReidCheckpointIO, find_resume_checkpoint
+from reidkit.engine.checkpoints import (
+    LATEST_NAME,
+    ReidCheckpointIO,
+    find_resume_checkpoint,
+    periodic_checkpoints,
+)
 from reidkit.engine.datamodule import ReidDataModule
 from reidkit.engine.distributed import lost_peer, trainer_devices
 from reidkit.engine.health import NumericalHealth
 from reidkit.engine.memory import out_of_memory
-from reidkit.engine.module import ReidModule
+from reidkit.engine.module import ReidModule, build_optimizer
 from reidkit.engine.progress import training_progress_bar
 from reidkit.engine.recorder import RunRecorder
+from reidkit.errors import CheckpointError
 from reidkit.interrupts import RunInterrupted
+from reidkit.models.checkpoint_file import load_checkpoint
 from reidkit.models.restore import read_checkpoint_card
 
 log = logging.getLogger("reidkit")
@@ -62,6 +70,8 @@ def run_training(
         start = _resume_checkpoint(spec, folder)
         lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
         module = ReidModule(spec, splits.num_train_ids)
+        if start is not None:
+            _require_same_optimiser(spec, module, start)
         max_epoch = spec.train.num_epochs
 
         def report(epoch: int) -> None:  # the first report publishes a rerun's staged records
@@ -182,6 +192,69 @@ def _resume_checkpoint(spec: ExperimentSpec, folder: Path) -> Path | None:
     key = "train.resume_training_checkpoint_path"
     start = resolve_checkpoint(explicit, key) if explicit else find_resume_checkpoint(folder)
     if start is not None:
-        card = read_checkpoint_card(start, spec.encryption_key)
+        try:
+            card = read_checkpoint_card(start, spec.encryption_key)
+        except CheckpointError as error:
+            if explicit:
+                raise
+            older = _readable_older_checkpoint(folder, start, spec.encryption_key)
+            if older is None:
+                raise
+            raise CheckpointError(
+                f"{error}; or resume from the periodic checkpoint beside it: {key}={older}"
+            ) from None
         card.require_fit(training_expectations(spec), f"checkpoint '{start}' (resuming)")
     return start
+
+
+def _readable_older_checkpoint(
+    folder: Path, damaged: Path, encryption_key: str | None
+) -> Path | None:
+    """The newest periodic checkpoint beside a damaged one that a rerun found on its own.
+
+    The user did not choose the damaged file, so the refusal names the checkpoint the run can
+    go on from (it is never picked silently: the user decides to lose the epochs after it).
+    Only the newest few are tried, each read in full.
+    """
+    for path in [p for p in periodic_checkpoints(folder) if p != damaged][:3]:
+        try:
+            read_checkpoint_card(path, encryption_key)
+        except CheckpointError:
+            continue
+        return path
+    return None
+
+
+def _require_same_optimiser(spec: ExperimentSpec, module: ReidModule, start: Path) -> None:
+    """Refuse a resume whose spec sets other learning rates or weight decays than the run.
+
+    Resuming restores the optimiser's parameter groups as they were saved, so a rerun with
+    another ``train.optim.base_lr`` (or bias factor, weight decay) trained on at the old values
+    while its ``experiment.yaml`` recorded the new ones. A resume continues the same run; new
+    values start a new one from the checkpoint's weights.
+    """
+    saved = load_checkpoint(start, spec.encryption_key).get("optimizer_states") or []
+    if not saved:
+        return
+    expected = build_optimizer(module.model, spec.train.optim).param_groups
+    want = sorted((float(g["initial_lr"]), float(g["weight_decay"])) for g in expected)
+    got = sorted(
+        (float(g.get("initial_lr", g["lr"])), float(g.get("weight_decay", 0.0)))
+        for g in saved[0]["param_groups"]
+    )
+    if len(want) == len(got) and all(
+        math.isclose(w, g, rel_tol=1e-9)
+        for pair in zip(want, got, strict=True)
+        for w, g in zip(*pair, strict=True)
+    ):
+        return
+    raise CheckpointError(
+        f"checkpoint '{start}' (resuming) was trained with train.optim learning rates and "
+        f"weight decays {_pairs(got)} but the spec gives {_pairs(want)} (base_lr "
+        f"{spec.train.optim.base_lr:g}); a resume continues the same run: set train.optim back, "
+        f"or use a new results_dir with model.pretrained_model_path={start}"
+    )
+
+
+def _pairs(groups: list[tuple[float, float]]) -> str:
+    return ", ".join(f"lr {lr:g} / decay {decay:g}" for lr, decay in groups)

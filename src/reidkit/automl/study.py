@@ -45,6 +45,9 @@ log = logging.getLogger("reidkit")
 MAX_RETRIES = 3
 _OPEN_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 10
+#: The study's user attribute that records the metric its trials are scored by.
+METRIC_ATTR = "reidkit_metric"
+_NOT_A_STUDY = "; it is not an optuna study storage: give a new file or an optuna database"
 
 
 @dataclass
@@ -75,14 +78,19 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
     """Create the study, or load it when it exists (a resume or another worker)."""
     url = storage_url(spec)
     name = spec.automl.study_name or f"{spec.model_name}_automl"
-    study = optuna.create_study(
-        storage=_open_storage(url, spec.automl.heartbeat_interval),
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec),
-        study_name=name,
-        direction=spec.automl.direction,
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            storage=_open_storage(url, spec.automl.heartbeat_interval),
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec),
+            study_name=name,
+            direction=spec.automl.direction,
+            load_if_exists=True,
+        )
+    except optuna.exceptions.StorageInternalError as error:
+        # A database whose tables are not optuna's (another program's ``studies`` table):
+        # the driver's error, which names the table and column, is the one worth showing.
+        raise SpecError(_cannot_open(url, error.__cause__ or error, _NOT_A_STUDY)) from None
     wanted = (
         StudyDirection.MAXIMIZE if spec.automl.direction == "maximize" else StudyDirection.MINIMIZE
     )
@@ -91,7 +99,26 @@ def open_study(spec: ExperimentSpec) -> optuna.Study:
             f"automl.direction: got '{spec.automl.direction}' but study '{name}' in "
             f"{redact_url(url)} {study.direction.name.lower()}s; use another automl.study_name"
         )
+    _require_same_metric(study, spec.automl.metric, f"study '{name}' in {redact_url(url)}")
     return study
+
+
+def _require_same_metric(study: optuna.Study, metric: str, where: str) -> None:
+    """Refuse a rerun or worker that scores trials by another metric than the study's.
+
+    optuna keeps only the values, so trials scored by ``mAP`` would be ranked against earlier
+    ones scored by ``cmc_rank_1`` and the best of the mix reported as the new metric. The
+    study records its metric when it is first opened (a study from before this record was kept
+    adopts the metric it is opened with: its own cannot be known).
+    """
+    recorded = study.user_attrs.get(METRIC_ATTR)
+    if recorded is None:
+        study.set_user_attr(METRIC_ATTR, metric)
+    elif recorded != metric:
+        raise SpecError(
+            f"automl.metric: got '{metric}' but {where} scores its trials by '{recorded}'; "
+            f"set automl.metric={recorded} or use another automl.study_name"
+        )
 
 
 def _connect_args(url: str) -> dict[str, Any]:
@@ -133,8 +160,8 @@ def _open_storage(url: str, interval: int) -> optuna.storages.RDBStorage:
             raise SpecError(_cannot_open(url, error)) from None
 
 
-def _cannot_open(url: str, error: Exception) -> str:
-    reason = first_line(error)
+def _cannot_open(url: str, error: BaseException, hint: str = "") -> str:
+    reason = first_line(error) + hint
     if isinstance(error, ImportError) and url.startswith("postgresql://"):
         reason += "; write postgresql+psycopg:// to use psycopg (pip install 'psycopg[binary]')"
     # The driver's reason may quote the URL it was given: masked here, where it is known.

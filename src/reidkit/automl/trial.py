@@ -23,7 +23,7 @@ from reidkit.automl.pruning import OptunaPruning
 from reidkit.automl.space import SearchParam, identities_problem
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
-from reidkit.errors import ReidkitError, TrainingDivergedError
+from reidkit.errors import ReidkitError, SpecError, TrainingDivergedError
 
 #: Trains one trial's spec with extra Lightning callbacks; returns an object with ``kpi``
 #: (metric name -> percent) and ``epochs``: the train action's ``run_training``.
@@ -72,6 +72,23 @@ def is_finished(trial: FrozenTrial) -> bool:
     )
 
 
+def _require_unused(folder: Path, trial: optuna.Trial) -> None:
+    """Refuse a new trial whose folder an earlier study left (another ``automl.study_name`` or
+    storage, or ``automl.db`` deleted to start again) in the same results folder.
+
+    A trial resumes from the checkpoint in its folder, so the new trial would have taken the
+    old trial's model and score for its own parameters without training, and the old study's
+    reports been overwritten. A retried trial of this study is not new: it inherits its
+    folder through its user attributes and never comes here.
+    """
+    if folder.exists():
+        raise SpecError(
+            f"'{folder}' holds a trial that study '{trial.study.study_name}' did not run (an "
+            "earlier study in this results folder); set results_dir to a new folder, or "
+            "automl.study_name and automl.storage to that study's"
+        )
+
+
 class Objective:
     """Trains one trial in ``<automl folder>/trial_<number>`` and returns its metric."""
 
@@ -92,6 +109,7 @@ class Objective:
         name = trial.user_attrs.get("results_dir")
         if name is None:
             name = f"trial_{trial.number:03d}"
+            _require_unused(self.folder / name, trial)
             trial.set_user_attr("results_dir", name)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {param.key: param.suggest(trial) for param in self.space}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import SpecError, did_you_mean
+from reidkit.oserrors import special_file_kind
 from reidkit.outputs import atomic_open
 from reidkit.redaction import redact_record
 from reidkit.yamlsafe import load_yaml_file, load_yaml_text
@@ -78,7 +79,7 @@ def save_spec(spec: ExperimentSpec, path: Path) -> None:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML spec file; problems name the file (and the line)."""
     if not path.is_file():
-        raise SpecError(f"spec file '{path}' does not exist; pass an existing YAML file with -e")
+        raise SpecError(f"spec file '{path}' {_not_a_file(path)}; pass a YAML file with -e")
     data = load_yaml_file(path)
     if data is None:
         return {}
@@ -88,6 +89,15 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
             f"not a {type(data).__name__}"
         )
     return data
+
+
+def _not_a_file(path: Path) -> str:
+    """What stands at a spec path that is no regular file: "does not exist" for a folder or a
+    device sent the user looking for a file that is there. Only ``stat`` looks at it."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    kind = special_file_kind(path)
+    return f"is {kind}, not a regular file" if kind else "does not exist"
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

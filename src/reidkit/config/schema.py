@@ -28,7 +28,7 @@ from reidkit.config.automl_meta import (
 from reidkit.config.loading import read_yaml_mapping, spec_from_dict
 from reidkit.config.spec import ExperimentSpec
 from reidkit.errors import ReidkitError, SpecError
-from reidkit.outputs import make_folder
+from reidkit.outputs import atomic_open, make_folder
 
 ACTIONS = ("train", "evaluate", "inference", "export", "gallery", "serve", "associate", "adapt")
 
@@ -227,8 +227,11 @@ def _template_text(action: str, schema: dict[str, Any]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
+    """Write ``path`` whole or not at all, replacing (never writing through) a link there: a
+    template linked to the user's own spec must not overwrite that spec."""
     make_folder(path.parent)
-    path.write_text(text)
+    with atomic_open(path) as handle:
+        handle.write(text)
     return path
 
 

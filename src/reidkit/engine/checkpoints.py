@@ -31,8 +31,13 @@ def find_resume_checkpoint(folder: Path) -> Path | None:
     latest = folder / LATEST_NAME
     if latest.is_file():
         return latest
-    periodic = sorted(folder.glob("model_*.pth"), key=_epoch_step)
-    return periodic[-1] if periodic else None
+    periodic = periodic_checkpoints(folder)
+    return periodic[0] if periodic else None
+
+
+def periodic_checkpoints(folder: Path) -> list[Path]:
+    """The periodic checkpoints in ``folder``, newest (by epoch, then step) first."""
+    return sorted(folder.glob("model_*.pth"), key=_epoch_step, reverse=True)
 
 
 def _epoch_step(path: Path) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from reidkit.data.device_batches import (
     choose_device_cache,
     decode_images,
 )
+from reidkit.errors import DatasetError
 
 log = logging.getLogger("reidkit")
 
@@ -156,6 +157,7 @@ class ReidDataModule(LightningDataModule):
         replicas, rank = self.trainer.world_size, self.trainer.global_rank
         seed = self.spec.train.seed
         if self.spec.dataset.sampler == "softmax":
+            _require_one_random_batch(len(dataset), self.spec.dataset.batch_size, replicas)
             return DistributedSampler(
                 dataset, replicas, rank, shuffle=True, seed=seed, drop_last=True
             )
@@ -175,3 +177,20 @@ class ReidDataModule(LightningDataModule):
             eval_loader(self.spec, self.splits.query, size, self.preprocessing),
             eval_loader(self.spec, self.splits.gallery, size, self.preprocessing),
         ]
+
+
+def _require_one_random_batch(images: int, batch_size: int, replicas: int) -> None:
+    """Refuse a random-batch (``softmax``) run that would get no batch at all.
+
+    Its loader drops a last partial batch (every step sees ``batch_size`` images), so a batch
+    larger than a process's share of the train set left an epoch with no step: Lightning
+    stopped at once and the run ended "trained 0 epochs" with exit 0 and no checkpoint. The
+    P x K sampler makes the same check in identities (:class:`reidkit.data.IdentitySampler`).
+    """
+    per_rank = images // replicas
+    if per_rank < batch_size:
+        raise DatasetError(
+            f"dataset.batch_size={batch_size} is more than the {per_rank} train images each of "
+            f"{replicas} process(es) gets (of {images}); lower dataset.batch_size to at most "
+            f"{max(per_rank, 1)}"
+        )
