@@ -57,6 +57,7 @@ def load_yaml_text(text: str, *, source: str, max_nodes: int = MAX_NODES) -> Any
         if node is None:
             return None
         _check_expanded_size(node, source, max_nodes)
+        _refuse_repeated_keys(node, source)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -100,6 +101,39 @@ def _check_expanded_size(root: yaml.Node, source: str, max_nodes: int) -> None:
         on_path.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _refuse_repeated_keys(root: yaml.Node, source: str) -> None:
+    """Refuse a key given twice in one mapping, naming it and its second line.
+
+    YAML loaders keep the last of two equal keys without a word, so a ``train:`` section
+    pasted twice dropped the first one's keys and ``validate`` said "valid" (OmegaConf, which
+    TAO reads specs with, refuses them too). ``<<`` merge keys may repeat. Each node is
+    visited once (aliases share nodes, :func:`_check_expanded_size` bounds the rest).
+    """
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{k}]") for k, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+                dotted = f"{path}.{name}" if path else str(name)
+                if name is not None and name != "<<":
+                    if name in keys:
+                        raise SpecError(
+                            f"{source} gives key '{dotted}' twice (again at line "
+                            f"{key.start_mark.line + 1}); keep one (YAML would silently keep "
+                            "the last)"
+                        )
+                    keys.add(name)
+                stack.append((value, dotted))
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

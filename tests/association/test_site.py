@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from reidkit.association.site import SiteError, load_site
+from reidkit.errors import ReidkitError
 from tests.association.conftest import EPFL
 
 
@@ -119,15 +120,25 @@ def test_a_homography_is_judged_whatever_its_scale(tmp_path: Path, scale: float)
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        # YAML keeps the last of two equal keys: a camera pasted twice would replace the first
         (
             "cameras:\n  c0: {fps: 25, frame_base: 0}\n  c0: {fps: 5, frame_base: 1}\n",
-            r"site.yaml:3: key 'cameras.c0' is given twice; keep one",
+            r"site.yaml' gives key 'cameras.c0' twice \(again at line 3\); keep one",
         ),
         (
             "cameras:\n  c0:\n    fps: 25\n    frame_base: 0\n    fps: 5\n",
-            r"site.yaml:5: key 'cameras.c0.fps' is given twice",
+            r"site.yaml' gives key 'cameras.c0.fps' twice \(again at line 5\)",
         ),
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """YAML keeps the last of two equal keys: a camera pasted twice would replace the first."""
+    with pytest.raises(ReidkitError, match=expected):
+        load_site(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         # pydantic reads true as 1: one frame per second, silently
         (
             "cameras:\n  c0:\n    fps: true\n    frame_base: 0\n",

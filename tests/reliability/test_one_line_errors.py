@@ -36,6 +36,22 @@ def test_non_utf8_and_alias_bomb_specs(tmp_path: Path, run_main: RunMain) -> Non
     assert_one_line_error(run_main("train", "-e", str(bomb)), "expands to more than 100000 values")
 
 
+def test_a_spec_section_given_twice_is_one_line(tmp_path: Path, run_main: RunMain) -> None:
+    """YAML keeps the last of two equal keys: a ``train:`` pasted twice dropped the first
+    section's keys and ``validate`` said "valid". Merge keys (``<<``) may still repeat."""
+    spec = tmp_path / "twice.yaml"
+    spec.write_text("train:\n  num_epochs: 3\nmodel:\n  backbone: resnet_18\ntrain:\n  seed: 5\n")
+    assert_one_line_error(
+        run_main("validate", "-e", str(spec), "train"),
+        "gives key 'train' twice (again at line 5); keep one",
+    )
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  optim:\n    base_lr: 0.1\n    base_lr: 0.2\n")
+    assert_one_line_error(
+        run_main("validate", "-e", str(nested), "train"), "key 'train.optim.base_lr' twice"
+    )
+
+
 def test_results_dir_that_is_a_file(tmp_path: Path, run_main: RunMain) -> None:
     blocker = tmp_path / "results"
     blocker.write_text("x")

@@ -35,6 +35,7 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
 
 def test_moderate_aliases_still_load_like_pyyaml() -> None:
     text = "base: &b {lr: 0.1, ids: [1, 2]}\ntrain: *b\nmerged: {<<: *b, lr: 0.2}\n"
+    text += "twice: {<<: *b, <<: {ids: [3]}}\n"  # merge keys may repeat
     assert load_yaml_text(text, source="x") == yaml.safe_load(text)
 
 

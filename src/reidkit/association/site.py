@@ -223,7 +223,7 @@ def load_site(path: str | Path) -> Site:
     if not path.is_file():
         raise SiteError(f"site file '{path}' does not exist; set associate.site to a site.yaml")
     data = load_yaml_file(path, what="site file")
-    lines = _key_lines(path.read_text(encoding="utf-8-sig"), str(path))
+    lines = _key_lines(path.read_text(encoding="utf-8-sig"))
     return site_from_dict(data, path.parent, source=str(path), lines=lines)
 
 
@@ -367,12 +367,9 @@ def _where(source: str, lines: dict[tuple[str, ...], int], keys: tuple[str, ...]
     return source
 
 
-def _key_lines(text: str, source: str) -> dict[tuple[str, ...], int]:
-    """1-based line of every key path (list items by index) in a YAML document.
-
-    A key given twice in one mapping is refused here: YAML loaders keep the last one silently,
-    so a camera pasted twice, or a second ``fps:``, would quietly replace the first.
-    """
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every key path (list items by index) in a YAML document (a key given
+    twice in one mapping was refused when the file was loaded: :mod:`reidkit.yamlsafe`)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -382,15 +379,8 @@ def _key_lines(text: str, source: str) -> dict[tuple[str, ...], int]:
     while stack:
         node, keys = stack.pop()
         if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
             for key, value in node.value:
                 path = (*keys, str(key.value))
-                if path[-1] in seen and path[-1] != "<<":
-                    raise SiteError(
-                        f"{source}:{key.start_mark.line + 1}: key {'.'.join(path)!r} is given "
-                        "twice; keep one (YAML would silently keep the last)"
-                    )
-                seen.add(path[-1])
                 found[path] = key.start_mark.line + 1
                 stack.append((value, path))
         elif isinstance(node, yaml.SequenceNode):
