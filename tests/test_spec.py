@@ -168,6 +168,32 @@ def test_bounds_keep_the_values_in_use(override: str) -> None:
     load_spec(None, [override])
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "dataset.num_classes=true",  # a one-class model, trained without a word
+        "train.num_epochs=false",
+        "model.last_stride=true",  # Literal[1, 2]: lax mode matches true to 1
+        "dataset.pixel_mean=[0.5,true,0.4]",
+        "train.optim.base_lr=true",
+        "gallery.cameras=[1,false]",
+    ],
+)
+def test_a_boolean_for_a_number_is_refused(override: str) -> None:
+    """pydantic read ``true`` as 1 wherever a number belongs; OmegaConf (TAO) refuses it."""
+    key = override.split("=", 1)[0]
+    with pytest.raises(SpecError, match=rf"'{key}'.*a number, not true/false"):
+        load_spec(None, [override])
+
+
+def test_numbers_written_as_text_and_real_booleans_still_load(tmp_path: Path) -> None:
+    """As OmegaConf reads a TAO spec: ``"3"`` for an int is 3; boolean keys take booleans."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('train:\n  num_epochs: "3"\nmodel:\n  with_flip_feature: true\n')
+    loaded = load_spec(spec, [])
+    assert loaded.train.num_epochs == 3 and loaded.model.with_flip_feature is True
+
+
 def test_unquoted_yaml_dates_and_times_are_times_in_utc() -> None:
     """YAML reads ``2026-03-02`` unquoted as a date and ``2026-03-02T08:00:00Z`` as a datetime;
     both are the times they say (a date: its midnight, UTC). The date was refused as "not a

@@ -35,8 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from reidkit.config.numbers import NumbersNotBooleans
 from reidkit.config.times import parse_time, time_as_text
 from reidkit.errors import ReidkitError
 from reidkit.yamlsafe import load_yaml_file
@@ -51,15 +52,8 @@ class SiteError(ReidkitError):
 MAX_HOMOGRAPHY_BYTES = 64 * 2**10
 
 
-class _Strict(BaseModel):
+class _Strict(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid")
-
-
-def _no_bool(value: object) -> object:
-    """Refuse true/false where a number belongs: pydantic reads ``fps: true`` as 1 fps."""
-    if isinstance(value, bool):
-        raise ValueError("a number, not true/false")
-    return value
 
 
 class CameraEntry(_Strict):
@@ -89,8 +83,6 @@ class CameraEntry(_Strict):
         None, description="MOTChallenge ground truth of this camera (ids are global ids)."
     )
 
-    _numbers = field_validator("fps", "frame_base", "width", "height", mode="before")(_no_bool)
-
     @field_validator("clock_origin", mode="before")
     @classmethod
     def _time_as_text(cls, value: object) -> object:
@@ -109,8 +101,6 @@ class TransitEntry(_Strict):
     )
     both_ways: bool = Field(True, description="The window holds in both directions.")
 
-    _numbers = field_validator("min_s", "max_s", mode="before")(_no_bool)
-
 
 class SiteFile(_Strict):
     """``site.yaml``: cameras, their clocks, geometry and files; camera-pair transit windows."""
@@ -124,8 +114,6 @@ class SiteFile(_Strict):
         description="Ground-plane distance (homography units) under which two cameras see the "
         "same person at one moment; null = learned from the tracks.",
     )
-
-    _numbers = field_validator("ground_gate", mode="before")(_no_bool)
 
 
 @dataclass(frozen=True)

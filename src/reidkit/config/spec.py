@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from reidkit.config.numbers import NumbersNotBooleans
 from reidkit.config.times import time_as_text
 from reidkit.errors import did_you_mean
 
@@ -46,8 +47,9 @@ BackboneName = Literal[
 ]
 
 
-class _Section(BaseModel):
-    """Base of every spec section: unknown keys are refused, assignments are re-validated."""
+class _Section(NumbersNotBooleans):
+    """Base of every spec section: unknown keys are refused, assignments are re-validated, and
+    a boolean given for a number is refused."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
