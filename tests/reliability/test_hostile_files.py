@@ -234,6 +234,31 @@ def test_an_empty_or_truncated_checkpoint_says_so_and_what_to_do(
         assert f"checkpoint '{cut}' {what}" in err[0] and err[0].endswith(REPLACE), err[0]
 
 
+def test_a_checkpoint_with_flipped_bytes_is_refused_by_its_checksums(
+    tmp_path: Path, checkpoint_bytes: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``torch.load`` loads damaged tensor bytes without a word (a bad disk, a broken copy):
+    evaluate scored, export shipped, and a resume trained on from damaged weights, exit 0.
+    Every member of a ``torch.save`` archive carries a CRC-32, now checked."""
+    damaged = bytearray(checkpoint_bytes)
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(b ^ 0xFF for b in damaged[middle : middle + 64])
+    flipped = tmp_path / "flipped.pth"
+    flipped.write_bytes(bytes(damaged))
+    spec = str(empty_spec(tmp_path))
+    for action in ("evaluate", "export"):
+        code = main(
+            [action, "-e", spec, f"results_dir={tmp_path}", f"{action}.checkpoint={flipped}"]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert f"checkpoint '{flipped}' is damaged (its part '" in err[0], err[0]
+        assert err[0].endswith(REPLACE), err[0]
+    intact = tmp_path / "intact.pth"
+    intact.write_bytes(checkpoint_bytes)
+    assert isinstance(read_checkpoint_object(intact, None), dict)
+
+
 def test_a_checkpoint_path_that_is_a_device_says_so(tmp_path: Path) -> None:
     for action in ("evaluate", "export"):
         result = run_cli(
