@@ -548,3 +548,71 @@ def test_an_age_past_the_calendar_is_a_422_and_erases_nothing(
             assert refused.json() == {"detail": "older_than reaches back before year 1"}
         assert admin.get("/v1/gallery/stats").json()["size"] == 2
     assert "Traceback" not in server.log.read_text()
+
+
+def test_query_vectors_are_numbers_searched_by_their_direction(site, tokens: Tokens) -> None:
+    """A query vector's booleans are no numbers (``true`` was read as 1), and its finite
+    numbers are searched by their direction whatever their scale: a value past 2**63 was a
+    500, past float32's range a 422 blaming the model, and 64 values of 3e38 overflowed the
+    norm into a zero query, so every hit came back at distance 2.0 with a 200."""
+    server, _ = site
+    ones, axis = [1.0] * 64, [1.0] + [0.0] * 63
+    with server.client(tokens.search) as searcher:
+
+        def hits(vector: str) -> list[tuple[str, float]]:
+            response = searcher.post("/v1/search", data={"k": "5", "embedding": vector})
+            assert response.status_code == 200, response.text
+            return [(h["path"], h["distance"]) for h in response.json()["hits"]]
+
+        for refused in ([True] * 64, [True] + [0.0] * 63, [False, 1.0] + [0.0] * 62):
+            response = searcher.post("/v1/search", data={"embedding": json.dumps(refused)})
+            assert response.status_code == 422, response.text
+            assert "true/false" in response.json()["detail"]
+        huge = "[1" + "0" * 400 + "," + ",".join(["0"] * 63) + "]"
+        response = searcher.post("/v1/search", data={"embedding": huge})
+        assert response.status_code == 422, response.text
+        assert "64 finite numbers" in response.json()["detail"]
+        scaled_alike = (([3e38] * 64, ones), ([1e-30] * 64, ones), ([1e39, *axis[1:]], axis))
+        for scaled, same in scaled_alike:
+            found, expected = hits(json.dumps(scaled)), hits(json.dumps(same))
+            assert [p for p, _ in found] == [p for p, _ in expected], scaled[:2]
+            assert [d for _, d in found] == pytest.approx([d for _, d in expected], abs=1e-5)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_camera_given_as_true_or_false_is_refused(
+    site, tokens: Tokens, crops: list[Crop]
+) -> None:
+    """``"camera": true`` in an add's metadata was stored as camera 1 (and ``false`` as 0):
+    lax validation reads a boolean as a number. Refused as the spec files refuse it; a
+    camera written as text is still read, as the manifest reads it."""
+    server, stored = site
+    one = upload_form(crops[:1])
+    meta = json.loads(one["data"]["metadata"])[0]
+    with server.client(tokens.write) as writer:
+        for flag in (True, False):
+            bad = {"metadata": json.dumps([{**meta, "camera": flag, "path": f"flag-{flag}"}])}
+            response = writer.post("/v1/gallery", files=one["files"], data=bad)
+            assert response.status_code == 422, response.text
+            assert response.json() == {"detail": "metadata[0.camera]: a number, not true/false"}
+    with server.client(tokens.search) as searcher:
+        assert searcher.get("/v1/gallery/stats").json()["size"] == len(stored)
+
+
+def test_a_search_window_in_numbers_is_unix_seconds_as_in_metadata(site, tokens: Tokens) -> None:
+    """``start``/``end`` written as numbers are unix seconds, by the rule an add's metadata
+    and the manifest use. Pydantic reads numbers past 2e10 as milliseconds: ``start`` of
+    32503680000 (the year 3000 in seconds) became January 1971, a window holding every crop."""
+    server, stored = site
+    latest = max(c.timestamp for c in stored.values())
+    vector = json.dumps([1.0] * 64)
+    with server.client(tokens.search) as searcher:
+        for far in ("32503680000", "1767225600000"):
+            response = searcher.post("/v1/search", data={"embedding": vector, "start": far})
+            assert response.status_code == 422, (far, response.text)
+            assert "unix seconds, not milliseconds" in response.text
+        after = str(int(latest.timestamp()))  # the last crop's second: only it is at or after
+        response = searcher.post("/v1/search", data={"embedding": vector, "start": after})
+        assert [h["timestamp"] for h in response.json()["hits"]] == [
+            latest.isoformat().replace("+00:00", "Z")
+        ]

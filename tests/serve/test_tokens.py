@@ -64,6 +64,9 @@ def test_revoked_token_is_refused_by_a_running_store(tmp_path: Path) -> None:
     ("name", "scopes", "needle"),
     [
         ("bad name!", ["search"], "token name"),
+        # A name ending in a line break passed the pattern's "$" and went to the audit log and
+        # to --list as two lines, beside a token of the same name without it.
+        ("desk-operator\n", ["search"], "token name"),
         ("ok", ["root"], "scopes"),
         ("ok", [], "scopes"),
     ],

@@ -147,8 +147,7 @@ def _require_intact_archive(blob: bytes, path: Path) -> None:
         ) from None
     if damaged is not None:
         raise CheckpointError(
-            f"checkpoint '{path}' is damaged (its part '{damaged}' fails its checksum); "
-            f"{_REPLACE}"
+            f"checkpoint '{path}' is damaged (its part '{damaged}' fails its checksum); {_REPLACE}"
         )
 
 

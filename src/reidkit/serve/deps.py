@@ -123,19 +123,34 @@ async def embed_uploads(
 
 
 def parse_embedding(text: str, dim: int) -> np.ndarray:
-    """A client's query vector: a JSON array of ``dim`` finite numbers, returned L2-normalised."""
+    """A client's query vector: a JSON array of ``dim`` finite numbers, returned L2-normalised.
+
+    ``true``/``false`` are no numbers (Python counts them as ints: ``true`` was searched as
+    1). Only the direction counts, so the vector is scaled by its largest value and
+    normalised in float64 before it becomes float32: values past float32's range, or so small
+    that their squares underflow, are searched by their direction, not turned into NaN or a
+    zero query (every hit at distance 2.0).
+    """
     try:
         values = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise HTTPException(422, "embedding must be a JSON array of numbers") from None
-    if (
-        not isinstance(values, list)
-        or len(values) != dim
-        or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
-    ):
-        raise HTTPException(422, f"embedding must be a JSON array of {dim} finite numbers")
-    vector = np.asarray(values, dtype=np.float32)[None, :]
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0:
+    shape = f"embedding must be a JSON array of {dim} finite numbers"
+    if not isinstance(values, list) or len(values) != dim:
+        raise HTTPException(422, shape)
+    if any(isinstance(v, bool) for v in values):
+        raise HTTPException(422, f"{shape}, not true/false")
+    try:
+        vector = np.asarray(
+            [float(v) if isinstance(v, int | float) else math.nan for v in values],
+            dtype=np.float64,
+        )
+    except OverflowError:  # an integer past float64's range
+        raise HTTPException(422, shape) from None
+    if not np.isfinite(vector).all():
+        raise HTTPException(422, shape)
+    largest = float(np.abs(vector).max())
+    if largest == 0.0:
         raise HTTPException(422, "embedding must not be all zeros")
-    return vector / norm
+    vector /= largest
+    return (vector / np.linalg.norm(vector)).astype(np.float32)[None, :]

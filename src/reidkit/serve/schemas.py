@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from reidkit.config.numbers import NumbersNotBooleans
 from reidkit.config.times import parse_time
 from reidkit.gallery import validation
 
@@ -58,8 +59,10 @@ class SearchResponse(BaseModel):
     queries: int = Field(description="Images (or embeddings) averaged into the query.")
 
 
-class CropMeta(BaseModel):
-    """Metadata of one uploaded crop, in the order of the uploaded images."""
+class CropMeta(NumbersNotBooleans):
+    """Metadata of one uploaded crop, in the order of the uploaded images (``true``/``false``
+    for the camera is refused: lax validation stored the crop under camera 1 / 0; a camera
+    written as text is still read, as the manifest reads its cells)."""
 
     camera: int = Field(ge=0, le=validation.CAMERA_MAX)
     timestamp: datetime = Field(

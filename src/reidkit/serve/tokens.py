@@ -78,9 +78,9 @@ def create_token(path: Path, name: str, scopes: list[str] | tuple[str, ...]) -> 
 
     The returned string is the only copy of the token: print it once and forget it.
     """
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # match's "$" would pass a name ending in a line break
         raise TokenFileError(
-            f"token name '{name}' must be 1-64 letters, digits or _.@- (it goes to the audit log)"
+            f"token name {name!r} must be 1-64 letters, digits or _.@- (it goes to the audit log)"
         )
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
@@ -160,7 +160,7 @@ class TokenStore:
 
     def verify(self, token: str) -> Caller | None:
         """The caller a token belongs to, or ``None`` for a malformed, unknown or revoked one."""
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if match is None:
             return None
         try:

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from pydantic import BeforeValidator
 
+from reidkit.config.times import parse_time
 from reidkit.gallery import validation
 from reidkit.serve.deps import Searcher, ServicesDep, embed_uploads, parse_embedding
 from reidkit.serve.gallery_access import as_utc, unix_seconds
 from reidkit.serve.schemas import EmbedResponse, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
+
+
+def _number_as_unix_seconds(value: object) -> object:
+    """A window end written as a number is unix seconds, read by the rule of an add's metadata
+    and the manifest (1970..2200); pydantic would read one past 2e10 as milliseconds, so the
+    year 3000 in seconds became 1971. ISO 8601 text is left to pydantic."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        return datetime.fromtimestamp(parse_time(value), tz=timezone.utc)
+    return value
+
+
+#: A time window end: ISO 8601, or unix seconds (see :func:`_number_as_unix_seconds`).
+WindowEnd = Annotated[datetime | None, BeforeValidator(_number_as_unix_seconds)]
 
 
 def _one_of(name: datetime | None, alias: datetime | None, key: str, old: str) -> datetime | None:
@@ -42,13 +61,13 @@ async def search(
     embedding: Annotated[str | None, Form(description="JSON array, instead of images.")] = None,
     k: Annotated[int, Form(ge=1, le=10_000, description="Hits to return.")] = 10,
     cameras: Annotated[list[int] | None, Form(description="Only these cameras.")] = None,
-    start: Annotated[datetime | None, Form(description="Not before (ISO 8601).")] = None,
-    end: Annotated[datetime | None, Form(description="Not after (ISO 8601).")] = None,
+    start: Annotated[WindowEnd, Form(description="Not before (ISO 8601 or unix seconds).")] = None,
+    end: Annotated[WindowEnd, Form(description="Not after (ISO 8601 or unix seconds).")] = None,
     since: Annotated[
-        datetime | None, Form(description="Deprecated name of start.", deprecated=True)
+        WindowEnd, Form(description="Deprecated name of start.", deprecated=True)
     ] = None,
     until: Annotated[
-        datetime | None, Form(description="Deprecated name of end.", deprecated=True)
+        WindowEnd, Form(description="Deprecated name of end.", deprecated=True)
     ] = None,
 ) -> SearchResponse:
     """The k closest crops to one crop, several crops of one person (averaged) or a vector.
