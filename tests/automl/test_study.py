@@ -227,13 +227,10 @@ def test_infeasible_draw_is_a_failed_trial_and_the_study_goes_on(
     assert result.best_trial == 1 and result.trials == 2
 
 
-def test_a_rerun_with_another_metric_is_refused_and_keeps_the_study(
-    synth_root: Path, tmp_path: Path, run_main: RunMain
-) -> None:
-    """A study's values are one metric's: a rerun that scored its new trials by another one
-    ranked a mAP against the earlier trials' rank-1 and reported the best of the mix (as the
-    new metric in ``status.json``), exit 0."""
-    overrides = [
+def _one_epoch_random_search(synth_root: Path, tmp_path: Path) -> list[str]:
+    """Overrides of the smallest study: random search of the learning rate, one short epoch
+    per trial, in ``tmp_path / "results"``."""
+    return [
         *tiny_overrides(synth_root, tmp_path / "results"),
         "train.steps_per_epoch=2",
         "automl.automl_enabled=true",
@@ -241,6 +238,15 @@ def test_a_rerun_with_another_metric_is_refused_and_keeps_the_study(
         "automl.automl_algorithm=random",
         "automl.automl_max_epochs=1",
     ]
+
+
+def test_a_rerun_with_another_metric_is_refused_and_keeps_the_study(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A study's values are one metric's: a rerun that scored its new trials by another one
+    ranked a mAP against the earlier trials' rank-1 and reported the best of the mix (as the
+    new metric in ``status.json``), exit 0."""
+    overrides = _one_epoch_random_search(synth_root, tmp_path)
     spec_file = empty_spec(tmp_path)
     first = run_main(
         "automl", "-e", str(spec_file), *overrides, "automl.automl_max_recommendations=1"
@@ -270,12 +276,7 @@ def test_a_new_study_in_a_used_folder_never_takes_over_its_trials(
     scored that old model for its own, different parameters, without training; the first
     study's leaderboard and best_spec.yaml were then overwritten."""
     overrides = [
-        *tiny_overrides(synth_root, tmp_path / "results"),
-        "train.steps_per_epoch=2",
-        "automl.automl_enabled=true",
-        "automl.automl_hyperparameters=[train.optim.base_lr]",
-        "automl.automl_algorithm=random",
-        "automl.automl_max_epochs=1",
+        *_one_epoch_random_search(synth_root, tmp_path),
         "automl.automl_max_recommendations=1",
     ]
     spec_file = empty_spec(tmp_path)

@@ -344,12 +344,9 @@ def test_a_softmax_batch_larger_than_the_train_set_is_one_line(
     assert json.loads((tmp_path / "train" / "status.json").read_text())["status"] == "FAILURE"
 
 
-def test_a_damaged_latest_checkpoint_names_the_older_one_to_resume_from(
-    synth_root: Path, tmp_path: Path, run_main: RunMain
-) -> None:
-    """A rerun resumes from ``reid_model_latest.pth`` on its own; when that file is cut short
-    the refusal said only "copy it again, or point at a checkpoint": the periodic checkpoint
-    beside it, from which the run can go on, went unnamed."""
+def _one_short_epoch(synth_root: Path, tmp_path: Path, run_main: RunMain) -> tuple[Path, list[str]]:
+    """Train one short epoch; returns the run's folder and the arguments that resume it for a
+    second epoch."""
     args = [
         "train",
         "-e",
@@ -359,13 +356,22 @@ def test_a_damaged_latest_checkpoint_names_the_older_one_to_resume_from(
         "train.steps_per_epoch=2",
     ]
     assert run_main(*args).returncode == 0
-    folder = tmp_path / "results" / "train"
+    again = [a.replace("train.num_epochs=1", "train.num_epochs=2") for a in args]
+    return tmp_path / "results" / "train", again
+
+
+def test_a_damaged_latest_checkpoint_names_the_older_one_to_resume_from(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A rerun resumes from ``reid_model_latest.pth`` on its own; when that file is cut short
+    the refusal said only "copy it again, or point at a checkpoint": the periodic checkpoint
+    beside it, from which the run can go on, went unnamed."""
+    folder, again = _one_short_epoch(synth_root, tmp_path, run_main)
     latest = folder / "reid_model_latest.pth"
     latest.write_bytes(latest.read_bytes()[:100_000])
     (periodic,) = folder.glob("model_001_*.pth")
     kept = periodic.read_bytes()
 
-    again = [a.replace("train.num_epochs=1", "train.num_epochs=2") for a in args]
     result = run_main(*again)
 
     assert_one_line_error(
@@ -385,19 +391,9 @@ def test_a_resume_with_another_learning_rate_is_refused(
     """Resuming restores the optimiser's own learning rates and weight decays: a rerun with
     another ``train.optim.base_lr`` trained on at the old one, exit 0, while its
     experiment.yaml recorded the new one."""
-    args = [
-        "train",
-        "-e",
-        str(empty_spec(tmp_path)),
-        *tiny_overrides(synth_root, tmp_path / "results"),
-        "train.num_epochs=1",
-        "train.steps_per_epoch=2",
-    ]
-    assert run_main(*args).returncode == 0
-    folder = tmp_path / "results" / "train"
+    folder, again = _one_short_epoch(synth_root, tmp_path, run_main)
     rows = _rows(folder)
 
-    again = [a.replace("train.num_epochs=1", "train.num_epochs=2") for a in args]
     result = run_main(*again, "train.optim.base_lr=0.1")
 
     assert_one_line_error(result, "train.optim", "0.1", "model.pretrained_model_path")
