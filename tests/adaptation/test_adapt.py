@@ -187,6 +187,31 @@ def _manifest(path: Path, crops: list[Path]) -> Path:
     return path
 
 
+def test_a_manifest_row_without_a_track_says_how_to_list_untracked_crops(
+    adapt_spec: ExperimentSpec, tmp_path: Path
+) -> None:
+    """A manifest row must name its track (the reader is ``gallery add``'s), but the refusal
+    said only "give the tracker's id", which a site without a tracker cannot: it now says how
+    to list such crops, and that way is read."""
+    crops = sorted(next(PKU_TRAIN.iterdir()).iterdir())
+    rows = _manifest(tmp_path / "crops.csv", crops).read_text().splitlines()
+    path, camera, moment, _ = rows[3].split(",")
+    untracked = tmp_path / "untracked.csv"
+    untracked.write_text("\n".join([*rows[:3], f"{path},{camera},{moment},", *rows[4:]]) + "\n")
+    spec = apply_overrides(adapt_spec, {"adapt.target": str(untracked)})
+
+    with pytest.raises(AdaptationError) as refused:
+        target_crops(spec)
+
+    message = str(refused.value)
+    assert f"{untracked}:4: track_id is empty" in message and "\n" not in message
+    assert "write one id in every row (e.g. none) and set adapt.use_tracks=false" in message
+    listed = tmp_path / "listed.csv"
+    listed.write_text("\n".join([rows[0], *(r.rsplit(",", 1)[0] + ",none" for r in rows[1:])]))
+    spec = apply_overrides(spec, {"adapt.target": str(listed), "adapt.use_tracks": False})
+    assert [r.path for r in target_crops(spec)] == [Path(p).resolve() for p in crops]
+
+
 def test_a_gallery_is_read_as_the_target_with_its_cameras_tracks_and_times(
     adapt_spec: ExperimentSpec, tmp_path: Path
 ) -> None:

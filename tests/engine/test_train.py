@@ -399,3 +399,36 @@ def test_a_resume_with_another_learning_rate_is_refused(
     assert_one_line_error(result, "train.optim", "0.1", "model.pretrained_model_path")
     assert _rows(folder) == rows
     assert run_main(*again).returncode == 0  # the same settings resume
+
+
+def test_a_resume_with_no_epochs_left_is_refused(
+    synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """A checkpoint that already holds ``train.num_epochs`` epochs or more left Lightning
+    nothing to do: a rerun with ``train.num_epochs=1`` after two epochs exited 0 reporting
+    "epoch 2 of 1", and its experiment.yaml (saying 1 epoch) replaced the run's own."""
+    folder, again = _one_short_epoch(synth_root, tmp_path, run_main)
+    assert run_main(*again).returncode == 0  # two epochs now
+    records = {name: (folder / name).read_bytes() for name in ("experiment.yaml", "status.json")}
+    once = [a.replace("train.num_epochs=2", "train.num_epochs=1") for a in again]
+
+    result = run_main(*once)
+
+    assert_one_line_error(
+        result,
+        "has already trained 2 epochs and train.num_epochs is 1",
+        "set train.num_epochs above 2",
+        f"evaluate.checkpoint={folder / 'reid_model_latest.pth'}",
+    )
+    assert {name: (folder / name).read_bytes() for name in records} == records
+    assert [int(r["epoch"]) for r in _rows(folder)] == [1, 2]
+    # Rerunning the finished run unchanged stays a success that trains nothing ...
+    assert run_main(*again).returncode == 0
+    assert [int(r["epoch"]) for r in _rows(folder)] == [1, 2]
+    # ... but a finished checkpoint from elsewhere would leave the new folder without a model.
+    other = tmp_path / "other"
+    elsewhere = [f"results_dir={other}" if a.startswith("results_dir=") else a for a in again]
+    latest = folder / "reid_model_latest.pth"
+    result = run_main(*elsewhere, f"train.resume_training_checkpoint_path={latest}")
+    assert_one_line_error(result, "has already trained 2 epochs and train.num_epochs is 2")
+    assert not list((other / "train").glob("*.pth"))

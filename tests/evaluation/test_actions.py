@@ -285,3 +285,40 @@ def test_an_output_named_like_a_record_another_output_or_the_model_is_refused(
     )  # fmt: skip
     assert_one_line_error(result, f"{key} '{output}'", needle)
     assert model.read_bytes() == before
+
+
+def test_an_output_inside_the_query_or_gallery_dataset_is_refused_before_embedding(
+    trained: Trained, synth_root: Path, tmp_path: Path, run_main: RunMain
+) -> None:
+    """``inference.output_file`` named like a query image replaced that image with JSON (exit
+    0; the next run refused the dataset's "broken image"), and any output written into a
+    dataset folder became part of it. The model here embeds every image as NaN, which is
+    refused only after embedding: the refusal seen proves no image was embedded first."""
+    from reidkit.models.checkpoint_file import load_checkpoint, save_checkpoint
+
+    spec, checkpoint = trained
+    broken = load_checkpoint(checkpoint, None)
+    for weights in broken["state_dict"].values():
+        if weights.is_floating_point():
+            weights.fill_(float("nan"))
+    nan_model = tmp_path / "nan.pth"
+    save_checkpoint(broken, nan_model, None)
+    query = shutil.copytree(synth_root / "query", tmp_path / "query")
+    gallery = shutil.copytree(synth_root / "bounding_box_test", tmp_path / "gallery")
+    image = sorted(query.iterdir())[0]
+    before = {p: p.read_bytes() for folder in (query, gallery) for p in folder.iterdir()}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    own, fallback = f"inference.query_dataset={query}", f"dataset.test_dataset_dir={gallery}"
+    cases = [
+        (image, [own], f"is inside inference.query_dataset '{query}'"),
+        (gallery / "out.json", [fallback], f"is inside dataset.test_dataset_dir '{gallery}'"),
+        (query, [own], f"is inference.query_dataset '{query}'"),
+    ]
+    for output, datasets, needle in cases:
+        result = run_main(
+            "inference", "-e", str(spec_file), f"inference.checkpoint={nan_model}",
+            f"results_dir={tmp_path / 'out'}", f"inference.output_file={output}", *datasets,
+        )  # fmt: skip
+        assert_one_line_error(result, f"inference.output_file '{output}'", needle)
+    assert {p: p.read_bytes() for folder in (query, gallery) for p in folder.iterdir()} == before

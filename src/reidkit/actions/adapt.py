@@ -58,7 +58,7 @@ from reidkit.engine.progress import training_progress_bar
 from reidkit.errors import CheckpointError, SpecError
 from reidkit.gallery.factory import is_milvus_uri, open_gallery
 from reidkit.gallery.ingest import read_manifest
-from reidkit.gallery.store import CropMeta
+from reidkit.gallery.store import CropMeta, GalleryError
 from reidkit.interrupts import RunInterrupted
 from reidkit.models import ReidModel
 from reidkit.models.card import ModelCard
@@ -332,7 +332,7 @@ def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
         with open_gallery(value if is_milvus_uri(value) else path) as gallery:
             crops = [_tracked_crop(crop.meta) for crop in gallery.crops()]
     elif path.suffix.lower() == ".csv":
-        crops = [_tracked_crop(meta) for meta in read_manifest(path)]
+        crops = [_tracked_crop(meta) for meta in _target_manifest(path)]
     else:
         folder = resolve_dataset(
             path, extract_root(spec), ExtractLimits(max_bytes=spec.dataset.max_extract_bytes)
@@ -348,6 +348,25 @@ def target_crops(spec: ExperimentSpec) -> list[ImageRecord]:
             "site's crops or lower adapt.min_cluster_size"
         )
     return crops
+
+
+def _target_manifest(path: Path) -> list[CropMeta]:
+    """The crops of a target manifest, read by ``gallery add``'s reader and its rules.
+
+    That reader refuses an empty ``track_id`` (in a gallery an empty cell is a failed join, and
+    a crop stored without its track cannot be erased by it), while adaptation works on crops no
+    tracker followed. The refusal then also says how to list such crops: one id in every row
+    and ``adapt.use_tracks=false``, which adapts exactly as to untracked crops.
+    """
+    try:
+        return read_manifest(path)
+    except GalleryError as error:
+        if "track_id is empty" not in str(error):
+            raise
+        raise AdaptationError(
+            f"adapt.target {error}; for crops no tracker followed, write one id in every row "
+            "(e.g. none) and set adapt.use_tracks=false"
+        ) from None
 
 
 def _tracked_crop(meta: CropMeta) -> ImageRecord:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.actions.embedding import EmbeddedSplits, embed_splits, require_distinct_outputs
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
 from reidkit.actions.lifecycle import ActionRun, run_action
 from reidkit.actions.models import CALIBRATION, record_calibration
 from reidkit.actions.run_record import EvaluateOutcome
@@ -51,7 +51,6 @@ def _check_re_ranking(k1: int, k2: int, images: int) -> None:
 def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
     folder = run.folder
     settings, ranking = spec.evaluate, spec.re_ranking
-    data = embed_splits(spec, "evaluate")
     plot_files = {
         "evaluate.output_cmc_curve_plot": settings.output_cmc_curve_plot
         or folder / "cmc_curve.png",
@@ -62,12 +61,8 @@ def _evaluate(spec: ExperimentSpec, run: ActionRun) -> EvaluationResult:
         or folder / "roc_curve.png",
     }
     plots_at = {key: Path(value) for key, value in plot_files.items()}
-    require_distinct_outputs(
-        data,
-        folder,
-        {name: folder / name for name in ("metrics.json", "model_card.json", CALIBRATION)}
-        | plots_at,
-    )
+    records = {name: folder / name for name in ("metrics.json", "model_card.json", CALIBRATION)}
+    data = embed_splits(spec, "evaluate", folder, records | plots_at)
     q, g = data.query, data.gallery
     distances = None
     if ranking.re_ranking:

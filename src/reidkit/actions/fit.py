@@ -71,7 +71,7 @@ def run_training(
         lightning.seed_everything(spec.train.seed, workers=True, verbose=False)
         module = ReidModule(spec, splits.num_train_ids)
         if start is not None:
-            _require_same_optimiser(spec, module, start)
+            _require_resumable(spec, module, start, folder)
         max_epoch = spec.train.num_epochs
 
         def report(epoch: int) -> None:  # the first report publishes a rerun's staged records
@@ -225,7 +225,53 @@ def _readable_older_checkpoint(
     return None
 
 
-def _require_same_optimiser(spec: ExperimentSpec, module: ReidModule, start: Path) -> None:
+def _require_resumable(spec: ExperimentSpec, module: ReidModule, start: Path, folder: Path) -> None:
+    """Refuse a resume the spec contradicts, reading the checkpoint once for every check."""
+    saved = load_checkpoint(start, spec.encryption_key)
+    _require_epochs_left(spec, start, saved, folder)
+    _require_same_optimiser(spec, module, start, saved)
+
+
+def _require_epochs_left(
+    spec: ExperimentSpec, start: Path, saved: dict[str, Any], folder: Path
+) -> None:
+    """Refuse a resume from a checkpoint that already holds ``train.num_epochs`` epochs or more.
+
+    Lightning stops such a fit before its first step, so the run "finished" without training,
+    reported ``epoch 2 of 1`` and replaced the folder's records with a spec it never trained
+    with. Rerunning a finished run in its own folder (the same ``train.num_epochs``) stays a
+    no-op success: an AutoML trial retried after its last checkpoint must get its result back.
+    From any other checkpoint nothing would be written to this folder, so that is refused too.
+    """
+    done = _epochs_done(saved)
+    wanted = spec.train.num_epochs
+    if done < wanted:
+        return
+    if done == wanted and start.resolve().parent == folder.resolve():
+        log.info("'%s' already holds all %d epochs of train.num_epochs", start, done)
+        return
+    raise CheckpointError(
+        f"checkpoint '{start}' (resuming) has already trained {done} epochs and "
+        f"train.num_epochs is {wanted}: nothing is left to train; set train.num_epochs above "
+        f"{done} to train on, or evaluate the checkpoint (evaluate.checkpoint={start})"
+    )
+
+
+def _epochs_done(saved: dict[str, Any]) -> int:
+    """The epochs a checkpoint has finished, by Lightning's own rule for stopping a fit.
+
+    Lightning counts an epoch ``processed`` before the epoch-end hook that writes reidkit's
+    checkpoints; a checkpoint without loop state restarts at epoch 0, as Lightning restores it.
+    """
+    loops = saved.get("loops")
+    if loops is None:
+        return 0
+    return int(loops["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
+def _require_same_optimiser(
+    spec: ExperimentSpec, module: ReidModule, start: Path, checkpoint: dict[str, Any]
+) -> None:
     """Refuse a resume whose spec sets other learning rates or weight decays than the run.
 
     Resuming restores the optimiser's parameter groups as they were saved, so a rerun with
@@ -233,7 +279,7 @@ def _require_same_optimiser(spec: ExperimentSpec, module: ReidModule, start: Pat
     while its ``experiment.yaml`` recorded the new ones. A resume continues the same run; new
     values start a new one from the checkpoint's weights.
     """
-    saved = load_checkpoint(start, spec.encryption_key).get("optimizer_states") or []
+    saved = checkpoint.get("optimizer_states") or []
     if not saved:
         return
     expected = build_optimizer(module.model, spec.train.optim).param_groups

@@ -21,7 +21,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from reidkit.actions.embedding import EmbeddedSplits, embed_splits, require_distinct_outputs
+from reidkit.actions.embedding import EmbeddedSplits, embed_splits
 from reidkit.actions.lifecycle import ActionRun, run_action
 from reidkit.actions.run_record import InferenceOutcome
 from reidkit.config.spec import ExperimentSpec
@@ -48,22 +48,18 @@ def infer(spec: ExperimentSpec) -> InferenceResult:
 
 def _infer(spec: ExperimentSpec, run: ActionRun) -> InferenceResult:
     folder, settings = run.folder, spec.inference
-    data = embed_splits(spec, "inference")
     output = Path(settings.output_file or folder / "inference.json")
     stem = output.with_suffix("")
     matches = stem.with_name(stem.name + "_matches.json")
     embeddings = stem.with_name(stem.name + "_embeddings.npy")
     index = stem.with_name(stem.name + "_index.csv")
-    require_distinct_outputs(
-        data,
-        folder,
-        {
-            "inference.output_file": output,
-            f"its matches file {matches.name}": matches,
-            f"its embeddings file {embeddings.name}": embeddings,
-            f"its index file {index.name}": index,
-        },
-    )
+    outputs = {
+        "inference.output_file": output,
+        f"its matches file {matches.name}": matches,
+        f"its embeddings file {embeddings.name}": embeddings,
+        f"its index file {index.name}": index,
+    }
+    data = embed_splits(spec, "inference", folder, outputs)
     paths = [path_text(r.path) for r in data.query_records + data.gallery_records]
     features = torch.cat([data.query.features, data.gallery.features]).float().cpu().numpy()
 
