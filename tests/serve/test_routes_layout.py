@@ -24,7 +24,12 @@ def test_each_concern_has_its_router_and_app_declares_no_route() -> None:
         if isinstance(module.router, APIRouter)
     }
     assert routes == {
-        "service": {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/me")},
+        "service": {
+            ("GET", "/healthz"),
+            ("HEAD", "/healthz"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/me"),
+        },
         "search": {("POST", "/v1/embed"), ("POST", "/v1/search")},
         "gallery": {
             ("POST", "/v1/gallery"),

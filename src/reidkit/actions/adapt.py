@@ -57,8 +57,8 @@ from reidkit.engine.module import build_optimizer
 from reidkit.engine.progress import training_progress_bar
 from reidkit.errors import CheckpointError, SpecError
 from reidkit.gallery.factory import is_milvus_uri, open_gallery
-from reidkit.gallery.ingest import read_manifest
-from reidkit.gallery.store import CropMeta, GalleryError
+from reidkit.gallery.ingest import UntrackedRow, read_manifest
+from reidkit.gallery.store import CropMeta
 from reidkit.interrupts import RunInterrupted
 from reidkit.models import ReidModel
 from reidkit.models.card import ModelCard
@@ -360,9 +360,7 @@ def _target_manifest(path: Path) -> list[CropMeta]:
     """
     try:
         return read_manifest(path)
-    except GalleryError as error:
-        if "track_id is empty" not in str(error):
-            raise
+    except UntrackedRow as error:
         raise AdaptationError(
             f"adapt.target {error}; for crops no tracker followed, write one id in every row "
             "(e.g. none) and set adapt.use_tracks=false"

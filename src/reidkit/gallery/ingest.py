@@ -6,7 +6,8 @@ Metadata comes from one of two places:
   id), timestamp ``origin + FFFFFF / fps`` (frame number at the camera's frame rate);
 * a CSV manifest with the header ``path,camera,timestamp,track_id[,site,zone]``; timestamps are
   unix seconds or ISO-8601 (a time without a zone is UTC); relative paths are relative to the
-  manifest. Every row has every cell, and camera, time and track id meet the rules of
+  manifest. A column outside that header is refused (a misspelt ``trackid`` would lose its
+  cells). Every row has every cell, and path, camera, time and track id meet the rules of
   :mod:`reidkit.gallery.validation` (those of the HTTP API). A bad row is reported as
   ``file:line: what is wrong``.
 
@@ -41,7 +42,7 @@ from reidkit.gallery.store import CropMeta, GalleryError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MANIFEST_COLUMNS = ("path", "camera", "timestamp", "track_id")
-OPTIONAL_COLUMNS = ("site", "zone")
+OPTIONAL_COLUMNS = tuple(c for c in validation.CROP_FIELDS if c not in MANIFEST_COLUMNS)
 _FRAME = re.compile(r"^(?:-1|\d+)_c\d+(?:s\d+)?_(\d+)")
 THUMBNAIL_HEIGHT = 96
 
@@ -90,6 +91,10 @@ def crops_in_folder(folder: Path, origin: float, fps: float = 25.0) -> list[Crop
     return [meta_from_name(p, origin, fps) for p in files]
 
 
+class UntrackedRow(GalleryError):
+    """A manifest row with an empty ``track_id`` (see :class:`validation.EmptyTrackId`)."""
+
+
 def _manifest_row(path: Path, line: int, row: dict[Any, Any], columns: int) -> CropMeta:
     """One manifest row as a crop, checked by the rules the HTTP API applies too
     (:mod:`reidkit.gallery.validation`); a bad row is ``file:line: what is wrong``."""
@@ -97,10 +102,7 @@ def _manifest_row(path: Path, line: int, row: dict[Any, Any], columns: int) -> C
         if None in row or None in row.values():  # csv's marks of extra and missing cells
             cells = columns + len(row.get(None) or []) - sum(v is None for v in row.values())
             raise ValueError(f"the row has {cells} cells, the header {columns}")
-        if not row["path"].strip():
-            raise ValueError("path is empty")
-        if any(c in row["path"] for c in "\r\n"):
-            raise ValueError("path has a line break (a quote left open?)")
+        validation.crop_key(row["path"])
         try:
             camera = int(row["camera"])
         except ValueError:
@@ -109,7 +111,8 @@ def _manifest_row(path: Path, line: int, row: dict[Any, Any], columns: int) -> C
         timestamp = validation.timestamp(parse_timestamp(row["timestamp"]))
         track_id = validation.track_id(row["track_id"])
     except ValueError as exc:
-        raise GalleryError(f"{path}:{line}: {exc}; fix that row") from None
+        refused = UntrackedRow if isinstance(exc, validation.EmptyTrackId) else GalleryError
+        raise refused(f"{path}:{line}: {exc}; fix that row") from None
     crop = Path(row["path"].strip())
     crop = crop if crop.is_absolute() else path.parent / crop
     return CropMeta(
@@ -145,6 +148,10 @@ def read_manifest(path: Path) -> list[CropMeta]:
                 f"{path}:1: missing column(s) {', '.join(missing)}; the header must be "
                 f"{','.join(MANIFEST_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]"
             )
+        try:
+            validation.crop_fields(header, "column")
+        except ValueError as exc:
+            raise GalleryError(f"{path}:1: {exc}; fix the header") from None
         repeated = sorted({h for h in header if header.count(h) > 1})
         if repeated:
             raise GalleryError(

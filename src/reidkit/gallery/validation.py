@@ -10,6 +10,8 @@ caller adds where it was (``file:line``, a spec key or a request field).
 from __future__ import annotations
 
 import math
+import unicodedata
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 from reidkit.config.times import TIME_MAX, TIME_MIN, within_clock
@@ -23,6 +25,52 @@ TRACK_ID_MAX = 128
 #: under an hour is almost always a slip (``0m``, minutes meant as days) that would erase what
 #: was just recorded, and erasing everything has its own explicit request.
 MIN_FORGET_AGE = timedelta(hours=1)
+#: What a crop's metadata may hold: the manifest's columns and the fields of an HTTP add's
+#: metadata entries. A name outside it is a typo (``trackid``) whose value would be lost.
+CROP_FIELDS = ("path", "camera", "timestamp", "track_id", "site", "zone")
+#: Unicode categories that break a line or control a terminal: control characters (``\n``,
+#: ``\r``, ``\t``, escape, NUL...) and the line and paragraph separators.
+_CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+def crop_fields(names: Iterable[str], kind: str) -> None:
+    """Refuse names outside :data:`CROP_FIELDS` (``kind`` is what the caller calls them: a
+    manifest's ``column``, a request's ``field``): a misspelt name was dropped with its value,
+    so crops were stored without their track or site and nothing said so."""
+    unknown = [name for name in names if name not in CROP_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown {kind}(s) {', '.join(repr(name) for name in unknown)}; the known "
+            f"{kind}s are {', '.join(CROP_FIELDS)}"
+        )
+
+
+def crop_key(value: str) -> str:
+    """A crop's key (its ``path``: a file path or a client's own key): not blank, and without a
+    line break or other control character.
+
+    A key is shown as one line (operator page, listings, error messages) and typed back to
+    forget the crop; a line break in a manifest cell is a quote left open, and a control
+    character hides on a terminal what the key names. The manifest reader and the HTTP add
+    both call this, so a key one refuses the other refuses too.
+    """
+    if not value.strip():
+        raise ValueError("path is empty")
+    return _one_line("path", value)
+
+
+def _one_line(name: str, value: str) -> str:
+    """``value`` without a line break or other control character, else a ValueError naming the
+    field ``name``, the character and where it is."""
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            breaks = len(f"a{char}b".splitlines()) > 1  # str.splitlines' own line breaks
+            what = "a line break" if breaks else "a control character"
+            raise ValueError(
+                f"{name} has {what} ({char!r}) at character {position}; remove it (in a "
+                "manifest: a quote left open?)"
+            )
+    return value
 
 
 def camera(value: int) -> int:
@@ -43,19 +91,25 @@ def timestamp(seconds: float) -> float:
         raise ValueError(f"timestamp: {exc}") from None
 
 
+class EmptyTrackId(ValueError):
+    """A track id cell left empty: its own type, since a caller that can take crops no
+    tracker followed (``adapt``) says how to list them instead."""
+
+
 def track_id(value: str) -> str:
-    """A track id: not empty, not padded with spaces, at most :data:`TRACK_ID_MAX` characters.
+    """A track id: not empty, not padded with spaces, at most :data:`TRACK_ID_MAX` characters,
+    on one line (it is typed back to forget a track, as a crop's key is).
 
     A manifest row always names its track (an empty cell is a failed join or a shifted column,
     not an untracked crop); over HTTP an untracked crop omits ``track_id`` (null) instead.
     """
     if not value.strip():
-        raise ValueError("track_id is empty; give the tracker's id")
+        raise EmptyTrackId("track_id is empty; give the tracker's id")
     if value != value.strip():
         raise ValueError(f"track_id {value!r} has leading or trailing spaces")
     if len(value) > TRACK_ID_MAX:
         raise ValueError(f"track_id is {len(value)} characters long; the limit is {TRACK_ID_MAX}")
-    return value
+    return _one_line("track_id", value)
 
 
 def _shown(seconds: float) -> str:

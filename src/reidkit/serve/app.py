@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reidkit import __version__
 from reidkit.serve import association_routes
-from reidkit.serve.deps import Services
+from reidkit.serve.deps import Services, single_query_values
 from reidkit.serve.embedding import ServedModel
 from reidkit.serve.gallery_access import GalleryService, RequestRefused
 from reidkit.serve.limits import BodyLimit
@@ -111,6 +111,8 @@ def create_app(
         description="Person re-identification search over a site gallery. Every route under "
         "/v1 needs a bearer token; searches and forgets are audited with the token's name.",
         lifespan=lifespan,
+        # Every route: a single-valued query parameter sent twice is a 422, not its last value.
+        dependencies=[Depends(single_query_values)],
     )
     app.state.services = Services(settings, served, store, tokens, metrics)
 

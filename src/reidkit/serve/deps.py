@@ -20,6 +20,9 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, HTTPException, Request, UploadFile
+from fastapi.dependencies.utils import field_annotation_is_sequence, get_flat_params
+from fastapi.params import Query
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -67,6 +70,34 @@ async def _model(services: ServicesDep) -> ServedModel:
 SettingsDep = Annotated[ServeSettings, Depends(_settings)]
 GalleryDep = Annotated[GalleryService, Depends(_gallery)]
 ModelDep = Annotated[ServedModel, Depends(_model)]
+
+
+def _single_valued_queries(route: APIRoute) -> list[str]:
+    """The query parameters of ``route`` (its dependencies' too) that take one value."""
+    return [
+        field.alias
+        for field in get_flat_params(route.dependant)
+        if isinstance(field.field_info, Query)
+        and not field_annotation_is_sequence(field.field_info.annotation)
+    ]
+
+
+async def single_query_values(request: Request) -> None:
+    """An app-wide dependency: 422 for a single-valued query parameter given more than once.
+
+    FastAPI reads the last of repeated values, so ``DELETE /v1/gallery?track_id=a&track_id=b``
+    forgot ``b`` alone while the client meant both; the client is told to send one request
+    per value. List parameters (``list[...]``) still take every value. The route's parameters
+    are looked up only when a name repeats, so other requests pay one comparison.
+    """
+    query = request.query_params
+    route = request.scope.get("route")
+    if len(query.multi_items()) == len(query) or not isinstance(route, APIRoute):
+        return
+    for name in _single_valued_queries(route):
+        given = len(query.getlist(name))
+        if given > 1:
+            raise HTTPException(422, f"{name} is given {given} times; give {name} once")
 
 
 def require(scope: str) -> Callable[..., Caller]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from reidkit.config.numbers import NumbersNotBooleans
 from reidkit.config.times import parse_time
@@ -79,6 +79,15 @@ class CropMeta(NumbersNotBooleans):
     site: str | None = Field(None, max_length=128)
     zone: str | None = Field(None, max_length=128)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, value: object) -> object:
+        """A field outside :data:`reidkit.gallery.validation.CROP_FIELDS` (``trackid``) is
+        refused, as the manifest refuses such a column: pydantic dropped it and its value."""
+        if isinstance(value, dict):
+            validation.crop_fields(value, "field")
+        return value
+
     @field_validator("timestamp", mode="before")
     @classmethod
     def _parsed(cls, value: object) -> object:
@@ -101,6 +110,11 @@ class CropMeta(NumbersNotBooleans):
     @classmethod
     def _track(cls, value: str | None) -> str | None:
         return None if value is None else validation.track_id(value)
+
+    @field_validator("path")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        return None if value is None else validation.crop_key(value)
 
 
 class AddResponse(BaseModel):

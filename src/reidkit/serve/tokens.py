@@ -27,6 +27,8 @@ SCOPES = ("search", "write", "admin")
 FORMAT_VERSION = 1
 _TOKEN = re.compile(r"^rk_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_ID = re.compile(r"^[0-9a-f]{8}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TokenFileError(ReidkitError):
@@ -70,7 +72,38 @@ def _read(path: Path) -> list[dict]:
         isinstance(e, dict) and required <= e.keys() for e in entries
     ):
         raise TokenFileError(f"token file '{path}' has a malformed 'tokens' list; recreate it")
+    for number, entry in enumerate(entries, start=1):
+        if (field := _malformed_field(entry)) is not None:
+            name = f" ({entry['name']!r})" if isinstance(entry["name"], str) else ""
+            raise TokenFileError(
+                f"token file '{path}': token {number}{name} has a malformed {field}; delete that "
+                "entry from the file and create the token again with 'reidkit serve token'"
+            )
     return entries
+
+
+def _malformed_field(entry: dict) -> str | None:
+    """The first field of a token entry that a check could not use, with what it must be.
+
+    A hand-edited salt that is not hex made every request with that token a 500 (and an id
+    that is no string stopped the server with a traceback). The file is refused where it is
+    read instead, naming the entry: the server does not start with it, and a running server
+    that re-reads it refuses every token (401) until it is fixed, as for any unreadable file.
+    """
+    if not isinstance(entry["id"], str) or not _ID.fullmatch(entry["id"]):
+        return "id (8 hex digits)"
+    if not isinstance(entry["name"], str) or not entry["name"]:
+        return "name (text)"
+    scopes = entry["scopes"]
+    if not isinstance(scopes, list) or not scopes or not all(s in SCOPES for s in scopes):
+        return f"scopes (a list of some of {', '.join(SCOPES)})"
+    try:
+        bytes.fromhex(entry["salt"])
+    except (TypeError, ValueError):
+        return "salt (hex digits)"
+    if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+        return "sha256 (64 hex digits)"
+    return None
 
 
 def create_token(path: Path, name: str, scopes: list[str] | tuple[str, ...]) -> str:

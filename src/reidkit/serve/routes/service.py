@@ -12,9 +12,10 @@ from reidkit.serve.schemas import Health, Me
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["service"])
+@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["service"])
 async def healthz(gallery: GalleryDep, model: ModelDep) -> Health:
-    """Liveness and readiness: the model is loaded and the gallery answers."""
+    """Liveness and readiness: the model is loaded and the gallery answers (``HEAD`` too: load
+    balancers and uptime checkers probe with it, and a 405 read as the service being down)."""
     size = await gallery.size()
     return Health(gallery_size=size, embedding_dim=model.dim)
 
