@@ -36,6 +36,11 @@ class ImageRefused(DatasetError):
     reason: str = ""
 
 
+class BatchLargerThanData(DatasetError):
+    """A batch size the train set cannot fill once. It belongs to that value, not to the data:
+    an AutoML draw of it fails as a trial of its own while the study goes on."""
+
+
 class CheckpointError(ReidkitError):
     """A checkpoint is missing, unreadable, wrongly encrypted or does not fit the spec."""
 

@@ -227,6 +227,38 @@ def test_infeasible_draw_is_a_failed_trial_and_the_study_goes_on(
     assert result.best_trial == 1 and result.trials == 2
 
 
+def test_a_random_batch_larger_than_the_train_set_is_a_failed_trial_and_the_study_goes_on(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """With random (``softmax``) batches, a drawn batch size above the train set's images left
+    no step: the run is refused, and that refusal stopped the whole study at the first such draw.
+    It belongs to the draw, so only that trial fails."""
+    spec = _automl_spec(
+        synth_root,
+        tmp_path / "results",
+        "dataset.sampler=softmax",
+        "automl.automl_max_recommendations=2",
+        "automl.automl_max_epochs=1",
+        "automl.automl_hyperparameters=[dataset.batch_size]",
+        "automl.automl_range_override=[{parameter: dataset.batch_size, valid_options: [16, 4096]}]",
+    )
+    spec.action_dir("automl").mkdir(parents=True)
+    study = open_study(spec)
+    study.enqueue_trial({"dataset.batch_size": 4096})
+    study.enqueue_trial({"dataset.batch_size": 16})
+
+    result = run_automl(spec)
+
+    trials = open_study(spec).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert (
+        trials[0]
+        .user_attrs["error"]
+        .startswith("infeasible: dataset.batch_size=4096 is more than the ")
+    ), trials[0].user_attrs["error"]
+    assert result.best_trial == 1 and result.trials == 2
+
+
 def _one_epoch_random_search(synth_root: Path, tmp_path: Path) -> list[str]:
     """Overrides of the smallest study: random search of the learning rate, one short epoch
     per trial, in ``tmp_path / "results"``."""

@@ -23,7 +23,7 @@ from reidkit.automl.pruning import OptunaPruning
 from reidkit.automl.space import SearchParam, identities_problem
 from reidkit.config.loading import apply_overrides
 from reidkit.config.spec import ExperimentSpec
-from reidkit.errors import ReidkitError, SpecError, TrainingDivergedError
+from reidkit.errors import BatchLargerThanData, ReidkitError, SpecError, TrainingDivergedError
 
 #: Trains one trial's spec with extra Lightning callbacks; returns an object with ``kpi``
 #: (metric name -> percent) and ``epochs``: the train action's ``run_training``.
@@ -130,6 +130,11 @@ class Objective:
             raise
         except TrainingDivergedError as error:  # these parameters diverged; others may not
             trial.set_user_attr("error", str(error)[:500])
+            raise TrialFailed(f"trial {trial.number}: {error}") from None
+        except BatchLargerThanData as error:
+            if "dataset.batch_size" not in params:
+                raise  # the spec's own batch size: every trial would fail the same way
+            trial.set_user_attr("error", f"infeasible: {error}"[:500])
             raise TrialFailed(f"trial {trial.number}: {error}") from None
         except ReidkitError:
             raise  # the user's spec or data: every trial would fail the same way

@@ -36,7 +36,7 @@ from reidkit.data.device_batches import (
     choose_device_cache,
     decode_images,
 )
-from reidkit.errors import DatasetError
+from reidkit.errors import BatchLargerThanData
 
 log = logging.getLogger("reidkit")
 
@@ -189,7 +189,7 @@ def _require_one_random_batch(images: int, batch_size: int, replicas: int) -> No
     """
     per_rank = images // replicas
     if per_rank < batch_size:
-        raise DatasetError(
+        raise BatchLargerThanData(
             f"dataset.batch_size={batch_size} is more than the {per_rank} train images each of "
             f"{replicas} process(es) gets (of {images}); lower dataset.batch_size to at most "
             f"{max(per_rank, 1)}"
