@@ -84,6 +84,22 @@ def test_a_single_valued_query_parameter_given_twice_is_a_422_naming_it(
     assert _size(site, tokens) == 2
 
 
+def test_a_single_valued_form_field_given_twice_is_a_422_naming_it(
+    site: Server, tokens: Tokens, crops: list[Crop]
+) -> None:
+    """A search form with ``k`` twice returned as many hits as the last ``k`` said; a list
+    field (``cameras``) still takes every value."""
+    form = upload_form(crops[:1])
+    with site.client(tokens.search) as searcher:
+        repeated = searcher.post(
+            "/v1/search", files=form["files"], data={"k": ["1", "2"], "cameras": ["1", "2"]}
+        )
+        listed = searcher.post("/v1/search", files=form["files"], data={"cameras": ["1", "2"]})
+    assert repeated.status_code == 422, repeated.text
+    assert repeated.json() == {"detail": "k is given 2 times; give k once"}
+    assert listed.status_code == 200, listed.text
+
+
 def test_head_healthz_answers_like_get(site: Server) -> None:
     """Load balancers probe with HEAD; it was a 405, read as the service being down."""
     with site.client() as anonymous:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reidkit import __version__
 from reidkit.serve import association_routes
-from reidkit.serve.deps import Services, single_query_values
+from reidkit.serve.deps import Services, single_values
 from reidkit.serve.embedding import ServedModel
 from reidkit.serve.gallery_access import GalleryService, RequestRefused
 from reidkit.serve.limits import BodyLimit
@@ -111,8 +111,9 @@ def create_app(
         description="Person re-identification search over a site gallery. Every route under "
         "/v1 needs a bearer token; searches and forgets are audited with the token's name.",
         lifespan=lifespan,
-        # Every route: a single-valued query parameter sent twice is a 422, not its last value.
-        dependencies=[Depends(single_query_values)],
+        # Every route: a single-valued query parameter or form field sent twice is a 422, not its
+        # last value.
+        dependencies=[Depends(single_values)],
     )
     app.state.services = Services(settings, served, store, tokens, metrics)
 

@@ -21,7 +21,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, HTTPException, Request, UploadFile
 from fastapi.dependencies.utils import field_annotation_is_sequence, get_flat_params
-from fastapi.params import Query
+from fastapi.params import Form, Query
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -72,32 +72,52 @@ GalleryDep = Annotated[GalleryService, Depends(_gallery)]
 ModelDep = Annotated[ServedModel, Depends(_model)]
 
 
-def _single_valued_queries(route: APIRoute) -> list[str]:
-    """The query parameters of ``route`` (its dependencies' too) that take one value."""
-    return [
+def _single_valued(route: APIRoute) -> tuple[list[str], list[str]]:
+    """The query parameters and the form fields of ``route`` (its dependencies' too) that take
+    one value: (query names, form names)."""
+    query = [
         field.alias
         for field in get_flat_params(route.dependant)
         if isinstance(field.field_info, Query)
         and not field_annotation_is_sequence(field.field_info.annotation)
     ]
+    form = [
+        field.alias
+        for field in route.dependant.body_params
+        if isinstance(field.field_info, Form)
+        and not field_annotation_is_sequence(field.field_info.annotation)
+    ]
+    return query, form
 
 
-async def single_query_values(request: Request) -> None:
-    """An app-wide dependency: 422 for a single-valued query parameter given more than once.
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def single_values(request: Request) -> None:
+    """An app-wide dependency: 422 for a single-valued query parameter or form field given more
+    than once.
 
     FastAPI reads the last of repeated values, so ``DELETE /v1/gallery?track_id=a&track_id=b``
-    forgot ``b`` alone while the client meant both; the client is told to send one request
-    per value. List parameters (``list[...]``) still take every value. The route's parameters
-    are looked up only when a name repeats, so other requests pay one comparison.
+    forgot ``b`` alone while the client meant both, and a search form with ``k`` twice returned
+    the last one's count; the client is told to send one value (one request per value). List
+    parameters (``list[...]``) still take every value. The form looked at is the one FastAPI
+    parsed for the route (Starlette keeps it on the request), and the route's parameters are
+    looked up only when a name repeats, so other requests pay one comparison per source.
     """
-    query = request.query_params
     route = request.scope.get("route")
-    if len(query.multi_items()) == len(query) or not isinstance(route, APIRoute):
+    if not isinstance(route, APIRoute):
         return
-    for name in _single_valued_queries(route):
-        given = len(query.getlist(name))
-        if given > 1:
-            raise HTTPException(422, f"{name} is given {given} times; give {name} once")
+    sources = [(0, request.query_params)]  # 0 and 1: _single_valued's query and form names
+    content = request.headers.get("content-type", "").lower()
+    if route.dependant.body_params and content.startswith(_FORM_TYPES):
+        sources.append((1, await request.form()))
+    for kind, values in sources:
+        if len(values.multi_items()) == len(values):
+            continue
+        for name in _single_valued(route)[kind]:
+            given = len(values.getlist(name))
+            if given > 1:
+                raise HTTPException(422, f"{name} is given {given} times; give {name} once")
 
 
 def require(scope: str) -> Callable[..., Caller]:
