@@ -54,7 +54,7 @@ def main() -> None:
             "evaluate.gpu_ids=[]",
         ],
     )
-    data = embed_splits(spec, "evaluate")
+    data = embed_splits(spec, "evaluate", Path(spec.results_dir), outputs={})  # writes nothing
     q, g = data.query, data.gallery
     dist = pairwise_distance(q.features, g.features)
     ids = sorted(set(q.pids.tolist()))
