@@ -22,7 +22,7 @@ from reidkit.errors import CheckpointError, DatasetError
 from reidkit.gallery.ingest import read_manifest
 from reidkit.gallery.store import GalleryError
 from reidkit.models.checkpoint_file import read_checkpoint_object
-from tests.conftest import assert_one_line_error, empty_spec, run_cli
+from tests.conftest import RunMain, assert_one_line_error, empty_spec, run_cli
 from tests.export.conftest import make_checkpoint
 
 NAMES = [f"query/{pid:04d}_c1s1_{pid:06d}_00.jpg" for pid in range(1, 6)]
@@ -259,9 +259,9 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_by_its_checksums(
     assert isinstance(read_checkpoint_object(intact, None), dict)
 
 
-def test_a_checkpoint_path_that_is_a_device_says_so(tmp_path: Path) -> None:
+def test_a_checkpoint_path_that_is_a_device_says_so(tmp_path: Path, run_main: RunMain) -> None:
     for action in ("evaluate", "export"):
-        result = run_cli(
+        result = run_main(
             action, "-e", str(empty_spec(tmp_path)), f"results_dir={tmp_path}",
             f"{action}.checkpoint=/dev/null",
         )  # fmt: skip
